@@ -1,0 +1,1 @@
+"""Engine data tables (GPUs, scale templates), installed as `archsmith.data`."""
