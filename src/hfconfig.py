@@ -36,16 +36,17 @@ class Family:
     sliding: str = "none"  # none | all (mistral) | qwen (use_sliding_window) | alternate (gemma2) | phi3
     moe: str = "none"  # none | mixtral | qwen3_moe
     passthrough: tuple[str, ...] = ()  # keys copied as-is into spec.extra and back
+    heads_divide_hidden: bool = False  # the transformers config refuses hidden_size % num_heads != 0 even with head_dim
 
 
 FAMILIES: dict[str, Family] = {
-    "llama": Family("LlamaForCausalLM", has_mlp_bias=True),
+    "llama": Family("LlamaForCausalLM", has_mlp_bias=True, heads_divide_hidden=True),
     "mistral": Family("MistralForCausalLM", qkv_bias=False, o_bias=False, sliding="all"),
     "qwen2": Family("Qwen2ForCausalLM", qkv_bias=True, o_bias=False, sliding="qwen", passthrough=("max_window_layers",)),
     "qwen3": Family("Qwen3ForCausalLM", qk_norm="head", sliding="qwen", passthrough=("max_window_layers",)),
     "gemma2": Family(
         "Gemma2ForCausalLM", norm_placement="sandwich", ffn_kind="geglu", activation_key="hidden_activation",
-        tie_default=True, sliding="alternate",
+        tie_default=True, sliding="alternate", heads_divide_hidden=True,
         passthrough=("query_pre_attn_scalar", "attn_logit_softcapping", "final_logit_softcapping"),
     ),
     "olmo2": Family("Olmo2ForCausalLM", norm_placement="post", qk_norm="full", norm_eps_default=1e-5),
@@ -236,6 +237,8 @@ def hf_from_spec(spec: ArchitectureSpec, model_type: str | None = None, dtype: s
         checks.append(("mlp_bias", not spec.mlp_bias, "mlp_bias=False"))
     if fam.sliding == "none":
         checks.append(("sliding_window", spec.sliding_window is None, "no sliding window"))
+    if fam.heads_divide_hidden:
+        checks.append(("num_heads", spec.hidden_size % spec.num_heads == 0, f"num_heads dividing hidden_size={spec.hidden_size}"))
     for field, ok, allowed in checks:
         if not ok:
             raise _mismatch(spec, field, model_type, allowed)

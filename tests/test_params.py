@@ -89,6 +89,8 @@ def llama_specs(draw):
         spec["mlp_bias"] = draw(st.booleans())
     if family in ("mistral", "gemma2") and draw(st.booleans()):
         spec["sliding_window"] = draw(st.integers(16, 256))
+    if family in ("llama", "gemma2") and spec["hidden_size"] % heads:
+        spec["hidden_size"] = heads * 8 * draw(st.integers(1, 4))  # these transformers configs require heads | hidden
     return ArchitectureSpec(**spec)
 
 
@@ -100,6 +102,16 @@ def test_random_specs_match_transformers(spec):
     model = meta_model(cfg)
     assert param_count(model) == count_params(spec)["total"]
     assert len(list(model.parameters())) == count_params(spec)["tensors"]
+
+
+def test_llama_refuses_heads_not_dividing_hidden():
+    from archsmith.errors import SpecError
+
+    spec = ArchitectureSpec(hidden_size=16, num_layers=1, num_heads=3, num_kv_heads=1, head_dim=8, ffn_size=8, vocab_size=16)
+    with __import__("pytest").raises(SpecError) as info:
+        hf_from_spec(spec, "llama")
+    assert info.value.field == "num_heads"
+    assert param_count(meta_model(hf_from_spec(spec, "mistral"))) == count_params(spec)["total"]
 
 
 def test_moe_spec_round_trip():
