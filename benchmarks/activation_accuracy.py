@@ -20,9 +20,8 @@ from test_memory import DTYPES, measure_saved  # noqa: E402
 
 from archsmith.estimate import activation_bytes  # noqa: E402
 from archsmith.hfconfig import spec_from_hf  # noqa: E402
+from docs_section import write_section  # noqa: E402
 
-DOC = ROOT / "docs" / "benchmarks.md"
-BEGIN, END = "<!-- activation_accuracy:begin -->", "<!-- activation_accuracy:end -->"
 SIZES = [(1, 16), (2, 64), (4, 128)]
 
 
@@ -34,7 +33,9 @@ def main() -> None:
         for dtype in ("fp32", "bf16"):
             for attn, ckpt in (("sdpa", False), ("eager", False), ("sdpa", True)):
                 if family == "gemma2" and attn == "sdpa":
-                    attn = "eager"  # transformers has no SDPA path for Gemma 2
+                    if not ckpt:
+                        continue  # transformers has no SDPA path for Gemma 2; eager covers it
+                    attn = "eager"
                 model = tiny_model(family, DTYPES[dtype], attn, **overrides)
                 model.train()
                 if ckpt:
@@ -47,21 +48,13 @@ def main() -> None:
                     worst = max(worst, abs(est - real) / real)
                 rows.append((family, dtype, attn, ckpt, worst))
     tested = [r for r in rows if r[0] not in ("gemma2", "gpt2")]
-    lines = [BEGIN, "## Activation memory: estimate vs `saved_tensors_hooks` measurement", "",
+    lines = ["## Activation memory: estimate vs `saved_tensors_hooks` measurement", "",
              f"Tiny real transformers models (hidden 64, 2 layers, GQA 4/2), batch x seq in {SIZES}; worst relative error per setting.",
              f"Held to 5% in tests for llama, mistral, qwen2, qwen3, olmo2, phi3: worst case **{100 * max(r[4] for r in tested):.2f}%**.",
              "gemma2 (soft-capping, fp32 norm math) and gpt2 (LayerNorm, tanh-GELU) use the same per-op rules and are approximations.", "",
              "| family | dtype | attention | checkpointing | worst error |", "|---|---|---|---|---:|"]
     lines += [f"| {f} | {d} | {a} | {'yes' if c else 'no'} | {100 * w:.2f}% |" for f, d, a, c, w in rows]
-    lines.append(END)
-    section = "\n".join(lines)
-    text = DOC.read_text()
-    if BEGIN in text:
-        text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    DOC.write_text(text)
-    print(section)
+    print(write_section("activation_accuracy", "\n".join(lines)))
 
 
 if __name__ == "__main__":

@@ -16,10 +16,10 @@ import statistics
 import time
 from pathlib import Path
 
+from docs_section import write_section
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "tests" / "data" / "hf_configs" / "meta-llama__Llama-3.1-405B.json"
-DOC = ROOT / "docs" / "benchmarks.md"
-BEGIN, END = "<!-- bench_estimate:begin -->", "<!-- bench_estimate:end -->"
 
 
 def ours(cfg: dict) -> int:
@@ -61,8 +61,7 @@ def main() -> None:
     t_ref, n_ref = timed(reference, cfg, args.repeats)
     assert n_ours == n_ref, (n_ours, n_ref)
     m_ours, m_ref = statistics.median(t_ours), statistics.median(t_ref)
-    section = f"""{BEGIN}
-## Estimate vs meta-device instantiation (Llama-3.1-405B)
+    body = f"""## Estimate vs meta-device instantiation (Llama-3.1-405B)
 
 `python benchmarks/bench_estimate.py --repeats {args.repeats}` — machine: {platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores,
 Python {platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}.
@@ -73,14 +72,8 @@ Python {platform.python_version()}, torch {torch.__version__}, transformers {tra
 | transformers `from_config` on the meta device + sum (as `accelerate estimate-memory`) | {1000 * m_ref:.2f} | {1000 * min(t_ref):.2f} | {n_ref:,} |
 
 Ratio (reference / ours, medians): **{m_ref / m_ours:.1f}x** faster, same count.
-{END}"""
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n\nEach section is written by the benchmark it names.\n"
-    if BEGIN in text:
-        text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    DOC.write_text(text)
-    print(section)
+"""
+    print(write_section("bench_estimate", body))
 
 
 if __name__ == "__main__":
