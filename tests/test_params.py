@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -19,7 +22,7 @@ def test_published_configs_are_sourced():
     for path in HF_CONFIGS:
         entry = sources[path.name]
         assert entry["url"].startswith("https://huggingface.co/"), path.name
-        families.add(spec_from_hf(__import__("json").loads(path.read_text())).model_type)
+        families.add(spec_from_hf(json.loads(path.read_text())).model_type)
     assert {"llama", "mistral", "qwen2", "qwen3", "gemma2", "olmo2", "phi3", "gpt2"} <= families
 
 
@@ -49,8 +52,6 @@ def test_published_config_round_trips(published):
 
 
 def test_llama_405b_numbers():
-    import json
-
     spec = spec_from_hf(json.loads((DATA / "hf_configs" / "meta-llama__Llama-3.1-405B.json").read_text()))
     counts = count_params(spec)
     assert counts["embedding"] == counts["lm_head"] == 128256 * 16384
@@ -58,8 +59,6 @@ def test_llama_405b_numbers():
 
 
 def test_moe_active_params():
-    import json
-
     spec = spec_from_hf(json.loads((DATA / "hf_configs" / "mistralai__Mixtral-8x7B-v0.1.json").read_text()))
     counts = count_params(spec)
     per_expert = 3 * 4096 * 14336
@@ -108,7 +107,7 @@ def test_llama_refuses_heads_not_dividing_hidden():
     from archsmith.errors import SpecError
 
     spec = ArchitectureSpec(hidden_size=16, num_layers=1, num_heads=3, num_kv_heads=1, head_dim=8, ffn_size=8, vocab_size=16)
-    with __import__("pytest").raises(SpecError) as info:
+    with pytest.raises(SpecError) as info:
         hf_from_spec(spec, "llama")
     assert info.value.field == "num_heads"
     assert param_count(meta_model(hf_from_spec(spec, "mistral"))) == count_params(spec)["total"]
