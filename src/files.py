@@ -6,6 +6,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 from archsmith.errors import ArchsmithError
 
@@ -20,7 +21,10 @@ def check_out_dir(out: str | Path, overwrite: bool) -> Path:
     return out
 
 
-def write_files(out: str | Path, files: dict[str, bytes | str], overwrite: bool = False) -> list[Path]:
+Content = bytes | str | Callable[[Path], None]  # a callable writes the file at the path it is given
+
+
+def write_files(out: str | Path, files: dict[str, Content], overwrite: bool = False) -> list[Path]:
     """Write `files` (name -> content) into `out` atomically.
 
     A new directory is filled under a temporary name beside it and renamed into place; with
@@ -57,7 +61,10 @@ def write_files(out: str | Path, files: dict[str, bytes | str], overwrite: bool 
     return [out / name for name in files]
 
 
-def _write(path: Path, content: bytes | str) -> None:
+def _write(path: Path, content: Content) -> None:
+    if callable(content):
+        content(path)
+        return
     data = content.encode("utf-8") if isinstance(content, str) else content
     with open(path, "wb") as fh:
         fh.write(data)

@@ -1,0 +1,155 @@
+"""Hugging Face checkpoints <-> `network.CausalLM`: config.json + safetensors, sharded or not.
+
+Our parameter names are transformers' names, so loading is a check of names and shapes
+against the model the config describes, never a conversion. Only safetensors are read
+(no pickle), and no remote code runs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from archsmith.errors import ArchsmithError
+from archsmith.files import write_files
+from archsmith.hfconfig import hf_from_spec, read_config, spec_from_hf
+from archsmith.network import CausalLM
+from archsmith.units import parse_bytes
+
+# Families whose transformers implementation our network reproduces exactly (parity-tested).
+INTEROP = ("llama", "mistral", "qwen2", "qwen3")
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+
+
+class CheckpointError(ArchsmithError):
+    """A checkpoint directory cannot be loaded as the model its config describes."""
+
+
+def load_pretrained(path: str | Path, dtype: torch.dtype | None = None, device: torch.device | str = "cpu") -> CausalLM:
+    """Load `path` (config.json + model.safetensors or a sharded index) into a CausalLM.
+
+    dtype None keeps the checkpoint's dtype. Every tensor of the model must be present with
+    the config's shape; extra tensors are an error (a tied lm_head copy is accepted).
+    """
+    path = Path(path)
+    cfg = read_config(path)
+    model_type = cfg.get("model_type")
+    if model_type not in INTEROP:
+        raise CheckpointError("model_type", f"loading supports {', '.join(INTEROP)}; got {model_type!r}")
+    spec = spec_from_hf(cfg)
+    with torch.device("meta"):
+        model = CausalLM(spec)
+    expected = dict(model.named_parameters())  # a tied lm_head is not listed
+    state: dict[str, torch.Tensor] = {}
+    for name, tensor in _read_tensors(path):
+        if name not in expected:
+            if name == "lm_head.weight" and spec.tie_embeddings or name.endswith("rotary_emb.inv_freq"):
+                continue
+            raise CheckpointError(name, f"unexpected tensor: not part of a {model_type} model with this config.json")
+        want = tuple(expected[name].shape)
+        if tuple(tensor.shape) != want:
+            raise CheckpointError(name, f"has shape {tuple(tensor.shape)}; config.json implies {want}")
+        state[name] = tensor.to(device=device, dtype=dtype or tensor.dtype)
+    missing = [name for name in expected if name not in state]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise CheckpointError(missing[0], f"missing from the checkpoint{more}; shape {tuple(expected[missing[0]].shape)} expected")
+    model.load_state_dict(state, strict=False, assign=True)
+    model.tie_weights()
+    return model.to(dtype) if dtype is not None else model
+
+
+def _read_tensors(path: Path):
+    """Yield (name, tensor) from model.safetensors or from the shards its index lists."""
+    from safetensors import safe_open
+
+    if (path / INDEX_FILE).is_file():
+        try:
+            weight_map = json.loads((path / INDEX_FILE).read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise CheckpointError(INDEX_FILE, f"is not a valid safetensors index (needs a weight_map object): {exc}") from None
+        shards: dict[str, list[str]] = {}
+        for name, shard in weight_map.items():
+            shards.setdefault(shard, []).append(name)
+    elif (path / SINGLE_FILE).is_file():
+        shards = {SINGLE_FILE: None}
+    else:
+        raise CheckpointError("weights", f"{path} has neither {SINGLE_FILE} nor {INDEX_FILE} (only safetensors are read)")
+    for shard, names in shards.items():
+        file = path / shard
+        if Path(shard).name != shard or not file.is_file():
+            raise CheckpointError(shard, f"listed in {INDEX_FILE} but not a file in {path}")
+        try:
+            with safe_open(file, framework="pt", device="cpu") as fh:
+                present = set(fh.keys())
+                for name in names if names is not None else sorted(present):
+                    if name not in present:
+                        raise CheckpointError(name, f"listed in {INDEX_FILE} for {shard} but not in that file")
+                    yield name, fh.get_tensor(name)
+        except CheckpointError:
+            raise
+        except Exception as exc:  # safetensors raises its own error types for corrupt headers
+            raise CheckpointError(shard, f"is not a readable safetensors file: {exc}") from None
+
+
+def save_pretrained(model: CausalLM, path: str | Path, max_shard_size: int | str = "5GB", overwrite: bool = False) -> list[Path]:
+    """Write config.json and safetensors (one file, or shards + index beyond max_shard_size) atomically.
+
+    transformers' `AutoModelForCausalLM.from_pretrained(path)` loads the result as the same model.
+    With `overwrite`, weight files of an earlier save that the new one does not use are removed.
+    """
+    spec = model.spec
+    if spec.model_type not in INTEROP:
+        raise CheckpointError("model_type", f"saving supports {', '.join(INTEROP)}; got {spec.model_type!r}")
+    dtype = model.lm_head.weight.dtype
+    if dtype not in DTYPE_NAMES:
+        raise CheckpointError("dtype", f"must be one of {', '.join(DTYPE_NAMES.values())}; got {dtype}")
+    config = hf_from_spec(spec, dtype=DTYPE_NAMES[dtype])
+    limit = parse_bytes(max_shard_size, "max_shard_size") if isinstance(max_shard_size, str) else int(max_shard_size)
+    if limit <= 0:
+        raise CheckpointError("max_shard_size", f"must be positive, got {max_shard_size!r}")
+    tensors = {name: p.detach().contiguous() for name, p in model.named_parameters()}  # tied lm_head omitted
+    shards = _shard(tensors, limit)
+    files: dict = {"config.json": json.dumps(config, indent=2) + "\n"}
+    if len(shards) == 1:
+        files[SINGLE_FILE] = _safetensors_writer(shards[0])
+    else:
+        weight_map = {}
+        for i, shard in enumerate(shards, 1):
+            name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+            files[name] = _safetensors_writer(shard)
+            weight_map.update(dict.fromkeys(shard, name))
+        total = sum(t.numel() * t.element_size() for t in tensors.values())
+        files[INDEX_FILE] = json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2) + "\n"
+    written = write_files(path, files, overwrite=overwrite)
+    for stale in Path(path).glob("model*.safetensors*"):
+        if stale.name not in files:
+            stale.unlink()
+    return written
+
+
+def _shard(tensors: dict[str, torch.Tensor], limit: int) -> list[dict[str, torch.Tensor]]:
+    """Split in order into groups of at most `limit` bytes (a larger single tensor gets its own shard)."""
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, t in tensors.items():
+        nbytes = t.numel() * t.element_size()
+        if shards[-1] and size + nbytes > limit:
+            shards.append({})
+            size = 0
+        shards[-1][name] = t
+        size += nbytes
+    return shards
+
+
+def _safetensors_writer(tensors: dict[str, torch.Tensor]):
+    def write(file: Path) -> None:
+        from safetensors.torch import save_file
+
+        save_file(tensors, str(file), metadata={"format": "pt"})
+
+    return write

@@ -1,0 +1,218 @@
+"""HF checkpoints <-> network.CausalLM: logits parity in both directions, sharding, clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import TINY_FAMILIES, tiny_model
+
+from archsmith.errors import ArchsmithError, ConfigError, SpecError
+from archsmith.hfconfig import spec_from_hf
+from archsmith.network import CausalLM
+from archsmith.weights import INDEX_FILE, CheckpointError
+
+PARITY = ["llama", "mistral", "qwen2", "qwen3"]
+TOL = 1e-5
+
+
+def batch(seed: int = 0, seq: int = 40) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two rows longer than mistral's window of 24; the second is left-padded by 5."""
+    x = torch.randint(3, 512, (2, seq), generator=torch.Generator().manual_seed(seed))
+    mask = torch.ones_like(x)
+    mask[1, :5] = 0
+    return x, mask
+
+
+def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a - b).abs().max().item()
+
+
+def hf_to_ours(tmp_path, family: str, attn: str = "sdpa", **overrides):
+    hf = tiny_model(family, attn=attn, **overrides).eval()
+    hf.save_pretrained(tmp_path / "hf")
+    return hf, CausalLM.from_pretrained(tmp_path / "hf").eval()
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("family", PARITY)
+def test_hf_to_ours_logits_match(tmp_path, family, attn):
+    hf, ours = hf_to_ours(tmp_path, family, attn)
+    ours.set_attention(attn)
+    x, mask = batch()
+    with torch.no_grad():
+        assert max_diff(ours(x).logits, hf(x).logits) <= TOL
+        a, b = ours(x, attention_mask=mask).logits, hf(x, attention_mask=mask).logits
+    assert max_diff(a[0], b[0]) <= TOL and max_diff(a[1, 5:], b[1, 5:]) <= TOL
+    assert ours.num_parameters() == sum(p.numel() for p in hf.parameters())
+
+
+@pytest.mark.parametrize("family", PARITY)
+def test_ours_to_hf_logits_match(tmp_path, family):
+    from transformers import AutoModelForCausalLM
+
+    spec = spec_from_hf(TINY_FAMILIES[family])
+    ours = CausalLM.from_spec(spec, seed=3).eval()
+    ours.save_pretrained(tmp_path / "ours")
+    hf, info = AutoModelForCausalLM.from_pretrained(tmp_path / "ours", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    assert type(hf).__name__ == json.loads((tmp_path / "ours" / "config.json").read_text())["architectures"][0]
+    x, _ = batch(seed=1)
+    with torch.no_grad():
+        assert max_diff(ours(x).logits, hf.eval()(x).logits) <= TOL
+
+
+@pytest.mark.parametrize("rope", [
+    {"rope_type": "linear", "factor": 4.0},
+    {"rope_type": "dynamic", "factor": 2.0},
+    {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8},
+], ids=lambda r: r["rope_type"])
+def test_rope_scalings_match_transformers(tmp_path, rope):
+    # max_position_embeddings 32 < seq 40: dynamic NTK rescales the base for this sequence
+    hf, ours = hf_to_ours(tmp_path, "llama", rope_parameters={**rope, "rope_theta": 10000.0}, max_position_embeddings=32)
+    assert ours.spec.rope_scaling["rope_type"] == rope["rope_type"]
+    x, _ = batch(seed=2)
+    with torch.no_grad():
+        assert max_diff(ours(x).logits, hf(x).logits) <= TOL
+
+
+def test_tied_embeddings_round_trip(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    hf, ours = hf_to_ours(tmp_path, "qwen3", tie_word_embeddings=True)
+    assert ours.lm_head.weight is ours.model.embed_tokens.weight
+    ours.save_pretrained(tmp_path / "back")
+    again = AutoModelForCausalLM.from_pretrained(tmp_path / "back").eval()
+    x, _ = batch()
+    with torch.no_grad():
+        assert max_diff(again(x).logits, hf(x).logits) == 0.0
+
+
+def test_sharded_checkpoints_both_ways(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    hf = tiny_model("llama", attn="sdpa").eval()
+    hf.save_pretrained(tmp_path / "hf", max_shard_size="200KB")
+    assert (tmp_path / "hf" / INDEX_FILE).is_file()
+    ours = CausalLM.from_pretrained(tmp_path / "hf").eval()
+    written = ours.save_pretrained(tmp_path / "ours", max_shard_size=150_000)
+    shards = sorted(p.name for p in written if p.name.endswith(".safetensors"))
+    assert len(shards) >= 3 and shards[0] == f"model-00001-of-{len(shards):05d}.safetensors"
+    index = json.loads((tmp_path / "ours" / INDEX_FILE).read_text())
+    assert set(index["weight_map"].values()) == set(shards)
+    assert index["metadata"]["total_size"] == sum(p.numel() * 4 for p in ours.parameters())
+    back = AutoModelForCausalLM.from_pretrained(tmp_path / "ours").eval()
+    reread = CausalLM.from_pretrained(tmp_path / "ours")
+    x, _ = batch()
+    with torch.no_grad():
+        ref = hf(x).logits
+        assert max_diff(back(x).logits, ref) == 0.0
+        assert max_diff(reread(x).logits, ref) <= TOL
+
+
+def test_bf16_checkpoint_keeps_its_dtype(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    ours = CausalLM.from_spec(spec_from_hf(TINY_FAMILIES["qwen2"]), seed=1, dtype=torch.bfloat16)
+    ours.save_pretrained(tmp_path / "bf16")
+    assert json.loads((tmp_path / "bf16" / "config.json").read_text())["dtype"] == "bfloat16"
+    again = CausalLM.from_pretrained(tmp_path / "bf16")
+    assert again.lm_head.weight.dtype == torch.bfloat16
+    assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), again.state_dict().values()))
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "bf16")
+    assert hf.dtype == torch.bfloat16
+    assert torch.equal(hf.model.layers[1].mlp.down_proj.weight, ours.model.layers[1].mlp.down_proj.weight)
+    assert CausalLM.from_pretrained(tmp_path / "bf16", dtype=torch.float32).lm_head.weight.dtype == torch.float32
+
+
+def test_existing_directory_is_not_overwritten_unless_asked(tmp_path):
+    ours = CausalLM.from_spec(spec_from_hf(TINY_FAMILIES["llama"]))
+    ours.save_pretrained(tmp_path / "m", max_shard_size=150_000)
+    before = sorted(p.name for p in (tmp_path / "m").iterdir())
+    with pytest.raises(ArchsmithError, match="already exists"):
+        ours.save_pretrained(tmp_path / "m")
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == before
+    ours.save_pretrained(tmp_path / "m", overwrite=True)  # one file now: the old shards and index go
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors"]
+    assert torch.equal(CausalLM.from_pretrained(tmp_path / "m").lm_head.weight, ours.lm_head.weight)
+
+
+# ---- bad checkpoints -----------------------------------------------------------------------
+
+def rewrite(directory, edit) -> None:
+    """Load model.safetensors, apply edit(dict), write it back."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(directory / "model.safetensors")
+    edit(tensors)
+    save_file(tensors, directory / "model.safetensors")
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    tiny_model("llama").save_pretrained(tmp_path / "ckpt")
+    return tmp_path / "ckpt"
+
+
+def error_of(path) -> ArchsmithError:
+    with pytest.raises(ArchsmithError) as err:
+        CausalLM.from_pretrained(path)
+    return err.value
+
+
+def test_missing_tensor_is_named(checkpoint):
+    rewrite(checkpoint, lambda t: t.pop("model.layers.1.mlp.up_proj.weight"))
+    err = error_of(checkpoint)
+    assert isinstance(err, CheckpointError) and err.field == "model.layers.1.mlp.up_proj.weight"
+    assert "missing" in str(err) and "(176, 64)" in str(err)
+
+
+def test_wrong_shape_is_named(checkpoint):
+    rewrite(checkpoint, lambda t: t.update({"model.layers.0.self_attn.k_proj.weight": torch.zeros(64, 64)}))
+    err = error_of(checkpoint)
+    assert err.field == "model.layers.0.self_attn.k_proj.weight" and "(64, 64)" in str(err) and "(32, 64)" in str(err)
+
+
+def test_unexpected_tensor_is_named(checkpoint):
+    rewrite(checkpoint, lambda t: t.update({"model.layers.0.self_attn.q_norm.weight": torch.ones(16)}))
+    err = error_of(checkpoint)
+    assert err.field == "model.layers.0.self_attn.q_norm.weight" and "unexpected" in str(err)
+
+
+def test_unknown_and_unsupported_model_types(checkpoint):
+    cfg = json.loads((checkpoint / "config.json").read_text())
+    for model_type in ("falcon", "gemma2"):
+        (checkpoint / "config.json").write_text(json.dumps({**cfg, "model_type": model_type}))
+        err = error_of(checkpoint)
+        assert err.field == "model_type" and model_type in str(err) and "llama, mistral, qwen2, qwen3" in str(err)
+
+
+def test_unsupported_rope_scaling_is_refused(checkpoint):
+    cfg = json.loads((checkpoint / "config.json").read_text())
+    cfg["rope_parameters"] = {"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0}
+    (checkpoint / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(SpecError) as err:
+        CausalLM.from_pretrained(checkpoint)
+    assert err.value.field == "rope_scaling.rope_type" and "yarn" in str(err.value)
+
+
+def test_missing_files_and_corrupt_weights(checkpoint, tmp_path):
+    with pytest.raises(ConfigError, match="no such file"):
+        CausalLM.from_pretrained(tmp_path / "nowhere")
+    (checkpoint / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
+    err = error_of(checkpoint)
+    assert err.field == "model.safetensors" and "safetensors" in str(err)
+    (checkpoint / "model.safetensors").unlink()
+    assert "neither model.safetensors" in str(error_of(checkpoint))
+    (checkpoint / INDEX_FILE).write_text(json.dumps({"weight_map": {"model.embed_tokens.weight": "model-00001-of-00002.safetensors"}}))
+    err = error_of(checkpoint)
+    assert err.field == "model-00001-of-00002.safetensors" and "not a file" in str(err)
+
+
+def test_save_refuses_families_without_parity(tmp_path):
+    ours = CausalLM.from_spec(spec_from_hf(TINY_FAMILIES["gemma2"]))
+    with pytest.raises(CheckpointError) as err:
+        ours.save_pretrained(tmp_path / "g")
+    assert err.value.field == "model_type"
+    assert not (tmp_path / "g").exists()
