@@ -19,7 +19,7 @@ from pathlib import Path
 from docs_section import write_section
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG = ROOT / "tests" / "data" / "hf_configs" / "meta-llama__Llama-3.1-405B.json"
+CONFIG = ROOT / "src" / "data" / "reference_architectures" / "meta-llama__Llama-3.1-405B.json"
 
 
 def ours(cfg: dict) -> int:

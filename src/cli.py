@@ -60,43 +60,17 @@ def design(
     from archsmith import design as designer
     from archsmith.files import check_out_dir, write_files
     from archsmith.report import render_design
-    from archsmith.tokenizer import read_tokenizer
-    from archsmith.units import parse_bytes, parse_count
 
     try:
         check_out_dir(out_dir, overwrite)
-        tok = read_tokenizer(tokenizer) if tokenizer else None
-        if vocab is not None and not 1 <= vocab <= 1 << 22:
-            raise ArchsmithError("vocab", f"must be in [1, {1 << 22}], got {vocab}")
-        result = designer.design(
-            params=parse_count(params, "params") if params else None,
-            compute=float(parse_count(compute, "compute")) if compute else None,
-            memory=parse_bytes(memory, "memory") if memory else None,
-            context=context, tokenizer=tok, gpu=gpu, gpus=gpus,
-            tokens=parse_count(tokens, "tokens") if tokens else None, mfu=mfu, vocab=vocab,
-        )
-        files = render_design(result)
-        written = write_files(out_dir, files, overwrite)
+        result = designer.design_from_text(params=params, compute=compute, memory=memory, context=context,
+                                           tokenizer=str(tokenizer) if tokenizer else None, gpu=gpu, gpus=gpus,
+                                           tokens=tokens, mfu=mfu, vocab=vocab)
+        written = write_files(out_dir, render_design(result), overwrite)
     except ArchsmithError as exc:
         _fail(exc)
     rec = result["recommended"]
-    summary = {
-        "target": result["target"],
-        "template": result["template"]["name"],
-        "vocab": result["vocab"],
-        "context_check": result["context_check"],
-        "candidates": [
-            {"name": c.name, "spec": c.spec.to_dict(), "params": c.summary["params"]["total"], "shape": c.summary["shape"],
-             "training_flops_per_token": c.summary["flops"]["training_per_token"], "train_tokens": c.summary["train_tokens"],
-             "train_time_seconds": c.summary["train_time"]["seconds"], "memory_per_gpu_bytes": c.summary["memory_per_gpu"]["total_bytes"],
-             "kv_cache_per_request_bytes": c.summary["kv_cache_per_request"], "pros": c.pros, "cons": c.cons}
-            for c in result["candidates"]
-        ],
-        "recommended": rec.name,
-        "rationale": result["rationale"],
-        "scaling_path": result["scaling_path"],
-        "files": [str(p) for p in written],
-    }
+    summary = {**designer.summary(result), "files": [str(p) for p in written]}
     if as_json:
         _json(summary)
         return
@@ -158,6 +132,18 @@ def estimate(
     for row in rows:
         t.add_row(*row)
     out.print(t)
+
+
+@app.command()
+def serve(
+    http: Optional[int] = typer.Option(None, "--http", min=1, max=65535, help="Serve streamable HTTP on this port instead of stdio."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface for --http (loopback unless told otherwise)."),
+    root: Optional[Path] = typer.Option(None, "--root", help="Workspace root for files tools read and write (default: $ARCHSMITH_WORKSPACE or the current directory)."),
+) -> None:
+    """Run the MCP server (stdio by default): the engine's tools and reference data for Claude Code or any MCP client."""
+    from archsmith.mcp_server.server import serve as run
+
+    run(http_port=http, host=host, root=root)
 
 
 def main() -> None:

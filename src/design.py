@@ -316,3 +316,41 @@ def capacity_plan(spec: ArchitectureSpec, gpu: dict[str, Any], gpus: int, tokens
         "kv_cache": kv_rows,
         "inference": infer,
     }
+
+
+def design_from_text(params: str | None = None, compute: str | None = None, memory: str | None = None,
+                     context: int | None = None, tokenizer: str | None = None, gpu: str = "h100", gpus: int = 8,
+                     tokens: str | None = None, mfu: float = DEFAULT_MFU, vocab: int | None = None) -> dict[str, Any]:
+    """`design` from the strings people type ('1B', '1e21', '24GB', '100B', a tokenizer directory)."""
+    from archsmith.tokenizer import read_tokenizer
+    from archsmith.units import parse_bytes, parse_count
+
+    if vocab is not None and not 1 <= vocab <= 1 << 22:
+        raise ArchsmithError("vocab", f"must be in [1, {1 << 22}], got {vocab}")
+    return design(
+        params=parse_count(params, "params") if params else None,
+        compute=float(parse_count(compute, "compute")) if compute else None,
+        memory=parse_bytes(memory, "memory") if memory else None,
+        context=context, tokenizer=read_tokenizer(tokenizer) if tokenizer else None, gpu=gpu, gpus=gpus,
+        tokens=parse_count(tokens, "tokens") if tokens else None, mfu=mfu, vocab=vocab,
+    )
+
+
+def summary(result: dict[str, Any]) -> dict[str, Any]:
+    """The JSON view of a design: candidates with their key numbers, the recommendation, the scaling path."""
+    return {
+        "target": result["target"],
+        "template": result["template"]["name"],
+        "vocab": result["vocab"],
+        "context_check": result["context_check"],
+        "candidates": [
+            {"name": c.name, "spec": c.spec.to_dict(), "params": c.summary["params"]["total"], "shape": c.summary["shape"],
+             "training_flops_per_token": c.summary["flops"]["training_per_token"], "train_tokens": c.summary["train_tokens"],
+             "train_time_seconds": c.summary["train_time"]["seconds"], "memory_per_gpu_bytes": c.summary["memory_per_gpu"]["total_bytes"],
+             "kv_cache_per_request_bytes": c.summary["kv_cache_per_request"], "pros": c.pros, "cons": c.cons}
+            for c in result["candidates"]
+        ],
+        "recommended": result["recommended"].name,
+        "rationale": result["rationale"],
+        "scaling_path": result["scaling_path"],
+    }

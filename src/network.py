@@ -657,3 +657,29 @@ def init_weights(model: CausalLM, seed: int = 0) -> None:
             else:
                 sigma = resid_std if name.endswith(RESIDUAL_OUTPUTS) else std
                 p.copy_(torch.empty(p.shape, dtype=torch.float32).normal_(0.0, sigma, generator=gen))
+
+
+# ---- inspection -----------------------------------------------------------------------------
+
+def describe(spec: ArchitectureSpec, depth: int = 4) -> dict:
+    """Build the model on the meta device (no memory) and report its module tree and parameter count.
+
+    tree: one row per module down to `depth` levels below the root (repeated layers shown once,
+    as `model.layers.0`), with its class and distinct parameter count.
+    """
+    from archsmith.estimate import count_params
+
+    with torch.device("meta"):
+        model = CausalLM(spec)
+    rows = []
+    for name, module in model.named_modules():
+        level = name.count(".") + 1 if name else 0
+        first_layer = name == "model.layers.0" or name.startswith("model.layers.0.")
+        if level > depth or (name.startswith("model.layers.") and not first_layer):
+            continue
+        rows.append({"name": name or "(root)", "class": type(module).__name__,
+                     "parameters": sum(p.numel() for p in module.parameters())})
+    estimated = count_params(spec)["total"]
+    total = model.num_parameters()
+    return {"parameters": total, "estimated_parameters": estimated, "matches_estimate": total == estimated,
+            "num_layers": len(model.model.layers), "parameter_tensors": len(list(model.parameters())), "tree": rows}

@@ -8,6 +8,7 @@ N_opt = G * (C / 6)**(beta / (alpha + beta)), G = (alpha * A / (beta * B))**(1 /
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from archsmith.errors import ArchsmithError
 
@@ -83,3 +84,17 @@ def sizing(params: float, tokens: float | None = None) -> dict[str, float]:
         "loss_hoffmann": predicted_loss(params, tokens, "hoffmann"),
         "loss_epoch": predicted_loss(params, tokens, "epoch"),
     }
+
+
+def plan(compute_flops: float | None = None, params: float | None = None, tokens: float | None = None) -> dict[str, Any]:
+    """Compute budget -> compute-optimal params and tokens (both fits); or a model size (+ tokens) -> `sizing`."""
+    if (compute_flops is None) == (params is None):
+        raise ArchsmithError("compute_flops", "give exactly one of compute_flops or params")
+    if compute_flops is not None:
+        if tokens is not None:
+            raise ArchsmithError("tokens", "goes with params, not with compute_flops")
+        return {"by": "compute", "compute_flops": compute_flops, "rule_of_thumb": optimal_for_compute(compute_flops),
+                **{f"fit_{name}": optimal_for_compute(compute_flops, name) for name in FITS}}
+    if params <= 0 or (tokens is not None and tokens <= 0):
+        raise ArchsmithError("params" if params <= 0 else "tokens", "must be positive")
+    return {"by": "params", **sizing(params, tokens)}

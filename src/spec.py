@@ -141,7 +141,14 @@ class ArchitectureSpec:
         unknown = sorted(set(data) - known)
         if unknown:
             raise SpecError(unknown[0], f"unknown spec field; known fields: {', '.join(sorted(known))}")
-        return cls(**data)
+        required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        missing = [name for name in required if name not in data]
+        if missing:
+            raise SpecError(missing[0], f"is required (required fields: {', '.join(required)})")
+        try:
+            return cls(**data)
+        except TypeError as exc:  # a value of the wrong JSON type (a string where a number belongs, ...)
+            raise SpecError("spec", f"a field has the wrong type: {exc}") from None
 
 
 def _check_int(spec: ArchitectureSpec, name: str, low: int, high: int) -> None:

@@ -11,8 +11,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-DATA = Path(__file__).parent / "data"
-HF_CONFIGS = sorted((DATA / "hf_configs").glob("*.json"))
+DATA = Path(__file__).resolve().parents[1] / "src" / "data" / "reference_architectures"
+HF_CONFIGS = sorted(DATA.glob("*.json"))
 
 
 def hf_config(cfg: dict):

@@ -43,7 +43,7 @@ def test_design_writes_loadable_config(tmp_path, size):
 
 
 def test_estimate_json_contract(tmp_path):
-    cfg = Path(__file__).parent / "data" / "hf_configs" / "meta-llama__Llama-3.2-1B.json"
+    cfg = Path(__file__).resolve().parents[1] / "src" / "data" / "reference_architectures" / "meta-llama__Llama-3.2-1B.json"
     result = run("estimate", str(cfg), "--batch", "2", "--seq", "1024", "--json")
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
@@ -76,7 +76,7 @@ def test_estimate_json_contract(tmp_path):
 ])
 def test_bad_input_exits_2_and_writes_nothing(tmp_path, args, field):
     (tmp_path / "BAD").mkdir()
-    (tmp_path / "BAD" / "config.json").write_text((Path(__file__).parent / "data" / "hf_configs" / "openai-community__gpt2.json").read_text())
+    (tmp_path / "BAD" / "config.json").write_text((Path(__file__).resolve().parents[1] / "src" / "data" / "reference_architectures" / "openai-community__gpt2.json").read_text())
     out = tmp_path / "out"
     extra = ["--out", str(out)] if args[0] == "design" else []
     result = run(*args, *extra, cwd=tmp_path)

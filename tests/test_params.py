@@ -16,7 +16,7 @@ from conftest import DATA, HF_CONFIGS, meta_model, param_count
 
 
 def test_published_configs_are_sourced():
-    sources = yaml.safe_load((DATA / "hf_configs" / "SOURCES.yaml").read_text())
+    sources = yaml.safe_load((DATA / "SOURCES.yaml").read_text())
     assert len(HF_CONFIGS) >= 12
     families = set()
     for path in HF_CONFIGS:
@@ -52,14 +52,14 @@ def test_published_config_round_trips(published):
 
 
 def test_llama_405b_numbers():
-    spec = spec_from_hf(json.loads((DATA / "hf_configs" / "meta-llama__Llama-3.1-405B.json").read_text()))
+    spec = spec_from_hf(json.loads((DATA / "meta-llama__Llama-3.1-405B.json").read_text()))
     counts = count_params(spec)
     assert counts["embedding"] == counts["lm_head"] == 128256 * 16384
     assert counts["per_layer"] == 2 * 16384 * 16384 + 2 * 16384 * 1024 + 3 * 16384 * 53248 + 2 * 16384
 
 
 def test_moe_active_params():
-    spec = spec_from_hf(json.loads((DATA / "hf_configs" / "mistralai__Mixtral-8x7B-v0.1.json").read_text()))
+    spec = spec_from_hf(json.loads((DATA / "mistralai__Mixtral-8x7B-v0.1.json").read_text()))
     counts = count_params(spec)
     per_expert = 3 * 4096 * 14336
     assert counts["total"] - counts["active"] == 32 * 6 * per_expert  # 6 of 8 experts idle per token

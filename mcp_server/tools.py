@@ -1,0 +1,238 @@
+"""The MCP tools: typed adapters, one engine call each. Register a new tool by adding it to TOOLS.
+
+Arguments carry their bounds and descriptions (the input schema an LLM reads); the docstring
+says when to call the tool. Engine errors (`ArchsmithError`: "field: what is allowed") become
+MCP tool errors. Heavy modules (torch, transformers, matplotlib) load inside the tools that need them.
+Annotations stay real objects here (no `from __future__ import annotations`): the SDK reads them.
+"""
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypedDict
+
+import anyio.to_thread
+from mcp.server.mcpserver import Context
+from pydantic import Field
+
+# ---- the workspace root: every path a tool reads or writes lies under it -------------------
+
+ROOT_ENV = "ARCHSMITH_WORKSPACE"
+_root: Path | None = None
+
+
+def set_workspace(root: str | Path | None) -> Path:
+    """Fix the root: the argument, else $ARCHSMITH_WORKSPACE, else the current directory."""
+    global _root
+    _root = Path(root or os.environ.get(ROOT_ENV) or Path.cwd()).resolve()
+    return _root
+
+
+def workspace() -> Path:
+    return _root or set_workspace(None)
+
+
+def _path(relative: str, field: str) -> Path:
+    from archsmith.files import inside
+
+    return inside(workspace(), relative, field)
+
+
+def _relative(path: Path) -> str:
+    return str(path.relative_to(workspace()))
+
+
+# ---- argument types ---------------------------------------------------------------------------
+
+Count = Annotated[str | None, Field(description="A count with an optional K/M/B/T suffix, e.g. '125M', '1.5B', '7B'.", max_length=40)]
+Compute = Annotated[str | None, Field(description="Compute budget in FLOPs, e.g. '1e21' (1e15 to 1e28).", max_length=40)]
+Memory = Annotated[str | None, Field(description="Training memory budget per GPU, e.g. '24GB' or '80GiB'.", max_length=40)]
+Context_ = Annotated[int | None, Field(description="Context length in tokens (default: the template's).", ge=128, le=1 << 24)]
+Vocab = Annotated[int | None, Field(description="Vocabulary size when no tokenizer is given (padded to a multiple of 128).", ge=1, le=1 << 22)]
+Gpu = Annotated[str, Field(description="GPU kind from list_gpus, e.g. 'h100', 'a100-80gb', 'l4'.", min_length=1, max_length=64)]
+Gpus = Annotated[int, Field(description="Number of GPUs for training.", ge=1, le=65536)]
+Mfu = Annotated[float, Field(description="Assumed model-FLOPs utilisation for time estimates.", gt=0, le=1)]
+TokenizerDir = Annotated[str | None, Field(description="Tokenizer directory (tokenizer.json + tokenizer_config.json), relative to the workspace root.", max_length=1024)]
+RelPath = Annotated[str, Field(description="Path relative to the workspace root (no '..', not absolute).", min_length=1, max_length=1024)]
+ConfigDict = Annotated[dict[str, Any] | None, Field(description="An inline Hugging Face config.json object (give this or config_path).")]
+ConfigPath = Annotated[str | None, Field(description="A config.json file or model directory, relative to the workspace root (give this or config).", max_length=1024)]
+
+
+class DesignSummary(TypedDict):
+    target: dict[str, Any]
+    template: str
+    vocab: dict[str, Any]
+    context_check: str
+    candidates: list[dict[str, Any]]
+    recommended: str
+    rationale: list[str]
+    scaling_path: list[dict[str, Any]]
+
+
+class WrittenDesign(TypedDict):
+    files: list[str]  # relative to the workspace root
+    recommended: str
+    params: int
+    config: dict[str, Any]
+
+
+class EmittedConfig(TypedDict):
+    config: dict[str, Any]
+    written: str | None
+
+
+class ModelDescription(TypedDict):
+    parameters: int
+    estimated_parameters: int
+    matches_estimate: bool
+    num_layers: int
+    parameter_tensors: int
+    tree: list[dict[str, Any]]
+
+
+def _spec(config: dict[str, Any] | None, config_path: str | None):
+    from archsmith.errors import ArchsmithError
+    from archsmith.hfconfig import read_config, spec_from_hf
+
+    if (config is None) == (config_path is None):
+        raise ArchsmithError("config", "give exactly one of config (an object) or config_path (a file)")
+    return spec_from_hf(config if config is not None else read_config(_path(config_path, "config_path")))
+
+
+def _design(params, compute, memory, context, vocab, gpu, gpus, tokens, mfu, tokenizer_dir) -> dict[str, Any]:
+    from archsmith.design import design_from_text
+
+    tokenizer = str(_path(tokenizer_dir, "tokenizer_dir")) if tokenizer_dir else None
+    return design_from_text(params=params, compute=compute, memory=memory, context=context, tokenizer=tokenizer,
+                            gpu=gpu, gpus=gpus, tokens=tokens, mfu=mfu, vocab=vocab)
+
+
+# ---- tools ------------------------------------------------------------------------------------
+
+def design_architecture(params: Count = None, compute: Compute = None, memory: Memory = None, context: Context_ = None,
+                        vocab: Vocab = None, gpu: Gpu = "h100", gpus: Gpus = 8, tokens: Count = None, mfu: Mfu = 0.4,
+                        tokenizer_dir: TokenizerDir = None) -> DesignSummary:
+    """Design a decoder-only LM for ONE budget: params (e.g. '1B'), compute (FLOPs, Chinchilla-sized) or memory
+    per GPU. Returns 3-4 candidate shapes with exact parameter counts, FLOPs, training time, memory per GPU and
+    KV cache per request, the recommended one with its rationale, and a scaling path. Writes nothing."""
+    from archsmith.design import summary
+
+    return summary(_design(params, compute, memory, context, vocab, gpu, gpus, tokens, mfu, tokenizer_dir))
+
+
+async def write_design(out_dir: RelPath, params: Count = None, compute: Compute = None, memory: Memory = None,
+                       context: Context_ = None, vocab: Vocab = None, gpu: Gpu = "h100", gpus: Gpus = 8, tokens: Count = None,
+                       mfu: Mfu = 0.4, tokenizer_dir: TokenizerDir = None, overwrite: bool = False,
+                       ctx: Context = None) -> WrittenDesign:
+    """Design as design_architecture does, then write config.json (loads in transformers), architecture_report.md,
+    capacity_plan.md and two memory charts (PNG) into out_dir under the workspace root. An existing non-empty
+    out_dir is refused unless overwrite is true; files appear all at once or not at all."""
+    from archsmith.files import check_out_dir, write_files
+    from archsmith.hfconfig import hf_from_spec
+
+    out = _path(out_dir, "out_dir")
+    check_out_dir(out, overwrite)
+    await ctx.report_progress(0, 3, "designing")
+    result = await anyio.to_thread.run_sync(_design, params, compute, memory, context, vocab, gpu, gpus, tokens, mfu, tokenizer_dir)
+    await ctx.report_progress(1, 3, "rendering reports and charts")
+
+    def render():
+        from archsmith.report import render_design
+
+        return render_design(result)
+
+    files = await anyio.to_thread.run_sync(render)
+    await ctx.report_progress(2, 3, "writing files")
+    written = write_files(out, files, overwrite)
+    await ctx.report_progress(3, 3, "done")
+    rec = result["recommended"]
+    return {"files": [_relative(p) for p in written], "recommended": rec.name, "params": rec.summary["params"]["total"],
+            "config": hf_from_spec(rec.spec)}
+
+
+def estimate_config(config: ConfigDict = None, config_path: ConfigPath = None,
+                    batch: Annotated[int, Field(description="Micro-batch size in sequences.", ge=1, le=1 << 20)] = 1,
+                    seq: Annotated[int | None, Field(description="Sequence length (default: the model's context).", ge=1, le=1 << 24)] = None,
+                    dtype: Annotated[Literal["fp32", "bf16", "fp16"], Field(description="Training precision; bf16/fp16 keep fp32 master weights.")] = "bf16",
+                    optimizer: Literal["adamw", "adamw8bit", "sgd", "adafactor"] = "adamw",
+                    checkpointing: Annotated[bool, Field(description="Activation checkpointing per decoder layer.")] = False,
+                    attention: Literal["sdpa", "eager"] = "sdpa") -> dict[str, Any]:
+    """Parameters (total, embedding, per layer, per component), FLOPs per token and memory (weights, gradients,
+    fp32 master + optimizer state, activations, logits, KV cache; training and inference totals) of a Hugging Face
+    config.json, in closed form. Families: llama, mistral, qwen2, qwen3, gemma2, olmo2, phi3, gpt2, mixtral, qwen3_moe."""
+    from archsmith.estimate import estimate
+
+    spec = _spec(config, config_path)
+    result = estimate(spec, batch=batch, seq=seq, dtype=dtype, optimizer=optimizer, checkpointing=checkpointing, attention=attention)
+    return {**result, "spec": spec.to_dict()}
+
+
+def emit_hf_config(spec: Annotated[dict[str, Any], Field(description="ArchitectureSpec fields: hidden_size, num_layers, num_heads, num_kv_heads, ffn_size, vocab_size, and optional context_length, head_dim, rope_theta, tie_embeddings, ... (as design_architecture returns them).")],
+                   model_type: Literal["llama", "mistral", "qwen2", "qwen3", "gemma2", "olmo2", "phi3", "mixtral", "qwen3_moe", "gpt2"] | None = None,
+                   dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16",
+                   out_path: Annotated[str | None, Field(description="Optional file to write, relative to the workspace root.", max_length=1024)] = None,
+                   overwrite: bool = False) -> EmittedConfig:
+    """Turn an architecture spec into the config.json that transformers' AutoConfig/AutoModelForCausalLM load.
+    Refuses, naming the field, a spec the chosen family cannot express (e.g. QK-norm in llama)."""
+    import json
+
+    from archsmith.files import write_file
+    from archsmith.hfconfig import hf_from_spec
+    from archsmith.spec import ArchitectureSpec
+
+    config = hf_from_spec(ArchitectureSpec.from_dict(spec), model_type=model_type, dtype=dtype)
+    written = None
+    if out_path is not None:
+        target = write_file(_path(out_path, "out_path"), json.dumps(config, indent=2) + "\n", overwrite, "out_path")
+        written = _relative(target)
+    return {"config": config, "written": written}
+
+
+def compute_optimal_sizing(compute_flops: Annotated[float | None, Field(description="Compute budget in FLOPs (give this or params).", ge=1e15, le=1e28)] = None,
+                           params: Annotated[float | None, Field(description="Model size in parameters (give this or compute_flops).", ge=1e6, le=2e12)] = None,
+                           tokens: Annotated[float | None, Field(description="Training tokens for the given params (default: 20 per parameter).", ge=1e6, le=1e16)] = None) -> dict[str, Any]:
+    """Chinchilla scaling: a compute budget -> compute-optimal parameters and tokens under the 20-tokens-per-parameter
+    rule and both published loss fits (Hoffmann et al., Epoch AI); or a model size (+ tokens) -> training FLOPs
+    and predicted loss."""
+    from archsmith.scaling import plan
+
+    return plan(compute_flops=compute_flops, params=params, tokens=tokens)
+
+
+def list_scale_templates() -> dict[str, Any]:
+    """The scale templates (100M, 350M, 1B, 7B): parameter ranges, width-to-depth aspect, heads, KV heads, FFN ratio,
+    context and vocabulary defaults, and published models of that class."""
+    from archsmith.design import scale_templates
+
+    return {"templates": list(scale_templates())}
+
+
+def list_gpus() -> dict[str, Any]:
+    """The GPU table: memory (bytes), dense bf16/fp16/fp8 peak FLOPs, memory bandwidth, interconnect, with sources."""
+    from archsmith.gpus import gpu_table
+
+    return {"gpus": gpu_table()}
+
+
+async def build_model(config: ConfigDict = None, config_path: ConfigPath = None,
+                      depth: Annotated[int, Field(description="Module-tree depth to report (layer 0 stands for all layers).", ge=0, le=6)] = 4,
+                      ctx: Context = None) -> ModelDescription:
+    """Build archsmith.network.CausalLM from a config (on the meta device: no memory, any size) and report its
+    module tree, parameter count and tensor count, checked against the closed-form estimate."""
+    from archsmith.network import check_buildable
+
+    spec = _spec(config, config_path)
+    check_buildable(spec)
+    await ctx.report_progress(0, 1, "building on the meta device")
+
+    def build():
+        from archsmith.network import describe
+
+        return describe(spec, depth)
+
+    result = await anyio.to_thread.run_sync(build)
+    await ctx.report_progress(1, 1, "done")
+    return result
+
+
+TOOLS = [design_architecture, write_design, estimate_config, emit_hf_config, compute_optimal_sizing,
+         list_scale_templates, list_gpus, build_model]
