@@ -176,6 +176,9 @@ def design(params: int | str | None = None, compute: float | None = None, memory
         return shape_spec(tpl, hidden, params, padded, context, kv, tokenizer)
 
     balanced_h = min(HIDDEN_LADDER, key=lambda h: _aspect_error(make(h), tpl["aspect"]))
+    if make(balanced_h) is None:
+        raise ArchsmithError("params", f"no shape of 2 to 256 layers reaches {params:,} parameters with a vocabulary of "
+                                       f"{padded:,} (its embedding alone is large); raise params or lower the vocabulary")
     i = HIDDEN_LADDER.index(balanced_h)
     cands: list[Candidate] = [Candidate("balanced", make(balanced_h))]
     if i > 0 and (s := make(HIDDEN_LADDER[i - 1])) is not None:
@@ -238,8 +241,10 @@ def scaling_path(spec: ArchitectureSpec, tokenizer: TokenizerInfo | None, vocab:
     path = []
     for tpl in scale_templates():
         target = {"100M": 125_000_000, "350M": 350_000_000, "1B": 1_200_000_000, "7B": 8_000_000_000}.get(tpl["name"], tpl["range"][0])
-        shaped = min((shape_spec(tpl, h, target, vocab, spec.context_length, None, tokenizer) for h in HIDDEN_LADDER),
-                     key=lambda s: _aspect_error(s, tpl["aspect"]))
+        shapes = [s for h in HIDDEN_LADDER if (s := shape_spec(tpl, h, target, vocab, spec.context_length, None, tokenizer))]
+        if not shapes:  # the vocabulary alone outgrows this size: no 2-256 layer shape reaches it
+            continue
+        shaped = min(shapes, key=lambda s: _aspect_error(s, tpl["aspect"]))
         n = est.count_params(shaped)["total"]
         tokens = scaling.optimal_tokens(n)
         path.append({
@@ -266,6 +271,8 @@ def _largest_fitting(memory: int, context: int | None, tokenizer: TokenizerInfo 
         v = pad_vocab(tokenizer.vocab_size if tokenizer else (vocab or tpl["vocab_size"]))
         ctx = context or tpl["context_length"]
         s = min((shape_spec(tpl, h, n, v, ctx, None, tokenizer) for h in HIDDEN_LADDER), key=lambda s: _aspect_error(s, tpl["aspect"]))
+        if s is None:  # no 2-256 layer shape reaches n: treat as not fitting, the search stays below it
+            return False
         train = est.training_memory(s, 1, ctx, "bf16", "adamw", checkpointing=True)
         return est.sharded_memory(train, s, strategy, gpus)["total_bytes"] <= memory * USABLE_MEMORY
 

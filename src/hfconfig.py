@@ -90,10 +90,51 @@ def _rope(cfg: dict[str, Any]) -> tuple[float, dict[str, Any] | None, float]:
     return float(theta), scaling, float(partial)
 
 
+# JSON types of the keys we read (None is always allowed: the family default applies).
+INT_KEYS = ("hidden_size", "num_attention_heads", "num_key_value_heads", "num_hidden_layers", "intermediate_size",
+            "vocab_size", "max_position_embeddings", "head_dim", "sliding_window", "max_window_layers", "num_local_experts",
+            "num_experts", "num_experts_per_tok", "moe_intermediate_size", "decoder_sparse_step", "n_embd", "n_layer",
+            "n_head", "n_inner", "n_positions", "bos_token_id", "pad_token_id")
+NUMBER_KEYS = ("rope_theta", "rms_norm_eps", "layer_norm_epsilon", "initializer_range", "partial_rotary_factor")
+BOOL_KEYS = ("tie_word_embeddings", "attention_bias", "mlp_bias", "use_sliding_window")
+OBJECT_KEYS = ("rope_scaling", "rope_parameters")
+STRING_KEYS = ("model_type", "hidden_act", "hidden_activation", "activation_function")
+
+
+def _check_types(cfg: dict[str, Any]) -> None:
+    """Raise ConfigError naming the first key whose JSON type is wrong."""
+    kinds = [(INT_KEYS, (int,), "an integer"), (NUMBER_KEYS, (int, float), "a number"), (BOOL_KEYS, (bool,), "true or false"),
+             (OBJECT_KEYS, (dict,), "an object"), (STRING_KEYS, (str,), "a string")]
+    for keys, types, what in kinds:
+        for key in keys:
+            value = cfg.get(key)
+            if value is None:
+                continue
+            if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+                raise ConfigError(key, f"must be {what}, got {value!r:.60}")
+    eos = cfg.get("eos_token_id")
+    if eos is not None and not (isinstance(eos, int) and not isinstance(eos, bool)
+                                or isinstance(eos, list) and all(isinstance(e, int) and not isinstance(e, bool) for e in eos)):
+        raise ConfigError("eos_token_id", f"must be an integer or a list of integers, got {eos!r:.60}")
+    types = cfg.get("layer_types")
+    if types is not None and not (isinstance(types, list) and all(isinstance(t, str) for t in types)):
+        raise ConfigError("layer_types", f"must be a list of strings, got {types!r:.60}")
+    for key in OBJECT_KEYS:
+        params = cfg.get(key) or {}
+        for name in ("factor", "rope_theta", "partial_rotary_factor", "low_freq_factor", "high_freq_factor"):
+            value = params.get(name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise ConfigError(f"{key}.{name}", f"must be a number, got {value!r:.60}")
+        kind = params.get("rope_type", params.get("type"))
+        if kind is not None and not isinstance(kind, str):
+            raise ConfigError(f"{key}.rope_type", f"must be a string, got {kind!r:.60}")
+
+
 def spec_from_hf(cfg: dict[str, Any]) -> ArchitectureSpec:
     """Read a parsed HF config dict. Raises ConfigError / SpecError naming the bad key."""
     if not isinstance(cfg, dict):
         raise ConfigError("config.json", f"must be a JSON object, got {type(cfg).__name__}")
+    _check_types(cfg)
     model_type = cfg.get("model_type")
     fam = _family(model_type)
     if model_type == "gpt2":

@@ -203,6 +203,15 @@ def validate(spec: ArchitectureSpec) -> None:
             raise SpecError("sliding_window", "must be set when layer_types has sliding_attention layers")
     if not (isinstance(spec.initializer_range, (int, float)) and 0 < spec.initializer_range < 1):
         raise SpecError("initializer_range", f"must be in (0, 1), got {spec.initializer_range!r}")
+    for name in ("tie_embeddings", "qkv_bias", "o_bias", "mlp_bias", "fused_qkv", "fused_gate_up", "encoder"):
+        if not isinstance(getattr(spec, name), bool):
+            raise SpecError(name, f"must be true or false, got {getattr(spec, name)!r}")
+    if spec.rope_scaling is not None and not isinstance(spec.rope_scaling, dict):
+        raise SpecError("rope_scaling", f"must be an object (HF rope parameters) or null, got {spec.rope_scaling!r}")
+    if not isinstance(spec.extra, dict):
+        raise SpecError("extra", f"must be an object, got {spec.extra!r}")
+    if spec.moe is not None and not isinstance(spec.moe, MoESpec):
+        raise SpecError("moe", f"must be an object with num_experts, top_k and expert_ffn_size, or null; got {spec.moe!r}")
     if spec.moe is not None:
         moe = spec.moe
         if not 1 <= moe.num_experts <= MAX_EXPERTS:
