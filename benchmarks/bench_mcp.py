@@ -60,7 +60,8 @@ def main() -> None:
     parser.add_argument("--starts", type=int, default=9)
     parser.add_argument("--calls", type=int, default=300)
     args = parser.parse_args()
-    import mcp
+    from importlib.metadata import version
+
     from mcp import StdioServerParameters
 
     from archsmith.catalog import reference_config
@@ -82,7 +83,7 @@ def main() -> None:
     body = f"""## MCP server over stdio: start-up and tool latency
 
 `python benchmarks/bench_mcp.py --starts {args.starts} --calls {args.calls}` — machine: {platform.machine()}, {os.cpu_count()} cores,
-Python {platform.python_version()}, mcp {mcp.__version__ if hasattr(mcp, '__version__') else 'installed'}.
+Python {platform.python_version()}, mcp {version('mcp')}.
 
 | measure | median (ms) | p99 (ms) | runs |
 |---|---:|---:|---:|
