@@ -234,5 +234,53 @@ async def build_model(config: ConfigDict = None, config_path: ConfigPath = None,
     return result
 
 
+HubId = Annotated[str, Field(description="Hugging Face model id, 'org/name'.", min_length=1, max_length=200)]
+GpuOpt = Annotated[str | None, Field(description="GPU to check fit on, from list_gpus (e.g. 't4', 'l4', 'a100-80gb').", max_length=64)]
+
+
+def search_models(query: Annotated[str | None, Field(description="Free text matched against model ids.", max_length=200)] = None,
+                  task: Annotated[str | None, Field(description="Pipeline tag, e.g. 'text-classification'.", max_length=64)] = None,
+                  library: Annotated[str | None, Field(description="e.g. 'transformers'.", max_length=64)] = None,
+                  author: Annotated[str | None, Field(description="Organisation or user.", max_length=96)] = None,
+                  language: Annotated[str | None, Field(description="ISO language code, e.g. 'es'.", max_length=16)] = None,
+                  license: Annotated[str | None, Field(description="'commercial' (permissive licenses) or a comma list such as 'apache-2.0,mit'.", max_length=200)] = None,
+                  gpu: GpuOpt = None,
+                  use: Literal["run_fp16", "run_int8", "run_int4", "finetune_full", "finetune_lora", "finetune_qlora"] = "run_fp16",
+                  max_params: Annotated[int | None, Field(description="Largest parameter count.", ge=1, le=10**13)] = None,
+                  sort: Literal["downloads", "likes", "trending", "recent"] = "downloads",
+                  limit: Annotated[int, Field(description="How many models to fetch.", ge=1, le=200)] = 20) -> dict[str, Any]:
+    """Search Hugging Face Hub models and rank them: constraints first (license, fits `use` on `gpu`, max_params), then
+    downloads and likes. Each hit has task, parameters (from safetensors metadata, never weights), license and whether
+    it allows commercial use, gating, memory at fp16/int8/int4 and for full/LoRA/QLoRA fine-tuning, and the reasons
+    for its rank. Offline (HF_HUB_OFFLINE=1) it searches the local cache and archsmith's reference architectures."""
+    from archsmith.hub import search
+
+    return search(query, task=task, library=library, author=author, language=language, license=license, gpu=gpu, use=use,
+                  max_params=max_params, sort=sort, limit=limit)
+
+
+def evaluate_model(model_id: HubId, gpu: GpuOpt = None) -> dict[str, Any]:
+    """Evaluate one Hub model from config.json, tokenizer_config.json, the model card and the safetensors header
+    (never the weights): architecture, parameters, context, vocabulary, license, gating, card sections on limitations
+    and bias, provenance (base model, datasets), memory for inference and fine-tuning, fit on `gpu`."""
+    from archsmith.hub import evaluate
+
+    return evaluate(model_id, gpu=gpu)
+
+
+def plan_finetune(model_id: HubId,
+                  task: Literal["text-generation", "text-classification", "sentiment-analysis", "token-classification",
+                                "question-answering", "fill-mask", "summarization", "translation", "text2text-generation",
+                                "feature-extraction", "sentence-similarity"] = "text-generation",
+                  method: Literal["auto", "full", "lora", "qlora"] = "auto",
+                  gpu: Annotated[str, Field(description="The GPU the fine-tune runs on.", min_length=1, max_length=64)] = "t4") -> dict[str, Any]:
+    """Plan a fine-tune of a Hub model on one GPU: picks full / LoRA / QLoRA (auto: the largest that fits) from computed
+    memory, and returns the settings and a ready-to-run Python script (AutoModelFor..., dtype, sdpa, device map,
+    4-bit config for QLoRA, LoRA rank/alpha and target modules taken from the model's real layer names)."""
+    from archsmith.hub import plan_finetune as plan
+
+    return plan(model_id, task=task, method=method, gpu=gpu)
+
+
 TOOLS = [design_architecture, write_design, estimate_config, emit_hf_config, compute_optimal_sizing,
-         list_scale_templates, list_gpus, build_model]
+         list_scale_templates, list_gpus, build_model, search_models, evaluate_model, plan_finetune]

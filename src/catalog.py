@@ -44,6 +44,7 @@ def reference_architectures() -> list[dict[str, Any]]:
             "name": name, "repo": source.get("repo", name.replace("__", "/")), "model_type": spec.model_type,
             "params": count_params(spec)["total"], "hidden_size": spec.hidden_size, "num_layers": spec.num_layers,
             "num_heads": spec.num_heads, "num_kv_heads": spec.num_kv_heads, "vocab_size": spec.vocab_size,
-            "context_length": spec.context_length, "moe": spec.moe is not None, "source": source.get("url"),
+            "context_length": spec.context_length, "moe": spec.moe is not None, "license": source.get("license"),
+            "source": source.get("url"),
         })
     return rows

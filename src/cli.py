@@ -92,7 +92,7 @@ def design(
 
 @app.command()
 def estimate(
-    config: Path = typer.Argument(..., help="A config.json file or a model directory holding one."),
+    config: str = typer.Argument(..., help="A config.json file, a model directory holding one, or a Hub id (org/name: only config.json is fetched)."),
     batch: int = typer.Option(1, "--batch", help="Micro-batch size (sequences)."),
     seq: Optional[int] = typer.Option(None, "--seq", help="Sequence length (default: the model's context)."),
     dtype: str = typer.Option("bf16", "--dtype", help="fp32, bf16 or fp16 (bf16/fp16 imply fp32 master weights)."),
@@ -103,10 +103,10 @@ def estimate(
 ) -> None:
     """Parameters, FLOPs and memory of a model from its config.json, in closed form."""
     from archsmith import estimate as est
-    from archsmith.hfconfig import load_spec
+    from archsmith.hub import spec_for
 
     try:
-        spec = load_spec(config)
+        spec = spec_for(config)
         result = est.estimate(spec, batch=batch, seq=seq, dtype=dtype, optimizer=optimizer, checkpointing=checkpointing, attention=attention)
     except ArchsmithError as exc:
         _fail(exc)
@@ -132,6 +132,107 @@ def estimate(
     for row in rows:
         t.add_row(*row)
     out.print(t)
+
+
+@app.command()
+def search(
+    query: Optional[str] = typer.Argument(None, help="Free text matched against model ids."),
+    task: Optional[str] = typer.Option(None, "--task", help="Pipeline tag, e.g. text-classification, text-generation."),
+    library: Optional[str] = typer.Option(None, "--library", help="e.g. transformers, sentence-transformers."),
+    author: Optional[str] = typer.Option(None, "--author", help="Organisation or user."),
+    language: Optional[str] = typer.Option(None, "--language", help="ISO code, e.g. es."),
+    license: Optional[str] = typer.Option(None, "--license", help="'commercial' (permissive preset) or a comma list, e.g. apache-2.0,mit."),
+    gpu: Optional[str] = typer.Option(None, "--gpu", help="GPU to check fit on (e.g. t4, l4, a100-80gb)."),
+    use: str = typer.Option("run_fp16", "--use", help="What must fit: run_fp16|run_int8|run_int4|finetune_full|finetune_lora|finetune_qlora."),
+    max_params: Optional[str] = typer.Option(None, "--max-params", help="Largest parameter count, e.g. 1B."),
+    sort: str = typer.Option("downloads", "--sort", help="downloads, likes, trending or recent."),
+    limit: int = typer.Option(20, "--limit", help="How many models to fetch (1-200)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+) -> None:
+    """Search the Hub, enrich each hit from its metadata (never weights) and rank by your constraints."""
+    from archsmith.hub import search as hub_search
+    from archsmith.units import parse_count
+
+    try:
+        result = hub_search(query, task=task, library=library, author=author, language=language, license=license, gpu=gpu,
+                            use=use, max_params=parse_count(max_params, "max_params") if max_params else None, sort=sort, limit=limit)
+    except ArchsmithError as exc:
+        _fail(exc)
+    if as_json:
+        _json(result)
+        return
+    from archsmith.units import human_bytes, human_count
+
+    table = Table(title=f"Models from {result['source']}")
+    for col in ("#", "model", "task", "params", "license", "gated", "downloads", f"{use}", "why"):
+        table.add_column(col)
+    for h in result["results"]:
+        need = human_bytes(h["memory"]["needs_bytes"][use]) if h["memory"] else "?"
+        fits = "" if not h["memory"] or "fits" not in h["memory"] else (" ok" if h["memory"]["fits"][use] else " too big")
+        table.add_row(str(h["rank"]), h["id"], h["task"] or "", human_count(h["params"]) if h["params"] else "?", h["license"] or "?",
+                      "yes" if h["gated"] else "", f"{h['downloads']:,}", need + fits, "; ".join(h["reasons"][:1] + h["problems"][:1]))
+    out.print(table)
+
+
+@app.command()
+def evaluate(
+    model_id: str = typer.Argument(..., help="Hub id, e.g. Qwen/Qwen2.5-0.5B."),
+    gpu: Optional[str] = typer.Option(None, "--gpu", help="GPU to check fit on."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+) -> None:
+    """One model from its config.json, tokenizer_config.json, card and safetensors header: architecture, license, memory."""
+    from archsmith.hub import evaluate as hub_evaluate
+
+    try:
+        result = hub_evaluate(model_id, gpu=gpu)
+    except ArchsmithError as exc:
+        _fail(exc)
+    if as_json:
+        _json(result)
+        return
+    from archsmith.units import human_bytes
+
+    out.print(f"[bold]{result['id']}[/bold]  task {result['task']}  license {result['license']} ({result['commercial']})"
+              f"  gated {result['gated']}  params {result['params']:,} ({result['params_source']})" if result["params"] else result["id"])
+    if result["memory"]:
+        for key, value in result["memory"]["needs_bytes"].items():
+            fit = result["memory"].get("fits", {}).get(key)
+            out.print(f"  {key:16} {human_bytes(value):>12}" + ("" if fit is None else "  fits" if fit else "  does not fit"))
+    for problem in result["problems"]:
+        err.print(f"[yellow]note:[/yellow] {problem}", highlight=False)
+
+
+@app.command()
+def configure(
+    model_id: str = typer.Argument(..., help="Hub id of the chosen model."),
+    task: str = typer.Option("text-generation", "--task", help="text-generation, text-classification, token-classification, ..."),
+    gpu: str = typer.Option("t4", "--gpu", help="The GPU the fine-tune runs on."),
+    method: str = typer.Option("auto", "--method", help="auto (largest that fits), full, lora or qlora."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Directory for finetune.py and plan.json (must not exist unless --overwrite)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace files in an existing --out directory."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+) -> None:
+    """Loading + fine-tuning configuration (full / LoRA / QLoRA) for one model on one GPU, with the memory behind it."""
+    from archsmith.files import check_out_dir, write_files
+    from archsmith.hub import plan_finetune
+
+    try:
+        if out_dir is not None:
+            check_out_dir(out_dir, overwrite)
+        plan = plan_finetune(model_id, task=task, gpu=gpu, method=method)
+        written = []
+        if out_dir is not None:
+            plan_json = json.dumps({k: v for k, v in plan.items() if k != "script"}, indent=2, default=str) + "\n"
+            written = write_files(out_dir, {"finetune.py": plan["script"], "plan.json": plan_json}, overwrite)
+    except ArchsmithError as exc:
+        _fail(exc)
+    if as_json:
+        _json({**plan, "files": [str(p) for p in written]})
+        return
+    for line in plan["why"]:
+        out.print(line)
+    out.print(f"method: [bold]{plan['method']}[/bold]; LoRA targets: {', '.join(plan['settings']['target_modules']) or '-'}")
+    out.print("wrote " + ", ".join(str(p) for p in written) if written else plan["script"], highlight=False)
 
 
 @app.command()

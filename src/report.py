@@ -114,3 +114,8 @@ def _layer_table(spec) -> list[dict[str, Any]]:
     rows.append({"name": "lm_head" + (" (tied to embed_tokens)" if spec.tie_embeddings else ""),
                  "shape": f"{spec.vocab_size} x {spec.hidden_size}", "params": counts["lm_head"]})
     return rows
+
+
+def render_template(name: str, context: dict[str, Any]) -> str:
+    """Render one template from `templates/` with `context` (used for the fine-tuning scripts of `hub`)."""
+    return _env().get_template(name).render(**context)

@@ -67,27 +67,55 @@ async def check_every_tool(client: Client, root: Path) -> None:
     assert cfg == written["config"] and written["params"] > 100_000_000
 
 
-def server_env(root: Path) -> dict[str, str]:
-    return {"ARCHSMITH_WORKSPACE": str(root), "PATH": os.environ.get("PATH", ""), "HOME": str(root)}
+def server_env(root: Path, hub_url: str | None = None) -> dict[str, str]:
+    """A minimal environment; the Hub is the local fake one, or none (offline)."""
+    env = {"ARCHSMITH_WORKSPACE": str(root), "PATH": os.environ.get("PATH", ""), "HOME": str(root),
+           "HF_HOME": str(root / ".hf"), "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_OFFLINE": "1"}
+    if hub_url:
+        env.update(HF_ENDPOINT=hub_url, HF_HUB_OFFLINE="0")
+    return env
 
 
-def mcp_json_server(root: Path) -> StdioServerParameters:
+def mcp_json_server(root: Path, hub_url: str | None = None) -> StdioServerParameters:
     """The server exactly as .mcp.json tells Claude Code to start it."""
     entry = json.loads((ROOT / ".mcp.json").read_text())["mcpServers"]["archsmith"]
     expand = lambda s: s.replace("${CLAUDE_PLUGIN_ROOT}", str(ROOT))  # noqa: E731
     return StdioServerParameters(command=expand(entry["command"]), args=[expand(a) for a in entry.get("args", [])],
-                                 env={**server_env(root), **{k: expand(v) for k, v in entry.get("env", {}).items()}})
+                                 env={**server_env(root, hub_url), **{k: expand(v) for k, v in entry.get("env", {}).items()}})
 
 
-def test_stdio_as_mcp_json_starts_it(tmp_path):
+def test_stdio_as_mcp_json_starts_it(tmp_path, monkeypatch):
+    from hubserver import FakeHub, use_fake_hub
+    from test_hub import repos
+
+    from archsmith import hub
+
+    fake = FakeHub(repos()).start()
+    use_fake_hub(monkeypatch, tmp_path / "hf-here", fake)
+    search_args = {"task": "text-classification", "license": "commercial", "gpu": "t4"}
+    expected_search = hub.search(**search_args)
+    expected_eval = hub.evaluate("acme/tiny-llama-es", gpu="l4")
+
     async def main():
-        async with Client(mcp_json_server(tmp_path)) as client:
+        async with Client(mcp_json_server(tmp_path, fake.url)) as client:
             await check_every_tool(client, tmp_path)
+            found = await client.call_tool("search_models", search_args)
+            assert same(found.structured_content, expected_search)
+            evaluated = await client.call_tool("evaluate_model", {"model_id": "acme/tiny-llama-es", "gpu": "l4"})
+            assert same(evaluated.structured_content, expected_eval)
+            plan = await client.call_tool("plan_finetune", {"model_id": "acme/tiny-llama-es", "method": "lora"})
+            assert plan.structured_content["settings"]["target_modules"][0] == "down_proj"
+            gone = await client.call_tool("evaluate_model", {"model_id": "acme/nope"})
+            assert gone.is_error and "acme/nope: not found on the Hub" in gone.content[0].text
             bad = await client.call_tool("estimate_config", {"config": LLAMA, "batch": 0})
             assert bad.is_error and "batch" in bad.content[0].text and "greater than or equal to 1" in bad.content[0].text
             await fifty_concurrent_estimates(client)  # the server keeps serving after a bad call
 
-    anyio.run(main)
+    try:
+        anyio.run(main)
+    finally:
+        fake.stop()
+    assert fake.full_downloads() == []
 
 
 async def fifty_concurrent_estimates(client: Client) -> None:
