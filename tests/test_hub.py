@@ -134,6 +134,11 @@ def test_errors_are_one_line(fake, monkeypatch):
         hub.evaluate("../etc/passwd")
     gated = hub.evaluate("bigco/llama-es-8b-sentiment")  # info is public, files need accepted terms
     assert any("is gated" in p for p in gated["problems"]) and gated["params"] is None
+    monkeypatch.setenv("HF_TOKEN", "hf_wrong")  # a valid token without access: the Hub answers 403
+    assert any("is gated" in p for p in hub.evaluate("bigco/llama-es-8b-sentiment")["problems"])
+    assert 403 in {r.status for r in fake.find(None, "/bigco/llama-es-8b-sentiment/resolve/")}
+    with pytest.raises(hub.HubError, match="is gated: accept its terms"):
+        hub.plan_finetune("bigco/llama-es-8b-sentiment")
     monkeypatch.setenv("HF_TOKEN", "hf_good")
     assert hub.evaluate("bigco/llama-es-8b-sentiment")["params"] == 8_030_261_248
     with pytest.raises(hub.HubError, match="file not in the repo: config.json"):
