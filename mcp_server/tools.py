@@ -126,8 +126,9 @@ async def write_design(out_dir: RelPath, params: Count = None, compute: Compute 
     """Design as design_architecture does, then write config.json (loads in transformers), architecture_report.md,
     capacity_plan.md and two memory charts (PNG) into out_dir under the workspace root. An existing non-empty
     out_dir is refused unless overwrite is true; files appear all at once or not at all."""
+    import json
+
     from archsmith.files import check_out_dir, write_files
-    from archsmith.hfconfig import hf_from_spec
 
     out = _path(out_dir, "out_dir")
     check_out_dir(out, overwrite)
@@ -146,7 +147,7 @@ async def write_design(out_dir: RelPath, params: Count = None, compute: Compute 
     await ctx.report_progress(3, 3, "done")
     rec = result["recommended"]
     return {"files": [_relative(p) for p in written], "recommended": rec.name, "params": rec.summary["params"]["total"],
-            "config": hf_from_spec(rec.spec)}
+            "config": json.loads(files["config.json"])}
 
 
 def estimate_config(config: ConfigDict = None, config_path: ConfigPath = None,

@@ -175,12 +175,13 @@ def design(params: int | str | None = None, compute: float | None = None, memory
     def make(hidden: int, kv: int | None = None) -> ArchitectureSpec | None:
         return shape_spec(tpl, hidden, params, padded, context, kv, tokenizer)
 
-    balanced_h = min(HIDDEN_LADDER, key=lambda h: _aspect_error(make(h), tpl["aspect"]))
-    if make(balanced_h) is None:
+    balanced = balanced_shape(tpl, params, padded, context, tokenizer)
+    if balanced is None:
         raise ArchsmithError("params", f"no shape of 2 to 256 layers reaches {params:,} parameters with a vocabulary of "
                                        f"{padded:,} (its embedding alone is large); raise params or lower the vocabulary")
+    balanced_h = balanced.hidden_size
     i = HIDDEN_LADDER.index(balanced_h)
-    cands: list[Candidate] = [Candidate("balanced", make(balanced_h))]
+    cands: list[Candidate] = [Candidate("balanced", balanced)]
     if i > 0 and (s := make(HIDDEN_LADDER[i - 1])) is not None:
         cands.append(Candidate("deep-narrow", s))
     if i + 1 < len(HIDDEN_LADDER) and (s := make(HIDDEN_LADDER[i + 1])) is not None:
@@ -217,9 +218,15 @@ def design(params: int | str | None = None, compute: float | None = None, memory
     }
 
 
-def _aspect_error(spec: ArchitectureSpec | None, aspect: float) -> float:
-    if spec is None:
-        return math.inf
+def balanced_shape(tpl: dict[str, Any], params: int, vocab: int, context: int,
+                   tokenizer: TokenizerInfo | None = None) -> ArchitectureSpec | None:
+    """The ladder width whose solved depth keeps the template's width-to-depth aspect best (the first on a tie);
+    None when no shape of 2 to 256 layers reaches `params`."""
+    shapes = [s for h in HIDDEN_LADDER if (s := shape_spec(tpl, h, params, vocab, context, None, tokenizer)) is not None]
+    return min(shapes, key=lambda s: _aspect_error(s, tpl["aspect"])) if shapes else None
+
+
+def _aspect_error(spec: ArchitectureSpec, aspect: float) -> float:
     return abs(math.log(spec.hidden_size / spec.num_layers / aspect))
 
 
@@ -241,10 +248,9 @@ def scaling_path(spec: ArchitectureSpec, tokenizer: TokenizerInfo | None, vocab:
     path = []
     for tpl in scale_templates():
         target = {"100M": 125_000_000, "350M": 350_000_000, "1B": 1_200_000_000, "7B": 8_000_000_000}.get(tpl["name"], tpl["range"][0])
-        shapes = [s for h in HIDDEN_LADDER if (s := shape_spec(tpl, h, target, vocab, spec.context_length, None, tokenizer))]
-        if not shapes:  # the vocabulary alone outgrows this size: no 2-256 layer shape reaches it
+        shaped = balanced_shape(tpl, target, vocab, spec.context_length, tokenizer)
+        if shaped is None:  # the vocabulary alone outgrows this size
             continue
-        shaped = min(shapes, key=lambda s: _aspect_error(s, tpl["aspect"]))
         n = est.count_params(shaped)["total"]
         tokens = scaling.optimal_tokens(n)
         path.append({
@@ -270,7 +276,7 @@ def _largest_fitting(memory: int, context: int | None, tokenizer: TokenizerInfo 
         tpl = template_for(n)
         v = pad_vocab(tokenizer.vocab_size if tokenizer else (vocab or tpl["vocab_size"]))
         ctx = context or tpl["context_length"]
-        s = min((shape_spec(tpl, h, n, v, ctx, None, tokenizer) for h in HIDDEN_LADDER), key=lambda s: _aspect_error(s, tpl["aspect"]))
+        s = balanced_shape(tpl, n, v, ctx, tokenizer)
         if s is None:  # no 2-256 layer shape reaches n: treat as not fitting, the search stays below it
             return False
         train = est.training_memory(s, 1, ctx, "bf16", "adamw", checkpointing=True)

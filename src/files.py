@@ -15,12 +15,12 @@ def check_out_dir(out: str | Path, overwrite: bool) -> Path:
     """Refuse an existing --out unless overwrite; call before doing any work."""
     out = Path(out)
     try:
-        out.exists()
+        exists = out.exists()
     except OSError as exc:  # e.g. a name longer than the file system allows
         raise ArchsmithError("out", f"cannot use {str(out)[:80]!r}: {exc.strerror or exc}") from None
-    if out.exists() and not out.is_dir():
+    if exists and not out.is_dir():
         raise ArchsmithError("out", f"{out} exists and is not a directory")
-    if out.exists() and any(out.iterdir()) and not overwrite:
+    if exists and any(out.iterdir()) and not overwrite:
         raise ArchsmithError("out", f"{out} already exists; pass --overwrite to replace its files")
     return out
 

@@ -87,18 +87,9 @@ def call(fn: Callable[..., Any], *args, what: str, **kwargs) -> Any:
         except errors.RepositoryNotFoundError:
             raise HubError(what, "not found on the Hub (or private without access)") from None
         except errors.LocalEntryNotFoundError as exc:
-            cause = exc.__cause__  # hf_hub_download wraps a failed HEAD (403, 429, 5xx, no network) this way
-            if isinstance(cause, errors.HfHubHTTPError):
-                status = cause.response.status_code if cause.response is not None else None
-                if status == 429 and attempt + 1 < RETRIES:
-                    time.sleep(_retry_after(cause, attempt))
-                    continue
-                raise HubError(what, f"the Hub answered HTTP {status}" + (" (rate limited; wait and retry)" if status == 429 else "")) from None
-            if offline():
-                raise HubError(what, "HF_HUB_OFFLINE is set and the file is not in the local HF cache") from None
-            if cause is not None and "Timeout" in type(cause).__name__:
-                raise HubError(what, "the Hub did not answer in time") from None
-            raise HubError(what, "cannot reach the Hub (no network?); set HF_HUB_OFFLINE=1 to search the local cache") from None
+            http = exc.__cause__  # hf_hub_download wraps a failed HEAD (403, 429, 5xx, no network) this way
+            if not isinstance(http, errors.HfHubHTTPError):
+                raise HubError(what, _unreachable(http)) from None
         except errors.EntryNotFoundError as exc:
             raise HubError(what, f"file not in the repo: {_filename(exc)}") from None
         except errors.NotASafetensorsRepoError:
@@ -106,21 +97,29 @@ def call(fn: Callable[..., Any], *args, what: str, **kwargs) -> Any:
         except errors.OfflineModeIsEnabled:
             raise HubError(what, "HF_HUB_OFFLINE is set: the Hub is not asked (search works offline on the local cache)") from None
         except errors.HfHubHTTPError as exc:
-            status = exc.response.status_code if exc.response is not None else None
-            if status == 429 and attempt + 1 < RETRIES:
-                time.sleep(_retry_after(exc, attempt))
-                continue
-            if status == 429:
-                raise HubError(what, f"rate limited by the Hub (HTTP 429) after {RETRIES} tries; wait and retry") from None
-            raise HubError(what, f"the Hub answered HTTP {status}") from None
+            http = exc
         except Exception as exc:  # httpx timeouts and connection errors come through under several names
             name = type(exc).__name__
-            if "Timeout" in name:
-                raise HubError(what, "the Hub did not answer in time") from None
-            if "Connect" in name or isinstance(exc, OSError):
-                raise HubError(what, "cannot reach the Hub (no network?); set HF_HUB_OFFLINE=1 to search the local cache") from None
+            if "Timeout" in name or "Connect" in name or isinstance(exc, OSError):
+                raise HubError(what, _unreachable(exc)) from None
             raise
+        status = http.response.status_code if http.response is not None else None
+        if status == 429 and attempt + 1 < RETRIES:
+            time.sleep(_retry_after(http, attempt))
+            continue
+        if status == 429:
+            raise HubError(what, f"rate limited by the Hub (HTTP 429) after {RETRIES} tries; wait and retry") from None
+        raise HubError(what, f"the Hub answered HTTP {status}") from None
     raise AssertionError("unreachable")
+
+
+def _unreachable(cause: BaseException | None) -> str:
+    """Why no answer came: offline without a cached copy, a timeout, or no connection."""
+    if offline():
+        return "HF_HUB_OFFLINE is set and the file is not in the local HF cache"
+    if cause is not None and "Timeout" in type(cause).__name__:
+        return "the Hub did not answer in time"
+    return "cannot reach the Hub (no network?); set HF_HUB_OFFLINE=1 to search the local cache"
 
 
 def _retry_after(exc, attempt: int) -> float:
@@ -187,6 +186,11 @@ class Hit:
         return dict(self.__dict__)
 
 
+def commercial_use(license: str | None) -> str:
+    """yes | restricted | no | unknown, from the LICENSES table."""
+    return LICENSES.get(str(license).lower(), "unknown") if license else "unknown"
+
+
 def license_allowed(license: str | None, allowed: tuple[str, ...] | None) -> bool:
     return allowed is None or (license or "").lower() in allowed
 
@@ -238,7 +242,7 @@ def _hit(client, info, device) -> Hit:
     """One listing entry, enriched; an odd entry gets `problems`, never an exception."""
     lic = _license(info.card_data.to_dict() if getattr(info, "card_data", None) else {})
     hit = Hit(id=info.id, task=info.pipeline_tag, library=info.library_name, license=lic,
-              commercial=LICENSES.get(str(lic).lower(), "unknown") if lic else "unknown", gated=bool(info.gated),
+              commercial=commercial_use(lic), gated=bool(info.gated),
               downloads=info.downloads or 0, likes=info.likes or 0,
               last_modified=info.last_modified.isoformat() if info.last_modified else None,
               params=None, params_source="unknown", memory=None)
@@ -311,7 +315,7 @@ def _offline_hits(query: str | None, author: str | None, device) -> list[Hit]:
         if any(h.id == repo_id for h in hits):
             continue
         hits.append(Hit(id=repo_id, task="text-generation" if source != "local HF cache" else None, library="transformers",
-                        license=lic, commercial=LICENSES.get(str(lic).lower(), "unknown") if lic else "unknown", gated=False,
+                        license=lic, commercial=commercial_use(lic), gated=False,
                         downloads=0, likes=0, last_modified=None, params=params, params_source=source,
                         memory=memory_table(params, device) if params else None))
     return hits
@@ -396,14 +400,16 @@ def evaluate(model_id: str, gpu: str | None = None, batch: int = 1, seq: int | N
         config = fetch_json(client, model_id, "config.json")
     except ArchsmithError as exc:
         problems.append(str(exc))
+    tokenizer: dict[str, Any] = {}
     try:
         tokenizer = fetch_json(client, model_id, "tokenizer_config.json")
     except ArchsmithError as exc:
-        tokenizer, _ = {}, problems.append(str(exc))
+        problems.append(str(exc))
+    readme = ""
     try:
         readme = open(call(client.hf_hub_download, model_id, "README.md", what=model_id), encoding="utf-8").read()
     except ArchsmithError as exc:
-        readme, _ = "", problems.append(str(exc))
+        problems.append(str(exc))
     card, sections = card_sections(readme)
     params, params_source, tensor_names = None, "unknown", []
     try:
@@ -426,7 +432,7 @@ def evaluate(model_id: str, gpu: str | None = None, batch: int = 1, seq: int | N
     lic = _license(card) or (_license(info.card_data.to_dict()) if info.card_data else None)
     report: dict[str, Any] = {
         "id": model_id, "sha": info.sha, "task": info.pipeline_tag, "library": info.library_name,
-        "license": lic, "commercial": LICENSES.get(str(lic).lower(), "unknown") if lic else "unknown",
+        "license": lic, "commercial": commercial_use(lic),
         "gated": bool(info.gated), "downloads": info.downloads, "likes": info.likes,
         "params": params, "params_source": params_source,
         "architecture": {"model_type": (config or {}).get("model_type"), "architectures": (config or {}).get("architectures"),

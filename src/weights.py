@@ -60,7 +60,7 @@ def load_pretrained(path: str | Path, dtype: torch.dtype | None = None, device: 
         raise CheckpointError(missing[0], f"missing from the checkpoint{more}; shape {tuple(expected[missing[0]].shape)} expected")
     model.load_state_dict(state, strict=False, assign=True)
     model.tie_weights()
-    return model.to(dtype) if dtype is not None else model
+    return model  # every tensor was converted to `dtype` as it was read
 
 
 def _read_tensors(path: Path):
