@@ -138,8 +138,8 @@ def _bound_client_retries() -> None:
     import httpx2
     from huggingface_hub.utils import _http
 
-    base = _http._http_backoff_base
-    if getattr(base, "archsmith_bounded", False):
+    base = getattr(_http, "_http_backoff_base", None)
+    if base is None or getattr(base, "archsmith_bounded", False):  # None: another huggingface_hub layout; calls still work
         return
     mid_answer = (httpx2.ReadError, httpx2.WriteError, httpx2.CloseError, httpx2.RemoteProtocolError)
 
