@@ -249,21 +249,26 @@ def search_models(query: Annotated[str | None, Field(description="Free text matc
                   use: Literal["run_fp16", "run_int8", "run_int4", "finetune_full", "finetune_lora", "finetune_qlora"] = "run_fp16",
                   max_params: Annotated[int | None, Field(description="Largest parameter count.", ge=1, le=10**13)] = None,
                   sort: Literal["downloads", "likes", "trending", "recent"] = "downloads",
-                  limit: Annotated[int, Field(description="How many models to fetch.", ge=1, le=200)] = 20) -> dict[str, Any]:
-    """Search Hugging Face Hub models and rank them: constraints first (license, fits `use` on `gpu`, max_params), then
-    downloads and likes. Each hit has task, parameters (from safetensors metadata, never weights), license and whether
-    it allows commercial use, gating, memory at fp16/int8/int4 and for full/LoRA/QLoRA fine-tuning, and the reasons
-    for its rank. Offline (HF_HUB_OFFLINE=1) it searches the local cache and archsmith's reference architectures."""
+                  limit: Annotated[int, Field(description="How many models to fetch.", ge=1, le=200)] = 20,
+                  include_rejected: Annotated[bool, Field(description="Also return the models that break a constraint (meets_constraints false).")] = False) -> dict[str, Any]:
+    """Search Hugging Face Hub models that meet every given constraint (task, library, language, author, license,
+    max_params, fits `use` on `gpu`), ranked by downloads and likes; `include_rejected` adds the others after them.
+    Each hit has `meets_constraints`, the constraints `checked`, `violated` and `unchecked` (metadata that cannot tell:
+    never counted as met), task, parameters (from safetensors metadata, never weights), license and whether it allows
+    commercial use, gating, memory at fp16/int8/int4 and for full/LoRA/QLoRA fine-tuning, and its reasons; `rejected`
+    counts the models filtered out per constraint and `message` says it in one line. Offline (HF_HUB_OFFLINE=1) it
+    checks the same constraints against the local HF cache and archsmith's reference architectures."""
     from archsmith.hub import search
 
     return search(query, task=task, library=library, author=author, language=language, license=license, gpu=gpu, use=use,
-                  max_params=max_params, sort=sort, limit=limit)
+                  max_params=max_params, sort=sort, limit=limit, include_rejected=include_rejected)
 
 
 def evaluate_model(model_id: HubId, gpu: GpuOpt = None) -> dict[str, Any]:
     """Evaluate one Hub model from config.json, tokenizer_config.json, the model card and the safetensors header
     (never the weights): architecture, parameters, context, vocabulary, license, gating, card sections on limitations
-    and bias, provenance (base model, datasets), memory for inference and fine-tuning, fit on `gpu`."""
+    and bias, provenance (base model, datasets), memory for inference and fine-tuning, fit on `gpu`. Offline
+    (HF_HUB_OFFLINE=1) it answers from the local HF cache or archsmith's reference architectures; `source` says which."""
     from archsmith.hub import evaluate
 
     return evaluate(model_id, gpu=gpu)

@@ -32,7 +32,8 @@ def reference_config(name: str) -> dict[str, Any]:
 
 
 def reference_architectures() -> list[dict[str, Any]]:
-    """One row per shipped config: Hub id, family, shape, exact parameter count, context, source URL."""
+    """One row per shipped config: Hub id, family, shape, exact parameter count, context, source URL, and the Hub
+    metadata offline search checks (task, library, languages, license, gated; None where not known)."""
     from archsmith.estimate import count_params
     from archsmith.hfconfig import spec_from_hf
 
@@ -45,6 +46,7 @@ def reference_architectures() -> list[dict[str, Any]]:
             "params": count_params(spec)["total"], "hidden_size": spec.hidden_size, "num_layers": spec.num_layers,
             "num_heads": spec.num_heads, "num_kv_heads": spec.num_kv_heads, "vocab_size": spec.vocab_size,
             "context_length": spec.context_length, "moe": spec.moe is not None, "license": source.get("license"),
-            "source": source.get("url"),
+            "task": source.get("task"), "library": source.get("library"), "languages": source.get("languages"),
+            "gated": source.get("gated"), "source": source.get("url"),
         })
     return rows

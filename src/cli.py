@@ -103,14 +103,14 @@ def estimate(
 ) -> None:
     """Parameters, FLOPs and memory of a model from its config.json, in closed form."""
     from archsmith import estimate as est
-    from archsmith.hub import spec_for
+    from archsmith.hub import spec_and_source
 
     try:
-        spec = spec_for(config)
+        spec, source = spec_and_source(config)
         result = est.estimate(spec, batch=batch, seq=seq, dtype=dtype, optimizer=optimizer, checkpointing=checkpointing, attention=attention)
     except ArchsmithError as exc:
         _fail(exc)
-    result["spec"] = spec.to_dict()
+    result["spec"], result["source"] = spec.to_dict(), source
     if as_json:
         _json(result)
         return
@@ -132,6 +132,7 @@ def estimate(
     for row in rows:
         t.add_row(*row)
     out.print(t)
+    out.print(f"source: {source}", highlight=False)
 
 
 @app.command()
@@ -147,15 +148,17 @@ def search(
     max_params: Optional[str] = typer.Option(None, "--max-params", help="Largest parameter count, e.g. 1B."),
     sort: str = typer.Option("downloads", "--sort", help="downloads, likes, trending or recent."),
     limit: int = typer.Option(20, "--limit", help="How many models to fetch (1-200)."),
+    include_rejected: bool = typer.Option(False, "--include-rejected", help="Also list the models that break a constraint, labelled."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
-    """Search the Hub, enrich each hit from its metadata (never weights) and rank by your constraints."""
+    """Search the Hub (offline: the local HF cache and the reference architectures) for models that meet every constraint."""
     from archsmith.hub import search as hub_search
     from archsmith.units import parse_count
 
     try:
         result = hub_search(query, task=task, library=library, author=author, language=language, license=license, gpu=gpu,
-                            use=use, max_params=parse_count(max_params, "max_params") if max_params else None, sort=sort, limit=limit)
+                            use=use, max_params=parse_count(max_params, "max_params") if max_params else None, sort=sort, limit=limit,
+                            include_rejected=include_rejected)
     except ArchsmithError as exc:
         _fail(exc)
     if as_json:
@@ -169,9 +172,13 @@ def search(
     for h in result["results"]:
         need = human_bytes(h["memory"]["needs_bytes"][use]) if h["memory"] else "?"
         fits = "" if not h["memory"] or "fits" not in h["memory"] else (" ok" if h["memory"]["fits"][use] else " too big")
+        why = ("" if h["meets_constraints"] else "rejected: ") + "; ".join(h["reasons"][:1] + h["problems"][:1])
         table.add_row(str(h["rank"]), h["id"], h["task"] or "", human_count(h["params"]) if h["params"] else "?", h["license"] or "?",
-                      "yes" if h["gated"] else "", f"{h['downloads']:,}", need + fits, "; ".join(h["reasons"][:1] + h["problems"][:1]))
-    out.print(table)
+                      "yes" if h["gated"] else "", "-" if h["downloads"] is None else f"{h['downloads']:,}", need + fits, why)
+    if result["results"]:
+        out.print(table)
+    if result["message"]:
+        out.print(result["message"], highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -194,6 +201,7 @@ def evaluate(
 
     out.print(f"[bold]{result['id']}[/bold]  task {result['task']}  license {result['license']} ({result['commercial']})"
               f"  gated {result['gated']}  params {result['params']:,} ({result['params_source']})" if result["params"] else result["id"])
+    out.print(f"  source: {result['source']}", highlight=False)
     if result["memory"]:
         for key, value in result["memory"]["needs_bytes"].items():
             fit = result["memory"].get("fits", {}).get(key)

@@ -3,8 +3,9 @@
 Everything goes through `huggingface_hub.HfApi` (never hand-written HTTP). Weights are never
 downloaded: parameter counts come from the Hub's safetensors metadata (header reads), else from
 `config.json` through our estimator. Tokens come from the usual HF places (HF_TOKEN, the cached
-login) and are never printed. With HF_HUB_OFFLINE=1 or no network, search falls back to the local
-HF cache and the shipped reference architectures, and says so.
+login) and are never printed. With HF_HUB_OFFLINE=1, search, evaluate and `estimate ORG/NAME` answer
+from the local HF cache and the shipped reference architectures, and say so; with no network they fail
+at once with one line (huggingface_hub's own retries of failed connections are bounded to none).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -76,10 +78,14 @@ def api(endpoint: str | None = None, token: str | bool | None = None):
 
 
 def call(fn: Callable[..., Any], *args, what: str, **kwargs) -> Any:
-    """Run one Hub call; retry HTTP 429 with backoff; turn client errors into one-line HubErrors naming `what`."""
+    """Run one Hub call; retry HTTP 429 with backoff; turn client errors into one-line HubErrors naming `what`.
+
+    A connection that cannot be made, or a request that times out, fails at once (see `_bound_client_retries`)."""
     from huggingface_hub import errors
 
+    _bound_client_retries()
     for attempt in range(RETRIES):
+        inside = _IN_CALL.set(True)
         try:
             return fn(*args, **kwargs)
         except errors.GatedRepoError:
@@ -95,7 +101,7 @@ def call(fn: Callable[..., Any], *args, what: str, **kwargs) -> Any:
         except errors.NotASafetensorsRepoError:
             raise HubError(what, "has no safetensors weights (model.safetensors or its index)") from None
         except errors.OfflineModeIsEnabled:
-            raise HubError(what, "HF_HUB_OFFLINE is set: the Hub is not asked (search works offline on the local cache)") from None
+            raise HubError(what, "HF_HUB_OFFLINE is set: the Hub is not asked") from None
         except errors.HfHubHTTPError as exc:
             http = exc
         except Exception as exc:  # httpx timeouts and connection errors come through under several names
@@ -103,6 +109,8 @@ def call(fn: Callable[..., Any], *args, what: str, **kwargs) -> Any:
             if "Timeout" in name or "Connect" in name or isinstance(exc, OSError):
                 raise HubError(what, _unreachable(exc)) from None
             raise
+        finally:
+            _IN_CALL.reset(inside)
         status = http.response.status_code if http.response is not None else None
         if status == 429 and attempt + 1 < RETRIES:
             time.sleep(_retry_after(http, attempt))
@@ -113,13 +121,47 @@ def call(fn: Callable[..., Any], *args, what: str, **kwargs) -> Any:
     raise AssertionError("unreachable")
 
 
+_IN_CALL: ContextVar[bool] = ContextVar("archsmith_hub_call", default=False)  # set while `call` runs a Hub request
+
+
+def _bound_client_retries() -> None:
+    """Inside `call`, huggingface_hub does not retry a connection that cannot be made or a request that timed out.
+
+    huggingface_hub 2.4 retries `httpx2` network errors and timeouts 5 times, waiting 1, 2, 4, 8, 8 s and logging two
+    warnings each time (`utils/_http.py: _http_backoff_base`, reached by `list_models` through `utils/_pagination.py`
+    and by `hf_hub_download`'s HEAD when no cached copy exists): 24 s of "Retrying" lines before the error with no
+    network. Its wrappers take `retry_on_exceptions=`, but `list_models` and `hf_hub_download` do not pass it through,
+    so this wraps the one function they all reach: during `call` (a context variable, so other users of
+    huggingface_hub in the process and other threads keep the library's behaviour), only a connection dropped in the
+    middle of an answer is retried. Retries on HTTP status codes (429, 5xx) stay as the library has them.
+    """
+    import httpx2
+    from huggingface_hub.utils import _http
+
+    base = getattr(_http, "_http_backoff_base", None)
+    if base is None or getattr(base, "archsmith_bounded", False):  # None: another huggingface_hub layout; calls still work
+        return
+    mid_answer = (httpx2.ReadError, httpx2.WriteError, httpx2.CloseError, httpx2.RemoteProtocolError)
+
+    def bounded(*args, **kwargs):
+        if _IN_CALL.get():
+            given = kwargs.get("retry_on_exceptions", _http._DEFAULT_RETRY_ON_EXCEPTIONS)
+            given = (given,) if isinstance(given, type) else tuple(given)
+            # ConnectError and every timeout are left out; a given type that is none of these (or their parents) stays
+            kwargs["retry_on_exceptions"] = tuple(e for e in mid_answer if issubclass(e, given))
+        return base(*args, **kwargs)
+
+    bounded.archsmith_bounded = True
+    _http._http_backoff_base = bounded
+
+
 def _unreachable(cause: BaseException | None) -> str:
     """Why no answer came: offline without a cached copy, a timeout, or no connection."""
     if offline():
         return "HF_HUB_OFFLINE is set and the file is not in the local HF cache"
     if cause is not None and "Timeout" in type(cause).__name__:
         return "the Hub did not answer in time"
-    return "cannot reach the Hub (no network?); set HF_HUB_OFFLINE=1 to search the local cache"
+    return "cannot reach the Hub (no network?); set HF_HUB_OFFLINE=1 to use the local HF cache and the reference architectures"
 
 
 def _retry_after(exc, attempt: int) -> float:
@@ -164,26 +206,36 @@ def memory_table(params: int, gpu: dict[str, Any] | None) -> dict[str, Any]:
 
 # ---- search -----------------------------------------------------------------------------------
 
+CONSTRAINTS = ("task", "library", "author", "language", "license", "max_params", "gpu")  # in the order they are reported
+
+
 @dataclass
 class Hit:
     id: str
     task: str | None
     library: str | None
+    languages: list[str] | None  # the card's `language` field; None: not known (offline, no card in the cache)
     license: str | None
     commercial: str
-    gated: bool
-    downloads: int
-    likes: int
+    gated: bool | None  # None: not known (offline)
+    downloads: int | None  # None offline
+    likes: int | None
     last_modified: str | None
     params: int | None
     params_source: str
     memory: dict[str, Any] | None
+    source: str = "the Hub"  # where this hit's metadata comes from
+    meets_constraints: bool = True  # every given constraint was checked and is met
+    checked: list[str] = field(default_factory=list)  # constraints this hit's metadata could be checked against
+    violated: list[str] = field(default_factory=list)  # checked and not met
+    unchecked: list[str] = field(default_factory=list)  # given, but the metadata cannot tell (never counted as met)
     reasons: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     rank: int = 0
+    tags: list[str] = field(default_factory=list, repr=False)  # the Hub's tags (library and language checks); not reported
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {k: v for k, v in self.__dict__.items() if k != "tags"}
 
 
 def commercial_use(license: str | None) -> str:
@@ -207,9 +259,15 @@ def resolve_licenses(license: str | list[str] | None) -> tuple[str, ...] | None:
 
 def search(query: str | None = None, task: str | None = None, library: str | None = None, author: str | None = None,
            language: str | None = None, license: str | list[str] | None = None, sort: str = "downloads", limit: int = 20,
-           gpu: str | None = None, use: str = "run_fp16", max_params: int | None = None,
+           gpu: str | None = None, use: str = "run_fp16", max_params: int | None = None, include_rejected: bool = False,
            endpoint: str | None = None, token: str | bool | None = None) -> dict[str, Any]:
-    """Ranked models: constraints first (license, fits `use` on `gpu`, max_params), then popularity."""
+    """Models that meet every given constraint, ranked by popularity; `include_rejected` adds the others, labelled.
+
+    Online, `limit` models are fetched (the Hub applies task, library, language, author and a single license) and each
+    hit is checked again against every constraint; offline, the local HF cache and the shipped reference architectures
+    are checked and the best `limit` returned. Each hit says which constraints were checked, which it violates and
+    which its metadata cannot tell (`unchecked`: such a hit never meets the constraints).
+    """
     from archsmith.gpus import get_gpu
 
     if sort not in SORTS:
@@ -221,31 +279,59 @@ def search(query: str | None = None, task: str | None = None, library: str | Non
         raise ArchsmithError("use", f"must be one of {', '.join(uses)}; got {use!r}")
     device = get_gpu(gpu) if gpu else None
     allowed = resolve_licenses(license)
+    given = {"task": task, "library": library, "author": author, "language": language, "license": allowed,
+             "max_params": max_params, "gpu": gpu}
+    given = {k: v for k, v in given.items() if v not in (None, "")}  # an empty string is no constraint (as before)
     if offline():
-        hits = _offline_hits(query, author, device)
+        hits = [_local_hit(m, device) for m in local_models() if not query or query.lower() in m.id.lower()]
         source = "offline: the local HF cache and archsmith's reference architectures (HF_HUB_OFFLINE is set)"
     else:
         client = api(endpoint, token)
-        filters = [f for f in (library, language) if f]  # the Hub lists libraries and languages as plain tags
+        # the Hub lists libraries, languages and licenses as plain tags; an allow-list of several cannot be one filter
+        tags = [f for f in (library, language, f"license:{allowed[0]}" if allowed and len(allowed) == 1 else None) if f]
         listing = call(lambda: list(client.list_models(search=query or None, pipeline_tag=task, author=author,
-                                                       filter=filters or None, sort=SORTS[sort], limit=limit, expand=EXPAND)),
+                                                       filter=tags or None, sort=SORTS[sort], limit=limit, expand=EXPAND)),
                        what="search")
         with ThreadPoolExecutor(max_workers=ENRICH_WORKERS) as pool:
             hits = list(pool.map(lambda info: _hit(client, info, device), listing))
         source = f"the Hub ({client.endpoint})"
+    ranked = rank(hits, given, use)
+    kept = [h for h in ranked if h.meets_constraints]
+    results = ranked if include_rejected else kept
+    rejected = [h for h in ranked if not h.meets_constraints]
+    summary = {"count": len(rejected),
+               "violated": {c: n for c in CONSTRAINTS if (n := sum(c in h.violated for h in rejected))},
+               "unchecked": {c: n for c in CONSTRAINTS if (n := sum(c in h.unchecked for h in rejected))}}
     return {"source": source, "offline": offline(), "query": {"query": query, "task": task, "library": library,
             "author": author, "language": language, "license": list(allowed) if allowed else None, "gpu": gpu, "use": use,
-            "max_params": max_params, "sort": sort}, "results": [h.to_dict() for h in rank(hits, allowed, use, max_params)]}
+            "max_params": max_params, "sort": sort, "limit": limit, "include_rejected": include_rejected},
+            "constraints": [c for c in CONSTRAINTS if c in given], "considered": len(ranked), "rejected": summary,
+            "message": _rejection_message(len(ranked), len(kept), summary, include_rejected),
+            "results": [h.to_dict() for h in results[:limit]]}
+
+
+def _rejection_message(considered: int, kept: int, rejected: dict[str, Any], include_rejected: bool) -> str | None:
+    """One line on what the filters removed, e.g. 'no model meets every constraint: 4 of 4 rejected (license 3, ...)'."""
+    if considered == 0:
+        return "no model matches the query"
+    if not rejected["count"]:
+        return None
+    by = [f"{c} {n}" for c, n in rejected["violated"].items()] + [f"{c} not checkable {n}" for c, n in rejected["unchecked"].items()]
+    line = f"{rejected['count']} of {considered} models rejected ({', '.join(by)})"
+    if kept == 0:
+        line = "no model meets every constraint: " + line
+    return line + ("" if include_rejected else "; include_rejected (--include-rejected) lists them, labelled")
 
 
 def _hit(client, info, device) -> Hit:
     """One listing entry, enriched; an odd entry gets `problems`, never an exception."""
-    lic = _license(info.card_data.to_dict() if getattr(info, "card_data", None) else {})
-    hit = Hit(id=info.id, task=info.pipeline_tag, library=info.library_name, license=lic,
+    card = info.card_data.to_dict() if getattr(info, "card_data", None) else {}
+    lic = _license(card)
+    hit = Hit(id=info.id, task=info.pipeline_tag, library=info.library_name, languages=_languages(card) or [], license=lic,
               commercial=commercial_use(lic), gated=bool(info.gated),
               downloads=info.downloads or 0, likes=info.likes or 0,
               last_modified=info.last_modified.isoformat() if info.last_modified else None,
-              params=None, params_source="unknown", memory=None)
+              params=None, params_source="unknown", memory=None, tags=list(info.tags or []))
     try:
         hit.params, hit.params_source = _params(client, info)
     except ArchsmithError as exc:
@@ -259,6 +345,14 @@ def _license(card: dict[str, Any]) -> str | None:
     """The card's license id; of a list, the first (the Hub shows the first too)."""
     lic = card.get("license")
     return (lic[0] if lic else None) if isinstance(lic, list) else lic
+
+
+def _languages(card: dict[str, Any]) -> list[str] | None:
+    """The card's `language` field as a list of codes; None when the card has none."""
+    value = card.get("language")
+    if isinstance(value, str):
+        return [value]
+    return [str(v) for v in value] if isinstance(value, list) else None
 
 
 def _params(client, info) -> tuple[int | None, str]:
@@ -277,25 +371,55 @@ def _params(client, info) -> tuple[int | None, str]:
     return count_params(spec_from_hf(cfg))["total"], "config.json (archsmith estimate)"
 
 
-def rank(hits: list[Hit], allowed: tuple[str, ...] | None, use: str, max_params: int | None) -> list[Hit]:
-    """Hits that meet every constraint first, then by downloads and likes; each gets its reasons."""
-    def violations(h: Hit) -> list[str]:
-        v = []
-        if not license_allowed(h.license, allowed):
-            v.append(f"license {h.license or 'unknown'} is not in the allowed list")
-        if h.params is None:
-            v.append("parameter count unknown")
-        elif max_params is not None and h.params > max_params:
-            v.append(f"{h.params:,} parameters > max {max_params:,}")
-        if h.memory and "fits" in h.memory and not h.memory["fits"][use]:
-            v.append(f"{use} needs {h.memory['needs_bytes'][use] / 2**30:.1f} GiB > {h.memory['usable_bytes'] / 2**30:.1f} GiB usable on {h.memory['gpu']}")
-        return v
+def check(hit: Hit, given: dict[str, Any], use: str) -> dict[str, tuple[bool | None, str]]:
+    """Each given constraint -> (met: True, False, or None when the hit's metadata cannot tell; why not)."""
+    def one(name: str, want: Any) -> tuple[bool | None, str]:
+        if name == "task":
+            return (None, "task not known") if hit.task is None else (hit.task == want, f"task {hit.task}, not {want}")
+        if name == "library":
+            if hit.library is None and not hit.tags:
+                return None, "library not known"
+            return want.lower() in {(hit.library or "").lower(), *map(str.lower, hit.tags)}, f"library {hit.library or 'not given'}, not {want}"
+        if name == "author":
+            return hit.id.lower().startswith(want.lower() + "/"), f"author {hit.id.split('/')[0]}, not {want}"
+        if name == "language":
+            if hit.languages is None and not hit.tags:
+                return None, "languages not known"
+            langs = [*(hit.languages or []), *hit.tags]
+            return want.lower() in map(str.lower, langs), f"languages {', '.join(hit.languages or []) or 'not given'}, not {want}"
+        if name == "license":
+            if hit.license is None:
+                return None, "license not known"
+            return license_allowed(hit.license, want), f"license {hit.license} is not in the allowed list"
+        if name == "max_params":
+            if hit.params is None:
+                return None, "parameter count not known"
+            return hit.params <= want, f"{hit.params:,} parameters > max {want:,}"
+        if hit.memory is None:  # gpu
+            return None, "parameter count not known"
+        need, usable = hit.memory["needs_bytes"][use], hit.memory["usable_bytes"]
+        return hit.memory["fits"][use], f"{use} needs {need / 2**30:.1f} GiB > {usable / 2**30:.1f} GiB usable on {hit.memory['gpu']}"
 
-    scored = sorted(hits, key=lambda h: (len(violations(h)), -h.downloads, -h.likes, h.id))
+    return {name: one(name, want) for name, want in given.items()}
+
+
+def rank(hits: list[Hit], given: dict[str, Any], use: str) -> list[Hit]:
+    """Hits that meet every constraint first, then by downloads and likes; each gets its checks and reasons."""
+    for h in hits:
+        status = check(h, given, use)
+        h.checked = [c for c, (ok, _) in status.items() if ok is not None]
+        h.violated = [c for c, (ok, _) in status.items() if ok is False]
+        h.unchecked = [c for c, (ok, _) in status.items() if ok is None]
+        h.meets_constraints = not h.violated and not h.unchecked
+        h.reasons = [why for ok, why in status.values() if ok is False] + [f"{c} not checked: {why}" for c, (ok, why) in status.items() if ok is None]
+        if h.meets_constraints:
+            h.reasons = ["meets every constraint" if given else "no constraints given"]
+    scored = sorted(hits, key=lambda h: (not h.meets_constraints, len(h.violated), len(h.unchecked), -(h.downloads or 0),
+                                         -(h.likes or 0), h.id))
     for i, h in enumerate(scored, 1):
         h.rank = i
-        bad = violations(h)
-        h.reasons = (["meets every constraint"] if not bad else bad) + [f"{h.downloads:,} downloads, {h.likes:,} likes"]
+        if h.downloads is not None:
+            h.reasons.append(f"{h.downloads:,} downloads, {h.likes or 0:,} likes")
         if h.gated:
             h.reasons.append("gated: accept the terms on the Hub before downloading")
         if h.commercial == "restricted":
@@ -303,49 +427,149 @@ def rank(hits: list[Hit], allowed: tuple[str, ...] | None, use: str, max_params:
     return scored
 
 
-def _offline_hits(query: str | None, author: str | None, device) -> list[Hit]:
-    """Models in the local HF cache (their config.json) and the shipped reference architectures."""
-    from archsmith.catalog import reference_architectures
+# ---- one model's metadata, and what the machine knows without the Hub (HF cache, shipped catalog)
 
-    hits: list[Hit] = []
-    for repo_id, params, lic, source in _cached_models() + [(r["repo"], r["params"], r["license"], "archsmith reference architecture")
-                                                            for r in reference_architectures()]:
-        if query and query.lower() not in repo_id.lower() or author and not repo_id.lower().startswith(author.lower() + "/"):
+@dataclass
+class ModelMetadata:
+    """What evaluate and offline search know about one model without its weights, and where it comes from."""
+
+    id: str
+    source: str  # the Hub, the local HF cache, an archsmith reference architecture
+    config: dict[str, Any] | None = None
+    readme: str = ""
+    tokenizer: dict[str, Any] = field(default_factory=dict)
+    sha: str | None = None  # the commit read; None for a reference architecture only
+    downloads: int | None = None  # None offline
+    likes: int | None = None
+    task: str | None = None
+    library: str | None = None
+    languages: list[str] | None = None
+    license: str | None = None
+    gated: bool | None = None
+    params: int | None = None
+    params_source: str = "unknown"
+    tensor_names: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+CACHE = "local HF cache"
+CATALOG = "archsmith reference architecture (its published config.json, shipped with archsmith)"
+
+
+def local_models(repo_id: str | None = None) -> list[ModelMetadata]:
+    """Models in the local HF cache and the shipped reference architectures (only `repo_id` when given).
+
+    A model in both gets the cache's metadata, and from the catalog what the cache lacks (e.g. no card cached)."""
+    from archsmith.catalog import reference_architectures, reference_config
+
+    models = {m.id: m for m in _cached_models(repo_id)}
+    for row in reference_architectures():
+        if repo_id is not None and row["repo"] != repo_id:
             continue
-        if any(h.id == repo_id for h in hits):
-            continue
-        hits.append(Hit(id=repo_id, task="text-generation" if source != "local HF cache" else None, library="transformers",
-                        license=lic, commercial=commercial_use(lic), gated=False,
-                        downloads=0, likes=0, last_modified=None, params=params, params_source=source,
-                        memory=memory_table(params, device) if params else None))
-    return hits
+        shipped = ModelMetadata(id=row["repo"], source=CATALOG, config=reference_config(row["name"]), task=row["task"],
+                                library=row["library"], languages=row["languages"], license=row["license"], gated=row["gated"],
+                                params=row["params"], params_source="published config.json (archsmith estimate)")
+        model = models.setdefault(row["repo"], shipped)
+        filled = [k for k in ("config", "params", "task", "library", "languages", "license", "gated")
+                  if model is not shipped and getattr(model, k) is None and getattr(shipped, k) is not None]
+        for k in filled:
+            setattr(model, k, getattr(shipped, k))
+        if "params" in filled:
+            model.params_source = shipped.params_source
+        if filled:
+            model.source = f"{CACHE}; {', '.join(filled)} from the {CATALOG}"
+    return list(models.values())
 
 
-def _cached_models() -> list[tuple[str, int | None, str | None, str]]:
+def _local_hit(model: ModelMetadata, device) -> Hit:
+    return Hit(id=model.id, task=model.task, library=model.library, languages=model.languages, license=model.license,
+               commercial=commercial_use(model.license), gated=model.gated, downloads=None, likes=None, last_modified=None,
+               params=model.params, params_source=model.params_source, source=model.source,
+               memory=memory_table(model.params, device) if model.params else None, problems=list(model.problems))
+
+
+def _cached_models(repo_id: str | None = None) -> list[ModelMetadata]:
+    """Model repos in the local HF cache, each from its newest cached revision's config.json, README.md,
+    tokenizer_config.json and safetensors headers (when the weights are cached)."""
     from huggingface_hub import constants, scan_cache_dir
-
-    from archsmith.estimate import count_params
-    from archsmith.hfconfig import spec_from_hf
 
     try:
         cache = scan_cache_dir(constants.HF_HUB_CACHE)  # its default argument is bound when first imported
     except Exception:  # no cache directory yet
         return []
-    rows = []
+    models = []
     for repo in cache.repos:
-        if repo.repo_type != "model":
+        if repo.repo_type != "model" or repo_id is not None and repo.repo_id != repo_id or not repo.revisions:
             continue
-        params = None
-        for revision in repo.revisions:
-            config = next((f.file_path for f in revision.files if f.file_name == "config.json"), None)
-            if config is not None:
-                try:
-                    params = count_params(spec_from_hf(json.loads(config.read_text())))["total"]
-                except (ArchsmithError, ValueError, OSError):
-                    pass
+        revision = max(repo.revisions, key=lambda r: r.last_modified)
+        files = {f.file_name: f.file_path for f in revision.files}
+        model = ModelMetadata(id=repo.repo_id, source=CACHE, sha=revision.commit_hash)
+        model.config = _read_json(files.get("config.json"), model.problems)
+        model.tokenizer = _read_json(files.get("tokenizer_config.json"), model.problems) or {}
+        if "README.md" in files:
+            model.readme = files["README.md"].read_text(encoding="utf-8", errors="replace")
+            card, _ = card_sections(model.readme)
+            model.task, model.library = card.get("pipeline_tag"), card.get("library_name")
+            model.languages, model.license = _languages(card) or [], _license(card)
+        model.task = model.task or _task_from_architectures(model.config)
+        if model.library is None and model.config is not None and "architectures" in model.config:
+            model.library = "transformers"  # what the Hub infers for a config.json with `architectures`
+        _cached_params(model, files)
+        models.append(model)
+    return models
+
+
+def _read_json(path, problems: list[str]) -> dict[str, Any] | None:
+    if path is None:
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as exc:
+        problems.append(f"{path.name} in the local HF cache is not valid JSON: {exc}")
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _task_from_architectures(config: dict[str, Any] | None) -> str | None:
+    """text-generation for a *ForCausalLM, text-classification for *ForSequenceClassification, ... (AUTO_CLASSES)."""
+    names = (config or {}).get("architectures") or []
+    for task, auto in AUTO_CLASSES.items():
+        if auto.startswith("AutoModelFor") and any(str(n).endswith(auto[len("AutoModel"):]) for n in names):
+            return task
+    return None
+
+
+def _cached_params(model: ModelMetadata, files: dict[str, Any]) -> None:
+    """Exact count and tensor names from cached safetensors headers, else config.json through our estimator."""
+    from safetensors import safe_open
+
+    shards = [n for n in files if n.endswith(".safetensors")]
+    index = _read_json(files.get("model.safetensors.index.json"), model.problems)
+    wanted = sorted(set(index["weight_map"].values())) if index and isinstance(index.get("weight_map"), dict) else shards
+    if wanted and all(n in files for n in wanted):
+        shapes = {}
+        for name in wanted:
+            try:
+                with safe_open(str(files[name]), framework="numpy") as weights:
+                    shapes.update({k: weights.get_slice(k).get_shape() for k in weights.keys()})
+            except Exception as exc:  # safetensors raises its own error types for a truncated or foreign file
+                model.problems.append(f"{name} in the local HF cache cannot be read: {exc}")
                 break
-        rows.append((repo.repo_id, params, None, "local HF cache"))
-    return rows
+        else:
+            model.params, model.params_source = sum(math.prod(s) for s in shapes.values()), "safetensors header (local HF cache)"
+            model.tensor_names = sorted(shapes)
+            return
+    from archsmith.hfconfig import SUPPORTED
+
+    if model.config is not None and model.config.get("model_type") in SUPPORTED:  # others: evaluate says so
+        from archsmith.estimate import count_params
+        from archsmith.hfconfig import spec_from_hf
+
+        try:
+            model.params = count_params(spec_from_hf(model.config))["total"]
+            model.params_source = "config.json in the local HF cache (archsmith estimate)"
+        except ArchsmithError as exc:
+            model.problems.append(str(exc))
 
 
 # ---- evaluate one model -------------------------------------------------------------------------
@@ -385,39 +609,59 @@ def card_sections(text: str) -> tuple[dict[str, Any], dict[str, str]]:
 
 def evaluate(model_id: str, gpu: str | None = None, batch: int = 1, seq: int | None = None,
              endpoint: str | None = None, token: str | bool | None = None) -> dict[str, Any]:
-    """config.json, tokenizer_config.json, the card and the safetensors header of one repo (never the weights)."""
-    from archsmith import estimate as est
+    """config.json, tokenizer_config.json, the card and the safetensors header of one repo (never the weights).
+
+    Offline (HF_HUB_OFFLINE=1) the same report comes from the local HF cache or the shipped reference architecture;
+    `source` says which."""
     from archsmith.gpus import get_gpu
-    from archsmith.hfconfig import SUPPORTED, spec_from_hf
 
     _check_id(model_id)
+    device = get_gpu(gpu) if gpu else None
+    return _report(local_model(model_id) if offline() else _hub_model(model_id, endpoint, token), device, batch, seq)
+
+
+def local_model(model_id: str) -> ModelMetadata:
+    """One model from the local HF cache or the shipped catalog; a one-line HubError when neither has it."""
+    found = local_models(model_id)
+    if not found:
+        raise HubError(model_id, "HF_HUB_OFFLINE is set and it is neither in the local HF cache nor one of archsmith's "
+                                 "reference architectures (search with HF_HUB_OFFLINE=1 lists what is here)")
+    return found[0]
+
+
+def _hub_model(model_id: str, endpoint: str | None, token: str | bool | None) -> ModelMetadata:
     client = api(endpoint, token)
     info = call(client.model_info, model_id, timeout=TIMEOUT_S, what=model_id)
-    device = get_gpu(gpu) if gpu else None
-    problems: list[str] = []
-    config: dict[str, Any] | None = None
+    model = ModelMetadata(id=model_id, source=f"the Hub ({client.endpoint})", sha=info.sha, task=info.pipeline_tag,
+                          library=info.library_name, gated=bool(info.gated), downloads=info.downloads, likes=info.likes)
+    for filename, attr in (("config.json", "config"), ("tokenizer_config.json", "tokenizer")):
+        try:
+            setattr(model, attr, fetch_json(client, model_id, filename))
+        except ArchsmithError as exc:
+            model.problems.append(str(exc))
     try:
-        config = fetch_json(client, model_id, "config.json")
+        model.readme = open(call(client.hf_hub_download, model_id, "README.md", what=model_id), encoding="utf-8").read()
     except ArchsmithError as exc:
-        problems.append(str(exc))
-    tokenizer: dict[str, Any] = {}
-    try:
-        tokenizer = fetch_json(client, model_id, "tokenizer_config.json")
-    except ArchsmithError as exc:
-        problems.append(str(exc))
-    readme = ""
-    try:
-        readme = open(call(client.hf_hub_download, model_id, "README.md", what=model_id), encoding="utf-8").read()
-    except ArchsmithError as exc:
-        problems.append(str(exc))
-    card, sections = card_sections(readme)
-    params, params_source, tensor_names = None, "unknown", []
+        model.problems.append(str(exc))
+    card, _ = card_sections(model.readme)
+    model.license = _license(card) or (_license(info.card_data.to_dict()) if info.card_data else None)
     try:
         meta = call(client.get_safetensors_metadata, model_id, what=model_id)
-        params, params_source = int(sum(meta.parameter_count.values())), "safetensors header"
-        tensor_names = sorted(name for file in meta.files_metadata.values() for name in file.tensors)
+        model.params, model.params_source = int(sum(meta.parameter_count.values())), "safetensors header"
+        model.tensor_names = sorted(name for file in meta.files_metadata.values() for name in file.tensors)
     except ArchsmithError as exc:
-        problems.append(str(exc))
+        model.problems.append(str(exc))
+    return model
+
+
+def _report(model: ModelMetadata, device: dict[str, Any] | None, batch: int, seq: int | None) -> dict[str, Any]:
+    """The evaluation of one model from its metadata: architecture, parameters, license, card, memory."""
+    from archsmith import estimate as est
+    from archsmith.hfconfig import SUPPORTED, spec_from_hf
+
+    config, problems = model.config, list(model.problems)
+    card, sections = card_sections(model.readme)
+    params, params_source = model.params, model.params_source
     spec = None
     if config is not None and config.get("model_type") in SUPPORTED:
         try:
@@ -429,22 +673,22 @@ def evaluate(model_id: str, gpu: str | None = None, batch: int = 1, seq: int | N
                         "parameters come from the safetensors header")
     if spec is not None and params is None:
         params, params_source = est.count_params(spec)["total"], "config.json (archsmith estimate)"
-    lic = _license(card) or (_license(info.card_data.to_dict()) if info.card_data else None)
     report: dict[str, Any] = {
-        "id": model_id, "sha": info.sha, "task": info.pipeline_tag, "library": info.library_name,
-        "license": lic, "commercial": commercial_use(lic),
-        "gated": bool(info.gated), "downloads": info.downloads, "likes": info.likes,
+        "id": model.id, "source": model.source, "sha": model.sha, "task": model.task, "library": model.library,
+        "license": model.license, "commercial": commercial_use(model.license),
+        "gated": model.gated, "downloads": model.downloads, "likes": model.likes,
         "params": params, "params_source": params_source,
         "architecture": {"model_type": (config or {}).get("model_type"), "architectures": (config or {}).get("architectures"),
                          "spec": spec.to_dict() if spec else None},
         "context_length": spec.context_length if spec else (config or {}).get("max_position_embeddings"),
         "vocab_size": spec.vocab_size if spec else (config or {}).get("vocab_size"),
-        "tokenizer": {k: tokenizer.get(k) for k in ("tokenizer_class", "model_max_length", "bos_token", "eos_token", "pad_token")
-                      if k in tokenizer},
-        "provenance": {"base_model": card.get("base_model"), "datasets": card.get("datasets"), "language": card.get("language")},
+        "tokenizer": {k: model.tokenizer.get(k) for k in ("tokenizer_class", "model_max_length", "bos_token", "eos_token", "pad_token")
+                      if k in model.tokenizer},
+        "provenance": {"base_model": card.get("base_model"), "datasets": card.get("datasets"),
+                       "language": card.get("language", model.languages)},
         "card_sections": {h: b[:2000] for h, b in sections.items()
                           if re.search(r"limitation|bias|risk|out-of-scope|intended use", h, re.I)},
-        "tensor_names": tensor_names,
+        "tensor_names": model.tensor_names,
         "memory": memory_table(params, device) if params else None,
         "problems": problems,
     }
@@ -494,6 +738,9 @@ def plan_finetune(model_id: str, task: str = "text-generation", method: str = "a
     if method not in methods:
         raise ArchsmithError("method", f"must be one of {', '.join(methods)}; got {method!r}")
     evaluation = evaluate(model_id, gpu=gpu, endpoint=endpoint, token=token)
+    if evaluation["sha"] is None:  # offline, from the catalog only: there is no commit to pin the script to
+        raise HubError(model_id, f"offline, it is only an {CATALOG}, not in the local HF cache: the script cannot pin a "
+                                 "revision; `evaluate` gives the memory of each fine-tuning method offline")
     memory = evaluation["memory"]
     if memory is None:
         gated = [p for p in evaluation["problems"] if "is gated" in p]
@@ -528,11 +775,22 @@ def plan_finetune(model_id: str, task: str = "text-generation", method: str = "a
 
 def spec_for(source: str, endpoint: str | None = None, token: str | bool | None = None):
     """ArchitectureSpec from a config.json path, a model directory, or (when no such path exists) a Hub id."""
+    return spec_and_source(source, endpoint, token)[0]
+
+
+def spec_and_source(source: str, endpoint: str | None = None, token: str | bool | None = None):
+    """(ArchitectureSpec, where its config.json came from): a path, the Hub, or offline the local HF cache or catalog."""
     from pathlib import Path
 
     from archsmith.hfconfig import load_spec, spec_from_hf
 
     if Path(source).exists() or not re.fullmatch(r"[\w.-]+/[\w.-]+", source):
-        return load_spec(source)
+        return load_spec(source), str(source)
     _check_id(source)
-    return spec_from_hf(fetch_json(api(endpoint, token), source, "config.json"))
+    if not offline():
+        client = api(endpoint, token)
+        return spec_from_hf(fetch_json(client, source, "config.json")), f"config.json from the Hub ({client.endpoint})"
+    model = local_model(source)
+    if model.config is None:
+        raise HubError(source, f"offline, and config.json is not in the {CACHE}")
+    return spec_from_hf(model.config), f"config.json from the {model.source}"

@@ -80,30 +80,72 @@ def fake(monkeypatch, tmp_path):
         yield server
 
 
-def test_search_ranks_constraints_first_and_never_downloads_weights(fake):
+def test_search_filters_by_default_and_labels_the_rest(fake):
     result = hub.search(task="text-classification", language="es", license="commercial", gpu="t4", sort="downloads")
-    ids = [r["id"] for r in result["results"]]
-    assert ids[0] == "acme/roberta-es-sentiment"  # the only commercial model that fits, though not the most downloaded
-    assert set(ids) == {"acme/roberta-es-sentiment", "acme/bert-es-sentiment-nc", "bigco/llama-es-8b-sentiment", "acme/odd-es-sentiment"}
-    first, rows = result["results"][0], {r["id"]: r for r in result["results"]}
-    assert first["reasons"][0] == "meets every constraint" and first["commercial"] == "yes"
+    assert [r["id"] for r in result["results"]] == ["acme/roberta-es-sentiment"]  # the only commercial model that fits
+    first = result["results"][0]
+    assert first["meets_constraints"] and first["reasons"][0] == "meets every constraint" and first["commercial"] == "yes"
+    assert first["checked"] == ["task", "language", "license", "gpu"] and first["violated"] == first["unchecked"] == []
     assert first["params"] == 12 * (4 * 768 * 768 + 2 * 3072 * 768 + 768) + 50265 * 768 + 3 * 768
     assert first["memory"]["fits"]["run_fp16"] and first["memory"]["weights_bytes"]["fp16"] == 2 * first["params"]
-    assert any("cc-by-nc-4.0 is not in the allowed list" in r for r in rows["acme/bert-es-sentiment-nc"]["reasons"])
+    assert result["rejected"] == {"count": 3, "violated": {"license": 2, "gpu": 1}, "unchecked": {"gpu": 1}}
+    assert result["message"] == ("3 of 4 models rejected (license 2, gpu 1, gpu not checkable 1); "
+                                 "include_rejected (--include-rejected) lists them, labelled")
+    assert result["constraints"] == ["task", "language", "license", "gpu"] and result["considered"] == 4
+
+    every = hub.search(task="text-classification", language="es", license="commercial", gpu="t4", include_rejected=True)
+    ids, rows = [r["id"] for r in every["results"]], {r["id"]: r for r in every["results"]}
+    assert ids[0] == "acme/roberta-es-sentiment" and set(ids) == {"acme/roberta-es-sentiment", "acme/bert-es-sentiment-nc",
+                                                                  "bigco/llama-es-8b-sentiment", "acme/odd-es-sentiment"}
+    assert [r["meets_constraints"] for r in every["results"]] == [True, False, False, False]
+    nc = rows["acme/bert-es-sentiment-nc"]
+    assert nc["violated"] == ["license"] and nc["reasons"][0] == "license cc-by-nc-4.0 is not in the allowed list"
     big = rows["bigco/llama-es-8b-sentiment"]
-    assert big["params"] == 8_030_261_248 and big["gated"] and not big["memory"]["fits"]["run_fp16"]
-    assert big["memory"]["fits"]["run_int4"]
-    assert rows["acme/odd-es-sentiment"]["problems"] and rows["acme/odd-es-sentiment"]["params"] is None  # odd, not fatal
+    assert big["violated"] == ["license", "gpu"] and big["params"] == 8_030_261_248 and big["gated"]
+    assert not big["memory"]["fits"]["run_fp16"] and big["memory"]["fits"]["run_int4"]
+    odd = rows["acme/odd-es-sentiment"]  # no weights, no config: the fit cannot be checked, so it is not met
+    assert odd["problems"] and odd["params"] is None and odd["violated"] == [] and odd["unchecked"] == ["gpu"]
+    assert odd["reasons"][0] == "gpu not checked: parameter count not known"
     assert fake.full_downloads() == [] and fake.full_downloads(".bin") == []
-    assert len(fake.requests) <= 2 * len(ids) + 1
+    assert len(fake.requests) <= 2 * 2 * len(ids) + 2  # two searches
 
 
-def test_license_allow_list_and_max_params(fake):
+def test_license_allow_list_and_max_params_filter(fake):
     result = hub.search(query="es", license="mit,apache-2.0", max_params=200_000_000)
-    top = [r["id"] for r in result["results"] if r["reasons"][0] == "meets every constraint"]
-    assert top == ["acme/roberta-es-sentiment", "acme/tiny-llama-es"]
+    assert [r["id"] for r in result["results"]] == ["acme/roberta-es-sentiment", "acme/tiny-llama-es"]
+    assert all(r["meets_constraints"] and r["checked"] == ["license", "max_params"] for r in result["results"])
     query = fake.find("GET", "/api/models")[0].query
     assert query["search"] == ["es"] and "safetensors" in query["expand"] and query["sort"] == ["downloads"]
+    assert "filter" not in query  # two licenses cannot be one Hub filter: checked here
+    fake.clear()
+    single = hub.search(query="es", license="apache-2.0")  # one license: the Hub filters on its tag, as its own UI does
+    assert [r["id"] for r in single["results"]] == ["acme/roberta-es-sentiment"]
+    assert fake.find("GET", "/api/models")[0].query["filter"] == ["license:apache-2.0"]
+    nothing = hub.search(query="es", max_params=1000)
+    assert nothing["results"] == [] and nothing["rejected"] == {"count": 5, "violated": {"max_params": 4},
+                                                                "unchecked": {"max_params": 1}}
+    assert nothing["message"].startswith("no model meets every constraint: 5 of 5 models rejected (max_params 4, "
+                                         "max_params not checkable 1)")
+
+
+def test_cli_search_filters_and_labels(fake):
+    from typer.testing import CliRunner
+
+    from archsmith.cli import app
+
+    runner = CliRunner()
+    found = runner.invoke(app, ["search", "es", "--license", "mit,apache-2.0", "--max-params", "200M", "--json"])
+    assert found.exit_code == 0, found.output
+    assert [(r["id"], r["meets_constraints"]) for r in json.loads(found.stdout)["results"]] == [
+        ("acme/roberta-es-sentiment", True), ("acme/tiny-llama-es", True)]
+    every = json.loads(runner.invoke(app, ["search", "es", "--license", "mit,apache-2.0", "--max-params", "200M",
+                                           "--include-rejected", "--json"]).stdout)
+    assert {r["id"] for r in every["results"] if not r["meets_constraints"]} == {
+        "acme/bert-es-sentiment-nc", "bigco/llama-es-8b-sentiment", "acme/odd-es-sentiment"}
+    shown = runner.invoke(app, ["search", "es", "--max-params", "200M"])
+    assert shown.exit_code == 0 and "2 of 5 models rejected (max_params 1, max_params not checkable 1)" in shown.stdout
+    none = runner.invoke(app, ["search", "es", "--max-params", "1000"])
+    assert none.exit_code == 0 and "no model meets every constraint: 5 of 5 models rejected" in none.stdout
 
 
 def test_evaluate_reads_metadata_only(fake):
@@ -178,20 +220,103 @@ def test_plan_finetune_uses_real_module_names(fake):
     assert lora["settings"]["target_modules"] == ["dense", "key", "query", "value"]
 
 
-def test_offline_search_uses_the_cache_and_the_catalog(fake, monkeypatch):
-    hub.evaluate("acme/tiny-llama-es")  # puts its config.json into the (temporary) HF cache
-    from huggingface_hub import constants
+def go_offline(fake, monkeypatch) -> dict:
+    """Fill the (temporary) HF cache as a user's earlier online session would, then switch HF_HUB_OFFLINE on."""
+    from huggingface_hub import constants, hf_hub_download
 
+    online = {m: hub.evaluate(m, gpu="l4") for m in ("acme/tiny-llama-es", "acme/roberta-es-sentiment")}
+    hf_hub_download("acme/tiny-llama-es", "model.safetensors")  # its weights too, as from_pretrained would have
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     fake.clear()
-    result = hub.search(query="llama")
+    return online
+
+
+def test_offline_search_checks_every_constraint(fake, monkeypatch):
+    go_offline(fake, monkeypatch)
+    result = hub.search(task="text-classification", language="es")
     assert result["offline"] and "offline" in result["source"]
-    rows = {r["id"]: r for r in result["results"]}
-    assert rows["acme/tiny-llama-es"]["params_source"] == "local HF cache"
-    assert rows["meta-llama/Llama-3.1-8B"]["params"] == 8_030_261_248 and rows["meta-llama/Llama-3.1-8B"]["license"] == "llama3.1"
+    assert [r["id"] for r in result["results"]] == ["acme/roberta-es-sentiment"]  # a cached card and config.json
+    row = result["results"][0]
+    assert row["task"] == "text-classification" and row["languages"] == ["es"] and row["source"] == "local HF cache"
+    assert row["checked"] == ["task", "language"] and row["meets_constraints"]
+    assert result["rejected"]["violated"]["task"] == 22  # the tiny llama and the 21 reference architectures
+
+    spanish = hub.search(task="text-generation", language="es", library="transformers", limit=200)
+    ids = {r["id"] for r in spanish["results"]}
+    assert {"acme/tiny-llama-es", "meta-llama/Llama-3.1-8B", "mistralai/Mixtral-8x7B-v0.1"} <= ids
+    assert not ids & {"openai-community/gpt2", "Qwen/Qwen3-8B", "acme/roberta-es-sentiment"}
+    assert all(r["task"] == "text-generation" and "es" in r["languages"] and r["library"] == "transformers"
+               for r in spanish["results"])
+    every = {r["id"]: r for r in hub.search(language="es", include_rejected=True, limit=200)["results"]}
+    qwen3 = every["Qwen/Qwen3-8B"]  # its card has no language field in the catalog: never claimed as met
+    assert not qwen3["meets_constraints"] and qwen3["unchecked"] == ["language"] and qwen3["checked"] == []
+    assert every["openai-community/gpt2"]["violated"] == ["language"]
+    llama = hub.search(query="Llama-3.1-8B", license="llama3.1", max_params=9_000_000_000, gpu="l4", use="run_int4")
+    assert [r["id"] for r in llama["results"]] == ["meta-llama/Llama-3.1-8B"]
+    assert llama["results"][0]["params"] == 8_030_261_248 and llama["results"][0]["license"] == "llama3.1"
+    assert hub.search(query="acme/", library="sentence-transformers")["message"] == (
+        "no model meets every constraint: 2 of 2 models rejected (library 2); include_rejected (--include-rejected) "
+        "lists them, labelled")
     assert fake.requests == []
-    with pytest.raises(hub.HubError, match="HF_HUB_OFFLINE is set"):
-        hub.evaluate("acme/tiny-llama-es")
+
+
+def test_offline_evaluate_estimate_and_configure(fake, monkeypatch):
+    from typer.testing import CliRunner
+
+    from archsmith.cli import app
+    from archsmith.estimate import count_params
+
+    online = go_offline(fake, monkeypatch)
+    cached = hub.evaluate("acme/tiny-llama-es", gpu="l4")
+    assert cached["source"] == "local HF cache" and cached["params_source"] == "safetensors header (local HF cache)"
+    same = ("sha", "params", "architecture", "license", "tokenizer", "provenance", "card_sections", "tensor_names", "memory",
+            "estimate")
+    assert {k: cached[k] for k in same} == {k: online["acme/tiny-llama-es"][k] for k in same}
+    roberta = hub.evaluate("acme/roberta-es-sentiment")  # weights not cached, family not read: no count, but the card
+    assert roberta["params"] is None and roberta["license"] == "apache-2.0" and roberta["task"] == "text-classification"
+
+    llama = hub.evaluate("meta-llama/Llama-3.1-8B", gpu="t4")
+    assert llama["source"].startswith("archsmith reference architecture") and llama["sha"] is None
+    assert llama["params"] == 8_030_261_248 and llama["license"] == "llama3.1" and llama["commercial"] == "restricted"
+    assert llama["gated"] is True and llama["context_length"] == 131072 and not llama["memory"]["fits"]["run_fp16"]
+    with pytest.raises(hub.HubError, match="acme/nope: HF_HUB_OFFLINE is set and it is neither in the local HF cache"):
+        hub.evaluate("acme/nope")
+
+    plan = hub.plan_finetune("acme/tiny-llama-es", method="lora")
+    assert plan["settings"]["revision"] == online["acme/tiny-llama-es"]["sha"]
+    assert plan["settings"]["target_modules"] == ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
+    with pytest.raises(hub.HubError, match="script cannot pin a revision"):
+        hub.plan_finetune("meta-llama/Llama-3.1-8B")
+
+    runner = CliRunner()
+    estimated = runner.invoke(app, ["estimate", "meta-llama/Llama-3.1-8B", "--json"])
+    assert estimated.exit_code == 0, estimated.output
+    data = json.loads(estimated.stdout)
+    assert data["params"]["total"] == 8_030_261_248 and "archsmith reference architecture" in data["source"]
+    tiny = json.loads(runner.invoke(app, ["estimate", "acme/tiny-llama-es", "--json"]).stdout)
+    assert tiny["params"]["total"] == count_params(TINY)["total"] and tiny["source"] == "config.json from the local HF cache"
+    shown = runner.invoke(app, ["evaluate", "meta-llama/Llama-3.1-8B"], terminal_width=200)
+    assert shown.exit_code == 0 and "params 8,030,261,248" in shown.stdout and "source: archsmith reference" in shown.stdout
+    assert fake.requests == []
+
+
+def test_no_network_fails_at_once_with_one_line(tmp_path):
+    """A closed port on 127.0.0.1: no retries, no library log lines, only our message (the client used to retry 5x)."""
+    import socket
+
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))  # bound, never listening: every connection is refused
+    env = {**os.environ, "HF_ENDPOINT": f"http://127.0.0.1:{closed.getsockname()[1]}", "HF_HUB_OFFLINE": "0",
+           "HF_HOME": str(tmp_path / "hf"), "HF_HUB_DISABLE_TELEMETRY": "1"}
+    exe = str(Path(sys.executable).parent / "archsmith")
+    try:
+        for args, what in ((["search", "llama"], "search"), (["estimate", "acme/x"], "acme/x"), (["evaluate", "acme/x"], "acme/x")):
+            done = subprocess.run([exe, *args], env=env, capture_output=True, text=True, timeout=120)
+            assert done.returncode == 2 and done.stdout == ""
+            assert done.stderr == (f"error: {what}: cannot reach the Hub (no network?); set HF_HUB_OFFLINE=1 to use the "
+                                   "local HF cache and the reference architectures\n")
+    finally:
+        closed.close()
 
 
 def test_cli_session_never_prints_the_token(fake, tmp_path):

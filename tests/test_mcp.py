@@ -92,7 +92,7 @@ def test_stdio_as_mcp_json_starts_it(tmp_path, monkeypatch):
 
     fake = FakeHub(repos()).start()
     use_fake_hub(monkeypatch, tmp_path / "hf-here", fake)
-    search_args = {"task": "text-classification", "license": "commercial", "gpu": "t4"}
+    search_args = {"task": "text-classification", "license": "commercial", "gpu": "t4", "include_rejected": True}
     expected_search = hub.search(**search_args)
     expected_eval = hub.evaluate("acme/tiny-llama-es", gpu="l4")
 
