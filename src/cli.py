@@ -145,7 +145,7 @@ def design(
     params: Optional[str] = typer.Option(None, "--params", help="Target parameter count, e.g. 10M, 125M, 1B, 7B."),
     compute: Optional[str] = typer.Option(None, "--compute", help="Compute budget in FLOPs, e.g. 1e21; sized by Chinchilla."),
     memory: Optional[str] = typer.Option(None, "--memory", help="Memory budget per GPU for training, e.g. 24GB or 80GiB: the largest model whose plan fits it on --gpu."),
-    context: Optional[int] = typer.Option(None, "--context", help="Context length in tokens, 128 or more (default: the template's)."),
+    context: Optional[int] = typer.Option(None, "--context", help="Context length in tokens, 128 or more (default: the template's, or --seq when longer)."),
     tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="Tokenizer directory (tokenizer.json + tokenizer_config.json)."),
     gpu: str = typer.Option("h100", "--gpu", help="GPU kind from the GPU table (h100, a100-80gb, h200, b200, mi300x, rtx4090, ...)."),
     gpus: int = typer.Option(8, "--gpus", help="Number of GPUs for training."),

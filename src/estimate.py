@@ -496,9 +496,8 @@ def estimate(spec: ArchitectureSpec, batch: int = 1, seq: int | None = None, dty
     """Everything `archsmith estimate --json` prints (the CLI contract in DESIGN.md)."""
     seq = spec.context_length if seq is None else seq
     _positive("batch", batch)
-    _positive("seq", seq)
-    if seq > spec.context_length:
-        raise ArchsmithError("seq", f"must be <= context_length={spec.context_length}; got {seq}")
+    if isinstance(seq, bool) or not isinstance(seq, int) or not 1 <= seq <= spec.context_length:
+        raise ArchsmithError("seq", f"must be an integer in [1, {spec.context_length}] (the model's context_length), got {seq!r}")
     params = count_params(spec)
     train = training_memory(spec, batch, seq, dtype, optimizer, checkpointing, attention)
     infer = inference_memory(spec, kv_batch or batch, seq, dtype)

@@ -143,7 +143,7 @@ def test_version_and_short_help_everywhere(run):
     (["design", "--memory", "1e999GB"], "memory", "finite", None),
     (["design", "--params", "1B", "--strategy", "pipeline"], "strategy", "zero3", None),
     (["design", "--params", "1B", "--batch", "0"], "batch", "[1, ", None),
-    (["estimate", str(LLAMA), "--seq", "0"], "seq", "positive", None),
+    (["estimate", str(LLAMA), "--seq", "0"], "seq", "[1, 131072]", None),
     (["estimate", str(LLAMA), "--dtype", "banana"], "dtype", "fp32, bf16, fp16", "fp8"),
     (["search", "--max-params", "1e999"], "max_params", "finite", None),
 ])
