@@ -47,6 +47,11 @@ Count = Annotated[str | None, Field(description="A count with an optional K/M/B/
 Compute = Annotated[str | None, Field(description="Compute budget in FLOPs, e.g. '1e21' (1e15 to 1e28).", max_length=40)]
 Memory = Annotated[str | None, Field(description="Training memory budget per GPU, e.g. '24GB' or '80GiB'.", max_length=40)]
 Context_ = Annotated[int | None, Field(description="Context length in tokens (default: the template's).", ge=128, le=1 << 24)]
+MicroBatch = Annotated[int, Field(description="Micro-batch per GPU (sequences) for the training memory plan.", ge=1, le=65536)]
+Seq = Annotated[int | None, Field(description="Sequence length of the training memory plan (default: the context).", ge=128, le=1 << 24)]
+Strategy = Annotated[Literal["auto", "ddp", "zero1", "zero2", "zero3", "fsdp"],
+                     Field(description="Data-parallel strategy of the memory plan; auto takes the first that fits: ddp, zero1, zero2, zero3.")]
+Checkpointing = Annotated[bool | None, Field(description="Activation checkpointing in the memory plan; null (default) = auto, only when nothing fits without.")]
 Vocab = Annotated[int | None, Field(description="Vocabulary size when no tokenizer is given (padded to a multiple of 128).", ge=1, le=1 << 22)]
 Gpu = Annotated[str, Field(description="GPU kind from list_gpus, e.g. 'h100', 'a100-80gb', 'l4'.", min_length=1, max_length=64)]
 Gpus = Annotated[int, Field(description="Number of GPUs for training.", ge=1, le=65536)]
@@ -62,6 +67,10 @@ class DesignSummary(TypedDict):
     template: str
     vocab: dict[str, Any]
     context_check: str
+    training: dict[str, Any]  # the plan behind "memory per GPU": strategy, checkpointing, micro_batch, seq, fits
+    limit: dict[str, Any]  # bytes per GPU a plan may use: min(memory budget, usable device memory)
+    assumptions: list[str]
+    warnings: list[str]
     candidates: list[dict[str, Any]]
     recommended: str
     rationale: list[str]
@@ -98,42 +107,49 @@ def _spec(config: dict[str, Any] | None, config_path: str | None):
     return spec_from_hf(config if config is not None else read_config(_path(config_path, "config_path")))
 
 
-def _design(params, compute, memory, context, vocab, gpu, gpus, tokens, mfu, tokenizer_dir) -> dict[str, Any]:
+def _design(tokenizer_dir: str | None, **args: Any) -> dict[str, Any]:
     from archsmith.design import design_from_text
 
     tokenizer = str(_path(tokenizer_dir, "tokenizer_dir")) if tokenizer_dir else None
-    return design_from_text(params=params, compute=compute, memory=memory, context=context, tokenizer=tokenizer,
-                            gpu=gpu, gpus=gpus, tokens=tokens, mfu=mfu, vocab=vocab)
+    return design_from_text(tokenizer=tokenizer, **args)
 
 
 # ---- tools ------------------------------------------------------------------------------------
 
 def design_architecture(params: Count = None, compute: Compute = None, memory: Memory = None, context: Context_ = None,
                         vocab: Vocab = None, gpu: Gpu = "h100", gpus: Gpus = 8, tokens: Count = None, mfu: Mfu = 0.4,
-                        tokenizer_dir: TokenizerDir = None) -> DesignSummary:
-    """Design a decoder-only LM for ONE budget: params (e.g. '1B'), compute (FLOPs, Chinchilla-sized) or memory
-    per GPU. Returns 3-4 candidate shapes with exact parameter counts, FLOPs, training time, memory per GPU and
-    KV cache per request, the recommended one with its rationale, and a scaling path. Writes nothing."""
+                        tokenizer_dir: TokenizerDir = None, batch: MicroBatch = 1, seq: Seq = None, strategy: Strategy = "auto",
+                        checkpointing: Checkpointing = None) -> DesignSummary:
+    """Design a decoder-only LM for ONE budget: params (e.g. '10M', '1B'), compute (FLOPs, Chinchilla-sized) or memory
+    per GPU (the largest model whose training plan fits it on `gpu`). Returns 3-4 candidate shapes with exact parameter
+    counts, FLOPs, training time, memory per GPU and KV cache per request, the recommended one with its rationale, the
+    training plan behind "memory per GPU" (batch, seq, strategy, checkpointing: given or auto) with its assumptions
+    and warnings, and a scaling path. Writes nothing."""
     from archsmith.design import summary
 
-    return summary(_design(params, compute, memory, context, vocab, gpu, gpus, tokens, mfu, tokenizer_dir))
+    return summary(_design(tokenizer_dir, params=params, compute=compute, memory=memory, context=context, vocab=vocab, gpu=gpu,
+                           gpus=gpus, tokens=tokens, mfu=mfu, batch=batch, seq=seq, strategy=strategy, checkpointing=checkpointing))
 
 
 async def write_design(out_dir: RelPath, params: Count = None, compute: Compute = None, memory: Memory = None,
                        context: Context_ = None, vocab: Vocab = None, gpu: Gpu = "h100", gpus: Gpus = 8, tokens: Count = None,
-                       mfu: Mfu = 0.4, tokenizer_dir: TokenizerDir = None, overwrite: bool = False,
+                       mfu: Mfu = 0.4, tokenizer_dir: TokenizerDir = None, batch: MicroBatch = 1, seq: Seq = None,
+                       strategy: Strategy = "auto", checkpointing: Checkpointing = None, overwrite: bool = False,
                        ctx: Context = None) -> WrittenDesign:
     """Design as design_architecture does, then write config.json (loads in transformers), architecture_report.md,
     capacity_plan.md and two memory charts (PNG) into out_dir under the workspace root. An existing non-empty
     out_dir is refused unless overwrite is true; files appear all at once or not at all."""
     import json
+    from functools import partial
 
     from archsmith.files import check_out_dir, write_files
 
     out = _path(out_dir, "out_dir")
     check_out_dir(out, overwrite)
     await ctx.report_progress(0, 3, "designing")
-    result = await anyio.to_thread.run_sync(_design, params, compute, memory, context, vocab, gpu, gpus, tokens, mfu, tokenizer_dir)
+    result = await anyio.to_thread.run_sync(partial(
+        _design, tokenizer_dir, params=params, compute=compute, memory=memory, context=context, vocab=vocab, gpu=gpu, gpus=gpus,
+        tokens=tokens, mfu=mfu, batch=batch, seq=seq, strategy=strategy, checkpointing=checkpointing))
     await ctx.report_progress(1, 3, "rendering reports and charts")
 
     def render():
@@ -200,7 +216,7 @@ def compute_optimal_sizing(compute_flops: Annotated[float | None, Field(descript
 
 
 def list_scale_templates() -> dict[str, Any]:
-    """The scale templates (100M, 350M, 1B, 7B): parameter ranges, width-to-depth aspect, heads, KV heads, FFN ratio,
+    """The scale templates (10M, 100M, 350M, 1B, 7B): parameter ranges, width-to-depth aspect, heads, KV heads, FFN ratio,
     context and vocabulary defaults, and published models of that class."""
     from archsmith.design import scale_templates
 

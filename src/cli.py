@@ -6,21 +6,120 @@ stderr naming the field, exit code 2, nothing written.
 
 from __future__ import annotations
 
+import copy
 import json
 import sys
+import textwrap
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import typer
+from rich.cells import cell_len
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
+from typer.core import TyperGroup
 
 from archsmith.errors import ArchsmithError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+
+class _Commands(TyperGroup):
+    """The app's command group: -h beside --help, --version on every command, flags shown as flags in --help
+    (typer labels them <bool> as if they took a value)."""
+
+    def get_command(self, ctx, cmd_name):
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            if not any("--version" in p.opts for p in command.params):
+                version = copy.copy(next(p for p in self.params if "--version" in p.opts))
+                version.expose_value = False  # the command's function has no such argument
+                command.params.append(version)
+            _flags_take_no_value([*command.params, command.get_help_option(ctx)])
+        return command
+
+    def get_help_option(self, ctx):
+        option = super().get_help_option(ctx)
+        _flags_take_no_value([*self.params, option])
+        return option
+
+
+def _flags_take_no_value(params: list) -> None:
+    for param in params:
+        if param is not None and getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+
+
+app = typer.Typer(cls=_Commands, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  context_settings={"help_option_names": ["-h", "--help"]},
                   help="Model-architecture specialists: designs, estimates and configs that are computed, not guessed.")
 err = Console(stderr=True)
 out = Console()
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"archsmith {version('archsmith')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _app(version: Optional[bool] = typer.Option(None, "--version", callback=_show_version, is_eager=True,
+                                                help="Show archsmith's version and exit.")) -> None:
+    pass
+
+
+class Column(NamedTuple):
+    """One column of a terminal table."""
+
+    header: str
+    number: bool = False  # numbers are never wrapped, shrunk or cut
+    optional: bool = False  # left out first when the terminal is too narrow for every column
+
+
+TEXT_MIN = 10  # the narrowest a wrapping text column gets before columns are left out
+
+
+def show_table(title: str | None, columns: list[Column], rows: list[list[str]], console: Console | None = None) -> None:
+    """Print `rows` so that no number is ever cut, whatever the width (80 columns and pipes included): text wraps;
+    when that is not enough, optional columns are left out (and named under the table); when even that is not
+    enough, one block per row, a line per column."""
+    console = console or out
+    keep = list(range(len(columns)))
+
+    def width(i: int) -> int:
+        cells = [cell_len(r[i]) for r in rows] + [cell_len(w) for w in columns[i].header.split()]
+        return max(cells, default=1) if columns[i].number else min(max(cells, default=1), TEXT_MIN)
+
+    while sum(width(i) + 3 for i in keep) + 1 > console.width and any(columns[i].optional for i in keep):
+        keep.remove(max(i for i in keep if columns[i].optional))
+    if sum(width(i) + 3 for i in keep) + 1 <= console.width:
+        table = Table(title=title)
+        for i in keep:
+            c = columns[i]
+            if c.number:
+                table.add_column("\n".join(textwrap.wrap(c.header, width(i))), justify="right", no_wrap=True)
+            else:
+                table.add_column(c.header, overflow="fold")
+        for r in rows:
+            table.add_row(*(r[i] for i in keep))
+        console.print(table)
+        left_out = [columns[i].header for i in range(len(columns)) if i not in keep]
+        if left_out:
+            console.print(f"(left out at this width: {', '.join(left_out)}; --json has every field)", style="dim")
+        return
+    # one block per row: a header column and a value column at least as wide as the widest number
+    numbers = max((cell_len(r[i]) for r in rows for i, c in enumerate(columns) if c.number), default=0)
+    room = console.width - 7  # borders and padding of a two-column table
+    values = min(max((cell_len(cell) for r in rows for cell in r), default=1), max(numbers, room - TEXT_MIN))
+    table = Table(title=title, show_header=False)
+    table.add_column(width=max(1, room - values), overflow="fold")
+    table.add_column(width=values, overflow="fold")
+    for r in rows:
+        for i, (c, cell) in enumerate(zip(columns, r)):
+            table.add_row(c.header, Text(cell, style="bold") if i == 0 else cell, end_section=i == len(r) - 1)
+    console.print(table)
 
 
 def _fail(exc: Exception) -> None:
@@ -43,16 +142,21 @@ def _jsonable(value: Any) -> Any:
 @app.command()
 def design(
     out_dir: Path = typer.Option(..., "--out", help="Directory for config.json and the reports (must not exist unless --overwrite)."),
-    params: Optional[str] = typer.Option(None, "--params", help="Target parameter count, e.g. 125M, 1B, 7B."),
+    params: Optional[str] = typer.Option(None, "--params", help="Target parameter count, e.g. 10M, 125M, 1B, 7B."),
     compute: Optional[str] = typer.Option(None, "--compute", help="Compute budget in FLOPs, e.g. 1e21; sized by Chinchilla."),
-    memory: Optional[str] = typer.Option(None, "--memory", help="Memory budget per GPU for training, e.g. 24GB or 80GiB."),
-    context: Optional[int] = typer.Option(None, "--context", help="Context length in tokens (default: the template's)."),
+    memory: Optional[str] = typer.Option(None, "--memory", help="Memory budget per GPU for training, e.g. 24GB or 80GiB: the largest model whose plan fits it on --gpu."),
+    context: Optional[int] = typer.Option(None, "--context", help="Context length in tokens, 128 or more (default: the template's, or --seq when longer)."),
     tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="Tokenizer directory (tokenizer.json + tokenizer_config.json)."),
-    gpu: str = typer.Option("h100", "--gpu", help="GPU kind from the GPU table (h100, a100-80gb, h200, b200, mi300x, ...)."),
+    gpu: str = typer.Option("h100", "--gpu", help="GPU kind from the GPU table (h100, a100-80gb, h200, b200, mi300x, rtx4090, ...)."),
     gpus: int = typer.Option(8, "--gpus", help="Number of GPUs for training."),
     tokens: Optional[str] = typer.Option(None, "--tokens", help="Training tokens, e.g. 100B (default: Chinchilla's 20 per parameter)."),
     mfu: float = typer.Option(0.40, "--mfu", help="Assumed model-FLOPs utilisation for time estimates, in (0, 1]."),
     vocab: Optional[int] = typer.Option(None, "--vocab", help="Vocabulary size when no tokenizer is given."),
+    batch: int = typer.Option(1, "--batch", help="Micro-batch per GPU (sequences) for the memory plan."),
+    seq: Optional[int] = typer.Option(None, "--seq", help="Sequence length for the memory plan, 128 or more (default: the context)."),
+    strategy: str = typer.Option("auto", "--strategy", help="ddp, zero1, zero2, zero3, fsdp or auto (the first that fits: ddp, then ZeRO-1/2/3)."),
+    checkpointing: Optional[bool] = typer.Option(None, "--checkpointing/--no-checkpointing", show_default=False,
+                                                 help="Activation checkpointing in the memory plan (default: auto, only when nothing fits without)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace files in an existing --out directory."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
@@ -65,7 +169,8 @@ def design(
         check_out_dir(out_dir, overwrite)
         result = designer.design_from_text(params=params, compute=compute, memory=memory, context=context,
                                            tokenizer=str(tokenizer) if tokenizer else None, gpu=gpu, gpus=gpus,
-                                           tokens=tokens, mfu=mfu, vocab=vocab)
+                                           tokens=tokens, mfu=mfu, vocab=vocab, batch=batch, seq=seq, strategy=strategy,
+                                           checkpointing=checkpointing)
         written = write_files(out_dir, render_design(result), overwrite)
     except ArchsmithError as exc:
         _fail(exc)
@@ -76,18 +181,20 @@ def design(
         return
     from archsmith.units import human_bytes, human_count, human_duration
 
-    table = Table(title=f"Candidates for {human_count(result['target']['params'])} parameters ({result['template']['name']} template)")
-    for col in ("candidate", "hidden x layers", "heads/kv", "ffn", "params", "train time", "mem/GPU", "KV/request"):
-        table.add_column(col, justify="right" if col not in ("candidate",) else "left")
-    for c in result["candidates"]:
-        s = c.summary
-        table.add_row(("* " if c is rec else "  ") + c.name, s["shape"], f"{c.spec.num_heads}/{c.spec.num_kv_heads}", str(c.spec.ffn_size),
-                      f"{s['params']['total']:,}", human_duration(s["train_time"]["seconds"]),
-                      human_bytes(s["memory_per_gpu"]["total_bytes"]), human_bytes(s["kv_cache_per_request"]))
-    out.print(table)
-    out.print(f"recommended: [bold]{rec.name}[/bold] - " + "; ".join(result["rationale"]))
-    out.print(f"{result['context_check']}")
-    out.print("wrote " + ", ".join(str(p) for p in written))
+    columns = [Column("candidate"), Column("hidden x layers", True), Column("heads/kv", True, True), Column("ffn", True, True),
+               Column("params", True), Column("train time", True), Column("mem/GPU", True), Column("KV/request", True, True)]
+    rows = [[("* " if c is rec else "") + c.name, c.summary["shape"], f"{c.spec.num_heads}/{c.spec.num_kv_heads}", str(c.spec.ffn_size),
+             f"{c.summary['params']['total']:,}", human_duration(c.summary["train_time"]["seconds"]),
+             human_bytes(c.summary["memory_per_gpu"]["total_bytes"]) + ("" if c.summary["fits"] else " (too big)"),
+             human_bytes(c.summary["kv_cache_per_request"])] for c in result["candidates"]]
+    show_table(f"Candidates for {human_count(result['target']['params'])} parameters ({result['template']['name']} template)", columns, rows)
+    for line in result["assumptions"]:
+        out.print(line, style="dim", highlight=False)
+    for warning in result["warnings"]:
+        err.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+    out.print(f"recommended: [bold]{rec.name}[/bold] - " + "; ".join(result["rationale"]), highlight=False)
+    out.print(f"{result['context_check']}", highlight=False)
+    out.print("wrote " + ", ".join(str(p) for p in written), highlight=False)
 
 
 @app.command()
@@ -117,21 +224,16 @@ def estimate(
     from archsmith.units import human_bytes
 
     p, f, m = result["params"], result["flops"], result["memory"]
-    t = Table(title=f"{config} ({spec.model_type}, {spec.hidden_size} x {spec.num_layers})", show_header=False)
-    t.add_column("what")
-    t.add_column("value", justify="right")
     rows = [
-        ("parameters", f"{p['total']:,}"), ("  embedding", f"{p['embedding']:,}"), ("  lm_head", f"{p['lm_head']:,}" + (" (tied)" if p["tied_embeddings"] else "")),
-        ("  per layer", f"{p['per_layer']:,}"), ("  non-embedding", f"{p['non_embedding']:,}"),
-        (f"forward FLOPs/token at {f['seq']} (causal)", f"{f['forward_per_token']:,}"), ("training FLOPs/token", f"{f['training_per_token']:,}"),
-        ("weights", human_bytes(m["weights_bytes"])), ("gradients", human_bytes(m["gradients_bytes"])),
-        ("optimizer (incl. fp32 master)", human_bytes(m["optimizer_bytes"])), ("activations", human_bytes(m["activations_bytes"])),
-        ("logits", human_bytes(m["logits_bytes"])), ("training total", human_bytes(m["training_total_bytes"])),
-        ("KV cache", human_bytes(m["kv_cache_bytes"])), ("inference total", human_bytes(m["inference_total_bytes"])),
+        ["parameters", f"{p['total']:,}"], ["  embedding", f"{p['embedding']:,}"], ["  lm_head", f"{p['lm_head']:,}" + (" (tied)" if p["tied_embeddings"] else "")],
+        ["  per layer", f"{p['per_layer']:,}"], ["  non-embedding", f"{p['non_embedding']:,}"],
+        [f"forward FLOPs/token at {f['seq']} (causal)", f"{f['forward_per_token']:,}"], ["training FLOPs/token", f"{f['training_per_token']:,}"],
+        ["weights", human_bytes(m["weights_bytes"])], ["gradients", human_bytes(m["gradients_bytes"])],
+        ["optimizer (incl. fp32 master)", human_bytes(m["optimizer_bytes"])], ["activations", human_bytes(m["activations_bytes"])],
+        ["logits", human_bytes(m["logits_bytes"])], ["training total", human_bytes(m["training_total_bytes"])],
+        ["KV cache", human_bytes(m["kv_cache_bytes"])], ["inference total", human_bytes(m["inference_total_bytes"])],
     ]
-    for row in rows:
-        t.add_row(*row)
-    out.print(t)
+    show_table(f"{config} ({spec.model_type}, {spec.hidden_size} x {spec.num_layers})", [Column("what"), Column("value", True)], rows)
     out.print(f"source: {source}", highlight=False)
 
 
@@ -157,7 +259,7 @@ def search(
 
     try:
         result = hub_search(query, task=task, library=library, author=author, language=language, license=license, gpu=gpu,
-                            use=use, max_params=parse_count(max_params, "max_params") if max_params else None, sort=sort, limit=limit,
+                            use=use, max_params=parse_count(max_params, "max_params", 1, 10**13) if max_params else None, sort=sort, limit=limit,
                             include_rejected=include_rejected)
     except ArchsmithError as exc:
         _fail(exc)
@@ -166,17 +268,17 @@ def search(
         return
     from archsmith.units import human_bytes, human_count
 
-    table = Table(title=f"Models from {result['source']}")
-    for col in ("#", "model", "task", "params", "license", "gated", "downloads", f"{use}", "why"):
-        table.add_column(col)
+    columns = [Column("#", True), Column("model"), Column("task", optional=True), Column("params", True), Column("license"),
+               Column("gated", optional=True), Column("downloads", True), Column(use, True), Column("why", optional=True)]
+    rows = []
     for h in result["results"]:
         need = human_bytes(h["memory"]["needs_bytes"][use]) if h["memory"] else "?"
         fits = "" if not h["memory"] or "fits" not in h["memory"] else (" ok" if h["memory"]["fits"][use] else " too big")
         why = ("" if h["meets_constraints"] else "rejected: ") + "; ".join(h["reasons"][:1] + h["problems"][:1])
-        table.add_row(str(h["rank"]), h["id"], h["task"] or "", human_count(h["params"]) if h["params"] else "?", h["license"] or "?",
-                      "yes" if h["gated"] else "", "-" if h["downloads"] is None else f"{h['downloads']:,}", need + fits, why)
-    if result["results"]:
-        out.print(table)
+        rows.append([str(h["rank"]), h["id"], h["task"] or "", human_count(h["params"]) if h["params"] else "?", h["license"] or "?",
+                     "yes" if h["gated"] else "", "-" if h["downloads"] is None else f"{h['downloads']:,}", need + fits, why])
+    if rows:
+        show_table(f"Models from {result['source']}", columns, rows)
     if result["message"]:
         out.print(result["message"], highlight=False, soft_wrap=True)
 
@@ -203,9 +305,10 @@ def evaluate(
               f"  gated {result['gated']}  params {result['params']:,} ({result['params_source']})" if result["params"] else result["id"])
     out.print(f"  source: {result['source']}", highlight=False)
     if result["memory"]:
-        for key, value in result["memory"]["needs_bytes"].items():
-            fit = result["memory"].get("fits", {}).get(key)
-            out.print(f"  {key:16} {human_bytes(value):>12}" + ("" if fit is None else "  fits" if fit else "  does not fit"))
+        fits = result["memory"].get("fits", {})
+        show_table(f"Memory{' on ' + gpu if gpu else ''}", [Column("use"), Column("needs", True), Column("fits")],
+                   [[key, human_bytes(value), "" if key not in fits else "yes" if fits[key] else "no"]
+                    for key, value in result["memory"]["needs_bytes"].items()])
     for problem in result["problems"]:
         err.print(f"[yellow]note:[/yellow] {problem}", highlight=False)
 
@@ -237,8 +340,12 @@ def configure(
     if as_json:
         _json({**plan, "files": [str(p) for p in written]})
         return
-    for line in plan["why"]:
-        out.print(line)
+    from archsmith.units import human_bytes
+
+    needs, fits = plan["memory"]["needs_bytes"], plan["memory"]["fits"]
+    show_table(f"Fine-tuning {model_id} on {gpu}", [Column("method"), Column("needs", True), Column("usable", True), Column("fits")],
+               [[m, human_bytes(needs[f"finetune_{m}"]), human_bytes(plan["usable_bytes"]), "yes" if fits[f"finetune_{m}"] else "no"]
+                for m in ("full", "lora", "qlora")])
     out.print(f"method: [bold]{plan['method']}[/bold]; LoRA targets: {', '.join(plan['settings']['target_modules']) or '-'}")
     out.print("wrote " + ", ".join(str(p) for p in written) if written else plan["script"], highlight=False)
 

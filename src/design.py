@@ -21,17 +21,26 @@ from archsmith.errors import ArchsmithError
 from archsmith.gpus import get_gpu, memory_bytes
 from archsmith.spec import MAX_CONTEXT, ArchitectureSpec
 from archsmith.tokenizer import TokenizerInfo
+from archsmith.units import human_bytes, human_count
 
-# Hidden sizes we choose from: multiples of 128 so that every matmul tiles tensor cores
-# and splits evenly for tensor parallelism.
-HIDDEN_LADDER = (256, 384, 512, 640, 768, 896, 1024, 1280, 1536, 1792, 2048, 2560, 3072, 3584, 4096,
+# Hidden sizes we choose from: from 256 up, multiples of 128 so that every matmul tiles tensor cores
+# and splits evenly for tensor parallelism; below, multiples of 64 for tiny models (CPU smoke runs).
+HIDDEN_LADDER = (64, 128, 192, 256, 384, 512, 640, 768, 896, 1024, 1280, 1536, 1792, 2048, 2560, 3072, 3584, 4096,
                  5120, 6144, 7168, 8192, 10240, 12288, 16384)
-FFN_MULTIPLE = 256  # FFN width multiple: tensor-core tiles and 8-way tensor-parallel splits
+FFN_MULTIPLE = 256  # FFN width multiple: tensor-core tiles and 8-way tensor-parallel splits (the width itself when narrower)
+MIN_HEAD_DIM = 16  # narrower heads waste the attention kernels' tiles; tiny widths halve the template's head_dim down to this
 VOCAB_MULTIPLE = 128  # pad the vocabulary so the embedding and lm_head matmuls tile evenly
 MIN_PARAMS = 1_000_000
 MAX_PARAMS = 2_000_000_000_000
+MIN_TOKENS, MAX_TOKENS = 1_000_000, 10**16  # training tokens: below is no run, above is 1000x the largest published (15T)
 DEFAULT_MFU = 0.40  # a well-tuned dense LM run on H100-class GPUs reaches 38-45% MFU (Llama 3 paper, torchtitan)
 USABLE_MEMORY = 0.90  # leave 10% of device memory for the CUDA context, allocator fragmentation and buffers
+MAX_MICRO_BATCH = 65536  # sequences per GPU per step; more is a typo
+# What an engineer tries, least communication first: DDP, then sharding optimizer state (ZeRO-1), gradients (ZeRO-2),
+# parameters (ZeRO-3, the footprint of FSDP full-shard); activation checkpointing (a third more compute) only after.
+AUTO_STRATEGIES = ("ddp", "zero1", "zero2", "zero3")
+STRATEGY_CHOICES = ("auto", *est.STRATEGIES)
+TRAINING_DTYPE, TRAINING_OPTIMIZER = "bf16", "adamw"  # the regime every plan assumes: bf16 mixed precision, AdamW
 
 
 @lru_cache(maxsize=1)
@@ -61,11 +70,27 @@ def _kv_heads(heads: int, wanted: int) -> int:
 
 def shape_spec(tpl: dict[str, Any], hidden: int, params: int, vocab: int, context: int, kv_heads: int | None = None,
                tokenizer: TokenizerInfo | None = None) -> ArchitectureSpec | None:
-    """A Llama-family spec of width `hidden` whose depth is solved so the total is closest to `params`."""
-    head_dim = tpl["head_dim"] if hidden >= 4 * tpl["head_dim"] else 64
+    """A Llama-family spec of width `hidden` whose depth (2 to 256 layers) is solved so the total is closest to
+    `params`; None when no such depth exists."""
+    base = _one_layer(tpl, hidden, vocab, context, kv_heads, tokenizer)
+    counts = est.count_params(base)
+    fixed = counts["total"] - counts["per_layer"]
+    layers = round((params - fixed) / counts["per_layer"])
+    if layers < 2 or layers > 256:
+        return None
+    return base.replace(num_layers=layers)
+
+
+def _one_layer(tpl: dict[str, Any], hidden: int, vocab: int, context: int, kv_heads: int | None = None,
+               tokenizer: TokenizerInfo | None = None) -> ArchitectureSpec:
+    """The template's one-layer spec at width `hidden`: heads, KV heads, FFN width, vocabulary, special tokens."""
+    head_dim = tpl["head_dim"]
+    while hidden < 4 * head_dim and head_dim > MIN_HEAD_DIM:  # keep at least 4 heads on narrow widths
+        head_dim //= 2
     heads = hidden // head_dim
-    ffn = max(FFN_MULTIPLE, round(tpl["ffn_ratio"] * hidden / FFN_MULTIPLE) * FFN_MULTIPLE)
-    base = ArchitectureSpec(
+    multiple = min(FFN_MULTIPLE, hidden)
+    ffn = max(multiple, round(tpl["ffn_ratio"] * hidden / multiple) * multiple)
+    return ArchitectureSpec(
         hidden_size=hidden, num_layers=1, num_heads=heads, num_kv_heads=_kv_heads(heads, kv_heads or tpl["kv_heads"]),
         head_dim=head_dim, ffn_size=ffn, vocab_size=vocab, context_length=context,
         tie_embeddings=tpl["tie_embeddings"], rope_theta=tpl["rope_theta"], norm_eps=1e-5,
@@ -73,12 +98,6 @@ def shape_spec(tpl: dict[str, Any], hidden: int, params: int, vocab: int, contex
         eos_token_id=tokenizer.eos_token_id if tokenizer else None,
         pad_token_id=tokenizer.pad_token_id if tokenizer else None,
     )
-    counts = est.count_params(base)
-    fixed = counts["total"] - counts["per_layer"]
-    layers = round((params - fixed) / counts["per_layer"])
-    if layers < 2 or layers > 256:
-        return None
-    return base.replace(num_layers=layers)
 
 
 @dataclass
@@ -90,14 +109,68 @@ class Candidate:
     cons: list[str] = field(default_factory=list)
 
 
-def _summarise(c: Candidate, tokens: int | None, gpu: dict[str, Any], num_gpus: int, mfu: float, strategy: str) -> None:
+def usable_memory(gpu: dict[str, Any], budget: int | None = None) -> dict[str, Any]:
+    """Bytes per GPU a training plan may use: the `--memory` budget, capped by the device's usable memory."""
+    device = int(memory_bytes(gpu) * USABLE_MEMORY)
+    limit = device if budget is None else min(budget, device)
+    device_words = f"{USABLE_MEMORY:.0%} of the {gpu['memory_gib']} GiB of one {gpu['id']}"
+    source = device_words if limit == device else f"the --memory budget; one {gpu['id']} has {human_bytes(device)} usable"
+    return {"bytes": limit, "budget_bytes": budget, "device_usable_bytes": device, "usable_fraction": USABLE_MEMORY,
+            "why": f"{human_bytes(limit)} per GPU ({source})"}
+
+
+def memory_per_gpu(spec: ArchitectureSpec, strategy: str, checkpointing: bool, gpus: int, micro_batch: int,
+                   seq: int) -> dict[str, Any]:
+    """Training memory per GPU (bf16 mixed precision, AdamW) under one data-parallel strategy: `sharded_memory`."""
+    train = est.training_memory(spec, micro_batch, seq, TRAINING_DTYPE, TRAINING_OPTIMIZER, checkpointing=checkpointing)
+    return est.sharded_memory(train, spec, strategy, gpus)
+
+
+def choose_training(spec: ArchitectureSpec, gpus: int, micro_batch: int, seq: int, strategy: str,
+                    checkpointing: bool | None, limit: int) -> dict[str, Any]:
+    """The strategy and checkpointing a plan assumes: the user's, or for 'auto' / None the first that fits `limit`
+    bytes per GPU in the order an engineer tries them (AUTO_STRATEGIES without, then with, checkpointing). When
+    nothing fits, the most frugal of the allowed settings, with fits False."""
+    strategies = (AUTO_STRATEGIES if gpus > 1 else ("ddp",)) if strategy == "auto" else (strategy,)
+    options = [(s, c) for c in ((False, True) if checkpointing is None else (checkpointing,)) for s in strategies]
+    chosen = next(((s, c) for s, c in options if memory_per_gpu(spec, s, c, gpus, micro_batch, seq)["total_bytes"] <= limit), None)
+    s, c = chosen or options[-1]
+    return {"strategy": s, "checkpointing": c, "micro_batch": micro_batch, "seq": seq, "gpus": gpus,
+            "dtype": TRAINING_DTYPE, "optimizer": TRAINING_OPTIMIZER, "fits": chosen is not None, "limit_bytes": limit,
+            "strategy_set_by": "auto" if strategy == "auto" else "user", "checkpointing_set_by": "auto" if checkpointing is None else "user"}
+
+
+def gpus_needed(spec: ArchitectureSpec, micro_batch: int, seq: int, checkpointing: bool, limit: int) -> int | None:
+    """Fewest GPUs (a power of two up to 65536) whose ZeRO-3 / FSDP shard of the training state fits `limit`."""
+    return next((n for n in (2**k for k in range(17))
+                 if memory_per_gpu(spec, "zero3", checkpointing, n, micro_batch, seq)["total_bytes"] <= limit), None)
+
+
+def _setting_words(setup: dict[str, Any]) -> str:
+    """'zero1 + checkpointing over 8 GPUs at micro-batch 1 x seq 2048'."""
+    return (f"{setup['strategy']}{' + checkpointing' if setup['checkpointing'] else ''} over {setup['gpus']} GPU(s) "
+            f"at micro-batch {setup['micro_batch']} x seq {setup['seq']}")
+
+
+def _assumptions(setup: dict[str, Any], limit: dict[str, Any]) -> list[str]:
+    """What 'memory per GPU' assumes, in words, for the CLI and the reports."""
+    auto = ("the first of " + ", ".join(AUTO_STRATEGIES) + " that fits" if setup["gpus"] > 1 else "one GPU: nothing to shard")
+    strategy = f"{setup['strategy']} ({'auto: ' + auto if setup['strategy_set_by'] == 'auto' else 'given'})"
+    ckpt = "with activation checkpointing" if setup["checkpointing"] else "no activation checkpointing"
+    ckpt += " (auto: only when nothing fits without)" if setup["checkpointing_set_by"] == "auto" else " (given)"
+    return [
+        f"memory per GPU assumes bf16 mixed precision (fp32 master weights) and AdamW, micro-batch {setup['micro_batch']} "
+        f"x {setup['seq']} tokens per GPU, {strategy} over {setup['gpus']} GPU(s), {ckpt}",
+        f"memory limit {limit['why']}",
+    ]
+
+
+def _summarise(c: Candidate, tokens: int | None, gpu: dict[str, Any], mfu: float, setup: dict[str, Any]) -> None:
     spec = c.spec
     counts = est.count_params(spec)
-    f = est.flops(spec, spec.context_length)  # model FLOPs: MFU excludes checkpoint recompute
+    f = est.flops(spec, setup["seq"])  # model FLOPs at the training length: MFU excludes checkpoint recompute
     train_tokens = tokens or scaling.optimal_tokens(counts["total"])
-    train = est.training_memory(spec, 1, spec.context_length, "bf16", "adamw", checkpointing=True)
-    per_gpu = est.sharded_memory(train, spec, strategy, num_gpus)
-    time = est.training_time(f["training_per_token"] * train_tokens, gpu, num_gpus, mfu)
+    per_gpu = memory_per_gpu(spec, setup["strategy"], setup["checkpointing"], setup["gpus"], setup["micro_batch"], setup["seq"])
     c.summary = {
         "params": counts,
         "flops": f,
@@ -106,9 +179,9 @@ def _summarise(c: Candidate, tokens: int | None, gpu: dict[str, Any], num_gpus: 
         "train_tokens": train_tokens,
         "tokens_per_param": round(train_tokens / counts["total"], 1),
         "train_flops": f["training_per_token"] * train_tokens,
-        "train_time": time,
+        "train_time": est.training_time(f["training_per_token"] * train_tokens, gpu, setup["gpus"], mfu),
         "memory_per_gpu": per_gpu,
-        "training_memory": train,
+        "fits": per_gpu["total_bytes"] <= setup["limit_bytes"],
         "kv_cache_per_request": est.kv_cache_bytes(spec, 1, spec.context_length, "bf16"),
         "weights_bf16": counts["total"] * 2,
         "loss_hoffmann": scaling.predicted_loss(counts["total"], train_tokens, "hoffmann"),
@@ -139,8 +212,13 @@ def _tradeoffs(cands: list[Candidate]) -> None:
 
 def design(params: int | str | None = None, compute: float | None = None, memory: int | None = None,
            context: int | None = None, tokenizer: TokenizerInfo | None = None, gpu: str = "h100", gpus: int = 8,
-           tokens: int | None = None, mfu: float = DEFAULT_MFU, vocab: int | None = None) -> dict[str, Any]:
-    """Design a decoder-only LM. Exactly one of params / compute / memory sets the size."""
+           tokens: int | None = None, mfu: float = DEFAULT_MFU, vocab: int | None = None, batch: int = 1,
+           seq: int | None = None, strategy: str = "auto", checkpointing: bool | None = None) -> dict[str, Any]:
+    """Design a decoder-only LM. Exactly one of params / compute / memory (bytes per GPU) sets the size.
+
+    `batch` (micro-batch per GPU), `seq` (tokens per sequence; default the context), `strategy` and `checkpointing`
+    (None: auto) set the training plan behind "memory per GPU"; a memory budget never yields a design whose plan
+    exceeds min(budget, usable device memory)."""
     given = [name for name, v in (("params", params), ("compute", compute), ("memory", memory)) if v is not None]
     if len(given) != 1:
         raise ArchsmithError("params", "give exactly one of --params, --compute or --memory")
@@ -148,8 +226,19 @@ def design(params: int | str | None = None, compute: float | None = None, memory
         raise ArchsmithError("gpus", f"must be in [1, 65536], got {gpus}")
     if not 0 < mfu <= 1:
         raise ArchsmithError("mfu", f"must be in (0, 1], got {mfu}")
+    if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= MAX_MICRO_BATCH:
+        raise ArchsmithError("batch", f"micro-batch per GPU must be an integer in [1, {MAX_MICRO_BATCH}], got {batch!r}")
+    for name, value in (("context", context), ("seq", seq)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 128 <= value <= MAX_CONTEXT):
+            raise ArchsmithError(name, f"must be in [128, {MAX_CONTEXT}] tokens, got {value!r}")
+    if seq is not None and context is not None and seq > context:
+        raise ArchsmithError("seq", f"must be <= the context {context}, got {seq}")
+    if strategy not in STRATEGY_CHOICES:
+        raise ArchsmithError("strategy", f"must be one of {', '.join(STRATEGY_CHOICES)}; got {strategy!r}")
+    if checkpointing not in (None, True, False):
+        raise ArchsmithError("checkpointing", f"must be true, false or auto (null); got {checkpointing!r}")
     device = get_gpu(gpu)
-    strategy = "ddp" if gpus == 1 else "fsdp"
+    limit = usable_memory(device, memory)
     target: dict[str, Any] = {"by": given[0]}
     if compute is not None:
         if not 1e15 <= compute <= 1e28:
@@ -159,16 +248,16 @@ def design(params: int | str | None = None, compute: float | None = None, memory
         tokens = tokens or int(opt["tokens"])
         target.update(compute_flops=compute, chinchilla=opt)
     if memory is not None:
-        params = _largest_fitting(memory, context, tokenizer, vocab, strategy, gpus)
-        target.update(memory_bytes=memory)
+        if not 2**28 <= memory <= 2**44:
+            raise ArchsmithError("memory", f"must be between 256 MiB and 16 TiB per GPU, got {memory:,} bytes")
+        params = _largest_fitting(limit, gpus, batch, seq, strategy, checkpointing, context, tokenizer, vocab)
+        target.update(memory_bytes=memory, limit_bytes=limit["bytes"])
     params = int(params)
     if not MIN_PARAMS <= params <= MAX_PARAMS:
         raise ArchsmithError("params", f"must be in [{MIN_PARAMS:,}, {MAX_PARAMS:,}], got {params:,}")
     target["params"] = params
     tpl = template_for(params)
-    context = context or tpl["context_length"]
-    if not 128 <= context <= MAX_CONTEXT:
-        raise ArchsmithError("context", f"must be in [128, {MAX_CONTEXT}], got {context}")
+    context = _context(context, seq, tpl)
     raw_vocab = tokenizer.vocab_size if tokenizer else (vocab or tpl["vocab_size"])
     padded = pad_vocab(raw_vocab)
 
@@ -177,8 +266,7 @@ def design(params: int | str | None = None, compute: float | None = None, memory
 
     balanced = balanced_shape(tpl, params, padded, context, tokenizer)
     if balanced is None:
-        raise ArchsmithError("params", f"no shape of 2 to 256 layers reaches {params:,} parameters with a vocabulary of "
-                                       f"{padded:,} (its embedding alone is large); raise params or lower the vocabulary")
+        raise ArchsmithError("params", _no_shape_reason(tpl, params, padded, context))
     balanced_h = balanced.hidden_size
     i = HIDDEN_LADDER.index(balanced_h)
     cands: list[Candidate] = [Candidate("balanced", balanced)]
@@ -189,17 +277,30 @@ def design(params: int | str | None = None, compute: float | None = None, memory
     base = cands[0].spec
     if base.num_kv_heads > 1 and (s := make(balanced_h, max(1, base.num_kv_heads // 2))) is not None and s.num_kv_heads != base.num_kv_heads:
         cands.append(Candidate("balanced-lean-kv", s))
+    setup = choose_training(balanced, gpus, batch, seq or context, strategy, checkpointing, limit["bytes"])
     for c in cands:
-        _summarise(c, tokens, device, gpus, mfu, strategy)
+        _summarise(c, tokens, device, mfu, setup)
     _tradeoffs(cands)
+    for c in cands[1:]:
+        if not c.summary["fits"]:
+            c.cons.append(f"needs {human_bytes(c.summary['memory_per_gpu']['total_bytes'])} per GPU under the same plan, "
+                          f"more than the {limit['why']}")
     recommended = cands[0]
     rationale = [
         f"{recommended.summary['params']['total']:,} parameters, {100 * abs(recommended.summary['params']['total'] / params - 1):.1f}% from the {params:,} target",
-        f"keeps the {tpl['name']} template's width-to-depth ratio (aspect {tpl['aspect']}), like {', '.join(tpl['examples'])}",
+        f"aspect {recommended.summary['aspect']} (hidden / layers): of the ladder's widths, the one whose solved depth comes "
+        f"nearest the {tpl['name']} template's target aspect {tpl['aspect']}, like {', '.join(tpl['examples'])}",
         "GQA + SwiGLU + RoPE + RMSNorm: the Llama-family defaults that transformers, vLLM and every major trainer run fast",
     ]
     if memory is not None:
-        rationale.append(f"the largest size whose training state fits {memory / 2**30:.1f} GiB per GPU with {strategy} over {gpus} GPU(s)")
+        rationale.append(f"the largest size whose training fits {limit['why']}, with {_setting_words(setup)}")
+    warnings = []
+    if not setup["fits"]:
+        need = recommended.summary["memory_per_gpu"]["total_bytes"]
+        more = gpus_needed(balanced, batch, setup["seq"], True, limit["bytes"])
+        warnings.append(f"does not fit: needs {human_bytes(need)} per GPU with {_setting_words(setup)}, more than the "
+                        f"{limit['why']}; " + (f"ZeRO-3 / FSDP with checkpointing fits it on {more} GPUs, or " if more else "")
+                        + "lower --seq or --batch")
     context_note = _context_check(context, tokenizer)
     return {
         "target": target,
@@ -209,13 +310,38 @@ def design(params: int | str | None = None, compute: float | None = None, memory
         "context_check": context_note,
         "gpu": device,
         "gpus": gpus,
-        "strategy": strategy,
+        "limit": limit,
+        "training": setup,
+        "strategy": setup["strategy"],
+        "assumptions": _assumptions(setup, limit),
+        "warnings": warnings,
         "mfu": mfu,
         "candidates": cands,
         "recommended": recommended,
         "rationale": rationale,
         "scaling_path": scaling_path(recommended.spec, tokenizer, padded),
     }
+
+
+def _context(context: int | None, seq: int | None, tpl: dict[str, Any]) -> int:
+    """The context length: the user's, else the template's (at least the training sequence length)."""
+    return context if context is not None else max(tpl["context_length"], seq or 0)
+
+
+def _no_shape_reason(tpl: dict[str, Any], params: int, vocab: int, context: int) -> str:
+    """Why no ladder width reaches `params` with 2 to 256 layers, in numbers."""
+    smallest = est.count_params(_one_layer(tpl, HIDDEN_LADDER[0], vocab, context).replace(num_layers=2))
+    largest = est.count_params(_one_layer(tpl, HIDDEN_LADDER[-1], vocab, context).replace(num_layers=256))["total"]
+    if params < smallest["total"]:
+        embed = smallest["embedding"] + smallest["lm_head"]
+        if embed >= params:
+            return (f"the vocabulary of {vocab:,} tokens alone needs {embed:,} embedding parameters at the narrowest width "
+                    f"{HIDDEN_LADDER[0]}, more than the {params:,} target; use a smaller vocabulary (--vocab or a smaller tokenizer) or raise params")
+        return (f"the smallest shape ({HIDDEN_LADDER[0]} x 2 layers, vocabulary {vocab:,}) has {smallest['total']:,} parameters, "
+                f"more than the {params:,} target; raise params or lower the vocabulary")
+    if params > largest:
+        return f"the largest shape ({HIDDEN_LADDER[-1]} x 256 layers) has {largest:,} parameters, fewer than the {params:,} target"
+    return f"no width from {HIDDEN_LADDER[0]} to {HIDDEN_LADDER[-1]} reaches {params:,} parameters with 2 to 256 layers"
 
 
 def balanced_shape(tpl: dict[str, Any], params: int, vocab: int, context: int,
@@ -244,10 +370,13 @@ def _context_check(context: int, tokenizer: TokenizerInfo | None) -> str:
 
 
 def scaling_path(spec: ArchitectureSpec, tokenizer: TokenizerInfo | None, vocab: int) -> list[dict[str, Any]]:
-    """The same architecture family at each template size (e.g. 100M -> 350M -> 1B -> 7B)."""
+    """The same architecture family at each template's nominal size (10M -> 100M -> 350M -> 1B -> 7B), each shaped
+    exactly as `design(params=<that size>)` shapes it with this vocabulary."""
+    from archsmith.units import parse_count
+
     path = []
     for tpl in scale_templates():
-        target = {"100M": 125_000_000, "350M": 350_000_000, "1B": 1_200_000_000, "7B": 8_000_000_000}.get(tpl["name"], tpl["range"][0])
+        target = parse_count(tpl["name"], "template")
         shaped = balanced_shape(tpl, target, vocab, spec.context_length, tokenizer)
         if shaped is None:  # the vocabulary alone outgrows this size
             continue
@@ -266,60 +395,72 @@ def scaling_path(spec: ArchitectureSpec, tokenizer: TokenizerInfo | None, vocab:
     return path
 
 
-def _largest_fitting(memory: int, context: int | None, tokenizer: TokenizerInfo | None, vocab: int | None,
-                     strategy: str, gpus: int) -> int:
-    """Largest parameter count whose bf16 AdamW training (micro-batch 1, checkpointing) fits `memory` per GPU."""
-    if not 2**28 <= memory <= 2**44:
-        raise ArchsmithError("memory", f"must be between 256 MiB and 16 TiB per GPU, got {memory:,} bytes")
+def _largest_fitting(limit: dict[str, Any], gpus: int, micro_batch: int, seq: int | None, strategy: str,
+                     checkpointing: bool | None, context: int | None, tokenizer: TokenizerInfo | None, vocab: int | None) -> int:
+    """Largest parameter count whose design (the balanced shape `design` would recommend) trains within `limit` per GPU
+    under the allowed strategies and checkpointing. Binary search on a 1% grid; every size it returns was checked."""
 
-    def fits(n: int) -> bool:
+    def plan(n: int) -> tuple[ArchitectureSpec, dict[str, Any]] | None:
         tpl = template_for(n)
         v = pad_vocab(tokenizer.vocab_size if tokenizer else (vocab or tpl["vocab_size"]))
-        ctx = context or tpl["context_length"]
+        ctx = _context(context, seq, tpl)
         s = balanced_shape(tpl, n, v, ctx, tokenizer)
-        if s is None:  # no 2-256 layer shape reaches n: treat as not fitting, the search stays below it
-            return False
-        train = est.training_memory(s, 1, ctx, "bf16", "adamw", checkpointing=True)
-        return est.sharded_memory(train, s, strategy, gpus)["total_bytes"] <= memory * USABLE_MEMORY
+        if s is None:  # no 2-256 layer shape reaches n: not a design
+            return None
+        return s, choose_training(s, gpus, micro_batch, seq or ctx, strategy, checkpointing, limit["bytes"])
 
-    low, high = MIN_PARAMS * 10, MAX_PARAMS
-    if not fits(low):
-        raise ArchsmithError("memory", f"{memory / 2**30:.2f} GiB per GPU cannot train even a {low:,}-parameter model at this context")
+    low = MIN_PARAMS
+    while (first := plan(low)) is None and low < MAX_PARAMS:  # the smallest size that has a shape at all
+        low *= 2
+    if first is None:
+        raise ArchsmithError("params", "no shape of 2 to 256 layers exists for this vocabulary")
+    spec, setup = first
+    if not setup["fits"]:
+        per = memory_per_gpu(spec, setup["strategy"], setup["checkpointing"], gpus, micro_batch, setup["seq"])
+        hint = "lower --seq or --batch" + ("" if per["activations_bytes"] >= limit["bytes"] else ", or add GPUs")
+        raise ArchsmithError("memory", f"even a {human_count(est.count_params(spec)['total'])}-parameter model "
+                             f"({spec.hidden_size} x {spec.num_layers}) needs {human_bytes(per['total_bytes'])} per GPU with "
+                             f"{_setting_words(setup)}, more than the {limit['why']}; {hint}")
+    high = MAX_PARAMS
     while high / low > 1.01:
         mid = int(math.sqrt(low * high))
-        low, high = (mid, high) if fits(mid) else (low, mid)
+        found = plan(mid)
+        low, high = (mid, high) if found is not None and found[1]["fits"] else (low, mid)
     return low
 
 
 def capacity_plan(spec: ArchitectureSpec, gpu: dict[str, Any], gpus: int, tokens: int, mfu: float,
-                  micro_batch: int = 1) -> dict[str, Any]:
-    """Training and inference memory per GPU by strategy, GPUs needed, time, checkpoints, KV cache."""
-    limit = memory_bytes(gpu) * USABLE_MEMORY
+                  micro_batch: int = 1, seq: int | None = None, limit: dict[str, Any] | None = None,
+                  setup: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Training and inference memory per GPU by strategy, GPUs needed, time, checkpoints, KV cache.
+
+    `limit` (from `usable_memory`) is what "fits" means; `setup` (from `choose_training`) marks the row the design assumes."""
+    seq = seq or spec.context_length
+    limit = limit or usable_memory(gpu)
+    cap = limit["bytes"]
     rows = []
     for ckpt in (False, True):
-        train = est.training_memory(spec, micro_batch, spec.context_length, "bf16", "adamw", checkpointing=ckpt)
         for strategy in est.STRATEGIES[:-1]:  # fsdp full-shard equals zero3
-            per = est.sharded_memory(train, spec, strategy, gpus)
-            rows.append({**per, "checkpointing": ckpt, "fits": per["total_bytes"] <= limit})
-    needed = {}
-    for ckpt in (False, True):
-        train = est.training_memory(spec, micro_batch, spec.context_length, "bf16", "adamw", checkpointing=ckpt)
-        n = next((n for n in (2**k for k in range(17)) if est.sharded_memory(train, spec, "zero3", n)["total_bytes"] <= limit), None)
-        needed["with_checkpointing" if ckpt else "without_checkpointing"] = n
-    f = est.flops(spec, spec.context_length)  # model FLOPs: MFU excludes checkpoint recompute
+            per = memory_per_gpu(spec, strategy, ckpt, gpus, micro_batch, seq)
+            chosen = setup is not None and setup["checkpointing"] == ckpt and {"fsdp": "zero3"}.get(setup["strategy"], setup["strategy"]) == strategy
+            rows.append({**per, "checkpointing": ckpt, "fits": per["total_bytes"] <= cap, "chosen": chosen})
+    needed = {("with_checkpointing" if ckpt else "without_checkpointing"): gpus_needed(spec, micro_batch, seq, ckpt, cap)
+              for ckpt in (False, True)}
+    f = est.flops(spec, seq)  # model FLOPs: MFU excludes checkpoint recompute
     kv_rows = []
     weights = est.count_params(spec)["total"] * 2
     for ctx in sorted({min(2048, spec.context_length), spec.context_length}):
         per_req = est.kv_cache_bytes(spec, 1, ctx, "bf16")
-        free = limit - weights
-        kv_rows.append({"context": ctx, "bytes_per_request": per_req, "requests_per_gpu": max(0, int(free // per_req))})
+        kv_rows.append({"context": ctx, "bytes_per_request": per_req, "requests_per_gpu": max(0, int((cap - weights) // per_req))})
     infer = {d: est.inference_memory(spec, 1, spec.context_length, d) for d in ("bf16", "int8", "int4")}
     return {
         "gpu": gpu,
         "gpus": gpus,
         "usable_fraction": USABLE_MEMORY,
-        "usable_bytes": int(limit),
+        "usable_bytes": cap,
+        "limit": limit,
         "micro_batch": micro_batch,
+        "seq": seq,
         "strategies": rows,
         "gpus_needed_zero3": needed,
         "tokens": tokens,
@@ -333,7 +474,8 @@ def capacity_plan(spec: ArchitectureSpec, gpu: dict[str, Any], gpus: int, tokens
 
 def design_from_text(params: str | None = None, compute: str | None = None, memory: str | None = None,
                      context: int | None = None, tokenizer: str | None = None, gpu: str = "h100", gpus: int = 8,
-                     tokens: str | None = None, mfu: float = DEFAULT_MFU, vocab: int | None = None) -> dict[str, Any]:
+                     tokens: str | None = None, mfu: float = DEFAULT_MFU, vocab: int | None = None, batch: int = 1,
+                     seq: int | None = None, strategy: str = "auto", checkpointing: bool | None = None) -> dict[str, Any]:
     """`design` from the strings people type ('1B', '1e21', '24GB', '100B', a tokenizer directory)."""
     from archsmith.tokenizer import read_tokenizer
     from archsmith.units import parse_bytes, parse_count
@@ -341,26 +483,31 @@ def design_from_text(params: str | None = None, compute: str | None = None, memo
     if vocab is not None and not 1 <= vocab <= 1 << 22:
         raise ArchsmithError("vocab", f"must be in [1, {1 << 22}], got {vocab}")
     return design(
-        params=parse_count(params, "params") if params else None,
-        compute=float(parse_count(compute, "compute")) if compute else None,
-        memory=parse_bytes(memory, "memory") if memory else None,
+        params=parse_count(params, "params", MIN_PARAMS, MAX_PARAMS) if params is not None else None,
+        compute=float(parse_count(compute, "compute", 10**15, 10**28)) if compute is not None else None,
+        memory=parse_bytes(memory, "memory", 2**28, 2**44) if memory is not None else None,
         context=context, tokenizer=read_tokenizer(tokenizer) if tokenizer else None, gpu=gpu, gpus=gpus,
-        tokens=parse_count(tokens, "tokens") if tokens else None, mfu=mfu, vocab=vocab,
+        tokens=parse_count(tokens, "tokens", MIN_TOKENS, MAX_TOKENS) if tokens is not None else None, mfu=mfu, vocab=vocab,
+        batch=batch, seq=seq, strategy=strategy, checkpointing=checkpointing,
     )
 
 
 def summary(result: dict[str, Any]) -> dict[str, Any]:
-    """The JSON view of a design: candidates with their key numbers, the recommendation, the scaling path."""
+    """The JSON view of a design: candidates with their key numbers, the recommendation, the plan's assumptions."""
     return {
         "target": result["target"],
         "template": result["template"]["name"],
         "vocab": result["vocab"],
         "context_check": result["context_check"],
+        "training": result["training"],
+        "limit": result["limit"],
+        "assumptions": result["assumptions"],
+        "warnings": result["warnings"],
         "candidates": [
             {"name": c.name, "spec": c.spec.to_dict(), "params": c.summary["params"]["total"], "shape": c.summary["shape"],
              "training_flops_per_token": c.summary["flops"]["training_per_token"], "train_tokens": c.summary["train_tokens"],
              "train_time_seconds": c.summary["train_time"]["seconds"], "memory_per_gpu_bytes": c.summary["memory_per_gpu"]["total_bytes"],
-             "kv_cache_per_request_bytes": c.summary["kv_cache_per_request"], "pros": c.pros, "cons": c.cons}
+             "fits": c.summary["fits"], "kv_cache_per_request_bytes": c.summary["kv_cache_per_request"], "pros": c.pros, "cons": c.cons}
             for c in result["candidates"]
         ],
         "recommended": result["recommended"].name,

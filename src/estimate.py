@@ -44,10 +44,11 @@ NORM_WEIGHT_IN_FP32 = ("olmo2", "gemma2")
 ROPE_IN_FP32 = ("olmo2",)
 
 
-def norm_dtype(dtype: str) -> str:
+def norm_dtype(dtype: str, allowed: tuple[str, ...] | dict[str, float] = DTYPE_BYTES) -> str:
+    """The canonical name of `dtype` ('bfloat16' -> 'bf16'); an error listing `allowed` when it is not one of them."""
     key = DTYPE_ALIASES.get(str(dtype).lower(), str(dtype).lower())
-    if key not in DTYPE_BYTES:
-        raise ArchsmithError("dtype", f"must be one of {', '.join(DTYPE_BYTES)}; got {dtype!r}")
+    if key not in allowed:
+        raise ArchsmithError("dtype", f"must be one of {', '.join(allowed)}; got {dtype!r}")
     return key
 
 
@@ -408,9 +409,7 @@ def training_memory(spec: ArchitectureSpec, batch: int, seq: int, dtype: str = "
     dtype, an fp32 master copy and fp32 optimizer moments - 16 bytes per parameter for AdamW
     (Rajbhandari et al., ZeRO, 2020). dtype fp32: everything in fp32.
     """
-    dtype = norm_dtype(dtype)
-    if dtype not in TRAIN_DTYPES:
-        raise ArchsmithError("dtype", f"training needs one of {', '.join(TRAIN_DTYPES)}; got {dtype!r}")
+    dtype = norm_dtype(dtype, TRAIN_DTYPES)
     if optimizer not in OPTIMIZERS:
         raise ArchsmithError("optimizer", f"must be one of {', '.join(OPTIMIZERS)}; got {optimizer!r}")
     if master_weights is None:
@@ -461,17 +460,14 @@ def sharded_memory(train: dict[str, Any], spec: ArchitectureSpec, strategy: str,
         # the unsharded parameters of the layer being computed and of the one prefetched
         layer_bytes = count_params(spec)["per_layer"] * train["weights_bytes"] // max(count_params(spec)["total"], 1)
         extra = 2 * layer_bytes if num_gpus > 1 else 0
-    total = w + g + o + extra + train["activations_bytes"] + train["logits_bytes"]
-    return {
-        "strategy": strategy,
-        "gpus": num_gpus,
+    parts = {
         "weights_bytes": int(w),
         "gradients_bytes": int(g),
         "optimizer_bytes": int(o),
         "communication_buffers_bytes": int(extra),
         "activations_bytes": train["activations_bytes"] + train["logits_bytes"],
-        "total_bytes": int(total),
     }
+    return {"strategy": strategy, "gpus": num_gpus, **parts, "total_bytes": sum(parts.values())}  # the parts add up exactly
 
 
 def inference_memory(spec: ArchitectureSpec, batch: int, context: int, dtype: str = "bf16", kv_dtype: str | None = None) -> dict[str, int]:
@@ -498,11 +494,10 @@ def checkpoint_sizes(spec: ArchitectureSpec, optimizer: str = "adamw") -> dict[s
 def estimate(spec: ArchitectureSpec, batch: int = 1, seq: int | None = None, dtype: str = "bf16", optimizer: str = "adamw",
              checkpointing: bool = False, attention: str = "sdpa", kv_batch: int | None = None) -> dict[str, Any]:
     """Everything `archsmith estimate --json` prints (the CLI contract in DESIGN.md)."""
-    seq = seq or spec.context_length
+    seq = spec.context_length if seq is None else seq
     _positive("batch", batch)
-    _positive("seq", seq)
-    if seq > spec.context_length:
-        raise ArchsmithError("seq", f"must be <= context_length={spec.context_length}; got {seq}")
+    if isinstance(seq, bool) or not isinstance(seq, int) or not 1 <= seq <= spec.context_length:
+        raise ArchsmithError("seq", f"must be an integer in [1, {spec.context_length}] (the model's context_length), got {seq!r}")
     params = count_params(spec)
     train = training_memory(spec, batch, seq, dtype, optimizer, checkpointing, attention)
     infer = inference_memory(spec, kv_batch or batch, seq, dtype)

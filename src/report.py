@@ -15,12 +15,14 @@ from archsmith.design import capacity_plan
 from archsmith.hfconfig import hf_from_spec
 from archsmith.units import human_bytes, human_count, human_duration
 
-MEMORY_PARTS = (  # (key in training_memory / sharded_memory, label)
+MEMORY_COLUMNS = (  # (key in `sharded_memory`, column header): every memory table and chart shows exactly these
     ("weights_bytes", "weights (bf16)"),
     ("gradients_bytes", "gradients (bf16)"),
     ("optimizer_bytes", "fp32 master + AdamW m, v"),
+    ("communication_buffers_bytes", "buffers"),
     ("activations_bytes", "activations + logits"),
 )
+LIMIT_IN_RANGE = 1.5  # draw the limit line when it is at most 1.5x the tallest bar; higher, it would squash the bars
 
 
 def _env():
@@ -38,70 +40,114 @@ def _env():
     return env
 
 
-def _stacked_bars(title: str, labels: list[str], rows: list[dict[str, Any]], limit: float | None, limit_label: str) -> bytes:
+def memory_tables(result: dict[str, Any], plan: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The rows of the two memory tables, which their charts draw bar for bar: the candidates under the design's
+    training plan (architecture report) and every strategy for the recommended design (capacity plan)."""
+    setting = design_setting(result["training"])
+    return {
+        "architecture_memory.png": {
+            "title": f"Training memory per GPU: {setting}",
+            "labels": [c.name for c in result["candidates"]],
+            "rows": [{**c.summary["memory_per_gpu"], "fits": c.summary["fits"]} for c in result["candidates"]],
+        },
+        "capacity_memory.png": {
+            "title": f"{human_count(result['recommended'].summary['params']['total'])} model: memory per GPU by strategy, "
+                     f"{plan['gpus']} GPU(s), micro-batch {plan['micro_batch']} x {plan['seq']}",
+            "labels": [f"{r['strategy']}{' +ckpt' if r['checkpointing'] else ''}{chr(10) + '(assumed)' if r['chosen'] else ''}"
+                       for r in plan["strategies"]],
+            "rows": plan["strategies"],
+        },
+    }
+
+
+def design_setting(training: dict[str, Any]) -> str:
+    """'zero3 + checkpointing, micro-batch 1 x 4096, 8 GPUs'."""
+    return (f"{training['strategy']}{' + checkpointing' if training['checkpointing'] else ''}, "
+            f"micro-batch {training['micro_batch']} x {training['seq']}, {training['gpus']} GPU(s)")
+
+
+def memory_figure(title: str, labels: list[str], rows: list[dict[str, Any]], limit: int, limit_label: str):
+    """Stacked bars of MEMORY_COLUMNS for each row, in GiB (MiB when every bar is under 1 GiB). The limit is a line when
+    it lies within LIMIT_IN_RANGE of the tallest bar, else a legend entry, so small models' bars fill the axis."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
+    tallest = max(r["total_bytes"] for r in rows)
+    unit, unit_name = (2**30, "GiB") if tallest >= 2**30 else (2**20, "MiB")
+    fig, ax = plt.subplots(figsize=(10, 4.5), dpi=110)
     bottom = [0.0] * len(rows)
-    for key, label in MEMORY_PARTS:
-        values = [r[key] / 2**30 for r in rows]
-        ax.bar(labels, values, bottom=bottom, label=label)
+    for key, header in MEMORY_COLUMNS:
+        values = [r[key] / unit for r in rows]
+        ax.bar(labels, values, bottom=bottom, label=header)
         bottom = [b + v for b, v in zip(bottom, values)]
-    for x, total in enumerate(bottom):
-        ax.text(x, total, f"{total:.1f}", ha="center", va="bottom", fontsize=8)
-    if limit:
-        ax.axhline(limit / 2**30, color="black", linestyle="--", linewidth=1, label=limit_label)
-    ax.set_ylabel("GiB per GPU")
-    ax.set_title(title)
-    ax.legend(fontsize=8)
+    for x, row in enumerate(rows):
+        ax.text(x, row["total_bytes"] / unit, human_bytes(row["total_bytes"]), ha="center", va="bottom", fontsize=8)
+    top = tallest
+    if limit <= LIMIT_IN_RANGE * tallest:
+        ax.axhline(limit / unit, color="black", linestyle="--", linewidth=1, label=f"{limit_label}: {human_bytes(limit)}")
+        top = max(top, limit)
+    else:
+        ax.add_line(Line2D([], [], color="black", linestyle="--", linewidth=1, label=f"{limit_label}: {human_bytes(limit)} (above the axis)"))
+    ax.set_ylim(0, 1.12 * top / unit)  # headroom for the total above each bar
+    ax.set_ylabel(f"{unit_name} per GPU")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the bars, never over them
     ax.tick_params(axis="x", labelsize=8)
     fig.tight_layout()
+    return fig
+
+
+def _png(fig) -> bytes:
+    import matplotlib.pyplot as plt
+
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
     return buf.getvalue()
 
 
+def memory_charts(result: dict[str, Any], plan: dict[str, Any]) -> dict[str, Any]:
+    """The two memory charts as matplotlib figures, drawn from `memory_tables`."""
+    label = "limit" if plan["limit"]["bytes"] < plan["limit"]["device_usable_bytes"] else f"{result['gpu']['id']} usable"
+    return {name: memory_figure(t["title"], t["labels"], t["rows"], plan["limit"]["bytes"], label)
+            for name, t in memory_tables(result, plan).items()}
+
+
 def render_design(result: dict[str, Any]) -> dict[str, bytes | str]:
     """All files of `archsmith design`: config.json, the two reports and their charts."""
     rec = result["recommended"]
     spec = rec.spec
-    counts = rec.summary["params"]
-    plan = capacity_plan(spec, result["gpu"], result["gpus"], rec.summary["train_tokens"], result["mfu"])
+    plan = design_plan(result)
     config = hf_from_spec(spec)
     env = _env()
     ctx = {
         "result": result,
         "rec": rec,
         "spec": spec,
-        "counts": counts,
+        "counts": rec.summary["params"],
         "layer_table": _layer_table(spec),
         "plan": plan,
         "config_json": json.dumps(config, indent=2),
-        "memory_parts": MEMORY_PARTS,
+        "memory_columns": MEMORY_COLUMNS,
+        "memory_tables": memory_tables(result, plan),
+        "setting": design_setting(result["training"]),
     }
-    arch_chart = _stacked_bars(
-        f"Training memory per GPU, {result['strategy']} over {result['gpus']} x {result['gpu']['id']} (micro-batch 1, checkpointing)",
-        [c.name for c in result["candidates"]],
-        [c.summary["memory_per_gpu"] for c in result["candidates"]],
-        plan["usable_bytes"], f"{result['gpu']['id']} usable ({plan['usable_fraction']:.0%})",
-    )
-    plan_rows = [r for r in plan["strategies"] if r["checkpointing"]] + [r for r in plan["strategies"] if not r["checkpointing"]]
-    plan_chart = _stacked_bars(
-        f"{spec.hidden_size} x {spec.num_layers} ({human_count(counts['total'])}): memory per GPU by strategy, {result['gpus']} GPUs",
-        [f"{r['strategy']}{' +ckpt' if r['checkpointing'] else ''}" for r in plan_rows],
-        plan_rows, plan["usable_bytes"], f"{result['gpu']['id']} usable",
-    )
     return {
         "config.json": json.dumps(config, indent=2) + "\n",
         "architecture_report.md": env.get_template("architecture_report.md.j2").render(**ctx),
         "capacity_plan.md": env.get_template("capacity_plan.md.j2").render(**ctx),
-        "architecture_memory.png": arch_chart,
-        "capacity_memory.png": plan_chart,
+        **{name: _png(fig) for name, fig in memory_charts(result, plan).items()},
     }
+
+
+def design_plan(result: dict[str, Any]) -> dict[str, Any]:
+    """The capacity plan of the recommended design, under the design's limit and training settings."""
+    rec, training = result["recommended"], result["training"]
+    return capacity_plan(rec.spec, result["gpu"], result["gpus"], rec.summary["train_tokens"], result["mfu"],
+                         micro_batch=training["micro_batch"], seq=training["seq"], limit=result["limit"], setup=training)
 
 
 def _layer_table(spec) -> list[dict[str, Any]]:

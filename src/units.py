@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 from archsmith.errors import ArchsmithError
@@ -13,32 +14,47 @@ _BYTES_SUFFIX = {
 }
 
 
-def parse_count(text: str | int | float, field: str) -> int:
-    """'125M' -> 125_000_000, '1.5B' -> 1_500_000_000, '3e21' -> 3*10**21."""
-    if isinstance(text, (int, float)):
-        value = float(text)
-    else:
-        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([kmbgt]?)\s*", str(text).lower())
-        if not m:
-            raise ArchsmithError(field, f"cannot read {text!r}; write a number with an optional K/M/B/T suffix, e.g. 125M or 1.5B")
-        value = float(m.group(1)) * _COUNT_SUFFIX[m.group(2)]
-    if value <= 0:
-        raise ArchsmithError(field, f"must be positive, got {text!r}")
-    return int(round(value))
+_NUMBER = r"\s*([+-]?[0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-z]*)\s*"  # sign, digits, decimals, exponent, unit
 
 
-def parse_bytes(text: str | int | float, field: str) -> int:
-    """'24GB' -> 24e9 bytes, '80GiB' -> 80 * 2**30 bytes; a bare number is GB."""
+def parse_count(text: str | int | float, field: str, low: int = 1, high: int | None = None) -> int:
+    """'125M' -> 125_000_000, '1.5B' -> 1_500_000_000, '3e21' -> 3*10**21; refused outside [low, high]."""
+    value = _read(text, field, _COUNT_SUFFIX, "", "write a number with an optional K/M/B/T suffix, e.g. 125M or 1.5B")
+    return _in_range(value, text, field, low, high, _plain)
+
+
+def parse_bytes(text: str | int | float, field: str, low: int = 1, high: int | None = None) -> int:
+    """'24GB' -> 24e9 bytes, '80GiB' -> 80 * 2**30 bytes; a bare number is GB; refused outside [low, high] bytes."""
+    value = _read(text, field, _BYTES_SUFFIX, "gb", "write e.g. 24GB or 80GiB")
+    return _in_range(value, text, field, low, high, human_bytes)
+
+
+def _read(text: str | int | float, field: str, units: dict[str, int], default: str, hint: str) -> float:
+    """The number `text` stands for: a number (in the default unit) or a string of digits and one of `units`."""
     if isinstance(text, (int, float)):
-        value, unit = float(text), "gb"
-    else:
-        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]?i?b)?\s*", str(text).lower())
-        if not m:
-            raise ArchsmithError(field, f"cannot read {text!r}; write e.g. 24GB or 80GiB")
-        value, unit = float(m.group(1)), m.group(2) or "gb"
+        return float(text) * units[default]
+    m = re.fullmatch(_NUMBER, str(text).lower())
+    if not m or (m.group(2) or default) not in units:
+        raise ArchsmithError(field, f"cannot read {text!r}; {hint}")
+    return float(m.group(1)) * units[m.group(2) or default]
+
+
+def _in_range(value: float, text: object, field: str, low: int, high: int | None, show) -> int:
+    """`value` as an int when it is finite, positive and in [low, high]; else an error naming the field and the range."""
+    allowed = f"in [{show(low)}, {show(high)}]" if high is not None else f">= {show(low)}"
+    if not math.isfinite(value):
+        raise ArchsmithError(field, f"must be a finite number {allowed}, got {text!r}")
     if value <= 0:
-        raise ArchsmithError(field, f"must be positive, got {text!r}")
-    return int(round(value * _BYTES_SUFFIX[unit]))
+        raise ArchsmithError(field, f"must be positive ({allowed}), got {text!r}")
+    n = int(round(value))
+    if n < low or (high is not None and n > high):
+        raise ArchsmithError(field, f"must be {allowed}, got {text!r}")
+    return n
+
+
+def _plain(n: float) -> str:
+    """1_000_000 -> '1,000,000'; 1e28 -> '1e28' (digits stop helping past 15 of them)."""
+    return f"{int(n):,}" if n < 10**15 else f"{n:.0e}".replace("e+", "e")
 
 
 def human_count(n: float) -> str:
