@@ -1,4 +1,4 @@
-"""`archsmith` command line: a thin adapter over the engine (the contract is in DESIGN.md).
+"""`archsmith` command line: a thin adapter over the engine (the contract is in docs/architecture.md).
 
 Every command takes --json to print one JSON object on stdout; bad input is one line on
 stderr naming the field, exit code 2, nothing written.
