@@ -5,17 +5,19 @@ It speaks the wire format the real clients expect (the `anthropic` SDK, Claude C
     HEAD /                      200 (Claude Code's connectivity check)
     POST /v1/messages[?beta=…]  the next scripted turn: a JSON message, or with `"stream": true` the SSE events
                                 message_start, content_block_start / content_block_delta / content_block_stop per
-                                block (text_delta, input_json_delta), message_delta (stop_reason, usage), message_stop
-    POST /v1/messages/count_tokens   {"input_tokens": n}
+                                block (text_delta, input_json_delta), message_delta (stop_reason, usage), message_stop.
+                                Message threads (the `thread` field the anthropic SDK sends: `create`, then `continue`
+                                from a reply's id with only the new messages, no system or tools) are kept here, so
+                                scripts and `messages()` always see the whole conversation.
     anything else               404 with the API's error body
 
 Errors use the API's shape, `{"type": "error", "error": {"type": ..., "message": ...}}`, with the status code
 and headers (`retry-after`, ...) of the turn. Every request is recorded (`FakeAnthropic.requests`).
 
-A script is a list of turns, consumed in order by the message requests that `accepts` lets through (by default
-every one). A turn is a `Turn` (see `reply`, `text`, `tool_use`, `error`, `drop`) or a function of the request
-body that returns one, for answers that depend on what the client sent. When the script is exhausted the server
-answers with `error(500)` and records the request in `unscripted`.
+A script is a list of turns, consumed in order by the message requests. A turn is a `Turn` (see `reply`, `text`,
+`tool_use`, `error`, `drop`) or a function of the request (its whole conversation) that returns one, for answers
+that depend on what the client sent. When the script is exhausted the server answers with `error(500)` and records
+the request in `unscripted`.
 """
 
 from __future__ import annotations
@@ -26,12 +28,12 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
 __all__ = ["FakeAnthropic", "Recorded", "Turn", "drop", "error", "reply", "text", "tool_result_blocks", "tool_use"]
 
 _ids = itertools.count(1)
 CHUNK = 24  # characters per text / input_json delta: several deltas per block, as the real API sends
+POLL_S = 0.02  # how often the server checks for shutdown (the default 0.5 s slows every test's teardown)
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error",
                413: "request_too_large", 429: "rate_limit_error", 500: "api_error", 529: "overloaded_error"}
 
@@ -47,6 +49,7 @@ class Turn:
     status: int = 200
     error_type: str = ""
     message: str = ""
+    details: dict | None = None  # error.details, e.g. {"error_code": "thread_not_found"}
     headers: dict[str, str] = field(default_factory=dict)
     drop: bool = False  # close the connection without answering (a connection error for the client)
 
@@ -72,10 +75,11 @@ def reply(*blocks: dict | str, stop_reason: str | None = None, input_tokens: int
     return Turn(content, stop_reason, input_tokens, output_tokens)
 
 
-def error(status: int, message: str = "scripted error", error_type: str | None = None, **headers: str) -> Turn:
+def error(status: int, message: str = "scripted error", error_type: str | None = None, details: dict | None = None,
+          **headers: str) -> Turn:
     """An API error; keyword headers use underscores for dashes (retry_after="0")."""
     return Turn(status=status, error_type=error_type or ERROR_TYPES.get(status, "api_error"), message=message,
-                headers={k.replace("_", "-"): v for k, v in headers.items()})
+                details=details, headers={k.replace("_", "-"): v for k, v in headers.items()})
 
 
 def drop() -> Turn:
@@ -119,7 +123,8 @@ class Recorded:
     method: str
     path: str
     headers: dict[str, str]
-    body: dict | None
+    body: dict | None  # as sent
+    conversation: dict | None = None  # for message requests: the body with the thread's history filled in
 
 
 ScriptItem = Turn | Callable[[dict], Turn]
@@ -128,17 +133,15 @@ ScriptItem = Turn | Callable[[dict], Turn]
 class FakeAnthropic:
     """`with FakeAnthropic([turn, ...]) as api:` serves on `api.url` until the block ends."""
 
-    def __init__(self, script: list[ScriptItem] | None = None, accepts: Callable[[dict], bool] | None = None,
-                 fallback: Turn | None = None):
+    def __init__(self, script: list[ScriptItem] | None = None):
         self.script = list(script or [])
-        self.accepts = accepts or (lambda body: True)
-        self.fallback = fallback or reply("ok")  # answers requests that `accepts` turns away
         self.requests: list[Recorded] = []
         self.unscripted: list[dict] = []
+        self.threads: dict[str, dict] = {}  # reply id -> the conversation up to and including that reply
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(POLL_S,), daemon=True)
 
     @property
     def url(self) -> str:
@@ -154,18 +157,30 @@ class FakeAnthropic:
         self._server.server_close()
         self._thread.join()
 
-    def add(self, *turns: ScriptItem) -> None:
-        with self._lock:
-            self.script.extend(turns)
-
     def messages(self) -> list[dict]:
-        """Bodies of the message requests the script answered, in order."""
-        return [r.body for r in self.requests if r.path.split("?")[0] == "/v1/messages" and self.accepts(r.body)]
+        """The whole conversation of each message request, in order (threads filled in)."""
+        return [r.conversation for r in self.requests if r.conversation is not None]
+
+    def _conversation(self, body: dict) -> dict | None:
+        """`body` with the history of the thread it continues; None for an unknown thread."""
+        thread = body.get("thread") or {}
+        own = {k: v for k, v in body.items() if k != "thread"}
+        if thread.get("type") != "continue":
+            return own
+        with self._lock:
+            history = self.threads.get(thread.get("previous_message_id"))
+        if history is None:
+            return None
+        return {**history, **own, "messages": history["messages"] + body["messages"]}
+
+    def _remember(self, body: dict, conversation: dict, message: dict) -> None:
+        if body.get("thread"):
+            reply = {"role": "assistant", "content": message["content"]}
+            with self._lock:
+                self.threads[message["id"]] = {**conversation, "messages": conversation["messages"] + [reply]}
 
     def _next(self, body: dict) -> Turn:
         with self._lock:
-            if not self.accepts(body):
-                return self.fallback
             if not self.script:
                 self.unscripted.append(body)
                 return error(500, "the fake API's script is exhausted")
@@ -181,9 +196,9 @@ class FakeAnthropic:
             def log_message(self, *args):  # keep test output clean
                 pass
 
-            def _record(self, body: dict | None) -> None:
+            def _record(self, body: dict | None, conversation: dict | None = None) -> None:
                 with fake._lock:
-                    fake.requests.append(Recorded(self.command, self.path, dict(self.headers), body))
+                    fake.requests.append(Recorded(self.command, self.path, dict(self.headers), body, conversation))
 
             def _send(self, status: int, payload: bytes, content_type: str, headers: dict[str, str] | None = None):
                 self.send_response(status)
@@ -213,21 +228,25 @@ class FakeAnthropic:
             def do_POST(self):
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}")
-                self._record(body)
                 route = self.path.split("?")[0]
-                if route == "/v1/messages/count_tokens":
-                    return self._json(200, {"input_tokens": max(1, len(json.dumps(body)) // 4)})
+                conversation = fake._conversation(body) if route == "/v1/messages" else None
+                self._record(body, conversation)
                 if route != "/v1/messages":
                     return self._not_found()
-                turn = fake._next(body)
+                if conversation is None:
+                    turn = error(404, "thread not found", details={"error_code": "thread_not_found"})
+                else:
+                    turn = fake._next(conversation)
                 if turn.drop:
                     self.close_connection = True
                     self.connection.close()
                     return
                 if turn.status != 200:
-                    return self._json(turn.status, {"type": "error", "error": {"type": turn.error_type, "message": turn.message}},
-                                      turn.headers)
-                message = turn.message_json(body.get("model", "claude-fake"))
+                    detail = {"details": turn.details} if turn.details else {}
+                    return self._json(turn.status, {"type": "error", "error": {"type": turn.error_type, "message": turn.message,
+                                                                               **detail}}, turn.headers)
+                message = turn.message_json(conversation.get("model", "claude-fake"))
+                fake._remember(body, conversation, message)
                 if not body.get("stream"):
                     return self._json(200, message, turn.headers)
                 stream = "".join(f"event: {name}\ndata: {json.dumps(data)}\n\n" for name, data in sse_events(message))
