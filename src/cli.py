@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from archsmith.errors import ArchsmithError
+from archsmith.runner import DEFAULT_STEPS, DEFAULT_TOKENS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Model-architecture specialists: designs, estimates and configs that are computed, not guessed.")
@@ -241,8 +242,8 @@ def agent(
                                      help="A role (llm-architect, model-architect, network-architect, ml-architecture-designer) and its task; with --team, only the task."),
     team: bool = typer.Option(False, "--team", help="A coordinator delegates the task to the four roles."),
     model: Optional[str] = typer.Option(None, "--model", help="Model id (default: the role's front matter; inherit -> $ANTHROPIC_MODEL, else sonnet)."),
-    max_steps: int = typer.Option(20, "--max-steps", help="Model replies per role before it is stopped (1-500)."),
-    max_tokens: int = typer.Option(500_000, "--max-tokens", help="Input + output tokens for the whole run, all roles together."),
+    max_steps: int = typer.Option(DEFAULT_STEPS, "--max-steps", help="Model replies per role before it is stopped (1-500)."),
+    max_tokens: int = typer.Option(DEFAULT_TOKENS, "--max-tokens", help="Input + output tokens for the whole run, all roles together."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Directory for the transcripts (JSONL + Markdown per role) and the summary."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace files in an existing --out directory."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout (no streaming)."),

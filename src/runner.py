@@ -31,7 +31,7 @@ from archsmith.errors import ArchsmithError
 from archsmith.roles import Role, load_role, resolve_model, roles
 
 DEFAULT_STEPS = 20  # model replies per role before the runner stops it
-DEFAULT_TOKENS = 500_000  # input + output tokens per run (a team's roles share it): a few dollars at sonnet prices
+DEFAULT_TOKENS = 500_000  # input + output tokens per run, a team's roles together: $1.50-7.50 at sonnet prices
 REPLY_TOKENS = 8192  # max_tokens of one reply: room for a long answer, far below every model's limit
 RETRIES = 4  # the SDK's retries of 429, 529 / 5xx and connection errors, with backoff that honours retry-after
 KEY_ENV = "ANTHROPIC_API_KEY"
