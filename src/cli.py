@@ -1,4 +1,4 @@
-"""`archsmith` command line: a thin adapter over the engine (the contract is in DESIGN.md).
+"""`archsmith` command line: a thin adapter over the engine (the contract is in docs/architecture.md).
 
 Every command takes --json to print one JSON object on stdout; bad input is one line on
 stderr naming the field, exit code 2, nothing written.
@@ -21,6 +21,7 @@ from rich.text import Text
 from typer.core import TyperGroup
 
 from archsmith.errors import ArchsmithError
+from archsmith.runner import DEFAULT_STEPS, DEFAULT_TOKENS
 
 
 class _Commands(TyperGroup):
@@ -348,6 +349,80 @@ def configure(
                 for m in ("full", "lora", "qlora")])
     out.print(f"method: [bold]{plan['method']}[/bold]; LoRA targets: {', '.join(plan['settings']['target_modules']) or '-'}")
     out.print("wrote " + ", ".join(str(p) for p in written) if written else plan["script"], highlight=False)
+
+
+@app.command()
+def agent(
+    args: list[str] = typer.Argument(..., metavar='ROLE "TASK" | --team "TASK"',
+                                     help="A role (llm-architect, model-architect, network-architect, ml-architecture-designer) and its task; with --team, only the task."),
+    team: bool = typer.Option(False, "--team", help="A coordinator delegates the task to the four roles."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model id (default: the role's front matter; inherit -> $ANTHROPIC_MODEL, else sonnet)."),
+    max_steps: int = typer.Option(DEFAULT_STEPS, "--max-steps", help="Model replies per role before it is stopped (1-500)."),
+    max_tokens: int = typer.Option(DEFAULT_TOKENS, "--max-tokens", help="Input + output tokens for the whole run, all roles together."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Directory for the transcripts (JSONL + Markdown per role) and the summary."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace files in an existing --out directory."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout (no streaming)."),
+) -> None:
+    """Run a role, or the team of four, outside Claude Code on the Anthropic API (needs ANTHROPIC_API_KEY)."""
+    from archsmith import runner, transcript
+    from archsmith.files import check_out_dir
+    from archsmith.roles import load_role
+
+    try:
+        if team != (len(args) == 1) or len(args) > 2:
+            raise ArchsmithError("args", 'give ROLE "TASK", or --team "TASK"')
+        if not 1 <= max_steps <= 500:
+            raise ArchsmithError("max_steps", f"must be between 1 and 500; got {max_steps}")
+        if max_tokens < 1000:
+            raise ArchsmithError("max_tokens", f"must be at least 1000; got {max_tokens}")
+        if not team:
+            load_role(args[0])
+        if out_dir is not None:
+            check_out_dir(out_dir, overwrite)
+        options = dict(model=model, max_steps=max_steps, max_tokens=max_tokens, listener=None if as_json else _stream())
+        result = runner.run_team(args[0], **options) if team else runner.run_role(args[0], args[1], **options)
+        written = transcript.write(result, out_dir, overwrite) if out_dir is not None else []
+    except ArchsmithError as exc:
+        _fail(exc)
+    if as_json:
+        _json({**result.to_dict(), "files": [str(p) for p in written]})
+        return
+    rows = result.by_role()
+    t = Table(title="usage and cost per role")
+    for column in ("role", "runs", "steps", "input tokens", "output tokens", "cost (USD)"):
+        t.add_column(column, justify="left" if column == "role" else "right")
+    for role, row in rows.items():
+        cost = "unknown" if row["cost_usd"] is None else f"{row['cost_usd']:.4f}"
+        t.add_row(role, str(row["runs"]), str(row["steps"]), f"{row['usage'].input_tokens:,}", f"{row['usage'].output_tokens:,}", cost)
+    out.print()
+    out.print(t)
+    if written:
+        out.print(f"transcripts: {out_dir}/ ({', '.join(p.name for p in written)})", highlight=False)
+
+
+def _stream():
+    """Print the roles' text as it streams, and each tool call and result as one line."""
+    current = {"role": None}
+
+    def listener(role: str, kind: str, data) -> None:
+        if current["role"] != role:
+            out.print(f"\n[bold]── {role}[/bold]", highlight=False)
+            current["role"] = role
+        if kind == "text":
+            out.file.write(data)
+            out.file.flush()
+        elif data["event"] == "reply":
+            for call in data["tool_calls"]:
+                args = json.dumps(call["input"])
+                out.print(f"\n[dim]→ {call['name']} {args[:200]}{'…' if len(args) > 200 else ''}[/dim]", highlight=False)
+        elif data["event"] == "tool_result":
+            text = " ".join(data["content"].split())
+            label = "[red]error[/red]" if data["is_error"] else "ok"
+            out.print(f"[dim]← {data['name']}: {label} {text[:160]}{'…' if len(text) > 160 else ''}[/dim]", highlight=False)
+        elif data["event"] == "end" and data["stopped"] != "end_turn":
+            out.print(f"\n[yellow]{role} stopped: {data['stopped']}[/yellow]", highlight=False)
+
+    return listener
 
 
 @app.command()

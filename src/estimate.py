@@ -493,7 +493,7 @@ def checkpoint_sizes(spec: ArchitectureSpec, optimizer: str = "adamw") -> dict[s
 
 def estimate(spec: ArchitectureSpec, batch: int = 1, seq: int | None = None, dtype: str = "bf16", optimizer: str = "adamw",
              checkpointing: bool = False, attention: str = "sdpa", kv_batch: int | None = None) -> dict[str, Any]:
-    """Everything `archsmith estimate --json` prints (the CLI contract in DESIGN.md)."""
+    """Everything `archsmith estimate --json` prints (the CLI contract in docs/architecture.md)."""
     seq = spec.context_length if seq is None else seq
     _positive("batch", batch)
     if isinstance(seq, bool) or not isinstance(seq, int) or not 1 <= seq <= spec.context_length:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import tomllib
 from pathlib import Path
@@ -15,8 +16,12 @@ from archsmith.mcp_server.tools import TOOLS
 ROOT = Path(__file__).resolve().parents[1]
 SERVER = "archsmith"  # the key in .mcp.json
 MCP_TOOLS = {f"mcp__plugin_archsmith_{SERVER}__{fn.__name__}" for fn in TOOLS}
-CLAUDE_CODE_TOOLS = {"Read", "Write", "Edit", "MultiEdit", "Bash", "Grep", "Glob", "WebFetch", "WebSearch", "TodoWrite",
-                     "NotebookEdit", "Task", "Skill"}
+# The built-in tools of Claude Code 2.1 (its init event, checked in test_plugin_install.py): no Grep, Glob, TodoWrite
+# or MultiEdit any more; an agent that names a tool Claude Code lacks loses it silently.
+CLAUDE_CODE_TOOLS = {"Task", "Bash", "CronCreate", "CronDelete", "CronList", "Edit", "EnterWorktree", "ExitWorktree",
+                     "ListMcpResourcesTool", "NotebookEdit", "Read", "ReadMcpResourceDirTool", "ReadMcpResourceTool",
+                     "ReportFindings", "ScheduleWakeup", "SendMessage", "Skill", "TaskCreate", "TaskGet", "TaskList",
+                     "TaskOutput", "TaskStop", "TaskUpdate", "WebFetch", "WebSearch", "Workflow", "Write"}
 AGENTS = sorted((ROOT / "agents").glob("*.md"))  # Claude Code loads every .md here as an agent
 SKILLS = sorted((ROOT / "skills").glob("*/SKILL.md"))
 ROLES = {"model-architect", "network-architect", "llm-architect", "ml-architecture-designer"}
@@ -41,10 +46,16 @@ def test_manifest_has_the_fields_claude_code_reads():
     assert market["plugins"][0]["name"] == "archsmith" and (ROOT / market["plugins"][0]["source"] / ".claude-plugin").is_dir()
 
 
-def test_mcp_json_starts_our_server_from_the_plugin_root():
+def test_mcp_json_and_the_session_hook_run_the_bootstrap():
+    """Installed from a marketplace the plugin has no .venv: both entry points go through hooks/bootstrap.py."""
     entry = json.loads((ROOT / ".mcp.json").read_text())["mcpServers"][SERVER]
-    assert entry["command"].startswith("${CLAUDE_PLUGIN_ROOT}/") and entry["command"].endswith("/archsmith-mcp")
-    assert (ROOT / entry["command"].replace("${CLAUDE_PLUGIN_ROOT}/", "")).parent.name == "bin"
+    assert entry["command"] == "python3" and entry["args"] == ["${CLAUDE_PLUGIN_ROOT}/hooks/bootstrap.py", "serve"]
+    (group,) = json.loads((ROOT / "hooks" / "hooks.json").read_text())["hooks"]["SessionStart"]
+    (hook,) = group["hooks"]
+    assert hook["command"] == 'python3 "${CLAUDE_PLUGIN_ROOT}/hooks/bootstrap.py" hook' and hook["statusMessage"]
+    source = (ROOT / "hooks" / "bootstrap.py").read_text()
+    wait = int(re.search(r"^HOOK_WAIT_S = (\d+)", source, re.M).group(1))
+    assert wait < hook["timeout"], "the hook must report before Claude Code cancels it"
 
 
 def test_the_four_roles_exist():
@@ -52,12 +63,18 @@ def test_the_four_roles_exist():
     assert {"model-architect", "tokenizer-trainer"} <= {p.parent.name for p in SKILLS}
 
 
+def tool_list(meta: dict) -> list[str]:
+    """An agent's `tools:` front matter (a comma-separated string or a YAML list)."""
+    tools = meta["tools"]
+    return [t.strip() for t in tools.split(",")] if isinstance(tools, str) else list(tools)
+
+
 @pytest.mark.parametrize("path", AGENTS, ids=lambda p: p.stem)
 def test_agent_front_matter_and_tools(path):
     meta, body = front_matter(path)
     assert meta["name"] == path.stem
     assert "<example>" in meta["description"] and "</example>" in meta["description"]
-    tools = [t.strip() for t in meta["tools"].split(",")] if isinstance(meta["tools"], str) else meta["tools"]
+    tools = tool_list(meta)
     unknown = [t for t in tools if t not in CLAUDE_CODE_TOOLS | MCP_TOOLS]
     assert not unknown, f"{path.name} names tools that do not exist: {unknown}"
     assert any(t in MCP_TOOLS for t in tools), f"{path.name} uses none of our MCP tools"
@@ -74,3 +91,59 @@ def test_skill_front_matter_and_references(path):
     assert mentioned <= MCP_TOOLS, f"{path} mentions tools that do not exist: {sorted(mentioned - MCP_TOOLS)}"
     for ref in re.findall(r"(references/[\w./-]+\.md)", body):
         assert (path.parent / ref).is_file(), f"{path} links to a missing {ref}"
+
+
+# Paths that exist in archsmith's repository but not in the user's project, where agents and skills run.
+REPO_PATH = re.compile(r"(?<![\w/.}-])(?:\.\./|\./)?(?:src|tests|benchmarks|skills|agents|mcp_server|templates|docs|hooks|"
+                       r"\.venv|\.claude-plugin|shared)/[\w./*{}-]*|\bDESIGN\.md\b")
+WORDS = AGENTS + sorted(p for p in (ROOT / "skills").glob("*/**/*") if p.suffix in (".md", ".py"))
+
+
+@pytest.mark.parametrize("path", WORDS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_words_name_tools_and_plugin_files_not_repository_paths(path):
+    text = path.read_text(encoding="utf-8")
+    assert not REPO_PATH.findall(text), f"{path.relative_to(ROOT)} points into the repository: {REPO_PATH.findall(text)}"
+    for ref in re.findall(r"\$\{CLAUDE_PLUGIN_ROOT\}/([\w./-]+\w)", text):
+        assert (ROOT / ref).exists(), f"{path.relative_to(ROOT)} names a plugin file that does not exist: {ref}"
+
+
+def test_the_grep_catches_what_it_should():
+    caught = ["Follow `skills/model-architect/SKILL.md`", "edit src/network.py", "run .venv/bin/pytest", "see ../shared/DESIGN.md"]
+    allowed = ["${CLAUDE_PLUGIN_ROOT}/skills/x/SKILL.md", "read `references/components.md`", "write to runs/1b",
+               "the Hub repo's README.md", "archsmith.network"]
+    assert all(REPO_PATH.search(t) for t in caught) and not any(REPO_PATH.search(t) for t in allowed)
+
+
+def test_docs_point_at_the_architecture_document_in_the_repository():
+    assert (ROOT / "docs" / "architecture.md").is_file()
+    for doc in (ROOT / ".claude" / "CLAUDE.md", ROOT / "skills" / "README.md"):
+        text = doc.read_text(encoding="utf-8")
+        assert "docs/architecture.md" in text and "DESIGN.md" not in text and "shared/" not in text
+
+
+def test_architecture_documents_modules_commands_and_tools_that_exist():
+    table = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8").split("## Where each capability lives")[1]
+    rows = [line.split("|")[2:5] for line in table.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    commands = set(re.findall(r"@app\.command\(\)\ndef (\w+)\(", (ROOT / "src" / "cli.py").read_text()))
+    tools = {fn.__name__ for fn in TOOLS}
+    assert rows and commands
+    for engine, cli, mcp in rows:
+        plain = lambda cell: re.findall(r"`(\w+)`", re.sub(r"\(.*?\)", "", cell))  # noqa: E731 (notes in brackets)
+        assert all((ROOT / "src" / f"{m}.py").is_file() for m in plain(engine)), engine
+        assert set(plain(cli)) <= commands, cli
+        assert set(plain(mcp)) <= tools, mcp
+
+
+def test_plugin_executables_run_the_environments_programs():
+    for name, program in (("archsmith", "archsmith"), ("archsmith-python", "python")):
+        script = ROOT / "bin" / name
+        assert os.access(script, os.X_OK), f"bin/{name} is not executable"
+        assert f'hooks/bootstrap.py" run {program} "$@"' in script.read_text()
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "skills").glob("*/scripts/*.py")), ids=lambda p: p.parent.parent.name)
+def test_skill_scripts_run_as_shipped(path, tmp_path, monkeypatch):
+    import runpy
+
+    monkeypatch.chdir(tmp_path)
+    runpy.run_path(str(path), run_name="__main__")
