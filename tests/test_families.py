@@ -269,6 +269,21 @@ def test_activation_estimate_states_its_calibration(name):
         assert name in memory["activations_note"]
 
 
+@pytest.mark.parametrize("name", [n for n in NAMES if families.get(n).activations_uncalibrated])
+def test_uncalibrated_activation_estimates_are_structurally_sound(name):
+    """Not yet within 5% (that is the families' calibration work), but every layer's parts are counted:
+    the estimate stays within a factor of two of what autograd saves (docs/benchmarks.md has the errors)."""
+    from test_memory import measure_saved
+
+    kernel = "sdpa" if "sdpa" in families.get(name).attention_kernels else "eager"
+    model = tiny_model(name, torch.bfloat16, kernel).train()
+    spec = spec_from_hf(TINY_FAMILIES[name])
+    ids = torch.randint(3, spec.vocab_size, (2, 64), generator=torch.Generator().manual_seed(4))
+    real = measure_saved(model, ids)
+    est = estimate(spec, batch=2, seq=64, dtype="bf16", attention=kernel)["memory"]["activations_bytes"]
+    assert abs(est - real) < real, (est, real)
+
+
 def test_default_attention_is_one_transformers_accepts():
     for name in NAMES:
         used = estimate(spec_from_hf(TINY_FAMILIES[name]), seq=16)["settings"]["attention"]
