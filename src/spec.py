@@ -28,7 +28,6 @@ NORM_PLACEMENTS = ("pre", "post", "sandwich", "parallel", "parallel_shared")
 POSITION_KINDS = ("rope", "alibi", "learned")
 QK_NORM_KINDS = ("none", "head", "full", "per_head", "l2")
 LAYER_TYPES = ("full_attention", "sliding_attention", "chunked_attention", "linear_attention")
-ATTENTION_LAYER_TYPES = ("full_attention", "sliding_attention", "chunked_attention")  # softmax attention over keys
 # The norms of one block by placement, in HF order. parallel: attention and MLP both read x, each
 # through its own norm (GPT-NeoX); parallel_shared: both read one norm of x (Phi, Cohere, Falcon-7B).
 NORMS_BY_PLACEMENT: dict[str, tuple[str, ...]] = {
