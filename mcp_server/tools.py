@@ -14,6 +14,8 @@ import anyio.to_thread
 from mcp.server.mcpserver import Context
 from pydantic import Field
 
+from archsmith import families
+
 # ---- the workspace root: every path a tool reads or writes lies under it -------------------
 
 ROOT_ENV = "ARCHSMITH_WORKSPACE"
@@ -172,10 +174,11 @@ def estimate_config(config: ConfigDict = None, config_path: ConfigPath = None,
                     dtype: Annotated[Literal["fp32", "bf16", "fp16"], Field(description="Training precision; bf16/fp16 keep fp32 master weights.")] = "bf16",
                     optimizer: Literal["adamw", "adamw8bit", "sgd", "adafactor"] = "adamw",
                     checkpointing: Annotated[bool, Field(description="Activation checkpointing per decoder layer.")] = False,
-                    attention: Literal["sdpa", "eager"] = "sdpa") -> dict[str, Any]:
-    """Parameters (total, embedding, per layer, per component), FLOPs per token and memory (weights, gradients,
-    fp32 master + optimizer state, activations, logits, KV cache; training and inference totals) of a Hugging Face
-    config.json, in closed form. Families: llama, mistral, qwen2, qwen3, gemma2, olmo2, phi3, gpt2, mixtral, qwen3_moe."""
+                    attention: Annotated[Literal["sdpa", "eager"] | None, Field(description="Attention kernel (default: the one transformers uses for the family).")] = None) -> dict[str, Any]:
+    """Parameters (total, embedding, per layer, per component, active), FLOPs per token and memory (weights,
+    gradients, fp32 master + optimizer state, activations, logits, KV cache; training and inference totals) of a
+    Hugging Face config.json, in closed form; memory.activations_exact is false (with activations_note) where the
+    activation estimate is not yet calibrated. Model types: {families}."""
     from archsmith.estimate import estimate
 
     spec = _spec(config, config_path)
@@ -184,12 +187,13 @@ def estimate_config(config: ConfigDict = None, config_path: ConfigPath = None,
 
 
 def emit_hf_config(spec: Annotated[dict[str, Any], Field(description="ArchitectureSpec fields: hidden_size, num_layers, num_heads, num_kv_heads, ffn_size, vocab_size, and optional context_length, head_dim, rope_theta, tie_embeddings, ... (as design_architecture returns them).")],
-                   model_type: Literal["llama", "mistral", "qwen2", "qwen3", "gemma2", "olmo2", "phi3", "mixtral", "qwen3_moe", "gpt2"] | None = None,
+                   model_type: Literal[families.NAMES] | None = None,
                    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16",
                    out_path: Annotated[str | None, Field(description="Optional file to write, relative to the workspace root.", max_length=1024)] = None,
                    overwrite: bool = False) -> EmittedConfig:
     """Turn an architecture spec into the config.json that transformers' AutoConfig/AutoModelForCausalLM load.
-    Refuses, naming the field, a spec the chosen family cannot express (e.g. QK-norm in llama)."""
+    Refuses, naming the field, a spec the chosen family cannot express (e.g. QK-norm in llama), and any spec.extra key
+    that is not one of the family's own settings (soft-caps, multipliers, ...)."""
     import json
 
     from archsmith.files import write_file
@@ -234,7 +238,8 @@ async def build_model(config: ConfigDict = None, config_path: ConfigPath = None,
                       depth: Annotated[int, Field(description="Module-tree depth to report (layer 0 stands for all layers).", ge=0, le=6)] = 4,
                       ctx: Context = None) -> ModelDescription:
     """Build archsmith.network.CausalLM from a config (on the meta device: no memory, any size) and report its
-    module tree, parameter count and tensor count, checked against the closed-form estimate."""
+    module tree, parameter count and tensor count, checked against the closed-form estimate. Builds the model types
+    whose logits match transformers ({buildable}); others are refused, naming what network.py lacks."""
     from archsmith.network import check_buildable
 
     spec = _spec(config, config_path)
@@ -303,6 +308,9 @@ def plan_finetune(model_id: HubId,
 
     return plan(model_id, task=task, method=method, gpu=gpu)
 
+
+estimate_config.__doc__ = estimate_config.__doc__.format(families=", ".join(families.NAMES))
+build_model.__doc__ = build_model.__doc__.format(buildable=", ".join(families.with_parity("both", "load")))
 
 TOOLS = [design_architecture, write_design, estimate_config, emit_hf_config, compute_optimal_sizing,
          list_scale_templates, list_gpus, build_model, search_models, evaluate_model, plan_finetune]

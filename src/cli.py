@@ -20,6 +20,7 @@ from rich.table import Table
 from rich.text import Text
 from typer.core import TyperGroup
 
+from archsmith import families
 from archsmith.errors import ArchsmithError
 from archsmith.runner import DEFAULT_STEPS, DEFAULT_TOKENS
 
@@ -200,13 +201,14 @@ def design(
 
 @app.command()
 def estimate(
-    config: str = typer.Argument(..., help="A config.json file, a model directory holding one, or a Hub id (org/name: only config.json is fetched)."),
+    config: str = typer.Argument(..., help="A config.json file, a model directory holding one, or a Hub id (org/name: only config.json "
+                                 "is fetched). Model types: " + ", ".join(families.NAMES) + "."),
     batch: int = typer.Option(1, "--batch", help="Micro-batch size (sequences)."),
     seq: Optional[int] = typer.Option(None, "--seq", help="Sequence length (default: the model's context)."),
     dtype: str = typer.Option("bf16", "--dtype", help="fp32, bf16 or fp16 (bf16/fp16 imply fp32 master weights)."),
     optimizer: str = typer.Option("adamw", "--optimizer", help="adamw, adamw8bit, sgd or adafactor."),
     checkpointing: bool = typer.Option(False, "--checkpointing", help="Activation checkpointing per decoder layer."),
-    attention: str = typer.Option("sdpa", "--attention", help="sdpa (fused/flash) or eager."),
+    attention: Optional[str] = typer.Option(None, "--attention", help="sdpa (fused/flash) or eager (default: what transformers uses for the family)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
     """Parameters, FLOPs and memory of a model from its config.json, in closed form."""
@@ -236,6 +238,8 @@ def estimate(
     ]
     show_table(f"{config} ({spec.model_type}, {spec.hidden_size} x {spec.num_layers})", [Column("what"), Column("value", True)], rows)
     out.print(f"source: {source}", highlight=False)
+    if not m["activations_exact"]:
+        out.print(f"activations: an estimate, not yet calibrated to 5% ({m['activations_note']})", highlight=False)
 
 
 @app.command()

@@ -9,11 +9,13 @@ autograd saves for backward.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 from archsmith.errors import ArchsmithError
-from archsmith.spec import ArchitectureSpec
+from archsmith import families
+from archsmith.spec import NORMS_BY_PLACEMENT, ArchitectureSpec
 
 # Bytes per element of each storage precision.
 DTYPE_BYTES: dict[str, float] = {
@@ -38,10 +40,6 @@ ADAM8BIT_MIN_SIZE = 4096  # bitsandbytes keeps fp32 moments for tensors smaller 
 INT4_GROUP = 128  # typical GPTQ/AWQ/bnb-nf4 group size: one fp16 scale (+ zero) per 128 weights
 INT4_GROUP_OVERHEAD = 4  # bytes per group: fp16 scale + fp16 zero point
 INT8_ROW_OVERHEAD = 4  # LLM.int8(): one fp32 scale per output row
-# HF implementations that multiply the norm weight in fp32 before casting down (so they save an fp32 normalised input)
-NORM_WEIGHT_IN_FP32 = ("olmo2", "gemma2")
-# HF implementations that keep the rotary cos/sin tables in fp32 under bf16 training
-ROPE_IN_FP32 = ("olmo2",)
 
 
 def norm_dtype(dtype: str, allowed: tuple[str, ...] | dict[str, float] = DTYPE_BYTES) -> str:
@@ -56,181 +54,261 @@ def norm_dtype(dtype: str, allowed: tuple[str, ...] | dict[str, float] = DTYPE_B
 
 @dataclass(frozen=True)
 class Tensor:
-    """One parameter tensor, named as in the HF Llama state dict (layer tensors without prefix)."""
+    """One parameter tensor, named as in the HF state dict of the Llama-style layout (layer tensors without prefix)."""
 
     name: str
     shape: tuple[int, ...]
     group: str  # breakdown bucket: q_proj, mlp, norms, ...
+    macs: float = 0.0  # multiply-adds per token per element (1: a linear layer every token uses, top_k / E: a routed expert)
+    routed: bool = False  # a routed-expert tensor: counts toward active parameters in proportion top_k / num_experts
 
     @property
     def numel(self) -> int:
         return math.prod(self.shape)
 
 
-def _norm_tensors(spec: ArchitectureSpec, name: str, width: int, group: str) -> list[Tensor]:
-    tensors = [Tensor(f"{name}.weight", (width,), group)]
+def _norm_tensors(spec: ArchitectureSpec, name: str, width: int | tuple[int, ...], group: str) -> list[Tensor]:
+    shape = width if isinstance(width, tuple) else (width,)
+    if spec.norm == "layernorm_nonparametric":
+        return []
+    tensors = [Tensor(f"{name}.weight", shape, group)]
     if spec.norm == "layernorm":
-        tensors.append(Tensor(f"{name}.bias", (width,), group))
+        tensors.append(Tensor(f"{name}.bias", shape, group))
     return tensors
 
 
-def layer_tensors(spec: ArchitectureSpec) -> list[Tensor]:
-    """The parameter tensors of one decoder layer (every layer has the same ones)."""
-    h, q, kv = spec.hidden_size, spec.q_dim, spec.kv_dim
+def _linear(name: str, out: int, inp: int, group: str, bias: bool, bias_group: str | None = None) -> list[Tensor]:
+    tensors = [Tensor(f"{name}.weight", (out, inp), group, macs=1.0)]
+    if bias:
+        tensors.append(Tensor(f"{name}.bias", (out,), bias_group or group))
+    return tensors
+
+
+def _attention_tensors(spec: ArchitectureSpec) -> list[Tensor]:
+    """Softmax attention (GQA, MLA, sinks, output gate, QK-norm)."""
+    h, q, kv, d = spec.hidden_size, spec.q_dim, spec.kv_dim, spec.head_dim
     t: list[Tensor] = []
+    if spec.mla is not None:
+        mla = spec.mla
+        if mla.q_lora_rank:
+            t += _linear("self_attn.q_a_proj", mla.q_lora_rank, h, "attention_q", spec.qkv_bias, "attention_bias")
+            t += _norm_tensors(spec, "self_attn.q_a_layernorm", mla.q_lora_rank, "qk_norm")
+            t += _linear("self_attn.q_b_proj", q, mla.q_lora_rank, "attention_q", False)
+        else:
+            t += _linear("self_attn.q_proj", q, h, "attention_q", False)
+        t += _linear("self_attn.kv_a_proj_with_mqa", mla.kv_lora_rank + mla.qk_rope_head_dim, h, "attention_kv", spec.qkv_bias, "attention_bias")
+        t += _norm_tensors(spec, "self_attn.kv_a_layernorm", mla.kv_lora_rank, "qk_norm")
+        t += _linear("self_attn.kv_b_proj", spec.num_heads * (mla.qk_nope_head_dim + mla.v_head_dim), mla.kv_lora_rank, "attention_kv", False)
+        return t + _linear("self_attn.o_proj", h, spec.num_heads * mla.v_head_dim, "attention_o", spec.o_bias, "attention_bias")
+    if spec.attention_sinks:
+        t.append(Tensor("self_attn.sinks", (spec.num_heads,), "attention_sinks"))
     if spec.fused_qkv:
-        t.append(Tensor("self_attn.qkv_proj.weight", (q + 2 * kv, h), "attention_qkv"))
-        if spec.qkv_bias:
-            t.append(Tensor("self_attn.qkv_proj.bias", (q + 2 * kv,), "attention_bias"))
+        t += _linear("self_attn.qkv_proj", q + 2 * kv, h, "attention_qkv", spec.qkv_bias, "attention_bias")
     else:
-        for proj, width in (("q_proj", q), ("k_proj", kv), ("v_proj", kv)):
-            t.append(Tensor(f"self_attn.{proj}.weight", (width, h), f"attention_{proj[0]}"))
-            if spec.qkv_bias:
-                t.append(Tensor(f"self_attn.{proj}.bias", (width,), "attention_bias"))
-    t.append(Tensor("self_attn.o_proj.weight", (h, q), "attention_o"))
-    if spec.o_bias:
-        t.append(Tensor("self_attn.o_proj.bias", (h,), "attention_bias"))
-    if spec.qk_norm != "none":
-        q_width, k_width = (spec.head_dim, spec.head_dim) if spec.qk_norm == "head" else (q, kv)
+        q_out = 2 * q if spec.attn_output_gate else q  # the gate rides along with the queries
+        for proj, width in (("q_proj", q_out), ("k_proj", kv), ("v_proj", kv)):
+            t += _linear(f"self_attn.{proj}", width, h, f"attention_{proj[0]}", spec.qkv_bias, "attention_bias")
+    t += _linear("self_attn.o_proj", h, q, "attention_o", spec.o_bias, "attention_bias")
+    widths = {"head": ((d,), (d,)), "full": ((q,), (kv,)), "per_head": ((spec.num_heads, d), (spec.num_kv_heads, d))}
+    if spec.qk_norm in widths:
+        q_width, k_width = widths[spec.qk_norm]
         t += _norm_tensors(spec, "self_attn.q_norm", q_width, "qk_norm")
         t += _norm_tensors(spec, "self_attn.k_norm", k_width, "qk_norm")
-    t += _mlp_tensors(spec)
-    norms = {
-        "pre": ["input_layernorm", "post_attention_layernorm"],
-        "post": ["post_attention_layernorm", "post_feedforward_layernorm"],
-        "sandwich": ["input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm"],
-    }[spec.norm_placement]
-    for name in norms:
-        t += _norm_tensors(spec, name, h, "norms")
     return t
 
 
-def _mlp_tensors(spec: ArchitectureSpec) -> list[Tensor]:
+def _linear_attention_tensors(spec: ArchitectureSpec) -> list[Tensor]:
+    """Gated delta-net: q/k/v/z and beta/a projections, depthwise conv, decay parameters, gated norm, output."""
+    lin, h = spec.linear_attention, spec.hidden_size
+    key_dim, value_dim = lin.num_key_heads * lin.key_head_dim, lin.num_value_heads * lin.value_head_dim
+    return [
+        *_linear("linear_attn.in_proj_qkvz", 2 * key_dim + 2 * value_dim, h, "linear_attention", False),
+        *_linear("linear_attn.in_proj_ba", 2 * lin.num_value_heads, h, "linear_attention", False),
+        Tensor("linear_attn.conv1d.weight", (2 * key_dim + value_dim, 1, lin.conv_kernel), "linear_attention"),
+        Tensor("linear_attn.dt_bias", (lin.num_value_heads,), "linear_attention"),
+        Tensor("linear_attn.A_log", (lin.num_value_heads,), "linear_attention"),
+        Tensor("linear_attn.norm.weight", (lin.value_head_dim,), "linear_attention"),
+        *_linear("linear_attn.out_proj", h, value_dim, "linear_attention", False),
+    ]
+
+
+def layer_tensors(spec: ArchitectureSpec, layer: int = 0) -> list[Tensor]:
+    """The parameter tensors of decoder layer `layer` (token mixer, feed-forward, norms)."""
+    kind = spec.resolved_layer_types[layer]
+    t = _linear_attention_tensors(spec) if kind == "linear_attention" else _attention_tensors(spec)
+    t += _moe_tensors(spec) if spec.is_moe_layer(layer) else _mlp_tensors(spec, "mlp", spec.ffn_size, spec.mlp_bias, spec.fused_gate_up)
+    for name in NORMS_BY_PLACEMENT[spec.norm_placement]:
+        t += _norm_tensors(spec, name, spec.hidden_size, "norms")
+    return t
+
+
+def _mlp_tensors(spec: ArchitectureSpec, name: str, f: int, bias: bool, fused: bool, group: str = "mlp") -> list[Tensor]:
     h = spec.hidden_size
-    if spec.moe is not None:
-        moe = spec.moe
-        e, f = moe.num_experts, moe.expert_ffn_size
-        t = [Tensor("mlp.gate.weight", (e, h), "router")]
-        if moe.router_bias:
-            t.append(Tensor("mlp.gate.bias", (e,), "router"))
-        # transformers 5 stores the experts as two 3-D tensors per layer
-        up_rows = 2 * f if spec.gated else f
-        t += [Tensor("mlp.experts.gate_up_proj", (e, up_rows, h), "experts"), Tensor("mlp.experts.down_proj", (e, h, f), "experts")]
-        for i in range(moe.shared_experts):
-            sf = moe.shared_ffn_size
-            rows = ["gate_proj", "up_proj"] if spec.gated else ["up_proj"]
-            t += [Tensor(f"mlp.shared_experts.{i}.{r}.weight", (sf, h), "shared_experts") for r in rows]
-            t.append(Tensor(f"mlp.shared_experts.{i}.down_proj.weight", (h, sf), "shared_experts"))
-        return t
-    f = spec.ffn_size
-    t = []
-    if spec.gated and spec.fused_gate_up:
-        t.append(Tensor("mlp.gate_up_proj.weight", (2 * f, h), "mlp"))
-        if spec.mlp_bias:
-            t.append(Tensor("mlp.gate_up_proj.bias", (2 * f,), "mlp_bias"))
+    if spec.gated and fused:
+        t = _linear(f"{name}.gate_up_proj", 2 * f, h, group, bias, f"{group}_bias")
     else:
-        for proj in ("gate_proj", "up_proj") if spec.gated else ("up_proj",):
-            t.append(Tensor(f"mlp.{proj}.weight", (f, h), "mlp"))
-            if spec.mlp_bias:
-                t.append(Tensor(f"mlp.{proj}.bias", (f,), "mlp_bias"))
-    t.append(Tensor("mlp.down_proj.weight", (h, f), "mlp"))
-    if spec.mlp_bias:
-        t.append(Tensor("mlp.down_proj.bias", (h,), "mlp_bias"))
+        t = [x for proj in (("gate_proj", "up_proj") if spec.gated else ("up_proj",))
+             for x in _linear(f"{name}.{proj}", f, h, group, bias, f"{group}_bias")]
+    return t + _linear(f"{name}.down_proj", h, f, group, bias, f"{group}_bias")
+
+
+def _moe_tensors(spec: ArchitectureSpec) -> list[Tensor]:
+    """Router, experts stored as 3-D tensors (transformers 5 layout), one shared MLP of all shared experts."""
+    moe, h = spec.moe, spec.hidden_size
+    e, f = moe.num_experts, moe.expert_ffn_size
+    fam = families.get(spec.model_type)
+    share = 1.0 if fam.experts_run == "all" else moe.top_k / e  # of the expert weights each token multiplies through
+    t = _linear("mlp.gate", e, h, "router", moe.router_bias)
+    up_rows = 2 * f if spec.gated else f
+    gate_up, down = ((e, h, up_rows), (e, f, h)) if fam.experts_transposed else ((e, up_rows, h), (e, h, f))
+    t += [Tensor("mlp.experts.gate_up_proj", gate_up, "experts", share, routed=True)]
+    if moe.expert_bias:
+        t.append(Tensor("mlp.experts.gate_up_proj_bias", (e, up_rows), "experts", routed=True))
+    t.append(Tensor("mlp.experts.down_proj", down, "experts", share, routed=True))
+    if moe.expert_bias:
+        t.append(Tensor("mlp.experts.down_proj_bias", (e, h), "experts", routed=True))
+    if moe.shared_experts:
+        t += _mlp_tensors(spec, "mlp.shared_experts", moe.shared_experts * moe.shared_ffn_size, False, False, "shared_experts")
+    if moe.shared_expert_gate:
+        t += _linear("mlp.shared_expert_gate", 1, h, "shared_experts", False)
     return t
+
+
+def _outer_tensors(spec: ArchitectureSpec) -> tuple[list[Tensor], list[Tensor]]:
+    """(embedding tensors, final norm + lm_head tensors); a tied lm_head shares the embedding and is not listed."""
+    h = spec.hidden_size
+    head = [Tensor("model.embed_tokens.weight", (spec.vocab_size, h), "embedding")]
+    if spec.position == "learned":
+        head.append(Tensor("model.embed_positions.weight", (spec.context_length, h), "embedding"))
+    tail = _norm_tensors(spec, "model.norm", h, "final_norm")
+    if not spec.tie_embeddings:
+        tail.append(Tensor("lm_head.weight", (spec.vocab_size, h), "lm_head"))
+    if spec.lm_head_bias:
+        tail.append(Tensor("lm_head.bias", (spec.vocab_size,), "lm_head"))
+    return head, tail
 
 
 def model_tensors(spec: ArchitectureSpec) -> list[Tensor]:
-    """All parameter tensors; a tied lm_head shares the embedding and is not listed."""
-    h = spec.hidden_size
-    t = [Tensor("model.embed_tokens.weight", (spec.vocab_size, h), "embedding")]
-    if spec.position == "learned":
-        t.append(Tensor("model.embed_positions.weight", (spec.context_length, h), "embedding"))
-    layer = layer_tensors(spec)
-    for i in range(spec.num_layers):
-        t += [Tensor(f"model.layers.{i}.{x.name}", x.shape, x.group) for x in layer]
-    t += _norm_tensors(spec, "model.norm", h, "final_norm")
-    if not spec.tie_embeddings:
-        t.append(Tensor("lm_head.weight", (spec.vocab_size, h), "lm_head"))
-    return t
+    """All parameter tensors with their names, in state-dict order."""
+    head, tail = _outer_tensors(spec)
+    flip = families.get(spec.model_type).linear_transposed  # Conv1D layout: (in, out)
+    layers = [Tensor(f"model.layers.{i}.{x.name}", x.shape[::-1] if flip and x.macs else x.shape, x.group, x.macs, x.routed)
+              for i in range(spec.num_layers) for x in layer_tensors(spec, i)]
+    return head + layers + tail
+
+
+def _layer_kinds(spec: ArchitectureSpec) -> dict[tuple[str, bool], list[int]]:
+    """Layers grouped by (token mixer, MoE or dense): layers of one group have the same tensors."""
+    if spec.linear_attention is None and (spec.moe is None or spec.moe.layers is None):  # one kind of layer
+        return {("attention", spec.moe is not None): list(range(spec.num_layers))}
+    kinds: dict[tuple[str, bool], list[int]] = {}
+    for i, kind in enumerate(spec.resolved_layer_types):
+        mixer = "linear_attention" if kind == "linear_attention" else "attention"
+        kinds.setdefault((mixer, spec.is_moe_layer(i)), []).append(i)
+    return kinds
+
+
+def _counted_tensors(spec: ArchitectureSpec) -> list[tuple[Tensor, int]]:
+    """Every parameter tensor once per layer kind, with how many copies the model has (fast for deep models)."""
+    head, tail = _outer_tensors(spec)
+    layers = [(t, len(group)) for group in _layer_kinds(spec).values() for t in layer_tensors(spec, group[0])]
+    return [(t, 1) for t in head] + layers + [(t, 1) for t in tail]
 
 
 def count_params(spec: ArchitectureSpec) -> dict[str, Any]:
-    """Parameter counts: total, embedding, lm_head, per layer, per component, non-embedding."""
-    layer = layer_tensors(spec)
-    per_layer = sum(t.numel for t in layer)
-    per_layer_groups: dict[str, int] = {}
-    for t in layer:
-        per_layer_groups[t.group] = per_layer_groups.get(t.group, 0) + t.numel
+    """Parameter counts: total, embedding, lm_head, per layer (the largest layer), per component, non-embedding, active."""
+    groups = []
+    for (mixer, moe), layers in _layer_kinds(spec).items():
+        tensors = layer_tensors(spec, layers[0])
+        params = sum(t.numel for t in tensors)
+        routed = sum(t.numel for t in tensors if t.routed)
+        groups.append({"mixer": mixer, "moe": moe, "layers": len(layers), "params": params, "tensors": len(tensors),
+                       "active": params - routed + routed * spec.moe.top_k // spec.moe.num_experts if moe else params,
+                       "by_group": _by_group(tensors)})
+    largest = max(groups, key=lambda g: g["params"])
     h, V = spec.hidden_size, spec.vocab_size
     embedding = V * h + (spec.context_length * h if spec.position == "learned" else 0)
-    lm_head = 0 if spec.tie_embeddings else V * h
-    final_norm = h * (2 if spec.norm == "layernorm" else 1)
-    total = embedding + spec.num_layers * per_layer + final_norm + lm_head
-    active_per_layer = per_layer
-    if spec.moe is not None:
-        routed = per_layer_groups["experts"]
-        active_per_layer = per_layer - routed + routed * spec.moe.top_k // spec.moe.num_experts
-    n_layer_tensors = len(layer)
+    lm_head = (0 if spec.tie_embeddings else V * h) + (V if spec.lm_head_bias else 0)
+    final_norm = sum(t.numel for t in _norm_tensors(spec, "model.norm", h, "final_norm"))
+    layers = sum(g["layers"] * g["params"] for g in groups)
+    total = embedding + layers + final_norm + lm_head
     return {
         "total": total,
         "embedding": embedding,
         "lm_head": lm_head,
         "tied_embeddings": spec.tie_embeddings,
-        "per_layer": per_layer,
-        "layers": spec.num_layers * per_layer,
+        "per_layer": largest["params"],
+        "layers": layers,
         "final_norm": final_norm,
         "non_embedding": total - embedding - lm_head,
-        "active": total - spec.num_layers * (per_layer - active_per_layer),
-        "tensors": n_layer_tensors * spec.num_layers + (2 if spec.position == "learned" else 1)
-        + (2 if spec.norm == "layernorm" else 1) + (0 if spec.tie_embeddings else 1),
+        "active": total - layers + sum(g["layers"] * g["active"] for g in groups),
+        "tensors": sum(count for _, count in _counted_tensors(spec)),
+        "layer_kinds": [{k: g[k] for k in ("mixer", "moe", "layers", "params", "active")} for g in groups],
         "breakdown": {
             "embedding": embedding,
-            **{f"per_layer.{k}": v for k, v in per_layer_groups.items()},
+            **{f"per_layer.{k}": v for k, v in largest["by_group"].items()},
             "final_norm": final_norm,
             "lm_head": lm_head,
         },
     }
 
 
+def _by_group(tensors: list[Tensor]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for t in tensors:
+        out[t.group] = out.get(t.group, 0) + t.numel
+    return out
+
+
 # ---- FLOPs --------------------------------------------------------------------------------
 
-def _matmul_weights_per_token(spec: ArchitectureSpec) -> int:
-    """Weight elements one token multiplies through in one layer (biases and norms excluded)."""
-    h, f = spec.hidden_size, spec.ffn_size
-    attn = h * (spec.q_dim + 2 * spec.kv_dim) + spec.q_dim * h
-    if spec.moe is None:
-        mlp = (3 if spec.gated else 2) * h * f
-    else:
-        moe = spec.moe
-        per_expert = (3 if spec.gated else 2) * h * moe.expert_ffn_size
-        shared = moe.shared_experts * (3 if spec.gated else 2) * h * moe.shared_ffn_size
-        mlp = h * moe.num_experts + moe.top_k * per_expert + shared
-    return attn + mlp
+DELTA_RULE_CHUNK = 64  # transformers' and fla's chunk length for the gated delta rule
 
 
-def attention_pairs(seq: int, causal: bool, window: int | None) -> int:
+def attention_pairs(seq: int, causal: bool, window: int | None, chunk: int | None = None) -> int:
     """(query, key) pairs one head scores over a sequence of `seq` tokens.
 
     Dense (causal=False): seq**2, what an eager/masked kernel multiplies.
-    Causal: each query i sees min(i + 1, window) keys, what flash kernels compute.
+    Causal: each query i sees min(i + 1, window) keys (or the keys of its own chunk), what flash kernels compute.
     """
     if not causal:
         return seq * seq
+    if chunk is not None:
+        full, rest = divmod(seq, chunk)
+        return full * chunk * (chunk + 1) // 2 + rest * (rest + 1) // 2
     if window is None or window >= seq:
         return seq * (seq + 1) // 2
     return window * (window + 1) // 2 + (seq - window) * window
 
 
+def _mixing_flops(spec: ArchitectureSpec, kind: str, batch: int, seq: int, causal: bool) -> int:
+    """Matmul FLOPs of one layer's token mixing beyond its projections (scores, values, recurrences)."""
+    if kind == "linear_attention":
+        lin = spec.linear_attention
+        c, dk, dv = DELTA_RULE_CHUNK, lin.key_head_dim, lin.value_head_dim
+        padded = -(-seq // c) * c  # the sequence is padded to whole chunks
+        conv_dim, k = 2 * lin.num_key_heads * dk + lin.num_value_heads * dv, lin.conv_kernel
+        conv = 2 * batch * conv_dim * k * (seq + k - 1)  # depthwise causal conv, padded by k - 1 on both sides
+        # per chunk and head: two (C x dk)(dk x C) products, then per chunk of the scan
+        # state reads q S, (k decay) S and the updates A v, k^T v
+        recurrence = batch * lin.num_value_heads * padded * (4 * c * dk + 2 * c * dv + 6 * dk * dv)
+        return conv + recurrence
+    window = spec.sliding_window if kind == "sliding_attention" else None
+    chunk = spec.attention_chunk_size if kind == "chunked_attention" else None
+    # QK^T and attention x V: 2 FLOPs per multiply-add, (qk head dim + v head dim) per (query, key) pair per head
+    return 2 * spec.num_heads * (spec.head_dim + spec.v_head_dim) * batch * attention_pairs(seq, causal, window, chunk)
+
+
 def forward_flops(spec: ArchitectureSpec, batch: int, seq: int, causal: bool = True) -> dict[str, int]:
-    """Matmul FLOPs (2 per multiply-add) of one forward pass over batch x seq tokens, logits for all positions."""
+    """Matmul FLOPs (2 per multiply-add) of one forward pass over batch x seq tokens, logits for all positions.
+
+    MoE layers count the experts transformers runs for the family: top_k per token, or all of them
+    where its implementation multiplies every expert (see `families.Family.experts_run`).
+    """
     tokens = batch * seq
-    linear = 2 * tokens * spec.num_layers * _matmul_weights_per_token(spec)
+    linear = 2 * tokens * round(sum(t.numel * t.macs * count for t, count in _counted_tensors(spec)))
+    attention = sum(_mixing_flops(spec, kind, batch, seq, causal) for kind in spec.resolved_layer_types)
     lm_head = 2 * tokens * spec.hidden_size * spec.vocab_size
-    attention = 0
-    for kind in spec.resolved_layer_types:
-        window = spec.sliding_window if kind == "sliding_attention" else None
-        # QK^T and attention x V: 2 matmuls x 2 FLOPs x head_dim per (query, key) pair per head
-        attention += 4 * spec.num_heads * spec.head_dim * batch * attention_pairs(seq, causal, window)
     return {"linear": linear, "attention": attention, "lm_head": lm_head, "total": linear + attention + lm_head}
 
 
@@ -254,6 +332,7 @@ def flops(spec: ArchitectureSpec, seq: int | None = None, checkpointing: bool = 
         "attention_per_token": round(causal["attention"] / seq),
         "six_n_per_token": 6 * params["non_embedding"],  # Kaplan et al. 2020 rule of thumb, for comparison
         "checkpointing_recompute": checkpointing,
+        "experts_run": families.get(spec.model_type).experts_run if spec.moe else None,
     }
 
 
@@ -282,127 +361,188 @@ def weights_bytes(spec: ArchitectureSpec, dtype: str) -> dict[str, Any]:
     if dtype == "int4":
         overhead = math.ceil(n / INT4_GROUP) * INT4_GROUP_OVERHEAD
     elif dtype == "int8":
-        overhead = spec.num_layers * sum(t.shape[0] for t in layer_tensors(spec) if len(t.shape) >= 2) * INT8_ROW_OVERHEAD
+        rows = sum(math.prod(t.shape[:-1]) * count for t, count in _counted_tensors(spec) if t.macs)
+        overhead = rows * INT8_ROW_OVERHEAD
     return {"dtype": dtype, "bytes": raw + overhead, "raw_bytes": raw, "quantization_overhead_bytes": overhead}
 
 
 def optimizer_bytes(spec: ArchitectureSpec, optimizer: str, state_bytes: int) -> int:
     """Optimizer state for every parameter tensor, moments stored at `state_bytes` per value."""
-    tensors = model_tensors(spec)
-    if optimizer == "adamw":  # exp_avg and exp_avg_sq, plus a step tensor each
-        return sum(2 * t.numel * state_bytes + STEP_TENSOR for t in tensors)
+    if optimizer not in OPTIMIZERS:
+        raise ArchsmithError("optimizer", f"must be one of {', '.join(OPTIMIZERS)}; got {optimizer!r}")
+    return sum(_tensor_state(t, optimizer, state_bytes) * count for t, count in _counted_tensors(spec))
+
+
+def _tensor_state(t: Tensor, optimizer: str, state_bytes: int) -> int:
+    """Bytes of optimizer state torch (or bitsandbytes) keeps for one parameter tensor."""
+    if optimizer == "adamw":  # exp_avg and exp_avg_sq, plus a step tensor
+        return 2 * t.numel * state_bytes + STEP_TENSOR
     if optimizer == "sgd":  # momentum_buffer (torch SGD keeps no step)
-        return sum(t.numel * state_bytes for t in tensors)
+        return t.numel * state_bytes
     if optimizer == "adamw8bit":
-        total = 0
-        for t in tensors:
-            if t.numel < ADAM8BIT_MIN_SIZE:
-                total += 2 * t.numel * FP32
-            else:  # two uint8 moments + one fp32 absmax per block per moment
-                total += 2 * t.numel + 2 * math.ceil(t.numel / ADAM8BIT_BLOCK) * FP32
-        return total
-    if optimizer == "adafactor":  # factored second moment: row and column statistics, no first moment
-        total = 0
-        for t in tensors:
-            if len(t.shape) >= 2:
-                lead = math.prod(t.shape[:-2])
-                total += lead * (t.shape[-2] + t.shape[-1]) * state_bytes
-            else:
-                total += t.numel * state_bytes
-            total += STEP_TENSOR
-        return total
-    raise ArchsmithError("optimizer", f"must be one of {', '.join(OPTIMIZERS)}; got {optimizer!r}")
+        if t.numel < ADAM8BIT_MIN_SIZE:
+            return 2 * t.numel * FP32
+        return 2 * t.numel + 2 * math.ceil(t.numel / ADAM8BIT_BLOCK) * FP32  # two uint8 moments + fp32 absmax per block
+    # adafactor: factored second moment (row and column statistics over the last two dims), no first moment
+    if len(t.shape) >= 2:
+        return math.prod(t.shape[:-2]) * (t.shape[-2] + t.shape[-1]) * state_bytes + STEP_TENSOR
+    return t.numel * state_bytes + STEP_TENSOR
 
 
 def _norm_saved(spec: ArchitectureSpec, width: int, b: int, groups: int = 1) -> int:
     """Bytes one norm saves per token for `width` features normalised in `groups` groups."""
     if spec.norm == "rmsnorm":
         # fp32 upcast of the input (for pow/mul), fp32 rsqrt(variance) per group, normalised input in dtype (weight grad)
-        normalised = FP32 if spec.model_type in NORM_WEIGHT_IN_FP32 else b
+        normalised = FP32 if families.get(spec.model_type).norm_weight_in_fp32 else b
         return FP32 * width + FP32 * groups + normalised * width
     # native_layer_norm saves its input plus fp32 mean and rstd per group
     return b * width + 2 * FP32 * groups
 
 
-def activation_bytes(spec: ArchitectureSpec, batch: int, seq: int, dtype: str = "bf16", attention: str = "sdpa",
-                     checkpointing: bool = False) -> dict[str, int]:
-    """Bytes of tensors autograd saves for backward in one forward of batch x seq tokens.
+def activations_calibration(spec: ArchitectureSpec, attention: str) -> list[str]:
+    """Why `activation_bytes` is not held to 5% of measurement for this spec (empty: it is).
 
-    Calibrated, tensor by tensor, on the HF Llama-style block (pre-norm RMSNorm, RoPE,
-    gated MLP, SDPA or eager attention) that `network.py` also implements: the tests measure
-    it with `torch.autograd.graph.saved_tensors_hooks`. Other layouts (post/sandwich norms,
-    LayerNorm, GELU MLPs, dropout) use the same per-op rules and are approximations.
-    Checkpointing means one checkpoint per decoder layer: a layer keeps only its input.
+    Calibrated: the Llama-style block (RMSNorm pre/post placement, RoPE, gated MLP, GQA, head or full
+    QK-norm, fused projections) under sdpa or eager attention, for the families whose row says so.
     """
-    if attention not in ATTENTION_IMPLS:
-        raise ArchsmithError("attention", f"must be one of {', '.join(ATTENTION_IMPLS)}; got {attention!r}")
-    b = int(DTYPE_BYTES[norm_dtype(dtype)])
-    h, q, kv, f = spec.hidden_size, spec.q_dim, spec.kv_dim, spec.ffn_size
-    T = batch * seq
+    reasons = []
+    fam = families.get(spec.model_type)
+    if fam.activations_uncalibrated:
+        reasons.append(f"{spec.model_type}: {fam.activations_uncalibrated}")
+    checks = [
+        (spec.moe is not None, "MoE layers"), (spec.mla is not None, "multi-head latent attention"),
+        (spec.linear_attention is not None, "linear-attention layers"), (spec.attention_sinks, "attention sinks"),
+        (spec.attn_output_gate, "attention output gate"), (spec.norm != "rmsnorm", f"{spec.norm} norms"),
+        (spec.norm_placement not in ("pre", "post"), f"{spec.norm_placement} norm placement"),
+        (not spec.gated, "a plain (non-gated) MLP"), (spec.position != "rope", f"{spec.position} positions"),
+        (spec.qk_norm in ("per_head", "l2"), f"{spec.qk_norm} QK-norm"),
+        ("chunked_attention" in spec.resolved_layer_types, "chunked attention"),
+    ]
+    reasons += [f"{what} not yet modelled" for flagged, what in checks if flagged and not fam.activations_uncalibrated]
+    if attention not in fam.attention_kernels:
+        reasons.append(f"transformers does not run {spec.model_type} with {attention} attention")
+    return reasons
+
+
+def _attention_saved(spec: ArchitectureSpec, b: int, seq: int, attention: str) -> tuple[int, int]:
+    """(bytes per token, bytes per token per key) one softmax-attention mixer saves (norm and projection input excluded)."""
+    q, kv = spec.q_dim, spec.kv_dim
     per_token = 0
-    # attention block: norm + projection input
-    per_token += _norm_saved(spec, h, b) + b * h
     if spec.qk_norm == "head":  # one norm group per head
         per_token += _norm_saved(spec, q + kv, b, spec.num_heads + spec.num_kv_heads)
     elif spec.qk_norm == "full":  # one group for all of q, one for all of k
         per_token += _norm_saved(spec, q + kv, b, 2)
-    layer_attn = 0
+    if spec.mla is not None:  # the latent projections save their inputs; keys/values are per head after kv_b_proj
+        mla = spec.mla
+        per_token += b * ((mla.q_lora_rank or 0) + mla.kv_lora_rank) + _norm_saved(spec, (mla.q_lora_rank or 0) + mla.kv_lora_rank, b, 2)
+        kv = spec.num_heads * (spec.head_dim + spec.v_head_dim) // 2
     if attention == "sdpa":
         # q, k, v (GQA: k and v at kv width), output (also the o_proj input), fp32 logsumexp per head
-        per_token += b * (2 * q + 2 * kv) + FP32 * spec.num_heads
-    else:
-        # q, repeated k and v, o_proj input copy, fp32 softmax probabilities (and their cast when b != 4)
-        per_token += b * 4 * q
-        layer_attn = spec.num_heads * seq * (FP32 + (b if b != FP32 else 0))
-    # MLP block: norm + input, then gate output, act(gate), up output, act*up (down_proj input)
-    per_token += _norm_saved(spec, h, b) + b * h
-    if spec.moe is not None:
-        k, ef = spec.moe.top_k, spec.moe.expert_ffn_size
-        per_token += FP32 * spec.moe.num_experts + k * b * (4 if spec.gated else 2) * ef
-        per_token += spec.moe.shared_experts * b * (4 if spec.gated else 2) * spec.moe.shared_ffn_size
-    else:
-        per_token += b * (4 if spec.gated else 2) * f
-    if spec.norm_placement == "sandwich":
-        per_token += 2 * _norm_saved(spec, h, b)
-    per_layer = T * (per_token + layer_attn)
+        return per_token + b * (2 * q + 2 * kv) + FP32 * spec.num_heads, 0
+    # q, repeated k and v, o_proj input copy, fp32 softmax probabilities (and their cast when b != 4)
+    return per_token + b * 4 * q, spec.num_heads * (FP32 + (b if b != FP32 else 0))
+
+
+def _linear_attention_saved(spec: ArchitectureSpec, b: int) -> int:
+    """Bytes per token a gated delta-net mixer saves: projection outputs, conv input/output, fp32 recurrence inputs."""
+    lin = spec.linear_attention
+    key_dim, value_dim = lin.num_key_heads * lin.key_head_dim, lin.num_value_heads * lin.value_head_dim
+    conv_dim = 2 * key_dim + value_dim
+    return b * (2 * conv_dim + 2 * value_dim) + FP32 * (2 * conv_dim + 4 * lin.num_value_heads) + b * value_dim
+
+
+def _ffn_saved(spec: ArchitectureSpec, b: int, moe: bool) -> int:
+    """Bytes per token an MLP (gate output, act(gate), up output, act*up) or an MoE layer saves."""
+    if not moe:
+        return b * (4 if spec.gated else 2) * spec.ffn_size
+    k, ef = spec.moe.top_k, spec.moe.expert_ffn_size
+    saved = FP32 * spec.moe.num_experts + k * b * (4 if spec.gated else 2) * ef
+    return saved + b * (4 if spec.gated else 2) * spec.moe.shared_experts * spec.moe.shared_ffn_size
+
+
+def activation_bytes(spec: ArchitectureSpec, batch: int, seq: int, dtype: str = "bf16", attention: str | None = None,
+                     checkpointing: bool = False) -> dict[str, Any]:
+    """Bytes of tensors autograd saves for backward in one forward of batch x seq tokens.
+
+    Calibrated, tensor by tensor, on the HF Llama-style block (pre/post RMSNorm, RoPE, gated MLP,
+    SDPA or eager attention) that `network.py` also implements: the tests measure it with
+    `torch.autograd.graph.saved_tensors_hooks`. Other layouts use the same per-op rules and are
+    approximations; `exact` is False and `not_calibrated` says why (see `activations_calibration`).
+    Checkpointing means one checkpoint per decoder layer: a layer keeps only its input.
+    """
+    attention = attention or default_attention(spec)
+    if attention not in ATTENTION_IMPLS:
+        raise ArchsmithError("attention", f"must be one of {', '.join(ATTENTION_IMPLS)}; got {attention!r}")
+    b = int(DTYPE_BYTES[norm_dtype(dtype)])
+    h = spec.hidden_size
+    T = batch * seq
+    layers_total = largest = 0
+    block_norms = len(NORMS_BY_PLACEMENT[spec.norm_placement])
+    kinds = Counter((kind, spec.is_moe_layer(i)) for i, kind in enumerate(spec.resolved_layer_types))
+    for (kind, moe), count in kinds.items():
+        # every norm saves its statistics; each sub-block's first projection saves its input
+        per_token = block_norms * _norm_saved(spec, h, b) + 2 * b * h
+        per_key = 0
+        if kind == "linear_attention":
+            per_token += _linear_attention_saved(spec, b)
+        else:
+            mixer, per_key = _attention_saved(spec, b, seq, attention)
+            per_token += mixer
+        per_token += _ffn_saved(spec, b, moe)
+        layer = T * (per_token + per_key * seq)
+        layers_total += count * layer
+        largest = max(largest, layer)
     rope = 0
-    if spec.position == "rope":
-        rot = int(spec.head_dim * spec.partial_rotary_factor)
-        rope = 2 * seq * rot * (FP32 if spec.model_type in ROPE_IN_FP32 else b)  # cos and sin, shared by all layers (position ids of batch 1)
+    if spec.position == "rope":  # cos and sin, shared by all layers (position ids of batch 1)
+        rope = 2 * seq * spec.rope_dim * (FP32 if families.get(spec.model_type).rope_in_fp32 else b)
     head = T * (_norm_saved(spec, h, b) + b * h)  # final norm + lm_head input
     loss = T * (FP32 * spec.vocab_size + INT64) + FP32  # fp32 log-softmax, labels, total weight
     embedding = T * INT64  # input ids for the embedding backward
     if checkpointing:
-        layers = spec.num_layers * T * b * h  # each layer keeps only its input
+        layers_total = spec.num_layers * T * b * h  # each layer keeps only its input
         rope = 0
-    else:
-        layers = spec.num_layers * per_layer
-    total = layers + rope + head + loss + embedding
+    reasons = activations_calibration(spec, attention)
     return {
-        "total": total,
-        "layers": layers,
-        "per_layer": per_layer,
+        "total": layers_total + rope + head + loss + embedding,
+        "layers": layers_total,
+        "per_layer": largest,
         "rope": rope,
         "head": head,
         "loss": loss,
         "embedding": embedding,
-        "recompute_peak": per_layer if checkpointing else 0,
+        "recompute_peak": largest if checkpointing else 0,
+        "attention": attention,
+        "exact": not reasons,
+        "not_calibrated": reasons,
     }
 
 
+def default_attention(spec: ArchitectureSpec) -> str:
+    """The kernel transformers picks for this family that the estimator models: sdpa when accepted, else eager."""
+    return "sdpa" if "sdpa" in families.get(spec.model_type).attention_kernels else "eager"
+
+
 def kv_cache_bytes(spec: ArchitectureSpec, batch: int, context: int, dtype: str = "bf16") -> int:
-    """K and V for every layer; sliding-window layers keep the last `sliding_window - 1` positions
-    (as transformers' sliding cache does: the incoming token completes the window)."""
+    """What transformers' cache holds: K and V per attention layer (sliding and chunked layers keep the last
+    `window - 1` positions, as its sliding cache does: the incoming token completes the window; MLA keeps the
+    compressed latent and the shared rope key), fixed conv and fp32 recurrent states per linear-attention layer."""
     b = DTYPE_BYTES[norm_dtype(dtype)]
-    total = 0
+    total = 0.0
     for kind in spec.resolved_layer_types:
-        kept = min(context, spec.sliding_window - 1) if kind == "sliding_attention" else context
-        total += 2 * spec.kv_dim * kept
-    return int(total * batch * b)
+        if kind == "linear_attention":
+            lin = spec.linear_attention
+            conv_dim = 2 * lin.num_key_heads * lin.key_head_dim + lin.num_value_heads * lin.value_head_dim
+            total += conv_dim * lin.conv_kernel * b + lin.num_value_heads * lin.key_head_dim * lin.value_head_dim * FP32
+            continue
+        window = {"sliding_attention": spec.sliding_window, "chunked_attention": spec.attention_chunk_size}.get(kind)
+        kept = min(context, window - 1) if window else context
+        per_position = spec.mla.kv_lora_rank + spec.mla.qk_rope_head_dim if spec.mla else 2 * spec.kv_dim
+        total += per_position * kept * b
+    return int(total * batch)
 
 
 def training_memory(spec: ArchitectureSpec, batch: int, seq: int, dtype: str = "bf16", optimizer: str = "adamw",
-                    checkpointing: bool = False, attention: str = "sdpa", master_weights: bool | None = None) -> dict[str, Any]:
+                    checkpointing: bool = False, attention: str | None = None, master_weights: bool | None = None) -> dict[str, Any]:
     """Memory of one training step on one device, unsharded.
 
     Mixed precision (dtype bf16/fp16, master_weights default on): weights and gradients in
@@ -492,8 +632,12 @@ def checkpoint_sizes(spec: ArchitectureSpec, optimizer: str = "adamw") -> dict[s
 
 
 def estimate(spec: ArchitectureSpec, batch: int = 1, seq: int | None = None, dtype: str = "bf16", optimizer: str = "adamw",
-             checkpointing: bool = False, attention: str = "sdpa", kv_batch: int | None = None) -> dict[str, Any]:
-    """Everything `archsmith estimate --json` prints (the CLI contract in docs/architecture.md)."""
+             checkpointing: bool = False, attention: str | None = None, kv_batch: int | None = None) -> dict[str, Any]:
+    """Everything `archsmith estimate --json` prints (the CLI contract in docs/architecture.md).
+
+    attention None picks the family's default kernel (`default_attention`). `memory.activations_exact`
+    is False where the activation estimate is not yet held to 5% of measurement; `activations_note` says why.
+    """
     seq = spec.context_length if seq is None else seq
     _positive("batch", batch)
     if isinstance(seq, bool) or not isinstance(seq, int) or not 1 <= seq <= spec.context_length:
@@ -515,11 +659,13 @@ def estimate(spec: ArchitectureSpec, batch: int = 1, seq: int | None = None, dty
             "inference_total_bytes": infer["total_bytes"],
             "weights_by_dtype": {d: weights_bytes(spec, d)["bytes"] for d in ("fp32", "bf16", "int8", "int4")},
             "checkpoint": checkpoint_sizes(spec, optimizer),
+            "activations_exact": train["activations"]["exact"],
+            "activations_note": "; ".join(train["activations"]["not_calibrated"]) or None,
             "training": train,
             "inference": infer,
         },
         "settings": {"batch": batch, "seq": seq, "dtype": train["dtype"], "optimizer": optimizer,
-                     "checkpointing": checkpointing, "attention": attention},
+                     "checkpointing": checkpointing, "attention": train["activations"]["attention"]},
     }
 
 

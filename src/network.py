@@ -21,8 +21,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from archsmith import families
 from archsmith.errors import SpecError
-from archsmith.spec import ArchitectureSpec
+from archsmith.spec import NORMS_BY_PLACEMENT, ArchitectureSpec
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "silu": F.silu,
@@ -42,8 +43,35 @@ ROPE_TYPES: dict[str, tuple[str, ...]] = {
 ATTENTION_IMPLS = ("sdpa", "eager")
 
 
+# Components this module implements beyond the Llama block, named as `families.features` names them.
+# A family builds only when its parity is not "none" and every feature it needs is here.
+FEATURES: frozenset[str] = frozenset()
+# Spec fields this module cannot build yet: (field, the value it can build, what is missing)
+UNBUILT: tuple[tuple[str, object, str], ...] = (
+    ("mla", None, "multi-head latent attention"),
+    ("linear_attention", None, "gated delta-net linear attention"),
+    ("attention_sinks", False, "attention sinks"),
+    ("attn_output_gate", False, "a gated attention output"),
+    ("lm_head_bias", False, "an lm_head bias"),
+    ("nope_layers", (), "layers without RoPE"),
+    ("attention_chunk_size", None, "chunked attention"),
+)
+
+
 def check_buildable(spec: ArchitectureSpec) -> None:
-    """Raise SpecError for spec fields this module cannot build faithfully (never approximate)."""
+    """Raise SpecError for anything this module would not build faithfully (never approximate).
+
+    A spec of a family whose `parity` in `archsmith.families` is "none" is refused, naming what
+    network.py lacks for it; so is any spec field no component here implements.
+    """
+    missing = _missing(spec)
+    fam = families.get(spec.model_type)
+    if fam.parity == "none":
+        lacks = "; ".join(text for _, text in missing) or "no logits parity test against transformers yet"
+        raise SpecError("model_type", f"network.py does not build {spec.model_type} models (it would not match transformers): {lacks}")
+    if missing:
+        field, text = missing[0]
+        raise SpecError(field, f"network.py cannot build {text} yet")
     if spec.encoder:
         raise SpecError("encoder", "network.py builds decoder-only models; must be false")
     if spec.activation not in ACTIVATIONS:
@@ -61,6 +89,22 @@ def check_buildable(spec: ArchitectureSpec) -> None:
                 raise SpecError(f"rope_scaling.{key}", f"rope_type {kind!r} needs a positive number; got {scaling.get(key)!r}")
         if kind == "llama3" and scaling["high_freq_factor"] <= scaling["low_freq_factor"]:
             raise SpecError("rope_scaling.high_freq_factor", "must be greater than low_freq_factor")
+
+
+def _missing(spec: ArchitectureSpec) -> list[tuple[str, str]]:
+    """(field, what is missing) for each component the spec needs that this module lacks."""
+    found = [(field, text) for field, built, text in UNBUILT if getattr(spec, field) != built]
+    unbuilt_choices = {"norm": ("rmsnorm", "layernorm"), "norm_placement": ("pre", "post", "sandwich"),
+                       "qk_norm": ("none", "head", "full")}
+    found += [(field, f"{field} {getattr(spec, field)!r}") for field, ok in unbuilt_choices.items() if getattr(spec, field) not in ok]
+    if spec.moe is not None:
+        found += [(f"moe.{name}", text) for name, text in (("expert_bias", "expert biases"), ("shared_expert_gate", "a shared-expert gate"))
+                  if getattr(spec.moe, name)]
+        if spec.moe.layers is not None:
+            found.append(("moe.layers", "dense layers between MoE layers"))
+    found += [("model_type", feature) for feature in families.features(families.get(spec.model_type), spec.extra)
+              if feature not in FEATURES]
+    return found
 
 
 # ---- norms ----------------------------------------------------------------------------------
@@ -247,7 +291,7 @@ class Attention(nn.Module):
             self.q_norm, self.k_norm = make_norm(spec, d), make_norm(spec, d)
         elif spec.qk_norm == "full":  # OLMo 2: over all heads
             self.q_norm, self.k_norm = make_norm(spec, self.q_dim), make_norm(spec, self.kv_dim)
-        self.scale = float(spec.extra.get("query_pre_attn_scalar", d)) ** -0.5
+        self.scale = float(families.setting(spec, "query_pre_attn_scalar", d)) ** -0.5
         self.sliding = spec.resolved_layer_types[layer_idx] == "sliding_attention"
         self.impl = "sdpa"
 
@@ -367,11 +411,11 @@ class MoE(nn.Module):
         super().__init__()
         moe = spec.moe
         self.num_experts, self.top_k = moe.num_experts, moe.top_k
-        self.normalize = bool(spec.extra.get("norm_topk_prob", True))
+        self.normalize = bool(families.setting(spec, "norm_topk_prob", True))
         self.gate = nn.Linear(spec.hidden_size, moe.num_experts, bias=moe.router_bias)
         self.experts = Experts(spec)
-        self.shared_experts = nn.ModuleList(
-            MLP(spec, width=moe.shared_ffn_size, bias=False, fused=False) for _ in range(moe.shared_experts))
+        # all shared experts as one MLP of width shared_experts * shared_ffn_size (the HF layout; the same function)
+        self.shared_experts = MLP(spec, width=moe.shared_experts * moe.shared_ffn_size, bias=False, fused=False) if moe.shared_experts else None
 
     def route(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """x (T, hidden) -> top-k weights (T, k) fp32, expert indices (T, k), router probabilities (T, E) fp32."""
@@ -386,21 +430,14 @@ class MoE(nn.Module):
         x = x.reshape(-1, shape[-1])
         weights, indices, probs = self.route(x)
         out = self.experts(x, indices, weights)
-        for expert in self.shared_experts:
-            out = out + expert(x)
+        if self.shared_experts is not None:
+            out = out + self.shared_experts(x)
         assigned = torch.zeros_like(probs).scatter_add_(1, indices, torch.ones_like(weights)).mean(0)  # (E,)
         aux = self.num_experts * (assigned * probs.mean(0)).sum()
         return out.reshape(shape), aux
 
 
 # ---- blocks and model -----------------------------------------------------------------------
-
-NORMS_BY_PLACEMENT = {
-    "pre": ("input_layernorm", "post_attention_layernorm"),
-    "post": ("post_attention_layernorm", "post_feedforward_layernorm"),
-    "sandwich": ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm"),
-}
-
 
 class DecoderLayer(nn.Module):
     """One transformer block. Norm placements: pre (Llama), post (OLMo 2), sandwich (Gemma 2).
@@ -566,7 +603,7 @@ class CausalLM(nn.Module):
             targets = F.pad(labels[:, 1:], (0, 1), value=-100)  # shift the labels, not the (large) logits
             loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
             if aux is not None:
-                loss = loss + float(self.spec.extra.get("router_aux_loss_coef", 0.01)) * aux
+                loss = loss + float(families.setting(self.spec, "router_aux_loss_coef", 0.01)) * aux
         return CausalLMOutput(logits=logits, loss=loss, aux_loss=aux)
 
     # ---- switches -------------------------------------------------------------------------
@@ -612,7 +649,7 @@ class CausalLM(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path, dtype: torch.dtype | None = None, device: torch.device | str = "cpu") -> "CausalLM":
-        """Load an HF checkpoint directory (llama, mistral, qwen2, qwen3; safetensors, sharded or not)."""
+        """Load an HF checkpoint directory of a family with load parity (safetensors, sharded or not)."""
         from archsmith.weights import load_pretrained
 
         return load_pretrained(path, dtype=dtype, device=device)

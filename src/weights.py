@@ -12,14 +12,16 @@ from pathlib import Path
 
 import torch
 
+from archsmith import families
 from archsmith.errors import ArchsmithError
 from archsmith.files import write_files
 from archsmith.hfconfig import hf_from_spec, read_config, spec_from_hf
 from archsmith.network import CausalLM
 from archsmith.units import parse_bytes
 
-# Families whose transformers implementation our network reproduces exactly (parity-tested).
-INTEROP = ("llama", "mistral", "qwen2", "qwen3")
+# Families whose checkpoints load into network.CausalLM with logits parity, and those it also saves.
+LOADS = families.with_parity("both", "load")
+SAVES = families.with_parity("both")
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
@@ -38,8 +40,8 @@ def load_pretrained(path: str | Path, dtype: torch.dtype | None = None, device: 
     path = Path(path)
     cfg = read_config(path)
     model_type = cfg.get("model_type")
-    if model_type not in INTEROP:
-        raise CheckpointError("model_type", f"loading supports {', '.join(INTEROP)}; got {model_type!r}")
+    if model_type not in LOADS:
+        raise CheckpointError("model_type", f"loading supports {', '.join(LOADS)}; got {model_type!r:.60}")
     spec = spec_from_hf(cfg)
     with torch.device("meta"):
         model = CausalLM(spec)
@@ -103,8 +105,8 @@ def save_pretrained(model: CausalLM, path: str | Path, max_shard_size: int | str
     With `overwrite`, weight files of an earlier save that the new one does not use are removed.
     """
     spec = model.spec
-    if spec.model_type not in INTEROP:
-        raise CheckpointError("model_type", f"saving supports {', '.join(INTEROP)}; got {spec.model_type!r}")
+    if spec.model_type not in SAVES:
+        raise CheckpointError("model_type", f"saving supports {', '.join(SAVES)}; got {spec.model_type!r}")
     dtype = model.lm_head.weight.dtype
     if dtype not in DTYPE_NAMES:
         raise CheckpointError("dtype", f"must be one of {', '.join(DTYPE_NAMES.values())}; got {dtype}")

@@ -39,9 +39,11 @@ def published(request) -> tuple[str, dict]:
     return request.param.stem, json.loads(request.param.read_text())
 
 
-# Tiny configs of every family, small enough to run real forward/backward passes on CPU.
+# Tiny configs of every family in archsmith.families, small enough to run real forward/backward passes on CPU.
+# Each exercises the family's distinctive parts (dense and MoE layers, local and global layers, NoPE layers).
 TINY = dict(hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
             vocab_size=512, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+MOE = dict(num_experts_per_tok=2, moe_intermediate_size=32)
 TINY_FAMILIES = {
     "llama": {**TINY, "model_type": "llama"},
     "mistral": {**TINY, "model_type": "mistral", "sliding_window": 24},
@@ -52,13 +54,59 @@ TINY_FAMILIES = {
     "phi3": {**TINY, "model_type": "phi3"},
     "gpt2": {"model_type": "gpt2", "n_embd": 64, "n_layer": 2, "n_head": 4, "vocab_size": 512, "n_positions": 256,
              "bos_token_id": 1, "eos_token_id": 2, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0},
+    "mixtral": {**TINY, "model_type": "mixtral", "num_local_experts": 4, "num_experts_per_tok": 2, "intermediate_size": 48},
+    "qwen3_moe": {**TINY, **MOE, "model_type": "qwen3_moe", "num_experts": 4, "head_dim": 16},
+    "gemma3_text": {**TINY, "model_type": "gemma3_text", "head_dim": 32, "sliding_window": 24, "query_pre_attn_scalar": 32,
+                    "sliding_window_pattern": 2},
+    "gemma": {**TINY, "model_type": "gemma", "head_dim": 32},
+    "llama4_text": {**TINY, "model_type": "llama4_text", "head_dim": 16, "intermediate_size": 48, "intermediate_size_mlp": 176,
+                    "num_local_experts": 4, "num_experts_per_tok": 1, "interleave_moe_layer_step": 2,
+                    "no_rope_layer_interval": 2, "attention_chunk_size": 16},
+    "deepseek_v3": {**TINY, **MOE, "model_type": "deepseek_v3", "num_key_value_heads": 4, "q_lora_rank": 32, "kv_lora_rank": 16,
+                    "qk_nope_head_dim": 16, "qk_rope_head_dim": 8, "v_head_dim": 16, "n_routed_experts": 4, "n_shared_experts": 2,
+                    "first_k_dense_replace": 1, "n_group": 2, "topk_group": 1},
+    "gpt_oss": {**TINY, "model_type": "gpt_oss", "head_dim": 16, "intermediate_size": 48, "num_local_experts": 4,
+                "num_experts_per_tok": 2, "sliding_window": 24},
+    "qwen2_moe": {**TINY, **MOE, "model_type": "qwen2_moe", "num_experts": 4, "shared_expert_intermediate_size": 48,
+                  "mlp_only_layers": [0]},
+    "qwen3_next": {**TINY, **MOE, "model_type": "qwen3_next", "head_dim": 16, "num_experts": 4, "shared_expert_intermediate_size": 48,
+                   "linear_num_key_heads": 2, "linear_num_value_heads": 4, "linear_key_head_dim": 8, "linear_value_head_dim": 8,
+                   "full_attention_interval": 2},
+    "glm4_moe": {**TINY, **MOE, "model_type": "glm4_moe", "head_dim": 16, "n_routed_experts": 4, "n_shared_experts": 1,
+                 "first_k_dense_replace": 1, "use_qk_norm": True, "attention_bias": True},
+    "granite": {**TINY, "model_type": "granite", "embedding_multiplier": 12.0, "residual_multiplier": 0.22,
+                "attention_multiplier": 0.0625, "logits_scaling": 8.0},
+    "starcoder2": {**TINY, "model_type": "starcoder2", "sliding_window": 24, "residual_dropout": 0.0, "embedding_dropout": 0.0,
+                   "attention_dropout": 0.0},
+    "falcon": {**TINY, "model_type": "falcon", "num_kv_heads": None, "ffn_hidden_size": 176},
+    "phi": {**TINY, "model_type": "phi", "num_key_value_heads": 4, "resid_pdrop": 0.0},
+    "gpt_neox": {**TINY, "model_type": "gpt_neox", "num_key_value_heads": None},
+    "olmo": {**TINY, "model_type": "olmo"},
+    "smollm3": {**TINY, "model_type": "smollm3", "no_rope_layer_interval": 2},
+    "cohere": {**TINY, "model_type": "cohere"},
+    "ernie4_5": {**TINY, "model_type": "ernie4_5", "head_dim": 16},
 }
+# Layouts a family switches on with config flags: each must be exact too.
+TINY_VARIANTS = {
+    "falcon-new-architecture": {**TINY_FAMILIES["falcon"], "new_decoder_architecture": True, "num_kv_heads": 2, "bias": True},
+    "falcon-one-norm-new-architecture": {**TINY_FAMILIES["falcon"], "new_decoder_architecture": True, "num_kv_heads": 2,
+                                         "num_ln_in_parallel_attn": 1},
+    "falcon-sequential-alibi": {**TINY_FAMILIES["falcon"], "multi_query": False, "parallel_attn": False, "alibi": True},
+    "gpt_neox-sequential": {**TINY_FAMILIES["gpt_neox"], "use_parallel_residual": False},
+    "phi-qk-layernorm": {**TINY_FAMILIES["phi"], "qk_layernorm": True},
+    "cohere-qk-norm": {**TINY_FAMILIES["cohere"], "use_qk_norm": True},
+    "deepseek_v3-no-q-lora": {**TINY_FAMILIES["deepseek_v3"], "q_lora_rank": None},
+    "qwen3_next-all-moe": {**TINY_FAMILIES["qwen3_next"], "num_hidden_layers": 3, "full_attention_interval": 3},
+}
+TINY_CONFIGS = {**TINY_FAMILIES, **TINY_VARIANTS}
 
 
 def tiny_model(family: str, dtype=None, attn: str = "eager", seed: int = 0, **overrides):
+    """A real transformers model of a TINY_CONFIGS entry; MoE experts run eagerly (token by token, as FLOPs count them)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(hf_config({**TINY_FAMILIES[family], **overrides}), attn_implementation=attn)
+    model = AutoModelForCausalLM.from_config(hf_config({**TINY_CONFIGS[family], **overrides}), attn_implementation=attn,
+                                             experts_implementation="eager")
     return model.to(dtype) if dtype is not None else model

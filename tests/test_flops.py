@@ -1,4 +1,4 @@
-"""Matmul FLOPs equal what torch.utils.flop_counter counts on real tiny models.
+"""Matmul FLOPs equal what torch.utils.flop_counter counts on real tiny models (every family: test_families).
 
 FlopCounterMode counts matmuls (mm, addmm, bmm, baddbmm, SDPA); it does not count norms,
 activations, softmax, RoPE, residual adds, the embedding lookup or the loss, and neither do
@@ -8,24 +8,12 @@ multiplies the full seq x seq score matrix: the estimator's no-causal-halving fi
 
 from __future__ import annotations
 
-import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from archsmith.estimate import attention_pairs, flops, forward_flops
 from archsmith.hfconfig import spec_from_hf
 from conftest import TINY_FAMILIES, tiny_model
-
-
-@pytest.mark.parametrize("family", sorted(TINY_FAMILIES))
-@pytest.mark.parametrize("batch,seq", [(1, 16), (2, 48)])
-def test_forward_flops_match_counter(family, batch, seq):
-    model = tiny_model(family)
-    spec = spec_from_hf(TINY_FAMILIES[family])
-    ids = torch.randint(3, spec.vocab_size, (batch, seq))
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(input_ids=ids)
-    assert counter.get_total_flops() == forward_flops(spec, batch, seq, causal=False)["total"]
 
 
 def test_training_flops_match_counter():

@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mcp import Client, StdioServerParameters
 
+from archsmith import families
 from archsmith.catalog import reference_config
 from archsmith.mcp_server.server import build_server
 from archsmith.mcp_server.tools import TOOLS
@@ -180,7 +181,7 @@ WORDS = ["1", "125M", "1.5B", "7B", "2T", "1e21", "1e30", "24GB", "80GiB", "0", 
 JSON = st.recursive(st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.floats(allow_nan=False) | st.text(max_size=12)
                     | st.sampled_from(WORDS), lambda inner: st.lists(inner, max_size=3), max_leaves=4)
 CONFIG_KEYS = sorted(set(LLAMA) | set(TINY_SPEC) | {"model_type", "head_dim", "moe", "sliding_window", "qk_norm", "position"})
-FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gemma2", "olmo2", "phi3", "mixtral", "qwen3_moe", "gpt2", "bert"]
+FAMILIES = [*families.NAMES, "bert"]
 
 
 def free_object() -> st.SearchStrategy:

@@ -233,7 +233,7 @@ def test_moe_routes_every_token_to_exactly_k_experts():
             for w, e in zip(weights[t], indices[t]):
                 gate, up = (moe.experts.gate_up_proj[e] @ flat[t]).chunk(2)
                 expected[t] += w * (moe.experts.down_proj[e] @ (torch.nn.functional.silu(gate) * up))
-            expected[t] += moe.shared_experts[0](flat[t])
+            expected[t] += moe.shared_experts(flat[t])
     assert torch.allclose(out.reshape(-1, 64), expected, atol=1e-5)
     assert aux.item() >= 2 - 1e-5  # E * sum f_e P_e is at least k: minimal when balanced
 

@@ -1,0 +1,495 @@
+"""One row per Hugging Face `model_type`: everything archsmith knows about a model family, as data.
+
+A row says how the family's `config.json` keys map to `ArchitectureSpec` fields (renames,
+transformers' defaults, flags that switch layouts), what its transformers code hard-codes
+(norms, biases, QK-norm, MoE layout, layer patterns), what it computes beyond its sizes
+(soft-caps, (1 + w) norms, embedding scales, multipliers), which attention kernels
+transformers accepts for it, how the activation estimator treats it, and how far
+`network.py` reproduces it (`parity`). `hfconfig`, `estimate`, `network`, `weights`, the MCP
+tools and the CLI read these rows; no other module names a family. Adding a family is one row
+(plus `network.py` components when it needs new ones).
+
+Field names on the left of `keys`, `fixed` and `switches` are spec fields; dotted names reach
+into the sub-specs (`moe.num_experts`, `mla.kv_lora_rank`, `linear_attention.num_key_heads`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Mapping
+
+from archsmith.errors import SpecError
+
+Parity = Literal["both", "load", "none"]
+
+
+@dataclass(frozen=True)
+class Same:
+    """A default equal to another spec field (num_key_value_heads absent or null: num_heads)."""
+
+    field: str
+
+
+@dataclass(frozen=True)
+class Times:
+    """A default `factor` times another spec field (n_inner absent or null: 4 * hidden_size)."""
+
+    field: str
+    factor: int
+
+
+ANY = object()  # in a Switch table: matches every value of that key
+
+
+@dataclass(frozen=True)
+class Switch:
+    """Spec fields chosen by config flags.
+
+    `table` rows are (flag values, spec fields); reading takes the first row whose values match
+    the config (ANY matches anything), writing the first row whose fields match the spec. A field
+    value may be `Same(...)`.
+    """
+
+    keys: tuple[str, ...]
+    table: tuple[tuple[tuple[Any, ...], Mapping[str, Any]], ...]
+
+
+@dataclass(frozen=True)
+class Extra:
+    """A config key that changes no tensor shape (soft-caps, multipliers, router settings).
+
+    It travels from config.json into `spec.extra` and back, validated against `kind` and the
+    bounds. `feature` names what network.py must compute for it when its value is not null.
+    """
+
+    kind: Literal["number", "int", "bool"]
+    default: Any = None  # transformers' value when config.json omits the key
+    minimum: float | None = None  # inclusive lower bound
+    above: float | None = None  # exclusive lower bound (must be > above)
+    maximum: float | None = None
+    nullable: bool = False
+    feature: str | None = None
+
+
+@dataclass(frozen=True)
+class LayerRule:
+    """How transformers fills `layer_types` when config.json has none.
+
+    rule: full (no local attention) | all_sliding (every layer slides when sliding_window is set) |
+    window_layers (layers >= max_window_layers slide, gated by use_sliding_window) |
+    alternate_window_layers (even layers below max_window_layers slide, gated likewise) |
+    period (layer i is `nth` when (i + 1) % period == 0, else `other`) |
+    rope (layers with RoPE are `other`, NoPE layers `nth`; `gate` keys must be truthy for `nth`).
+    """
+
+    rule: Literal["full", "all_sliding", "window_layers", "alternate_window_layers", "period", "rope"] = "full"
+    period: int = 2
+    period_key: str | None = None  # config key holding the period
+    other: str = "sliding_attention"
+    nth: str = "full_attention"
+    gate: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Family:
+    """Everything family-specific about one `model_type`."""
+
+    model_type: str
+    architecture: str  # transformers class written into "architectures"
+    # what network.py does with it: both = builds it, loads HF checkpoints and saves ones transformers
+    # loads, logits within 1e-4 both ways (tested); load = builds and loads only; none = refused
+    parity: Parity = "none"
+    # ---- config.json <-> spec ----------------------------------------------------------------
+    keys: Mapping[str, str | None] = field(default_factory=dict)  # spec field -> config key (None: no key)
+    aliases: Mapping[str, str] = field(default_factory=dict)  # older config key -> the key it stands for
+    defaults: Mapping[str, Any] = field(default_factory=dict)  # config key -> transformers' default
+    fixed: Mapping[str, Any] = field(default_factory=dict)  # spec fields the family's code hard-codes
+    switches: tuple[Switch, ...] = ()
+    layers: LayerRule = LayerRule()
+    nope: bool = False  # reads no_rope_layers / no_rope_layer_interval (layers without RoPE)
+    moe_layers: Literal["all", "first_k_dense", "sparse_step", "interleave"] | None = None  # None: dense
+    heads_divide_hidden: bool = False  # the config class refuses hidden_size % num_heads != 0 even with head_dim
+    rope_per_layer_type: bool = False  # rope_parameters nested by layer type (local theta for sliding layers)
+    extra: Mapping[str, Extra] = field(default_factory=dict)
+    # ---- computation the sizes do not show (network.py needs a component for each) -------------
+    norm_weight_offset: float = 0.0  # 1.0: RMSNorm scales by (1 + weight)
+    embed_scale: Literal["none", "sqrt_hidden"] = "none"
+    experts_transposed: bool = False  # expert tensors stored (E, hidden, 2F) / (E, F, hidden)
+    linear_transposed: bool = False  # layer projections stored (in, out) (GPT-2's Conv1D) instead of nn.Linear's (out, in)
+    experts_run: Literal["routed", "all"] = "routed"  # transformers runs each token through top_k / all experts
+    # ---- estimator rules -------------------------------------------------------------------------
+    attention_kernels: tuple[str, ...] = ("sdpa", "eager", "flash_attention_2", "flex_attention")  # what transformers accepts
+    norm_weight_in_fp32: bool = False  # norm multiplies its weight in fp32 (saves an fp32 normalised input)
+    rope_in_fp32: bool = False  # rotary cos/sin stay fp32 under bf16
+    # why the activation estimate is not yet held to 5% of measurement (None: it is, in tests/test_memory.py);
+    # docs/benchmarks.md's activation table shows how far off each family is today
+    activations_uncalibrated: str | None = None
+
+    @property
+    def is_moe(self) -> bool:
+        return self.moe_layers is not None
+
+    def default(self, key: str) -> Any:
+        """transformers' value for `key` when config.json omits it (MISSING when there is none)."""
+        return self.defaults.get(key, CONFIG_DEFAULTS.get(key, MISSING))
+
+
+MISSING = object()  # no default: the key is required
+# What a null value means where it is not transformers' default (a null num_key_value_heads: one per head).
+NULL_MEANS: dict[str, Any] = {"num_key_value_heads": Same("num_heads")}
+
+# Config keys every family shares (spec field -> key); a row's `keys` renames or removes them.
+KEYS: dict[str, str] = {
+    "hidden_size": "hidden_size",
+    "num_heads": "num_attention_heads",
+    "num_kv_heads": "num_key_value_heads",
+    "num_layers": "num_hidden_layers",
+    "head_dim": "head_dim",
+    "ffn_size": "intermediate_size",
+    "vocab_size": "vocab_size",
+    "context_length": "max_position_embeddings",
+    "activation": "hidden_act",
+    "norm_eps": "rms_norm_eps",
+    "tie_embeddings": "tie_word_embeddings",
+    "initializer_range": "initializer_range",
+    "bos_token_id": "bos_token_id",
+    "eos_token_id": "eos_token_id",
+    "pad_token_id": "pad_token_id",
+}
+# transformers' defaults shared by every config class (a row's `defaults` overrides them; MISSING there
+# means the class presets a size to one model, so config.json must give it).
+CONFIG_DEFAULTS: dict[str, Any] = {
+    "num_key_value_heads": Same("num_heads"),
+    "hidden_act": "silu",
+    "head_dim": None,
+    "tie_word_embeddings": False,
+    "initializer_range": 0.02,
+    "bos_token_id": None,
+    "eos_token_id": None,
+    "pad_token_id": None,
+    "attention_bias": False,
+    "mlp_bias": False,
+    "rope_theta": 10000.0,
+    "partial_rotary_factor": 1.0,
+    "sliding_window": None,
+}
+
+# Key groups several rows share.
+ATTENTION_BIAS = {"qkv_bias": "attention_bias", "o_bias": "attention_bias"}
+NO_BIAS = {"qkv_bias": False, "o_bias": False}
+ROUTER = {"moe.top_k": "num_experts_per_tok"}
+AUX_LOSS = {"router_aux_loss_coef": Extra("number", 0.001, minimum=0.0)}
+TOPK_NORM = {"norm_topk_prob": Extra("bool", False)}
+GROUPED_ROUTING = "grouped sigmoid router (n_group, topk_group, routed_scaling_factor)"
+GROUPED_ROUTER = {
+    "routed_scaling_factor": Extra("number", 1.0, above=0.0, feature=GROUPED_ROUTING),
+    "n_group": Extra("int", 1, minimum=1),
+    "topk_group": Extra("int", 1, minimum=1),
+    "norm_topk_prob": Extra("bool", True),
+}
+SOFTCAP_ATTENTION, SOFTCAP_FINAL = "attention logit soft-capping", "final logit soft-capping"
+WINDOW_LAYERS = {"max_window_layers": Extra("int", 28, minimum=0)}  # the first layer of the sliding ones
+GEMMA_NORM = dict(norm_weight_offset=1.0, norm_weight_in_fp32=True)  # (1 + w) RMSNorm computed in fp32
+GEMMA_DEFAULTS = {"num_key_value_heads": MISSING, "rms_norm_eps": 1e-6, "tie_word_embeddings": True, "head_dim": 256,
+                  "sliding_window": 4096, "hidden_activation": "gelu_pytorch_tanh"}
+
+
+def dropout(default: float, *keys: str) -> dict[str, Extra]:
+    """Dropout probabilities the family's config carries (transformers' default `default`)."""
+    return {key: Extra("number", default, minimum=0.0, maximum=1.0) for key in keys}
+
+QK_NORM_FLAG = ("use_qk_norm",)
+WITHIN_5 = "within 5% on tiny models in benchmarks/activation_accuracy.py, not yet held by a test or checked at real widths"
+MOE_NOT_MODELLED = "MoE routing and expert buffers not yet modelled"
+
+FAMILIES: dict[str, Family] = {f.model_type: f for f in (
+    # ---- the Llama block and its close relatives ----
+    Family("llama", "LlamaForCausalLM", parity="both", heads_divide_hidden=True,
+           keys={**ATTENTION_BIAS, "mlp_bias": "mlp_bias"},
+           defaults={"max_position_embeddings": 2048, "rms_norm_eps": 1e-6}),
+    Family("mistral", "MistralForCausalLM", parity="both", layers=LayerRule("all_sliding"),
+           defaults={"max_position_embeddings": 131072, "num_key_value_heads": MISSING, "rms_norm_eps": 1e-6}),
+    Family("qwen2", "Qwen2ForCausalLM", parity="both", fixed={"qkv_bias": True},
+           layers=LayerRule("window_layers", gate=("use_sliding_window",)),
+           defaults={"max_position_embeddings": 32768, "rms_norm_eps": 1e-6}, extra=WINDOW_LAYERS),
+    Family("qwen3", "Qwen3ForCausalLM", parity="both", keys=ATTENTION_BIAS, fixed={"qk_norm": "head"},
+           layers=LayerRule("window_layers", gate=("use_sliding_window",)),
+           defaults={"max_position_embeddings": 32768, "rms_norm_eps": 1e-6}, extra=WINDOW_LAYERS),
+    Family("granite", "GraniteForCausalLM", keys={**ATTENTION_BIAS, "mlp_bias": "mlp_bias"},
+           defaults={"max_position_embeddings": 2048, "rms_norm_eps": 1e-6},
+           extra={name: Extra("number", 1.0, above=0.0, feature="Granite multipliers (embedding, residual, attention, logits)")
+                  for name in ("embedding_multiplier", "residual_multiplier", "attention_multiplier", "logits_scaling")},
+           activations_uncalibrated=WITHIN_5),
+    Family("smollm3", "SmolLM3ForCausalLM", keys={**ATTENTION_BIAS, "mlp_bias": "mlp_bias"}, nope=True,
+           layers=LayerRule("rope", other="full_attention", nth="sliding_attention", gate=("use_sliding_window", "sliding_window")),
+           defaults={"max_position_embeddings": 32768, "num_key_value_heads": MISSING, "rms_norm_eps": 1e-6,
+                     "tie_word_embeddings": True, "rope_theta": 2_000_000.0},
+           activations_uncalibrated=WITHIN_5),
+    Family("ernie4_5", "Ernie4_5ForCausalLM", keys={"qkv_bias": "use_bias", "o_bias": "use_bias", "mlp_bias": "use_bias"},
+           defaults={"max_position_embeddings": 131072, "num_key_value_heads": MISSING, "rms_norm_eps": 1e-5, "use_bias": False,
+                     "tie_word_embeddings": True, "head_dim": 128, "rope_theta": 500_000.0},
+           activations_uncalibrated=WITHIN_5),
+    Family("olmo2", "Olmo2ForCausalLM", keys=ATTENTION_BIAS, fixed={"norm_placement": "post", "qk_norm": "full"},
+           defaults={"max_position_embeddings": 2048, "rms_norm_eps": 1e-5}, norm_weight_in_fp32=True, rope_in_fp32=True),
+    Family("olmo", "OlmoForCausalLM", keys={**ATTENTION_BIAS, "norm_eps": None},
+           fixed={"norm": "layernorm_nonparametric", "norm_eps": 1e-5}, defaults={"max_position_embeddings": 2048},
+           extra={"clip_qkv": Extra("number", None, above=0.0, nullable=True, feature="q/k/v clipping (clip_qkv)")},
+           activations_uncalibrated="the weightless LayerNorm runs in fp32, so bf16 runs save about 9% more than modelled"),
+    Family("phi3", "Phi3ForCausalLM", layers=LayerRule("all_sliding"),
+           fixed={**NO_BIAS, "fused_qkv": True, "fused_gate_up": True},
+           defaults={"max_position_embeddings": 4096, "rms_norm_eps": 1e-5},
+           extra={"original_max_position_embeddings": Extra("int", 4096, minimum=1), **dropout(0.0, "resid_pdrop", "embd_pdrop")}),
+    # ---- Gemma: (1 + w) RMSNorm, sqrt(hidden) embedding scale, GeGLU ----
+    Family("gemma", "GemmaForCausalLM", keys=ATTENTION_BIAS, fixed={"ffn_kind": "geglu"},
+           defaults={"max_position_embeddings": 8192, "rms_norm_eps": 1e-6, "tie_word_embeddings": True, "head_dim": 256,
+                     "hidden_act": "gelu_pytorch_tanh"},
+           embed_scale="sqrt_hidden", **GEMMA_NORM, activations_uncalibrated=WITHIN_5),
+    Family("gemma2", "Gemma2ForCausalLM", heads_divide_hidden=True, keys={**ATTENTION_BIAS, "activation": "hidden_activation"},
+           fixed={"norm_placement": "sandwich", "ffn_kind": "geglu"}, layers=LayerRule("period", 2),
+           defaults={**GEMMA_DEFAULTS, "max_position_embeddings": 8192},
+           extra={"query_pre_attn_scalar": Extra("number", 256, above=0.0),
+                  "attn_logit_softcapping": Extra("number", 50.0, above=0.0, nullable=True, feature=SOFTCAP_ATTENTION),
+                  "final_logit_softcapping": Extra("number", 30.0, above=0.0, nullable=True, feature=SOFTCAP_FINAL)},
+           embed_scale="sqrt_hidden", attention_kernels=("eager", "flash_attention_2", "flex_attention"), **GEMMA_NORM,
+           activations_uncalibrated="soft-caps and the fp32 (1 + w) norm math save tensors not yet modelled"),
+    Family("gemma3_text", "Gemma3ForCausalLM", heads_divide_hidden=True, rope_per_layer_type=True,
+           keys={**ATTENTION_BIAS, "activation": "hidden_activation"},
+           fixed={"norm_placement": "sandwich", "ffn_kind": "geglu", "qk_norm": "head"},
+           layers=LayerRule("period", 6, period_key="sliding_window_pattern"),
+           aliases={"_sliding_window_pattern": "sliding_window_pattern"},
+           defaults={**GEMMA_DEFAULTS, "max_position_embeddings": 131072, "rope_theta": 1_000_000.0},
+           extra={"query_pre_attn_scalar": Extra("number", 256, above=0.0),
+                  "attn_logit_softcapping": Extra("number", None, above=0.0, nullable=True, feature=SOFTCAP_ATTENTION),
+                  "final_logit_softcapping": Extra("number", None, above=0.0, nullable=True, feature=SOFTCAP_FINAL),
+                  "rope_local_base_freq": Extra("number", 10_000.0, above=1.0, feature="a separate RoPE base for sliding layers")},
+           embed_scale="sqrt_hidden", **GEMMA_NORM, activations_uncalibrated=WITHIN_5),
+    # ---- LayerNorm families: biases, plain GELU MLPs, parallel blocks ----
+    Family("gpt2", "GPT2LMHeadModel",
+           keys={"hidden_size": "n_embd", "num_layers": "n_layer", "num_heads": "n_head", "num_kv_heads": None, "head_dim": None,
+                 "ffn_size": "n_inner", "context_length": "n_positions", "activation": "activation_function",
+                 "norm_eps": "layer_norm_epsilon"},
+           fixed={"norm": "layernorm", "position": "learned", "ffn_kind": "gelu", "fused_qkv": True, "qkv_bias": True,
+                  "o_bias": True, "mlp_bias": True, "num_kv_heads": Same("num_heads")},
+           defaults={"n_inner": Times("hidden_size", 4), "n_positions": 1024, "activation_function": "gelu_new",
+                     "layer_norm_epsilon": 1e-5, "tie_word_embeddings": True},
+           extra=dropout(0.1, "resid_pdrop", "embd_pdrop", "attn_pdrop"),
+           linear_transposed=True, attention_kernels=("sdpa", "eager", "flash_attention_2"),
+           activations_uncalibrated="dropout forces the math attention path and gelu_new saves its intermediates; not yet modelled"),
+    Family("gpt_neox", "GPTNeoXForCausalLM", keys={"num_kv_heads": None, "head_dim": None, "norm_eps": "layer_norm_eps", **ATTENTION_BIAS},
+           aliases={"rotary_pct": "partial_rotary_factor", "rotary_emb_base": "rope_theta"},
+           fixed={"norm": "layernorm", "ffn_kind": "gelu", "fused_qkv": True, "mlp_bias": True, "num_kv_heads": Same("num_heads")},
+           switches=(Switch(("use_parallel_residual",), (((True,), {"norm_placement": "parallel"}),
+                                                         ((False,), {"norm_placement": "pre"}))),),
+           defaults={"max_position_embeddings": 2048, "layer_norm_eps": 1e-5, "hidden_act": "gelu", "attention_bias": True,
+                     "partial_rotary_factor": 0.25, "use_parallel_residual": True},
+           activations_uncalibrated=WITHIN_5),
+    Family("falcon", "FalconForCausalLM",
+           keys={"num_kv_heads": "num_kv_heads", "head_dim": None, "ffn_size": "ffn_hidden_size", "activation": "activation",
+                 "norm_eps": "layer_norm_epsilon", "qkv_bias": "bias", "o_bias": "bias", "mlp_bias": "bias"},
+           fixed={"norm": "layernorm", "ffn_kind": "gelu", "fused_qkv": True},
+           switches=(
+               # (new_decoder_architecture, multi_query, parallel_attn, num_ln_in_parallel_attn): the new architecture
+               # reads num_kv_heads; the old one has one KV head (multi_query) or one per head
+               Switch(("new_decoder_architecture", "multi_query", "parallel_attn", "num_ln_in_parallel_attn"), (
+                   ((False, True, True, ANY), {"num_kv_heads": 1, "norm_placement": "parallel_shared"}),
+                   ((False, True, False, ANY), {"num_kv_heads": 1, "norm_placement": "pre"}),
+                   ((False, False, True, ANY), {"num_kv_heads": Same("num_heads"), "norm_placement": "parallel_shared"}),
+                   ((False, False, False, ANY), {"num_kv_heads": Same("num_heads"), "norm_placement": "pre"}),
+                   ((True, ANY, True, 1), {"norm_placement": "parallel_shared"}),
+                   ((True, ANY, ANY, ANY), {"norm_placement": "parallel"}),
+               )),
+               Switch(("alibi",), (((True,), {"position": "alibi"}), ((False,), {"position": "rope"}))),
+           ),
+           defaults={"ffn_hidden_size": Times("hidden_size", 4), "activation": "gelu", "layer_norm_epsilon": 1e-5,
+                     "bias": False, "tie_word_embeddings": True, "num_kv_heads": Same("num_heads"),
+                     "max_position_embeddings": 2048, "new_decoder_architecture": False, "multi_query": True,
+                     "parallel_attn": True, "num_ln_in_parallel_attn": None, "alibi": False},
+           attention_kernels=("sdpa", "eager", "flash_attention_2"),
+           activations_uncalibrated="parallel attention/MLP LayerNorm block not yet modelled"),
+    Family("starcoder2", "Starcoder2ForCausalLM",
+           keys={"norm_eps": "norm_epsilon", "qkv_bias": "use_bias", "o_bias": "use_bias", "mlp_bias": "use_bias"},
+           fixed={"norm": "layernorm", "ffn_kind": "gelu"}, layers=LayerRule("all_sliding"),
+           defaults={"max_position_embeddings": 4096, "num_key_value_heads": MISSING, "norm_epsilon": 1e-5, "use_bias": True,
+                     "tie_word_embeddings": True, "hidden_act": "gelu_pytorch_tanh", "initializer_range": 0.018042},
+           extra=dropout(0.0, "residual_dropout", "embedding_dropout"), activations_uncalibrated=WITHIN_5),
+    Family("phi", "PhiForCausalLM", keys={"norm_eps": "layer_norm_eps"},
+           fixed={"norm": "layernorm", "norm_placement": "parallel_shared", "ffn_kind": "gelu", "qkv_bias": True,
+                  "o_bias": True, "mlp_bias": True, "lm_head_bias": True},
+           switches=(Switch(("qk_layernorm",), (((True,), {"qk_norm": "head"}), ((False,), {"qk_norm": "none"}))),),
+           defaults={"max_position_embeddings": 2048, "layer_norm_eps": 1e-5, "hidden_act": "gelu_new",
+                     "partial_rotary_factor": 0.5, "qk_layernorm": False},
+           extra=dropout(0.0, "resid_pdrop", "embd_pdrop"),
+           activations_uncalibrated="parallel LayerNorm block and tanh-GELU MLP not yet modelled"),
+    Family("cohere", "CohereForCausalLM", keys={**ATTENTION_BIAS, "norm_eps": "layer_norm_eps"},
+           fixed={"norm": "layernorm_nobias", "norm_placement": "parallel_shared"},
+           switches=(Switch(QK_NORM_FLAG, (((True,), {"qk_norm": "per_head"}), ((False,), {"qk_norm": "none"}))),),
+           defaults={"max_position_embeddings": 8192, "layer_norm_eps": 1e-5, "tie_word_embeddings": True, "use_qk_norm": False,
+                     "rope_theta": 500_000.0},
+           extra={"logit_scale": Extra("number", 0.0625, above=0.0, feature="logit scale")},
+           activations_uncalibrated="parallel block with bias-free LayerNorm not yet modelled"),
+    # ---- mixtures of experts ----
+    Family("mixtral", "MixtralForCausalLM",
+           keys={**ROUTER, "moe.num_experts": "num_local_experts", "moe.expert_ffn_size": "intermediate_size"},
+           fixed=NO_BIAS, layers=LayerRule("all_sliding"), moe_layers="all",
+           defaults={"max_position_embeddings": 131072, "num_key_value_heads": MISSING, "rope_theta": 1_000_000.0,
+                     "rms_norm_eps": 1e-5},
+           extra=AUX_LOSS, activations_uncalibrated=MOE_NOT_MODELLED),
+    Family("qwen3_moe", "Qwen3MoeForCausalLM",
+           keys={**ATTENTION_BIAS, **ROUTER, "moe.num_experts": "num_experts", "moe.expert_ffn_size": "moe_intermediate_size"},
+           aliases={"num_local_experts": "num_experts"}, fixed={"qk_norm": "head"}, moe_layers="sparse_step",
+           layers=LayerRule("window_layers", gate=("use_sliding_window",)),
+           defaults={"max_position_embeddings": 32768, "num_key_value_heads": MISSING, "rms_norm_eps": 1e-6},
+           extra={**AUX_LOSS, **TOPK_NORM, **WINDOW_LAYERS}, activations_uncalibrated=MOE_NOT_MODELLED),
+    Family("qwen2_moe", "Qwen2MoeForCausalLM",
+           keys={"qkv_bias": "qkv_bias", **ROUTER, "moe.num_experts": "num_experts",
+                 "moe.expert_ffn_size": "moe_intermediate_size", "moe.shared_ffn_size": "shared_expert_intermediate_size"},
+           fixed={"moe.shared_experts": 1, "moe.shared_expert_gate": True}, moe_layers="sparse_step",
+           layers=LayerRule("alternate_window_layers", gate=("use_sliding_window",)),
+           defaults={"max_position_embeddings": 32768, "shared_expert_intermediate_size": 5632, "rms_norm_eps": 1e-6, "qkv_bias": True},
+           extra={**AUX_LOSS, **TOPK_NORM, **WINDOW_LAYERS}, activations_uncalibrated=MOE_NOT_MODELLED),
+    Family("qwen3_next", "Qwen3NextForCausalLM",
+           keys={**ATTENTION_BIAS, **ROUTER, "moe.num_experts": "num_experts", "moe.expert_ffn_size": "moe_intermediate_size",
+                 "moe.shared_ffn_size": "shared_expert_intermediate_size",
+                 "linear_attention.num_key_heads": "linear_num_key_heads", "linear_attention.num_value_heads": "linear_num_value_heads",
+                 "linear_attention.key_head_dim": "linear_key_head_dim", "linear_attention.value_head_dim": "linear_value_head_dim",
+                 "linear_attention.conv_kernel": "linear_conv_kernel_dim"},
+           fixed={"qk_norm": "head", "attn_output_gate": True, "moe.shared_experts": 1, "moe.shared_expert_gate": True},
+           layers=LayerRule("period", 4, period_key="full_attention_interval", other="linear_attention"), moe_layers="sparse_step",
+           defaults={"max_position_embeddings": 32768, "num_key_value_heads": MISSING, "shared_expert_intermediate_size": 512,
+                     "rms_norm_eps": 1e-6, "head_dim": 256, "partial_rotary_factor": 0.25, "linear_conv_kernel_dim": 4},
+           extra={**AUX_LOSS, "norm_topk_prob": Extra("bool", True)}, **GEMMA_NORM,
+           attention_kernels=("sdpa", "eager", "flash_attention_2"),
+           activations_uncalibrated="gated delta-net layers and MoE not yet modelled"),
+    Family("deepseek_v3", "DeepseekV3ForCausalLM",
+           keys={**ATTENTION_BIAS, "head_dim": None, **ROUTER, "moe.num_experts": "n_routed_experts",
+                 "moe.expert_ffn_size": "moe_intermediate_size", "moe.shared_experts": "n_shared_experts",
+                 "moe.shared_ffn_size": "moe_intermediate_size", "mla.q_lora_rank": "q_lora_rank",
+                 "mla.kv_lora_rank": "kv_lora_rank", "mla.qk_nope_head_dim": "qk_nope_head_dim",
+                 "mla.qk_rope_head_dim": "qk_rope_head_dim", "mla.v_head_dim": "v_head_dim"},
+           moe_layers="first_k_dense",
+           defaults={"max_position_embeddings": 4096, "rms_norm_eps": 1e-6, "n_shared_experts": 1, "first_k_dense_replace": 3,
+                     "q_lora_rank": 1536},
+           extra={**GROUPED_ROUTER, "routed_scaling_factor": Extra("number", 2.5, above=0.0, feature=GROUPED_ROUTING),
+                  "n_group": Extra("int", 8, minimum=1), "topk_group": Extra("int", 4, minimum=1),
+                  "rope_interleave": Extra("bool", True, feature="interleaved RoPE")},
+           activations_uncalibrated="multi-head latent attention and MoE not yet modelled"),
+    Family("glm4_moe", "Glm4MoeForCausalLM",
+           keys={"qkv_bias": "attention_bias", **ROUTER, "moe.num_experts": "n_routed_experts",
+                 "moe.expert_ffn_size": "moe_intermediate_size", "moe.shared_experts": "n_shared_experts",
+                 "moe.shared_ffn_size": "moe_intermediate_size"},
+           switches=(Switch(QK_NORM_FLAG, (((True,), {"qk_norm": "head"}), ((False,), {"qk_norm": "none"}))),),
+           moe_layers="first_k_dense",
+           defaults={"max_position_embeddings": 131072, "num_key_value_heads": MISSING, "rms_norm_eps": 1e-5,
+                     "partial_rotary_factor": 0.5, "use_qk_norm": False, "n_shared_experts": 1, "first_k_dense_replace": 1},
+           extra=GROUPED_ROUTER, activations_uncalibrated=MOE_NOT_MODELLED),
+    Family("gpt_oss", "GptOssForCausalLM",
+           keys={**ATTENTION_BIAS, **ROUTER, "moe.num_experts": "num_local_experts", "moe.expert_ffn_size": "intermediate_size"},
+           fixed={"attention_sinks": True, "moe.router_bias": True, "moe.expert_bias": True},
+           layers=LayerRule("period", 2), moe_layers="all", experts_transposed=True,
+           defaults={"max_position_embeddings": 131072, "num_key_value_heads": MISSING, "rope_theta": 150_000.0,
+                     "rms_norm_eps": 1e-5, "attention_bias": True, "head_dim": 64, "sliding_window": 128},
+           extra={**AUX_LOSS, "swiglu_limit": Extra("number", 7.0, above=0.0, feature="clamped SwiGLU (swiglu_limit, alpha 1.702)")},
+           attention_kernels=("eager", "flash_attention_2", "flex_attention"),
+           activations_uncalibrated="attention sinks and MoE not yet modelled"),
+    Family("llama4_text", "Llama4ForCausalLM",
+           keys={**ATTENTION_BIAS, "ffn_size": "intermediate_size_mlp", **ROUTER, "moe.num_experts": "num_local_experts",
+                 "moe.expert_ffn_size": "intermediate_size", "moe.shared_ffn_size": "intermediate_size",
+                 "attention_chunk_size": "attention_chunk_size"},
+           fixed={"moe.shared_experts": 1}, nope=True, moe_layers="interleave",
+           layers=LayerRule("rope", other="chunked_attention", nth="full_attention"),
+           switches=(Switch(QK_NORM_FLAG, (((True,), {"qk_norm": "l2"}), ((False,), {"qk_norm": "none"}))),),
+           defaults={"max_position_embeddings": 131072, "num_key_value_heads": MISSING, "rms_norm_eps": 1e-5, "head_dim": 128,
+                     "use_qk_norm": True, "attention_chunk_size": 8192, "rope_theta": 500_000.0},
+           extra={**AUX_LOSS, "attn_temperature_tuning": Extra("bool", True, feature="attention temperature tuning on NoPE layers"),
+                  "floor_scale": Extra("number", 8192, above=0.0), "attn_scale": Extra("number", 0.1, above=0.0)},
+           experts_transposed=True, experts_run="all", attention_kernels=("sdpa", "eager", "flex_attention"),
+           activations_uncalibrated="chunked attention, NoPE layers and MoE not yet modelled"),
+)}
+
+DEFAULT_FAMILY = "llama"  # what a designed spec is written as: the layout every runtime loads
+NAMES: tuple[str, ...] = tuple(sorted(FAMILIES))
+
+
+def get(model_type: Any) -> Family:
+    """The row for `model_type`; SpecError naming the field when there is none."""
+    if model_type not in FAMILIES:
+        raise SpecError("model_type", f"unsupported model_type {model_type!r:.60}; supported: {', '.join(NAMES)}")
+    return FAMILIES[model_type]
+
+
+def with_parity(*levels: str) -> tuple[str, ...]:
+    """Families whose `parity` is one of `levels`, sorted."""
+    return tuple(name for name in NAMES if FAMILIES[name].parity in levels)
+
+
+def setting(spec: Any, key: str, fallback: Any) -> Any:
+    """spec.extra[key], else transformers' default for the spec's family, else `fallback` (a key the family lacks)."""
+    if key in spec.extra:
+        return spec.extra[key]
+    rule = FAMILIES[spec.model_type].extra.get(key)
+    return rule.default if rule is not None and rule.default is not None else fallback
+
+
+def features(family: Family, extra: Mapping[str, Any]) -> list[str]:
+    """What the family computes beyond the spec's sizes, for network.py (names as network.FEATURES spells them)."""
+    found = []
+    if family.norm_weight_offset:
+        found.append("(1 + weight) RMSNorm")
+    if family.embed_scale != "none":
+        found.append("sqrt(hidden_size) embedding scale")
+    if family.experts_transposed or family.linear_transposed:
+        found.append("transposed weight layout")
+    for key, rule in family.extra.items():
+        if rule.feature and extra.get(key, rule.default) is not None and rule.feature not in found:
+            found.append(rule.feature)
+    return found
+
+
+def check_extra(family: Family, extra: Mapping[str, Any], prefix: str = "extra.") -> None:
+    """Raise SpecError unless every key is one of the family's passthrough keys with a valid value."""
+    owned = owned_keys(family)
+    for key, value in extra.items():
+        name = f"{prefix}{key}"
+        if key in owned:
+            raise SpecError(name, f"is written from the spec field {owned[key]}; set that field instead")
+        rule = family.extra.get(key)
+        if rule is None:
+            allowed = ", ".join(sorted(family.extra)) or "none"
+            raise SpecError(name, f"is not a setting of model_type {family.model_type!r}; allowed extra keys: {allowed}")
+        _check_value(name, value, rule)
+
+
+def _check_value(name: str, value: Any, rule: Extra) -> None:
+    if value is None:
+        if not rule.nullable:
+            raise SpecError(name, "must not be null")
+        return
+    if rule.kind == "bool":
+        if not isinstance(value, bool):
+            raise SpecError(name, f"must be true or false, got {value!r:.60}")
+        return
+    types = (int,) if rule.kind == "int" else (int, float)
+    if isinstance(value, bool) or not isinstance(value, types) or value != value:  # value != value: NaN
+        raise SpecError(name, f"must be {'an integer' if rule.kind == 'int' else 'a number'}, got {value!r:.60}")
+    if rule.above is not None and not value > rule.above:
+        raise SpecError(name, f"must be > {rule.above}, got {value}")
+    if rule.minimum is not None and value < rule.minimum:
+        raise SpecError(name, f"must be >= {rule.minimum}, got {value}")
+    if rule.maximum is not None and value > rule.maximum:
+        raise SpecError(name, f"must be <= {rule.maximum}, got {value}")
+
+
+def owned_keys(family: Family) -> dict[str, str]:
+    """Config keys written from checked spec fields (key -> field): extra may not carry them."""
+    owned = {key: field_ for field_, key in {**KEYS, **family.keys}.items() if key}
+    for switch in family.switches:
+        fields = sorted({f for _, row in switch.table for f in row})
+        owned.update(dict.fromkeys(switch.keys, "/".join(fields)))
+    for key in ("model_type", "architectures", "auto_map", "rope_parameters", "rope_scaling", "rope_theta",
+                "partial_rotary_factor", "layer_types", "sliding_window", "use_sliding_window", "no_rope_layers",
+                "moe_layers", "mlp_only_layers", "decoder_sparse_step", "first_k_dense_replace",
+                "interleave_moe_layer_step", "head_dim", "quantization_config", "dtype", "torch_dtype"):
+        owned.setdefault(key, "the spec (layout, positions and layers)" if key != "auto_map" else "nothing: remote code is never enabled")
+    for old, new in family.aliases.items():
+        owned.setdefault(old, owned.get(new, new))
+    return owned
