@@ -9,6 +9,7 @@ HF cache and the shipped reference architectures, and says so.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -49,6 +50,14 @@ AUTO_CLASSES = {
     "feature-extraction": "AutoModel", "sentence-similarity": "AutoModel",
 }
 
+
+CARD_CHARS = 1 << 20  # a model card is read up to 1 MiB: its metadata and the sections we report sit near the top
+CARD_YAML_CHARS = 64 << 10  # card metadata (YAML front matter) beyond 64 KiB is not read; real ones are a few KiB
+CARD_SECTIONS = 64  # headings kept from one card
+SECTION_CHARS = 2000  # characters kept from one card section
+CARD_VALUE_CHARS = 200  # a metadata string (license id, dataset name) is cut to this
+CARD_LIST_ITEMS = 32  # items kept from a metadata list (datasets, languages, base models)
+COMMIT_ID = re.compile(r"[0-9a-f]{40}")  # a git commit id: the only revision a fine-tuning script is pinned to
 
 PEFT_TASK_TYPES = {"AutoModelForCausalLM": "CAUSAL_LM", "AutoModelForSequenceClassification": "SEQ_CLS",
                    "AutoModelForTokenClassification": "TOKEN_CLS", "AutoModelForQuestionAnswering": "QUESTION_ANS",
@@ -102,6 +111,8 @@ def call(fn: Callable[..., Any], *args, what: str, **kwargs) -> Any:
             name = type(exc).__name__
             if "Timeout" in name or "Connect" in name or isinstance(exc, OSError):
                 raise HubError(what, _unreachable(exc)) from None
+            if isinstance(exc, (ValueError, TypeError, KeyError)):  # an answer that is not the JSON it should be
+                raise HubError(what, f"the Hub's answer is malformed ({name}: {str(exc)[:100]})") from None
             raise
         status = http.response.status_code if http.response is not None else None
         if status == 429 and attempt + 1 < RETRIES:
@@ -256,9 +267,10 @@ def _hit(client, info, device) -> Hit:
 
 
 def _license(card: dict[str, Any]) -> str | None:
-    """The card's license id; of a list, the first (the Hub shows the first too)."""
+    """The card's license id; of a list, the first (the Hub shows the first too); None unless it is a string."""
     lic = card.get("license")
-    return (lic[0] if lic else None) if isinstance(lic, list) else lic
+    lic = (lic[0] if lic else None) if isinstance(lic, list) else lic
+    return lic[:CARD_VALUE_CHARS] if isinstance(lic, str) else None
 
 
 def _params(client, info) -> tuple[int | None, str]:
@@ -364,23 +376,77 @@ def fetch_json(client, repo_id: str, filename: str) -> dict[str, Any]:
     return data
 
 
-def card_sections(text: str) -> tuple[dict[str, Any], dict[str, str]]:
-    """(YAML card data, {heading: body}) of a README; sections on limitations, bias and risks are the ones we report."""
-    import yaml
+def card_sections(text: str, problems: list[str] | None = None) -> tuple[dict[str, Any], dict[str, str]]:
+    """(YAML card data, {heading: body}) of a README, both bounded; why metadata was not read goes to `problems`.
 
+    Sections on limitations, bias and risks are the ones we report.
+    """
+    text = text[:CARD_CHARS]
     data: dict[str, Any] = {}
     match = re.match(r"---\n(.*?)\n---\n?(.*)", text, re.S)
     if match:
-        try:
-            data = yaml.safe_load(match.group(1)) or {}
-        except yaml.YAMLError:
-            data = {}
+        data = card_metadata(match.group(1), problems)
         text = match.group(2)
     sections: dict[str, str] = {}
-    for part in re.split(r"(?m)^#{1,4}\s+", text)[1:]:
+    for part in re.split(r"(?m)^#{1,4}\s+", text)[1:CARD_SECTIONS + 1]:
         heading, _, body = part.partition("\n")
-        sections[heading.strip()] = body.strip()
-    return (data if isinstance(data, dict) else {}), sections
+        sections[heading.strip()[:CARD_VALUE_CHARS]] = body.strip()[:SECTION_CHARS]
+    return data, sections
+
+
+def card_metadata(text: str, problems: list[str] | None = None) -> dict[str, Any]:
+    """A card's YAML front matter as data: no aliases (500 bytes of them expand to gigabytes), no tags, at most 64 KiB."""
+    import yaml
+
+    why = None
+    if len(text) > CARD_YAML_CHARS:
+        why = f"longer than {CARD_YAML_CHARS:,} characters"
+    else:
+        try:
+            data = yaml.load(text, Loader=_card_loader())  # noqa: S506 - a SafeLoader that also refuses aliases
+        except yaml.YAMLError as exc:
+            why = (getattr(exc, "problem", None) or str(exc)).splitlines()[0]
+        except RecursionError:
+            why = "nested too deeply"
+    if why is not None:
+        if problems is not None:
+            problems.append(f"README.md: card metadata not read: {why}")
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+@functools.cache
+def _card_loader():
+    import yaml
+
+    class CardLoader(yaml.SafeLoader):
+        """PyYAML's SafeLoader, refusing aliases (`*name`) instead of sharing the node they name."""
+
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                raise yaml.composer.ComposerError(None, None, f"YAML aliases are not accepted (found *{event.anchor})", event.start_mark)
+            return super().compose_node(parent, index)
+
+    return CardLoader
+
+
+def card_text(value: Any) -> str | list[str] | None:
+    """A card value shown to the user: a string or a list of strings, cut to size; anything else is dropped."""
+    if isinstance(value, str):
+        return value[:CARD_VALUE_CHARS]
+    if isinstance(value, list):
+        return [v[:CARD_VALUE_CHARS] for v in value[:CARD_LIST_ITEMS] if isinstance(v, str)]
+    return None
+
+
+def commit_id(sha: Any, problems: list[str] | None = None) -> str | None:
+    """`sha` if it is a commit id (40 hex digits), else None (and why, in `problems`)."""
+    if isinstance(sha, str) and COMMIT_ID.fullmatch(sha):
+        return sha
+    if sha is not None and problems is not None:
+        problems.append(f"sha: the Hub gave a commit id that is not 40 hex digits ({sha!r:.60}); it is not used")
+    return None
 
 
 def evaluate(model_id: str, gpu: str | None = None, batch: int = 1, seq: int | None = None,
@@ -407,10 +473,11 @@ def evaluate(model_id: str, gpu: str | None = None, batch: int = 1, seq: int | N
         problems.append(str(exc))
     readme = ""
     try:
-        readme = open(call(client.hf_hub_download, model_id, "README.md", what=model_id), encoding="utf-8").read()
+        with open(call(client.hf_hub_download, model_id, "README.md", what=model_id), encoding="utf-8", errors="replace") as fh:
+            readme = fh.read(CARD_CHARS)
     except ArchsmithError as exc:
         problems.append(str(exc))
-    card, sections = card_sections(readme)
+    card, sections = card_sections(readme, problems)
     params, params_source, tensor_names = None, "unknown", []
     try:
         meta = call(client.get_safetensors_metadata, model_id, what=model_id)
@@ -431,7 +498,7 @@ def evaluate(model_id: str, gpu: str | None = None, batch: int = 1, seq: int | N
         params, params_source = est.count_params(spec)["total"], "config.json (archsmith estimate)"
     lic = _license(card) or (_license(info.card_data.to_dict()) if info.card_data else None)
     report: dict[str, Any] = {
-        "id": model_id, "sha": info.sha, "task": info.pipeline_tag, "library": info.library_name,
+        "id": model_id, "sha": commit_id(info.sha, problems), "task": info.pipeline_tag, "library": info.library_name,
         "license": lic, "commercial": commercial_use(lic),
         "gated": bool(info.gated), "downloads": info.downloads, "likes": info.likes,
         "params": params, "params_source": params_source,
@@ -441,8 +508,8 @@ def evaluate(model_id: str, gpu: str | None = None, batch: int = 1, seq: int | N
         "vocab_size": spec.vocab_size if spec else (config or {}).get("vocab_size"),
         "tokenizer": {k: tokenizer.get(k) for k in ("tokenizer_class", "model_max_length", "bos_token", "eos_token", "pad_token")
                       if k in tokenizer},
-        "provenance": {"base_model": card.get("base_model"), "datasets": card.get("datasets"), "language": card.get("language")},
-        "card_sections": {h: b[:2000] for h, b in sections.items()
+        "provenance": {key: card_text(card.get(key)) for key in ("base_model", "datasets", "language")},
+        "card_sections": {h: b for h, b in sections.items()
                           if re.search(r"limitation|bias|risk|out-of-scope|intended use", h, re.I)},
         "tensor_names": tensor_names,
         "memory": memory_table(params, device) if params else None,
@@ -502,6 +569,9 @@ def plan_finetune(model_id: str, task: str = "text-generation", method: str = "a
     fits = memory["fits"]
     if method == "auto":
         method = next((m for m in ("full", "lora", "qlora") if fits[f"finetune_{m}"]), "qlora")
+    if evaluation["sha"] is None:
+        raise HubError("revision", f"the Hub gave no valid commit id for {model_id} (40 hex digits); the script is only written "
+                                   "pinned to one")
     from archsmith.gpus import get_gpu
 
     bf16 = get_gpu(gpu).get("bf16_tflops") is not None  # Turing (T4) and older have no bf16: train in fp16
@@ -528,11 +598,10 @@ def plan_finetune(model_id: str, task: str = "text-generation", method: str = "a
 
 def spec_for(source: str, endpoint: str | None = None, token: str | bool | None = None):
     """ArchitectureSpec from a config.json path, a model directory, or (when no such path exists) a Hub id."""
-    from pathlib import Path
-
+    from archsmith.files import kind
     from archsmith.hfconfig import load_spec, spec_from_hf
 
-    if Path(source).exists() or not re.fullmatch(r"[\w.-]+/[\w.-]+", source):
+    if kind(source, "config") is not None or not re.fullmatch(r"[\w.-]+/[\w.-]+", source):
         return load_spec(source)
     _check_id(source)
     return spec_from_hf(fetch_json(api(endpoint, token), source, "config.json"))
