@@ -253,6 +253,7 @@ HubId = Annotated[str, Field(description="Hugging Face model id, 'org/name'.", m
 GpuOpt = Annotated[str | None, Field(description="GPU to check fit on, from list_gpus (e.g. 't4', 'l4', 'a100-80gb').", max_length=64)]
 
 
+@heavy  # network-bound: a slow Hub must not hold the SDK's worker threads that light tools use
 def search_models(query: Annotated[str | None, Field(description="Free text matched against model ids.", max_length=200)] = None,
                   task: Annotated[str | None, Field(description="Pipeline tag, e.g. 'text-classification'.", max_length=64)] = None,
                   library: Annotated[str | None, Field(description="e.g. 'transformers'.", max_length=64)] = None,
@@ -274,6 +275,7 @@ def search_models(query: Annotated[str | None, Field(description="Free text matc
                   max_params=max_params, sort=sort, limit=limit)
 
 
+@heavy  # network-bound: a slow Hub must not hold the SDK's worker threads that light tools use
 def evaluate_model(model_id: HubId, gpu: GpuOpt = None) -> dict[str, Any]:
     """Evaluate one Hub model from config.json, tokenizer_config.json, the model card and the safetensors header
     (never the weights): architecture, parameters, context, vocabulary, license, gating, card sections on limitations

@@ -375,7 +375,7 @@ def test_heavy_tools_are_declared():
     from archsmith.mcp_server import pool, tools
 
     assert {fn.__name__ for fn in tools.TOOLS if pool.is_heavy(fn)} >= {
-        "design_architecture", "write_design", "estimate_config", "build_model", "plan_finetune"}
+        "design_architecture", "write_design", "estimate_config", "build_model", "plan_finetune", "search_models", "evaluate_model"}
     assert not pool.is_heavy(tools.list_gpus) and not pool.is_heavy(tools.list_scale_templates)
 
 
