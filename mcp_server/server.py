@@ -12,7 +12,9 @@ unexpected as "internal error in TOOL: ..." with the traceback in the server's l
 stdout carries the protocol; logs go to stderr.
 """
 
+import errno
 import hmac
+import inspect
 import ipaddress
 import json
 import logging
@@ -50,7 +52,7 @@ class ArchsmithServer(MCPServer):
     def add_engine_tool(self, fn) -> None:
         if pool.is_heavy(fn):
             self.time_limits[fn.__name__] = pool.time_limit(fn, self.timeout_s)
-            if not _is_async(fn):
+            if not inspect.iscoroutinefunction(fn):
                 fn = pool.in_pool(fn)
         self.add_tool(fn, name=fn.__name__)
 
@@ -102,12 +104,6 @@ class ArchsmithServer(MCPServer):
 def one_line(text: str) -> str:
     """`text` with control characters escaped (a key sent as "\\n" stays on the error's one line)."""
     return "".join(repr(c)[1:-1] if ord(c) < 32 or ord(c) == 127 else c for c in text)
-
-
-def _is_async(fn) -> bool:
-    import inspect
-
-    return inspect.iscoroutinefunction(fn)
 
 
 def _engine_error(exc: BaseException) -> ArchsmithError | None:
@@ -275,8 +271,8 @@ def transport_security(host: str, port: int, allow_hosts: list[str]):
     hosts = list(LOOPBACK_HOSTS)
     for name in allow_hosts:
         hosts.append(name if name.rpartition(":")[2].isdigit() or name.endswith(":*") else f"{name}:{port}")
-    if not is_loopback(host) and not _wildcard(host):
-        hosts.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")  # the address itself, as a client types it
+    if not is_loopback(host) and not _wildcard(host):  # the address itself, as a client types it
+        hosts.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
     origins = [f"{scheme}://{h}" for h in hosts for scheme in ("http", "https")]
     return TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins)
 
@@ -306,7 +302,7 @@ def bind(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        if exc.errno in (98, 48):  # EADDRINUSE on Linux, macOS
+        if exc.errno == errno.EADDRINUSE:
             raise ArchsmithError("http", f"port {port} on {host} is already in use; pick another with --http PORT") from None
         raise ArchsmithError("http", f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     sock.listen(2048)  # uvicorn's default backlog; clients queue from here until the server accepts
@@ -326,8 +322,8 @@ def serve(http_port: int | None = None, host: str = "127.0.0.1", root: str | Pat
     security = transport_security(host, http_port, list(allow_hosts))
     app = server.streamable_http_app(host=host, transport_security=security)
     sock = bind(host, http_port)
-    names = [h.replace(":*", f":{http_port}") for h in security.allowed_hosts[len(LOOPBACK_HOSTS):]] if not is_loopback(host) else [
-        f"{host}:{http_port}" if ":" not in host else f"[{host}]:{http_port}"]
+    address = f"[{host}]:{http_port}" if ":" in host else f"{host}:{http_port}"
+    names = [address] if is_loopback(host) else [h.replace(":*", f":{http_port}") for h in security.allowed_hosts[len(LOOPBACK_HOSTS):]]
     print(f"archsmith MCP server on {', '.join(f'http://{n}/mcp' for n in names)} (workspace {server.root}"
           f"{', bearer token required' if token else ''}); Ctrl-C stops it", file=sys.stderr, flush=True)
     import uvicorn

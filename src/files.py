@@ -43,8 +43,8 @@ from archsmith.errors import ArchsmithError
 Content = bytes | str | Callable[[Path], None]  # a callable writes the file at the path it is given
 
 MAX_SYMLINKS = 40  # symlinks crossed on one path before giving up, as Linux does (ELOOP)
-_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)  # never through a symlink; not inherited by children
+_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _NOFOLLOW  # a real directory, or the open fails
 _TEMP = re.compile(r"\..*\.archsmith-(\d+)-[0-9a-f]{8}", re.S)  # hidden temporaries of writes (pid, random)
 _root: ContextVar[Path | None] = ContextVar("archsmith_workspace_root", default=None)
 _in_flight: set[str] = set()  # temporaries this process is writing now (names are unique: pid + random)
@@ -320,15 +320,17 @@ def _replace_dir(parent: int, name: str, real: Path, files: dict[str, Content], 
         raise ArchsmithError(field, f"{out} already exists; pass overwrite (--overwrite) to replace its files")
     if old is not None and Path(os.getcwd()).is_relative_to(real):
         raise ArchsmithError(field, f"{out} holds the current directory, which replacing it would remove; write into a subdirectory")
+    if old:
+        with _opened_dir(parent, name) as old_fd:
+            for file in set(files) & set(old):
+                if stat.S_ISDIR(os.stat(file, dir_fd=old_fd, follow_symlinks=False).st_mode):
+                    raise ArchsmithError(field, f"{out / file} is a directory")
     with _temp_dir(parent, name, real.parent) as (tmp, tmp_fd, tmp_path):
         for file, content in files.items():
             _write(tmp_fd, file, content, tmp_path)
         if old is not None:
             keep = lambda n: n not in files and not any(fnmatch.fnmatch(n, p) for p in stale)  # noqa: E731
             with _opened_dir(parent, name) as old_fd:
-                for file in files:
-                    if file in old and stat.S_ISDIR(os.stat(file, dir_fd=old_fd, follow_symlinks=False).st_mode):
-                        raise ArchsmithError(field, f"{out / file} is a directory")
                 _link_tree(old_fd, tmp_fd, keep)
         _verify(parent, tmp, tmp_fd, files, field, out)
         if old is None:
@@ -401,9 +403,9 @@ def _verify(parent: int, tmp: str, tmp_fd: int, names: Iterable[str], field: str
 
 def _link_tree(src: int, dst: int, keep: Callable[[str], bool] = lambda name: True) -> None:
     """Hard-link every entry of directory `src` that `keep` accepts into `dst` (directories recreated, symlinks copied)."""
-    for entry in os.scandir(src):
-        if not keep(entry.name) or _TEMP.fullmatch(entry.name):
-            continue
+    with os.scandir(src) as entries:
+        todo = [entry for entry in entries if keep(entry.name) and not _TEMP.fullmatch(entry.name)]
+    for entry in todo:
         mode = entry.stat(follow_symlinks=False).st_mode
         if stat.S_ISDIR(mode):
             os.mkdir(entry.name, 0o700, dir_fd=dst)
