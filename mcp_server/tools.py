@@ -4,17 +4,21 @@ Arguments carry their bounds and descriptions (the input schema an LLM reads); t
 says when to call the tool. Engine errors (`ArchsmithError`: "field: what is allowed") become
 MCP tool errors. Heavy modules (torch, transformers, matplotlib) load inside the tools that need them.
 Annotations stay real objects here (no `from __future__ import annotations`): the SDK reads them.
+
+Paths go through `_path(value, field)`: inside the workspace root, relative to it or absolute.
+A tool that can take long is declared `@heavy` (bounded pool, time limit; see pool.py); inside an
+async heavy tool, blocking steps run with `await run_heavy(fn, *args)`.
 """
 
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypedDict
 
-import anyio.to_thread
 from mcp.server.mcpserver import Context
 from pydantic import Field
 
 from archsmith import families
+from archsmith.mcp_server.pool import heavy, run_heavy
 
 # ---- the workspace root: every path a tool reads or writes lies under it -------------------
 
@@ -34,6 +38,7 @@ def workspace() -> Path:
 
 
 def _path(relative: str, field: str) -> Path:
+    """`relative` (from the root, or absolute inside it) as a resolved path under the workspace root."""
     from archsmith.files import inside
 
     return inside(workspace(), relative, field)
@@ -58,10 +63,10 @@ Vocab = Annotated[int | None, Field(description="Vocabulary size when no tokeniz
 Gpu = Annotated[str, Field(description="GPU kind from list_gpus, e.g. 'h100', 'a100-80gb', 'l4'.", min_length=1, max_length=64)]
 Gpus = Annotated[int, Field(description="Number of GPUs for training.", ge=1, le=65536)]
 Mfu = Annotated[float, Field(description="Assumed model-FLOPs utilisation for time estimates.", gt=0, le=1)]
-TokenizerDir = Annotated[str | None, Field(description="Tokenizer directory (tokenizer.json + tokenizer_config.json), relative to the workspace root.", max_length=1024)]
-RelPath = Annotated[str, Field(description="Path relative to the workspace root (no '..', not absolute).", min_length=1, max_length=1024)]
+TokenizerDir = Annotated[str | None, Field(description="Tokenizer directory (tokenizer.json + tokenizer_config.json) inside the workspace root (relative to it, or absolute).", max_length=1024)]
+RelPath = Annotated[str, Field(description="Path inside the workspace root: relative to it, or absolute inside it.", min_length=1, max_length=1024)]
 ConfigDict = Annotated[dict[str, Any] | None, Field(description="An inline Hugging Face config.json object (give this or config_path).")]
-ConfigPath = Annotated[str | None, Field(description="A config.json file or model directory, relative to the workspace root (give this or config).", max_length=1024)]
+ConfigPath = Annotated[str | None, Field(description="A config.json file or model directory inside the workspace root, relative to it or absolute (give this or config).", max_length=1024)]
 
 
 class DesignSummary(TypedDict):
@@ -106,7 +111,7 @@ def _spec(config: dict[str, Any] | None, config_path: str | None):
 
     if (config is None) == (config_path is None):
         raise ArchsmithError("config", "give exactly one of config (an object) or config_path (a file)")
-    return spec_from_hf(config if config is not None else read_config(_path(config_path, "config_path")))
+    return spec_from_hf(config if config is not None else read_config(_path(config_path, "config_path"), "config_path"))
 
 
 def _design(tokenizer_dir: str | None, **args: Any) -> dict[str, Any]:
@@ -118,6 +123,7 @@ def _design(tokenizer_dir: str | None, **args: Any) -> dict[str, Any]:
 
 # ---- tools ------------------------------------------------------------------------------------
 
+@heavy
 def design_architecture(params: Count = None, compute: Compute = None, memory: Memory = None, context: Context_ = None,
                         vocab: Vocab = None, gpu: Gpu = "h100", gpus: Gpus = 8, tokens: Count = None, mfu: Mfu = 0.4,
                         tokenizer_dir: TokenizerDir = None, batch: MicroBatch = 1, seq: Seq = None, strategy: Strategy = "auto",
@@ -133,6 +139,7 @@ def design_architecture(params: Count = None, compute: Compute = None, memory: M
                            gpus=gpus, tokens=tokens, mfu=mfu, batch=batch, seq=seq, strategy=strategy, checkpointing=checkpointing))
 
 
+@heavy
 async def write_design(out_dir: RelPath, params: Count = None, compute: Compute = None, memory: Memory = None,
                        context: Context_ = None, vocab: Vocab = None, gpu: Gpu = "h100", gpus: Gpus = 8, tokens: Count = None,
                        mfu: Mfu = 0.4, tokenizer_dir: TokenizerDir = None, batch: MicroBatch = 1, seq: Seq = None,
@@ -142,16 +149,15 @@ async def write_design(out_dir: RelPath, params: Count = None, compute: Compute 
     capacity_plan.md and two memory charts (PNG) into out_dir under the workspace root. An existing non-empty
     out_dir is refused unless overwrite is true; files appear all at once or not at all."""
     import json
-    from functools import partial
 
     from archsmith.files import check_out_dir, write_files
 
     out = _path(out_dir, "out_dir")
-    check_out_dir(out, overwrite)
+    await run_heavy(check_out_dir, out, overwrite, "out_dir")
     await ctx.report_progress(0, 3, "designing")
-    result = await anyio.to_thread.run_sync(partial(
-        _design, tokenizer_dir, params=params, compute=compute, memory=memory, context=context, vocab=vocab, gpu=gpu, gpus=gpus,
-        tokens=tokens, mfu=mfu, batch=batch, seq=seq, strategy=strategy, checkpointing=checkpointing))
+    result = await run_heavy(_design, tokenizer_dir, params=params, compute=compute, memory=memory, context=context, vocab=vocab,
+                             gpu=gpu, gpus=gpus, tokens=tokens, mfu=mfu, batch=batch, seq=seq, strategy=strategy,
+                             checkpointing=checkpointing)
     await ctx.report_progress(1, 3, "rendering reports and charts")
 
     def render():
@@ -159,15 +165,16 @@ async def write_design(out_dir: RelPath, params: Count = None, compute: Compute 
 
         return render_design(result)
 
-    files = await anyio.to_thread.run_sync(render)
+    files = await run_heavy(render)
     await ctx.report_progress(2, 3, "writing files")
-    written = write_files(out, files, overwrite)
+    written = await run_heavy(write_files, out, files, overwrite, "out_dir")
     await ctx.report_progress(3, 3, "done")
     rec = result["recommended"]
     return {"files": [_relative(p) for p in written], "recommended": rec.name, "params": rec.summary["params"]["total"],
             "config": json.loads(files["config.json"])}
 
 
+@heavy
 def estimate_config(config: ConfigDict = None, config_path: ConfigPath = None,
                     batch: Annotated[int, Field(description="Micro-batch size in sequences.", ge=1, le=1 << 20)] = 1,
                     seq: Annotated[int | None, Field(description="Sequence length (default: the model's context).", ge=1, le=1 << 24)] = None,
@@ -189,7 +196,7 @@ def estimate_config(config: ConfigDict = None, config_path: ConfigPath = None,
 def emit_hf_config(spec: Annotated[dict[str, Any], Field(description="ArchitectureSpec fields: hidden_size, num_layers, num_heads, num_kv_heads, ffn_size, vocab_size, and optional context_length, head_dim, rope_theta, tie_embeddings, ... (as design_architecture returns them).")],
                    model_type: Literal[families.NAMES] | None = None,
                    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16",
-                   out_path: Annotated[str | None, Field(description="Optional file to write, relative to the workspace root.", max_length=1024)] = None,
+                   out_path: Annotated[str | None, Field(description="Optional file to write inside the workspace root (relative to it, or absolute).", max_length=1024)] = None,
                    overwrite: bool = False) -> EmittedConfig:
     """Turn an architecture spec into the config.json that transformers' AutoConfig/AutoModelForCausalLM load.
     Refuses, naming the field, a spec the chosen family cannot express (e.g. QK-norm in llama), and any spec.extra key
@@ -234,16 +241,21 @@ def list_gpus() -> dict[str, Any]:
     return {"gpus": gpu_table()}
 
 
+@heavy
 async def build_model(config: ConfigDict = None, config_path: ConfigPath = None,
                       depth: Annotated[int, Field(description="Module-tree depth to report (layer 0 stands for all layers).", ge=0, le=6)] = 4,
                       ctx: Context = None) -> ModelDescription:
     """Build archsmith.network.CausalLM from a config (on the meta device: no memory, any size) and report its
     module tree, parameter count and tensor count, checked against the closed-form estimate. Builds the model types
     whose logits match transformers ({buildable}); others are refused, naming what network.py lacks."""
-    from archsmith.network import check_buildable
+    def check():
+        from archsmith.network import check_buildable
 
-    spec = _spec(config, config_path)
-    check_buildable(spec)
+        spec = _spec(config, config_path)
+        check_buildable(spec)
+        return spec
+
+    spec = await run_heavy(check)
     await ctx.report_progress(0, 1, "building on the meta device")
 
     def build():
@@ -251,7 +263,7 @@ async def build_model(config: ConfigDict = None, config_path: ConfigPath = None,
 
         return describe(spec, depth)
 
-    result = await anyio.to_thread.run_sync(build)
+    result = await run_heavy(build)
     await ctx.report_progress(1, 1, "done")
     return result
 
@@ -260,6 +272,7 @@ HubId = Annotated[str, Field(description="Hugging Face model id, 'org/name'.", m
 GpuOpt = Annotated[str | None, Field(description="GPU to check fit on, from list_gpus (e.g. 't4', 'l4', 'a100-80gb').", max_length=64)]
 
 
+@heavy  # network-bound: a slow Hub must not hold the SDK's worker threads that light tools use
 def search_models(query: Annotated[str | None, Field(description="Free text matched against model ids.", max_length=200)] = None,
                   task: Annotated[str | None, Field(description="Pipeline tag, e.g. 'text-classification'.", max_length=64)] = None,
                   library: Annotated[str | None, Field(description="e.g. 'transformers'.", max_length=64)] = None,
@@ -285,6 +298,7 @@ def search_models(query: Annotated[str | None, Field(description="Free text matc
                   max_params=max_params, sort=sort, limit=limit, include_rejected=include_rejected)
 
 
+@heavy  # network-bound: a slow Hub must not hold the SDK's worker threads that light tools use
 def evaluate_model(model_id: HubId, gpu: GpuOpt = None) -> dict[str, Any]:
     """Evaluate one Hub model from config.json, tokenizer_config.json, the model card and the safetensors header
     (never the weights): architecture, parameters, context, vocabulary, license, gating, card sections on limitations
@@ -295,6 +309,7 @@ def evaluate_model(model_id: HubId, gpu: GpuOpt = None) -> dict[str, Any]:
     return evaluate(model_id, gpu=gpu)
 
 
+@heavy
 def plan_finetune(model_id: HubId,
                   task: Literal["text-generation", "text-classification", "sentiment-analysis", "token-classification",
                                 "question-answering", "fill-mask", "summarization", "translation", "text2text-generation",

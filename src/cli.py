@@ -432,17 +432,43 @@ def _stream():
 @app.command()
 def serve(
     http: Optional[int] = typer.Option(None, "--http", min=1, max=65535, help="Serve streamable HTTP on this port instead of stdio."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Interface for --http (loopback unless told otherwise)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface for --http (loopback unless told otherwise; any other needs a bearer token)."),
+    allow_host: list[str] = typer.Option([], "--allow-host", help="A host name or address clients use, NAME[:PORT] (Host/Origin allow-list); repeatable."),
+    token_file: Optional[Path] = typer.Option(None, "--token-file", help="File holding the bearer token HTTP clients must send (default: $ARCHSMITH_MCP_TOKEN)."),
     root: Optional[Path] = typer.Option(None, "--root", help="Workspace root for files tools read and write (default: $ARCHSMITH_WORKSPACE or the current directory)."),
 ) -> None:
     """Run the MCP server (stdio by default): the engine's tools and reference data for Claude Code or any MCP client."""
     from archsmith.mcp_server.server import serve as run
 
-    run(http_port=http, host=host, root=root)
+    try:
+        run(http_port=http, host=host, root=root, allow_hosts=allow_host, token_file=token_file)
+    except ArchsmithError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        pass
 
 
 def main() -> None:
-    app()
+    """The CLI with a last-resort handler: an engine error is one line (exit 2), anything else one line saying
+    "internal error in COMMAND" (exit 1; ARCHSMITH_DEBUG=1 adds the traceback), never a bare traceback."""
+    import os
+
+    try:
+        app()
+    except ArchsmithError as exc:  # raised outside a command's own try (e.g. while rendering)
+        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except Exception as exc:
+        from rich.markup import escape
+
+        command = next((a for a in sys.argv[1:] if not a.startswith("-")), "archsmith")
+        err.print(f"[red]error:[/red] internal error in {escape(command)}: {type(exc).__name__}: {escape(str(exc)[:300])} "
+                  "(a bug in archsmith; set ARCHSMITH_DEBUG=1 for the traceback)", highlight=False, soft_wrap=True)
+        if os.environ.get("ARCHSMITH_DEBUG"):
+            import traceback
+
+            traceback.print_exc()
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -433,21 +433,23 @@ def _moe_layers_write(spec: ArchitectureSpec, fam: Family) -> dict[str, Any]:
 
 # ---- files ------------------------------------------------------------------------------------
 
-def read_config(path: str | Path) -> dict[str, Any]:
-    """Parse a config.json file, or the config.json inside a model directory."""
+def read_config(path: str | Path, field: str = "config") -> dict[str, Any]:
+    """Parse a config.json file, or the config.json inside a model directory (read through the workspace boundary)."""
+    from archsmith.files import kind, read_text
+
     path = Path(path)
-    if path.is_dir():
+    if kind(path, field) == "dir":
         path = path / "config.json"
-    if not path.is_file():
-        raise ConfigError("config", f"no such file: {path}")
+    if kind(path, field) != "file":
+        raise ConfigError(field, f"no such file: {path}")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError("config", f"cannot read {path}: {exc}") from None
+        data = json.loads(read_text(path, field))
     except json.JSONDecodeError as exc:
-        raise ConfigError("config", f"{path} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+        raise ConfigError(field, f"{path} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except RecursionError:
+        raise ConfigError(field, f"{path} nests too deeply to be a config.json") from None
     if not isinstance(data, dict):
-        raise ConfigError("config", f"{path} must hold a JSON object, got {type(data).__name__}")
+        raise ConfigError(field, f"{path} must hold a JSON object, got {type(data).__name__}")
     return data
 
 

@@ -10,6 +10,7 @@ at once with one line (huggingface_hub's own retries of failed connections are b
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -51,6 +52,14 @@ AUTO_CLASSES = {
     "feature-extraction": "AutoModel", "sentence-similarity": "AutoModel",
 }
 
+
+CARD_CHARS = 1 << 20  # a model card is read up to 1 MiB: its metadata and the sections we report sit near the top
+CARD_YAML_CHARS = 64 << 10  # card metadata (YAML front matter) beyond 64 KiB is not read; real ones are a few KiB
+CARD_SECTIONS = 64  # headings kept from one card
+SECTION_CHARS = 2000  # characters kept from one card section
+CARD_VALUE_CHARS = 200  # a metadata string (license id, dataset name) is cut to this
+CARD_LIST_ITEMS = 32  # items kept from a metadata list (datasets, languages, base models)
+COMMIT_ID = re.compile(r"[0-9a-f]{40}")  # a git commit id: the only revision a fine-tuning script is pinned to
 
 PEFT_TASK_TYPES = {"AutoModelForCausalLM": "CAUSAL_LM", "AutoModelForSequenceClassification": "SEQ_CLS",
                    "AutoModelForTokenClassification": "TOKEN_CLS", "AutoModelForQuestionAnswering": "QUESTION_ANS",
@@ -108,6 +117,8 @@ def call(fn: Callable[..., Any], *args, what: str, **kwargs) -> Any:
             name = type(exc).__name__
             if "Timeout" in name or "Connect" in name or isinstance(exc, OSError):
                 raise HubError(what, _unreachable(exc)) from None
+            if isinstance(exc, (ValueError, TypeError, KeyError)):  # an answer that is not the JSON it should be
+                raise HubError(what, f"the Hub's answer is malformed ({name}: {str(exc)[:100]})") from None
             raise
         finally:
             _IN_CALL.reset(inside)
@@ -342,9 +353,10 @@ def _hit(client, info, device) -> Hit:
 
 
 def _license(card: dict[str, Any]) -> str | None:
-    """The card's license id; of a list, the first (the Hub shows the first too)."""
+    """The card's license id; of a list, the first (the Hub shows the first too); None unless it is a string."""
     lic = card.get("license")
-    return (lic[0] if lic else None) if isinstance(lic, list) else lic
+    lic = (lic[0] if lic else None) if isinstance(lic, list) else lic
+    return lic[:CARD_VALUE_CHARS] if isinstance(lic, str) else None
 
 
 def _languages(card: dict[str, Any]) -> list[str] | None:
@@ -507,7 +519,7 @@ def _cached_models(repo_id: str | None = None) -> list[ModelMetadata]:
         model.config = _read_json(files.get("config.json"), model.problems)
         model.tokenizer = _read_json(files.get("tokenizer_config.json"), model.problems) or {}
         if "README.md" in files:
-            model.readme = files["README.md"].read_text(encoding="utf-8", errors="replace")
+            model.readme = files["README.md"].read_text(encoding="utf-8", errors="replace")[:CARD_CHARS]
             card, _ = card_sections(model.readme)
             model.task, model.library = card.get("pipeline_tag"), card.get("library_name")
             model.languages, model.license = _languages(card) or [], _license(card)
@@ -588,23 +600,77 @@ def fetch_json(client, repo_id: str, filename: str) -> dict[str, Any]:
     return data
 
 
-def card_sections(text: str) -> tuple[dict[str, Any], dict[str, str]]:
-    """(YAML card data, {heading: body}) of a README; sections on limitations, bias and risks are the ones we report."""
-    import yaml
+def card_sections(text: str, problems: list[str] | None = None) -> tuple[dict[str, Any], dict[str, str]]:
+    """(YAML card data, {heading: body}) of a README, both bounded; why metadata was not read goes to `problems`.
 
+    Sections on limitations, bias and risks are the ones we report.
+    """
+    text = text[:CARD_CHARS]
     data: dict[str, Any] = {}
     match = re.match(r"---\n(.*?)\n---\n?(.*)", text, re.S)
     if match:
-        try:
-            data = yaml.safe_load(match.group(1)) or {}
-        except yaml.YAMLError:
-            data = {}
+        data = card_metadata(match.group(1), problems)
         text = match.group(2)
     sections: dict[str, str] = {}
-    for part in re.split(r"(?m)^#{1,4}\s+", text)[1:]:
+    for part in re.split(r"(?m)^#{1,4}\s+", text)[1:CARD_SECTIONS + 1]:
         heading, _, body = part.partition("\n")
-        sections[heading.strip()] = body.strip()
-    return (data if isinstance(data, dict) else {}), sections
+        sections[heading.strip()[:CARD_VALUE_CHARS]] = body.strip()[:SECTION_CHARS]
+    return data, sections
+
+
+def card_metadata(text: str, problems: list[str] | None = None) -> dict[str, Any]:
+    """A card's YAML front matter as data: no aliases (500 bytes of them expand to gigabytes), no tags, at most 64 KiB."""
+    import yaml
+
+    why = None
+    if len(text) > CARD_YAML_CHARS:
+        why = f"longer than {CARD_YAML_CHARS:,} characters"
+    else:
+        try:
+            data = yaml.load(text, Loader=_card_loader())  # noqa: S506 - a SafeLoader that also refuses aliases
+        except yaml.YAMLError as exc:
+            why = (getattr(exc, "problem", None) or str(exc)).splitlines()[0]
+        except RecursionError:
+            why = "nested too deeply"
+    if why is not None:
+        if problems is not None:
+            problems.append(f"README.md: card metadata not read: {why}")
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+@functools.cache
+def _card_loader():
+    import yaml
+
+    class CardLoader(yaml.SafeLoader):
+        """PyYAML's SafeLoader, refusing aliases (`*name`) instead of sharing the node they name."""
+
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                raise yaml.composer.ComposerError(None, None, f"YAML aliases are not accepted (found *{event.anchor})", event.start_mark)
+            return super().compose_node(parent, index)
+
+    return CardLoader
+
+
+def card_text(value: Any) -> str | list[str] | None:
+    """A card value shown to the user: a string or a list of strings, cut to size; anything else is dropped."""
+    if isinstance(value, str):
+        return value[:CARD_VALUE_CHARS]
+    if isinstance(value, list):
+        return [v[:CARD_VALUE_CHARS] for v in value[:CARD_LIST_ITEMS] if isinstance(v, str)]
+    return None
+
+
+def commit_id(sha: Any, problems: list[str] | None = None) -> str | None:
+    """`sha` if it is a commit id (40 hex digits), else None (and why, in `problems`)."""
+    if isinstance(sha, str) and COMMIT_ID.fullmatch(sha):
+        return sha
+    if sha is not None and problems is not None:
+        problems.append(f"sha: the Hub gave a commit id that is not 40 hex digits ({sha!r:.60}); it is not used")
+    return None
 
 
 def evaluate(model_id: str, gpu: str | None = None, batch: int = 1, seq: int | None = None,
@@ -640,10 +706,11 @@ def _hub_model(model_id: str, endpoint: str | None, token: str | bool | None) ->
         except ArchsmithError as exc:
             model.problems.append(str(exc))
     try:
-        model.readme = open(call(client.hf_hub_download, model_id, "README.md", what=model_id), encoding="utf-8").read()
+        with open(call(client.hf_hub_download, model_id, "README.md", what=model_id), encoding="utf-8", errors="replace") as fh:
+            model.readme = fh.read(CARD_CHARS)
     except ArchsmithError as exc:
         model.problems.append(str(exc))
-    card, _ = card_sections(model.readme)
+    card, _ = card_sections(model.readme)  # its problems are reported once, by _report
     model.license = _license(card) or (_license(info.card_data.to_dict()) if info.card_data else None)
     try:
         meta = call(client.get_safetensors_metadata, model_id, what=model_id)
@@ -660,7 +727,7 @@ def _report(model: ModelMetadata, device: dict[str, Any] | None, batch: int, seq
     from archsmith.hfconfig import SUPPORTED, spec_from_hf
 
     config, problems = model.config, list(model.problems)
-    card, sections = card_sections(model.readme)
+    card, sections = card_sections(model.readme, problems)
     params, params_source = model.params, model.params_source
     spec = None
     if config is not None and config.get("model_type") in SUPPORTED:
@@ -674,8 +741,8 @@ def _report(model: ModelMetadata, device: dict[str, Any] | None, batch: int, seq
     if spec is not None and params is None:
         params, params_source = est.count_params(spec)["total"], "config.json (archsmith estimate)"
     report: dict[str, Any] = {
-        "id": model.id, "source": model.source, "sha": model.sha, "task": model.task, "library": model.library,
-        "license": model.license, "commercial": commercial_use(model.license),
+        "id": model.id, "source": model.source, "sha": commit_id(model.sha, problems), "task": model.task,
+        "library": model.library, "license": model.license, "commercial": commercial_use(model.license),
         "gated": model.gated, "downloads": model.downloads, "likes": model.likes,
         "params": params, "params_source": params_source,
         "architecture": {"model_type": (config or {}).get("model_type"), "architectures": (config or {}).get("architectures"),
@@ -684,9 +751,9 @@ def _report(model: ModelMetadata, device: dict[str, Any] | None, batch: int, seq
         "vocab_size": spec.vocab_size if spec else (config or {}).get("vocab_size"),
         "tokenizer": {k: model.tokenizer.get(k) for k in ("tokenizer_class", "model_max_length", "bos_token", "eos_token", "pad_token")
                       if k in model.tokenizer},
-        "provenance": {"base_model": card.get("base_model"), "datasets": card.get("datasets"),
-                       "language": card.get("language", model.languages)},
-        "card_sections": {h: b[:2000] for h, b in sections.items()
+        "provenance": {"base_model": card_text(card.get("base_model")), "datasets": card_text(card.get("datasets")),
+                       "language": card_text(card.get("language", model.languages))},
+        "card_sections": {h: b for h, b in sections.items()
                           if re.search(r"limitation|bias|risk|out-of-scope|intended use", h, re.I)},
         "tensor_names": model.tensor_names,
         "memory": memory_table(params, device) if params else None,
@@ -738,7 +805,7 @@ def plan_finetune(model_id: str, task: str = "text-generation", method: str = "a
     if method not in methods:
         raise ArchsmithError("method", f"must be one of {', '.join(methods)}; got {method!r}")
     evaluation = evaluate(model_id, gpu=gpu, endpoint=endpoint, token=token)
-    if evaluation["sha"] is None:  # offline, from the catalog only: there is no commit to pin the script to
+    if evaluation["sha"] is None and evaluation["source"] == CATALOG:  # offline, from the catalog only: no commit to pin
         raise HubError(model_id, f"offline, it is only an {CATALOG}, not in the local HF cache: the script cannot pin a "
                                  "revision; `evaluate` gives the memory of each fine-tuning method offline")
     memory = evaluation["memory"]
@@ -749,6 +816,9 @@ def plan_finetune(model_id: str, task: str = "text-generation", method: str = "a
     fits = memory["fits"]
     if method == "auto":
         method = next((m for m in ("full", "lora", "qlora") if fits[f"finetune_{m}"]), "qlora")
+    if evaluation["sha"] is None:  # a Hub (or cache) answer whose commit id is not 40 hex digits
+        raise HubError("revision", f"the Hub gave no valid commit id for {model_id} (40 hex digits); the script is only written "
+                                   "pinned to one")
     from archsmith.gpus import get_gpu
 
     bf16 = get_gpu(gpu).get("bf16_tflops") is not None  # Turing (T4) and older have no bf16: train in fp16
@@ -780,11 +850,10 @@ def spec_for(source: str, endpoint: str | None = None, token: str | bool | None 
 
 def spec_and_source(source: str, endpoint: str | None = None, token: str | bool | None = None):
     """(ArchitectureSpec, where its config.json came from): a path, the Hub, or offline the local HF cache or catalog."""
-    from pathlib import Path
-
+    from archsmith.files import kind
     from archsmith.hfconfig import load_spec, spec_from_hf
 
-    if Path(source).exists() or not re.fullmatch(r"[\w.-]+/[\w.-]+", source):
+    if kind(source, "config") is not None or not re.fullmatch(r"[\w.-]+/[\w.-]+", source):
         return load_spec(source), str(source)
     _check_id(source)
     if not offline():

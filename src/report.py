@@ -1,12 +1,16 @@
 """Render `architecture_report.md` and `capacity_plan.md` (Jinja2) and their charts (matplotlib).
 
-Templates only lay out values the engine computed; the filters here only format numbers.
+Templates only lay out values the engine computed; the filters here only format numbers. Templates
+that produce code (`*.py.j2`) accept no bare value: each `{{ ... }}` goes through `| literal` (a Python
+literal of plain data: what comes from outside stays data) or `| identifier` (a name from our own tables).
 """
 
 from __future__ import annotations
 
+import ast
 import io
 import json
+import keyword
 from importlib import resources
 from typing import Any
 
@@ -25,7 +29,37 @@ MEMORY_COLUMNS = (  # (key in `sharded_memory`, column header): every memory tab
 LIMIT_IN_RANGE = 1.5  # draw the limit line when it is at most 1.5x the tallest bar; higher, it would squash the bars
 
 
-def _env():
+class Code(str):
+    """Text already made safe to place in generated code (by `literal` or `identifier`)."""
+
+
+def literal(value: Any) -> Code:
+    """`value` as a Python literal: the repr of plain data (str, numbers, bools, None, lists, dicts), checked by parsing it back."""
+    text = repr(value)
+    try:
+        same = ast.literal_eval(text) == value
+    except (ValueError, SyntaxError, RecursionError):
+        same = False
+    if not same:
+        raise ValueError(f"not plain data, so not rendered into code: {text[:60]}")
+    return Code(text)
+
+
+def identifier(value: Any) -> Code:
+    """A Python name (a class or dtype from our own tables), refused unless it is one."""
+    if not isinstance(value, str) or not value.isidentifier() or keyword.iskeyword(value):
+        raise ValueError(f"not a Python identifier, so not rendered into code: {value!r:.60}")
+    return Code(value)
+
+
+def _code_only(value: Any) -> Any:
+    """Jinja `finalize` for code templates: every expression must have gone through `literal` or `identifier`."""
+    if not isinstance(value, Code):
+        raise ValueError(f"a value in a code template must be rendered with | literal or | identifier: {value!r:.60}")
+    return value
+
+
+def _env(code: bool = False):
     import jinja2
 
     env = jinja2.Environment(
@@ -34,9 +68,11 @@ def _env():
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,
+        **({"finalize": _code_only} if code else {}),
     )
     env.filters.update(count=human_count, bytes=human_bytes, duration=human_duration,
-                       flops=lambda x: f"{x:.3g}", pct=lambda x: f"{100 * x:.1f}%", commas=lambda x: f"{int(x):,}")
+                       flops=lambda x: f"{x:.3g}", pct=lambda x: f"{100 * x:.1f}%", commas=lambda x: f"{int(x):,}",
+                       literal=literal, identifier=identifier)
     return env
 
 
@@ -163,5 +199,8 @@ def _layer_table(spec) -> list[dict[str, Any]]:
 
 
 def render_template(name: str, context: dict[str, Any]) -> str:
-    """Render one template from `templates/` with `context` (used for the fine-tuning scripts of `hub`)."""
-    return _env().get_template(name).render(**context)
+    """Render one template from `templates/` with `context` (used for the fine-tuning scripts of `hub`).
+
+    A code template (`*.py.j2`) renders every value through `| literal` or `| identifier`, or fails.
+    """
+    return _env(code=name.endswith(".py.j2")).get_template(name).render(**context)

@@ -35,12 +35,12 @@ class TokenizerInfo:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
+    from archsmith.files import read_text
+
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_text(path, "tokenizer"))
     except json.JSONDecodeError as exc:
         raise ConfigError("tokenizer", f"{path} is not valid JSON: {exc.msg} at line {exc.lineno}") from None
-    except OSError as exc:
-        raise ConfigError("tokenizer", f"cannot read {path}: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError("tokenizer", f"{path} must hold a JSON object")
     return data
@@ -53,24 +53,28 @@ def _token_text(value: Any) -> str | None:
 
 
 def read_tokenizer(directory: str | Path) -> TokenizerInfo:
-    """Read the tokenizer in `directory`. Raises ConfigError naming the missing file or token."""
+    """Read the tokenizer in `directory` (through the workspace boundary). Raises ConfigError naming the missing file or token."""
+    from archsmith.files import kind as file_kind, read_text
+
     directory = Path(directory)
-    if not directory.is_dir():
+    is_file = lambda name: file_kind(directory / name, "tokenizer") == "file"  # noqa: E731
+    if file_kind(directory, "tokenizer") != "dir":
         raise ConfigError("tokenizer", f"not a directory: {directory}")
     tok_file = directory / "tokenizer.json"
-    if not tok_file.is_file():
+    if not is_file("tokenizer.json"):
         raise ConfigError("tokenizer", f"{tok_file} is missing (train one with `archsmith tokenizer train` or save a fast tokenizer)")
     from tokenizers import Tokenizer  # lazy: only this command needs it
 
+    text = read_text(tok_file, "tokenizer")
     try:
-        tok = Tokenizer.from_file(str(tok_file))
+        tok = Tokenizer.from_str(text)
     except Exception as exc:  # tokenizers raises a bare Exception on bad files
         raise ConfigError("tokenizer", f"{tok_file} cannot be loaded: {exc}") from None
     config: dict[str, Any] = {}
     for name in ("special_tokens_map.json", "tokenizer_config.json"):  # tokenizer_config wins
-        if (directory / name).is_file():
+        if is_file(name):
             config.update({k: v for k, v in _read_json(directory / name).items() if v is not None})
-    if not any((directory / n).is_file() for n in ("special_tokens_map.json", "tokenizer_config.json")):
+    if not any(is_file(n) for n in ("special_tokens_map.json", "tokenizer_config.json")):
         raise ConfigError("tokenizer", f"{directory} has neither tokenizer_config.json nor special_tokens_map.json, so its special tokens are unknown")
     tokens: dict[str, str | None] = {}
     ids: dict[str, int | None] = {}

@@ -14,7 +14,7 @@ import torch
 
 from archsmith import families
 from archsmith.errors import ArchsmithError
-from archsmith.files import write_files
+from archsmith.files import fd_path, kind, open_file, read_text, write_files
 from archsmith.hfconfig import hf_from_spec, read_config, spec_from_hf
 from archsmith.network import CausalLM
 from archsmith.units import parse_bytes
@@ -66,33 +66,33 @@ def load_pretrained(path: str | Path, dtype: torch.dtype | None = None, device: 
 
 
 def _read_tensors(path: Path):
-    """Yield (name, tensor) from model.safetensors or from the shards its index lists."""
+    """Yield (name, tensor) from model.safetensors or from the shards its index lists (read through the workspace boundary)."""
     from safetensors import safe_open
 
-    if (path / INDEX_FILE).is_file():
+    if kind(path / INDEX_FILE, INDEX_FILE) == "file":
         try:
-            weight_map = json.loads((path / INDEX_FILE).read_text())["weight_map"]
+            weight_map = json.loads(read_text(path / INDEX_FILE, INDEX_FILE))["weight_map"]
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise CheckpointError(INDEX_FILE, f"is not a valid safetensors index (needs a weight_map object): {exc}") from None
         shards: dict[str, list[str]] = {}
         for name, shard in weight_map.items():
             shards.setdefault(shard, []).append(name)
-    elif (path / SINGLE_FILE).is_file():
+    elif kind(path / SINGLE_FILE, SINGLE_FILE) == "file":
         shards = {SINGLE_FILE: None}
     else:
         raise CheckpointError("weights", f"{path} has neither {SINGLE_FILE} nor {INDEX_FILE} (only safetensors are read)")
     for shard, names in shards.items():
         file = path / shard
-        if Path(shard).name != shard or not file.is_file():
+        if Path(shard).name != shard or kind(file, shard) != "file":
             raise CheckpointError(shard, f"listed in {INDEX_FILE} but not a file in {path}")
         try:
-            with safe_open(file, framework="pt", device="cpu") as fh:
+            with open_file(file, shard) as opened, safe_open(fd_path(opened.fileno()), framework="pt", device="cpu") as fh:
                 present = set(fh.keys())
                 for name in names if names is not None else sorted(present):
                     if name not in present:
                         raise CheckpointError(name, f"listed in {INDEX_FILE} for {shard} but not in that file")
                     yield name, fh.get_tensor(name)
-        except CheckpointError:
+        except ArchsmithError:
             raise
         except Exception as exc:  # safetensors raises its own error types for corrupt headers
             raise CheckpointError(shard, f"is not a readable safetensors file: {exc}") from None
@@ -102,7 +102,7 @@ def save_pretrained(model: CausalLM, path: str | Path, max_shard_size: int | str
     """Write config.json and safetensors (one file, or shards + index beyond max_shard_size) atomically.
 
     transformers' `AutoModelForCausalLM.from_pretrained(path)` loads the result as the same model.
-    With `overwrite`, weight files of an earlier save that the new one does not use are removed.
+    With `overwrite`, weight files of an earlier save that the new one does not use are removed; other files stay.
     """
     spec = model.spec
     if spec.model_type not in SAVES:
@@ -127,11 +127,7 @@ def save_pretrained(model: CausalLM, path: str | Path, max_shard_size: int | str
             weight_map.update(dict.fromkeys(shard, name))
         total = sum(t.numel() * t.element_size() for t in tensors.values())
         files[INDEX_FILE] = json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2) + "\n"
-    written = write_files(path, files, overwrite=overwrite)
-    for stale in Path(path).glob("model*.safetensors*"):
-        if stale.name not in files:
-            stale.unlink()
-    return written
+    return write_files(path, files, overwrite=overwrite, stale=("model*.safetensors*",))
 
 
 def _shard(tensors: dict[str, torch.Tensor], limit: int) -> list[dict[str, torch.Tensor]]:
