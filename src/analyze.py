@@ -484,7 +484,7 @@ def analyze(target: Target, repeats: int = 10, top: int = 5) -> dict[str, Any]:
         "modules": len(modules),
     }
     called = [r for r in rows if r["calls"] and r["name"] != "(root)"]
-    by_flops = sorted(called, key=lambda r: -r["self_flops"])[:top]
+    by_flops = sorted((r for r in called if r["self_flops"]), key=lambda r: -r["self_flops"])[:top]
     by_time = [] if target.meta else sorted(called, key=lambda r: -(r["self_latency_share"] or 0))[:top]
     inputs = {k: list(v.shape) for k, v in kwargs.items() if isinstance(v, torch.Tensor)}
     inputs.update({f"arg{i}": list(v.shape) for i, v in enumerate(args) if isinstance(v, torch.Tensor)})
@@ -565,7 +565,7 @@ def chart(result: dict[str, Any], top: int = 10) -> Callable[[Path], None]:
             ax.tick_params(axis="y", labelsize=7)
         fig.suptitle(f"{result['model']}: inputs {result['inputs']}", fontsize=9)
         fig.tight_layout()
-        fig.savefig(path, dpi=110)
+        fig.savefig(path, dpi=110, format="png")
         plt.close(fig)
 
     return write

@@ -632,7 +632,7 @@ def comparison_chart(report: dict[str, Any]) -> Callable[[Path], None]:
         fig.suptitle(f"{report['teacher']} -> student ({report['version']}, {report['strategy']}, "
                      f"{report['achieved_reduction']:.1%} fewer parameters)", fontsize=9)
         fig.tight_layout()
-        fig.savefig(path, dpi=110)
+        fig.savefig(path, dpi=110, format="png")
         plt.close(fig)
 
     return write

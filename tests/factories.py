@@ -93,3 +93,22 @@ class Wobbly(nn.Module):
 def wobbly():
     torch.manual_seed(0)
     return Wobbly(), (torch.randn(2, 8),)
+
+
+class Branchy(nn.Module):
+    """Python control flow on a tensor value: analyze must flag it, torch.export cannot capture it."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(8, 8)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.proj(x)
+        if y.sum() > 0:
+            return y.relu()
+        return -y
+
+
+def branchy():
+    torch.manual_seed(0)
+    return Branchy(), (torch.randn(2, 8),)
