@@ -316,7 +316,7 @@ async def analyze_model(model: Annotated[str, Field(description="A model directo
                         seq: Annotated[int | None, Field(description="Tokens per sequence (default: min(128, context)).", ge=1, le=1 << 20)] = None,
                         input_shapes: Annotated[list[list[int]] | None, Field(description="New shapes for a factory's tensor inputs, in order.", max_length=16)] = None,
                         meta: Annotated[bool | None, Field(description="Force the meta device (no latency); default: only above 2 GiB of weights.")] = None,
-                        repeats: Annotated[int, Field(description="Profiled forward passes.", ge=1, le=100)] = 10,
+                        repeats: Annotated[int, Field(description="Profiled forward passes.", ge=1, le=100)] = 5,
                         chart_path: Annotated[str | None, Field(description="PNG to write (top modules by FLOPs and time), relative to the workspace root.", max_length=1024)] = None,
                         overwrite: bool = False, ctx: Context = None) -> dict[str, Any]:
     """Analyse any nn.Module layer by layer: per module its input/output shapes, parameters, FLOPs (FlopCounterMode),

@@ -169,10 +169,18 @@ def _text_inputs(vocab: int, context: int, batch: int, seq: int | None, meta: bo
     return {"input_ids": ids, **({"attention_mask": torch.ones_like(ids)} if mask else {})}
 
 
+def quiet_transformers() -> None:
+    """No tqdm bar while transformers loads weights: our own progress goes to stderr, errors stay one line."""
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+
+
 def hf_class(cfg: dict):
     """The transformers class config.json's `architectures` names (a PreTrainedModel), else AutoModel."""
     import transformers
 
+    quiet_transformers()
     arch = (cfg.get("architectures") or [None])[0]
     cls = getattr(transformers, arch, None) if isinstance(arch, str) and arch.isidentifier() else None
     if isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel):
@@ -265,7 +273,7 @@ def count_flops(module, args: tuple = (), kwargs: dict | None = None) -> int:
     return counter.get_total_flops()
 
 
-def median_ms(fn: Callable[[], Any], repeats: int = 10, warmup: int = 2) -> float:
+def median_ms(fn: Callable[[], Any], repeats: int = 5, warmup: int = 2) -> float:
     """Median wall-clock milliseconds of `fn()` over `repeats` calls after `warmup` calls."""
     for _ in range(warmup):
         fn()
@@ -412,7 +420,7 @@ def _profile_shares(module, args, kwargs, repeats: int) -> tuple[dict[str, float
 
 # ---- the analysis -------------------------------------------------------------------------------
 
-def analyze(target: Target, repeats: int = 10, top: int = 5) -> dict[str, Any]:
+def analyze(target: Target, repeats: int = 5, top: int = 5) -> dict[str, Any]:
     """Per-module table, totals, bottlenecks and notes for `target` (see the module docstring)."""
     import torch
 
@@ -530,7 +538,7 @@ def _notes(ops: dict[str, set[str]], meta: bool) -> list[str]:
 
 
 def run(model: str, batch: int = 1, seq: int | None = None, input_shapes: list[tuple[int, ...]] | None = None,
-        allow_code: bool = True, meta: bool | None = None, repeats: int = 10, top: int = 5) -> dict[str, Any]:
+        allow_code: bool = True, meta: bool | None = None, repeats: int = 5, top: int = 5) -> dict[str, Any]:
     """load() then analyze(): the CLI's and MCP tool's one call."""
     if not isinstance(repeats, int) or not 1 <= repeats <= 1000:
         raise ArchsmithError("repeats", f"must be an integer in [1, 1000], got {repeats!r}")

@@ -243,7 +243,7 @@ def analyze(
     input_shape: Optional[list[str]] = typer.Option(None, "--input-shape", help="New shape for a factory's tensor inputs, in order, e.g. 8,3,32,32 (repeat per input)."),
     meta: Optional[bool] = typer.Option(None, "--meta/--no-meta", help="Analyse on the meta device (no weights, no latency); default: only above 2 GiB of weights."),
     depth: int = typer.Option(3, "--depth", help="Module-tree depth shown in the table (--json has every module)."),
-    repeats: int = typer.Option(10, "--repeats", help="Profiled forward passes for the latency shares."),
+    repeats: int = typer.Option(5, "--repeats", help="Profiled forward passes for the latency shares."),
     top: int = typer.Option(5, "--top", help="Bottlenecks listed by time and by FLOPs."),
     chart: Optional[Path] = typer.Option(None, "--chart", help="Write a PNG of the top modules by FLOPs and time here."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --chart file."),
@@ -302,7 +302,7 @@ def compress(
     kv_heads: Optional[int] = typer.Option(None, "--kv-heads", help="With --v2, KV heads of a decoder student (1 = MQA; default heads / 4)."),
     calibration: Optional[Path] = typer.Option(None, "--calibration", help="Text file, one sample per line, for activation importance (default: shipped English text)."),
     heldout: Optional[Path] = typer.Option(None, "--heldout", help="Text file for the fidelity report (default: shipped English sentences)."),
-    repeats: int = typer.Option(10, "--repeats", help="Timed forward passes per latency point."),
+    repeats: int = typer.Option(5, "--repeats", help="Timed forward passes per latency point."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace files in an existing --out directory."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
@@ -341,7 +341,7 @@ def export(
     fmt: str = typer.Option(..., "--format", help="onnx, pt2 (torch.export) or torchscript (deprecated upstream)."),
     out_dir: Path = typer.Option(..., "--out", help="Directory for the artifact and export.json (must not exist unless --overwrite)."),
     quantize: Optional[str] = typer.Option(None, "--quantize", help="int8: also write onnxruntime's dynamic int8 model, with its accuracy delta."),
-    repeats: int = typer.Option(10, "--repeats", help="Timed runs per latency point."),
+    repeats: int = typer.Option(5, "--repeats", help="Timed runs per latency point."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace files in an existing --out directory."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:

@@ -87,6 +87,9 @@ def load_teacher(path: str | Path) -> Teacher:
     if family in ENCODERS:
         from transformers import AutoModel
 
+        from archsmith.analyze import quiet_transformers
+
+        quiet_transformers()
         if not any(path.glob("*.safetensors")):
             raise ArchsmithError("model", f"{path} has no safetensors weights (only safetensors are read)")
         model = AutoModel.from_pretrained(path, dtype=torch.float32, use_safetensors=True, attn_implementation="sdpa")
@@ -570,7 +573,7 @@ def _inputs(teacher: Teacher, batch: int, seq: int) -> dict:
     return {"input_ids": ids}
 
 
-def compare(teacher: Teacher, student, student_shape: Shape, grid=LATENCY_GRID, repeats: int = 10) -> dict[str, Any]:
+def compare(teacher: Teacher, student, student_shape: Shape, grid=LATENCY_GRID, repeats: int = 5) -> dict[str, Any]:
     """Teacher vs student: parameters, FLOPs, memory, measured latency per (batch, seq) and speed-up."""
     import torch
 
@@ -642,7 +645,7 @@ def comparison_chart(report: dict[str, Any]) -> Callable[[Path], None]:
 
 def compress(model: str | Path, reduction: float, out: str | Path, strategy: str = "both", v2: bool = False,
              kv_heads: int | None = None, calibration: str | Path | None = None, heldout: str | Path | None = None,
-             grid=LATENCY_GRID, repeats: int = 10, overwrite: bool = False,
+             grid=LATENCY_GRID, repeats: int = 5, overwrite: bool = False,
              progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Plan, initialise, save and compare a student of `model`; returns the report (also compression.json in `out`).
 

@@ -11,7 +11,10 @@ TorchScript (`torch.jit.trace`) still runs in torch 2.13 but is deprecated upstr
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
 import os
 import tempfile
 import warnings
@@ -78,7 +81,7 @@ def _text_inputs(vocab: int, batch: int, seq: int, pad: bool, seed: int) -> tupl
     return ids, mask
 
 
-def load_exportable(model: str, allow_code: bool = True) -> Exportable:
+def load_exportable(model: str, allow_code: bool = True, latency_grid=LATENCY_GRID) -> Exportable:
     """An HF model directory with safetensors weights, or `file.py:factory` (CLI: runs the user's code)."""
     import torch
 
@@ -122,19 +125,31 @@ def load_exportable(model: str, allow_code: bool = True) -> Exportable:
         inputs = _text_inputs(vocab, b, s, pad=True, seed=i)
         cases.append((f"batch {b}, seq {s}" + (" (row 0 right-padded)" if b > 1 else ""), inputs))
         masks.append(inputs[1])
-    latency = [(f"batch {b}, seq {min(s, context)}", _text_inputs(vocab, b, min(s, context), pad=False, seed=99)) for b, s in LATENCY_GRID]
+    latency = [(f"batch {b}, seq {min(s, context)}", _text_inputs(vocab, b, min(s, context), pad=False, seed=99)) for b, s in latency_grid]
     return Exportable(TextModel(hf, causal), ["input_ids", "attention_mask"], _text_inputs(vocab, *EXAMPLE, pad=True, seed=7),
                       dynamic, cases, latency, masks, "logits" if causal else "last_hidden_state", str(model))
 
 
 # ---- one artifact per format ----------------------------------------------------------------------
 
+@contextlib.contextmanager
+def quiet():
+    """Keep torch / onnxruntime chatter (warnings, logs, partial graphs printed to stderr) off the user's terminal."""
+    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        previous = logging.root.manager.disable
+        logging.disable(logging.WARNING)
+        try:
+            yield
+        finally:
+            logging.disable(previous)
+
+
 def _torch_export(ex: Exportable):
     import torch
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with quiet():
             return torch.export.export(ex.module, ex.example, dynamic_shapes=ex.dynamic)
     except Exception as exc:  # data-dependent control flow, unsupported Python: say what and where
         raise ArchsmithError("model", f"torch.export cannot capture {ex.name}: {_first_line(exc)}{_user_frame(exc)}") from None
@@ -168,7 +183,8 @@ def unsupported_onnx_ops(program) -> list[str]:
     import torch
     from torch.onnx._internal.exporter import _registration
 
-    registry = _registration.ONNXRegistry.from_torchlib()
+    with quiet():  # it warns about every torchvision op it skips
+        registry = _registration.ONNXRegistry.from_torchlib()
     missing = []
     for node in program.graph.nodes:
         target = node.target
@@ -193,8 +209,7 @@ def _export_onnx(ex: Exportable, directory: Path) -> Path:
     path = directory / FILE_NAMES["onnx"]
     big = sum(p.numel() * p.element_size() for p in ex.module.parameters()) > EXTERNAL_DATA_ABOVE
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with quiet():
             torch.onnx.export(program, ex.example, str(path), input_names=ex.names, output_names=[ex.output],
                               external_data=big, verbose=False)
     except Exception as exc:
@@ -264,7 +279,8 @@ def validate(ex: Exportable, run: Callable, tolerance: float | None) -> list[dic
 
 
 def export(model: str, fmt: str, out: str | Path, quantize: str | None = None, allow_code: bool = True,
-           overwrite: bool = False, repeats: int = 10, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+           overwrite: bool = False, repeats: int = 5, latency_grid=LATENCY_GRID,
+           progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Export `model` to `fmt`, validate it (and its int8 twin), time it, write it to `out`; returns the report."""
     import shutil
 
@@ -284,7 +300,7 @@ def export(model: str, fmt: str, out: str | Path, quantize: str | None = None, a
         raise ArchsmithError("repeats", f"must be an integer in [1, 1000], got {repeats!r}")
     check_out_dir(out, overwrite)
     say(f"loading {model}")
-    ex = load_exportable(model, allow_code)
+    ex = load_exportable(model, allow_code, latency_grid)
     notes: list[str] = []
     runners: dict[str, Callable] = {"eager": lambda *x: ex.module(*x)}
     report: dict[str, Any] = {"model": str(model), "format": fmt, "inputs": ex.names, "output": ex.output,
@@ -300,8 +316,7 @@ def export(model: str, fmt: str, out: str | Path, quantize: str | None = None, a
             runners["torch.export (.pt2)"] = reloaded
         elif fmt == "torchscript":
             notes.append("TorchScript is deprecated upstream (torch.jit); prefer --format pt2 (torch.export)")
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+            with quiet():
                 try:
                     traced = torch.jit.trace(ex.module, ex.example, check_trace=False, strict=False)
                 except Exception as exc:
@@ -334,7 +349,8 @@ def export(model: str, fmt: str, out: str | Path, quantize: str | None = None, a
                 plain = Path(work) / "model.onnx"
                 onnx.save(graph, str(plain), save_as_external_data=_size(path) > EXTERNAL_DATA_ABOVE)
                 try:
-                    quantize_dynamic(str(plain), str(qpath), weight_type=QuantType.QInt8)
+                    with quiet():
+                        quantize_dynamic(str(plain), str(qpath), weight_type=QuantType.QInt8)
                 except Exception as exc:
                     raise ArchsmithError("quantize", f"onnxruntime's quantiser failed on {ex.name}: {_first_line(exc)}; nothing written") from None
             runners["onnxruntime int8"] = _ort_runner(_ort_session(qpath), ex.names)
