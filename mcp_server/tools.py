@@ -314,7 +314,7 @@ async def analyze_model(model: Annotated[str, Field(description="A model directo
                                                       min_length=1, max_length=1024)],
                         batch: Annotated[int, Field(description="Sequences per batch for text models.", ge=1, le=4096)] = 1,
                         seq: Annotated[int | None, Field(description="Tokens per sequence (default: min(128, context)).", ge=1, le=1 << 20)] = None,
-                        input_shapes: Annotated[list[list[int]] | None, Field(description="New shapes for a factory's tensor inputs, in order.", max_length=16)] = None,
+                        input_shapes: Annotated[str | None, Field(description="New shapes for a factory's tensor inputs, in order, ';'-separated, e.g. '8,3,32,32'.", max_length=200)] = None,
                         meta: Annotated[bool | None, Field(description="Force the meta device (no latency); default: only above 2 GiB of weights.")] = None,
                         repeats: Annotated[int, Field(description="Profiled forward passes.", ge=1, le=100)] = 5,
                         chart_path: Annotated[str | None, Field(description="PNG to write (top modules by FLOPs and time), relative to the workspace root.", max_length=1024)] = None,
@@ -333,7 +333,7 @@ async def analyze_model(model: Annotated[str, Field(description="A model directo
 
         raise ArchsmithError("chart_path", f"{chart_path} exists; pass overwrite to replace it")
     await ctx.report_progress(0, 1, "analysing")
-    shapes = [tuple(s) for s in input_shapes] if input_shapes else None
+    shapes = [analyze.parse_shape(s) for s in input_shapes.split(";")] if input_shapes else None
     result = await anyio.to_thread.run_sync(lambda: analyze.run(ref, batch=batch, seq=seq, input_shapes=shapes, allow_code=allow,
                                                                   meta=meta, repeats=repeats))
     if chart is not None:

@@ -494,6 +494,12 @@ def analyze(target: Target, repeats: int = 5, top: int = 5) -> dict[str, Any]:
     called = [r for r in rows if r["calls"] and r["name"] != "(root)"]
     by_flops = sorted((r for r in called if r["self_flops"]), key=lambda r: -r["self_flops"])[:top]
     by_time = [] if target.meta else sorted(called, key=lambda r: -(r["self_latency_share"] or 0))[:top]
+    by_type: dict[str, dict[str, Any]] = {}
+    for r in called:  # own FLOPs and own time summed per module class: "where does it go" in one line each
+        row = by_type.setdefault(r["type"], {"type": r["type"], "modules": 0, "flops": 0, "latency_share": 0.0})
+        row["modules"] += 1
+        row["flops"] += r["self_flops"]
+        row["latency_share"] += r["self_latency_share"] or 0.0
     inputs = {k: list(v.shape) for k, v in kwargs.items() if isinstance(v, torch.Tensor)}
     inputs.update({f"arg{i}": list(v.shape) for i, v in enumerate(args) if isinstance(v, torch.Tensor)})
     return {
@@ -503,6 +509,8 @@ def analyze(target: Target, repeats: int = 5, top: int = 5) -> dict[str, Any]:
             "by_flops": [{"name": r["name"], "type": r["type"], "flops": r["self_flops"],
                           "share": round(r["self_flops"] / total_flops, 4) if total_flops else 0.0} for r in by_flops],
             "by_time": [{"name": r["name"], "type": r["type"], "share": round(r["self_latency_share"] or 0, 4)} for r in by_time],
+            "by_type": sorted(({**t, "latency_share": round(t["latency_share"], 4)} for t in by_type.values()),
+                              key=lambda t: (-t["latency_share"], -t["flops"])),
         },
         "notes": target.notes + _notes(recorder.ops, target.meta),
     }

@@ -283,9 +283,12 @@ def analyze(
     latency = "" if t["latency_ms"] is None else f", {t['latency_ms']:.2f} ms median forward"
     out.print(f"parameters {t['params']:,}; forward FLOPs {t['forward_flops']:,}; saved activations "
               f"{human_bytes(t['activation_bytes'])}; intensity {t['arithmetic_intensity']} FLOP/byte{latency}")
-    for kind, rows in result["bottlenecks"].items():
-        if rows:
-            out.print(f"top {kind.replace('_', ' ')}: " + ", ".join(f"{r['name']} ({100 * r['share']:.1f}%)" for r in rows))
+    for kind in ("by_time", "by_flops"):
+        if result["bottlenecks"][kind]:
+            out.print(f"top {kind.replace('_', ' ')}: " + ", ".join(f"{r['name']} ({100 * r['share']:.1f}%)" for r in result["bottlenecks"][kind]))
+    total_flops = t["forward_flops"] or 1
+    out.print("by module type: " + ", ".join(f"{r['type']} x{r['modules']} ({100 * r['latency_share']:.0f}% time, "
+                                             f"{100 * r['flops'] / total_flops:.0f}% FLOPs)" for r in result["bottlenecks"]["by_type"][:5]))
     for note in result["notes"]:
         out.print(f"note: {note}", highlight=False)
     if "chart" in result:

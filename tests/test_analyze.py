@@ -73,6 +73,8 @@ def test_cnn_layer_table():
     assert by_name["features.4"]["input_shapes"] == [[4, 16, 16, 16]]
     assert by_name["features.3"]["output_shapes"] == [[4, 16, 16, 16]]
     assert result["bottlenecks"]["by_flops"][0]["name"] == "features.4"
+    conv = next(t for t in result["bottlenecks"]["by_type"] if t["type"] == "Conv2d")
+    assert conv["modules"] == 2 and conv["flops"] == by_name["features.0"]["flops"] + by_name["features.4"]["flops"]
     assert by_name["features.2"]["activation_bytes"] == 4 * 16 * 32 * 32 * 4  # ReLU saves its fp32 output
     assert sum(r["self_latency_share"] for r in result["layers"]) == pytest.approx(1.0, abs=1e-6)
     assert result["totals"]["latency_ms"] > 0
