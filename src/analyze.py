@@ -198,8 +198,9 @@ def _from_hf(cfg: dict, weights_dir: Path | None, batch: int, seq: int | None, m
     except (ValueError, KeyError, TypeError) as exc:
         raise ArchsmithError("model_type", f"transformers cannot build {model_type!r}: {str(exc)[:160]}") from None
     cls = hf_class(cfg)
+    build = cls.from_config if cls.__name__ == "AutoModel" else cls._from_config  # Auto classes vs model classes
     with torch.device("meta"):
-        probe = cls._from_config(config) if cls.__name__ != "AutoModel" else cls.from_config(config)
+        probe = build(config)
     params = sum(p.numel() for p in probe.parameters())
     meta = params * 4 > META_ABOVE_BYTES if meta is None else meta
     if meta:
@@ -207,7 +208,7 @@ def _from_hf(cfg: dict, weights_dir: Path | None, batch: int, seq: int | None, m
     elif weights_dir is not None:
         module = cls.from_pretrained(weights_dir, dtype=torch.float32, use_safetensors=True)
     else:
-        module = cls.from_config(config) if cls.__name__ == "AutoModel" else cls._from_config(config)
+        module = build(config)
     if not meta:
         module.float()
     text = getattr(config, "get_text_config", lambda: config)()

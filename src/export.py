@@ -16,11 +16,16 @@ import io
 import json
 import logging
 import os
+import re
+import shutil
 import tempfile
+import traceback
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
+
+import torch  # this module is imported only by the commands that export, never at CLI or server start-up
 
 from archsmith.errors import ArchsmithError
 
@@ -50,29 +55,22 @@ class Exportable:
     name: str
 
 
-class TextModel:
-    """Wraps a transformers model as forward(input_ids, attention_mask) -> last_hidden_state or logits."""
+class TextModel(torch.nn.Module):
+    """A transformers model as forward(input_ids, attention_mask) -> last_hidden_state (encoders) or logits (LMs)."""
 
-    def __new__(cls, model, causal: bool):
-        import torch
+    def __init__(self, model, causal: bool):
+        super().__init__()
+        self.model = model
+        self.causal = causal
 
-        class Wrapper(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.model = model
-
-            def forward(self, input_ids, attention_mask):
-                extra = {"use_cache": False} if causal else {}
-                out = self.model(input_ids=input_ids, attention_mask=attention_mask, **extra)
-                return out.logits if causal else out.last_hidden_state
-
-        return Wrapper().eval()
+    def forward(self, input_ids, attention_mask):
+        extra = {"use_cache": False} if self.causal else {}
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, **extra)
+        return out.logits if self.causal else out.last_hidden_state
 
 
 def _text_inputs(vocab: int, batch: int, seq: int, pad: bool, seed: int) -> tuple:
     """(input_ids, attention_mask); with `pad`, row 0 is right-padded over its last quarter."""
-    import torch
-
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, vocab, (batch, seq), generator=gen)
     mask = torch.ones_like(ids)
@@ -83,8 +81,6 @@ def _text_inputs(vocab: int, batch: int, seq: int, pad: bool, seed: int) -> tupl
 
 def load_exportable(model: str, allow_code: bool = True, latency_grid=LATENCY_GRID) -> Exportable:
     """An HF model directory with safetensors weights, or `file.py:factory` (CLI: runs the user's code)."""
-    import torch
-
     from archsmith.analyze import FACTORY, hf_class, load
 
     if FACTORY.match(model or ""):
@@ -126,7 +122,7 @@ def load_exportable(model: str, allow_code: bool = True, latency_grid=LATENCY_GR
         cases.append((f"batch {b}, seq {s}" + (" (row 0 right-padded)" if b > 1 else ""), inputs))
         masks.append(inputs[1])
     latency = [(f"batch {b}, seq {min(s, context)}", _text_inputs(vocab, b, min(s, context), pad=False, seed=99)) for b, s in latency_grid]
-    return Exportable(TextModel(hf, causal), ["input_ids", "attention_mask"], _text_inputs(vocab, *EXAMPLE, pad=True, seed=7),
+    return Exportable(TextModel(hf, causal).eval(), ["input_ids", "attention_mask"], _text_inputs(vocab, *EXAMPLE, pad=True, seed=7),
                       dynamic, cases, latency, masks, "logits" if causal else "last_hidden_state", str(model))
 
 
@@ -146,8 +142,6 @@ def quiet():
 
 
 def _torch_export(ex: Exportable):
-    import torch
-
     try:
         with quiet():
             return torch.export.export(ex.module, ex.example, dynamic_shapes=ex.dynamic)
@@ -162,8 +156,6 @@ def _first_line(exc: BaseException) -> str:
 
 def _user_frame(exc: BaseException) -> str:
     """' (at file:line)' of the innermost frame outside torch and transformers, if any."""
-    import traceback
-
     engine = Path(__file__).resolve().parent
     frames = [f for f in traceback.extract_tb(exc.__traceback__)
               if "site-packages" not in f.filename and not Path(f.filename).resolve().is_relative_to(engine)]
@@ -180,7 +172,6 @@ def _where(node) -> str:
 
 def unsupported_onnx_ops(program) -> list[str]:
     """Ops of a torch.export program that no ONNX translation covers, each with where it is called."""
-    import torch
     from torch.onnx._internal.exporter import _registration
 
     with quiet():  # it warns about every torchvision op it skips
@@ -197,10 +188,6 @@ def unsupported_onnx_ops(program) -> list[str]:
 
 
 def _export_onnx(ex: Exportable, directory: Path) -> Path:
-    import re
-
-    import torch
-
     program = _torch_export(ex)
     missing = unsupported_onnx_ops(program)
     if missing:
@@ -222,7 +209,6 @@ def _export_onnx(ex: Exportable, directory: Path) -> Path:
 def _ort_session(path: Path):
     os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
     import onnxruntime as ort
-    import torch
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()  # the same threads eager torch uses: a fair comparison
@@ -230,8 +216,6 @@ def _ort_session(path: Path):
 
 
 def _ort_runner(session, names: list[str]) -> Callable:
-    import torch
-
     def run(*inputs):
         feed = {name: t.numpy() for name, t in zip(names, inputs)}
         return torch.from_numpy(session.run(None, feed)[0])
@@ -241,22 +225,19 @@ def _ort_runner(session, names: list[str]) -> Callable:
 
 def _compare(reference, output, mask) -> dict[str, float]:
     """Max / mean |diff| and mean cosine over positions where `mask` is 1 (all when None)."""
-    import torch
-
     ref, out = reference.float(), output.float()
     if mask is not None and ref.dim() >= 3:
         keep = mask.bool()
         ref, out = ref[keep], out[keep]
     diff = (ref - out).abs()
-    cos = torch.nn.functional.cosine_similarity(ref.flatten(1) if ref.dim() > 1 else ref[None], out.flatten(1) if out.dim() > 1 else out[None], dim=-1)
+    rows = (lambda t: t.reshape(t.shape[0], -1)) if ref.dim() > 1 else (lambda t: t.reshape(1, -1))
+    cos = torch.nn.functional.cosine_similarity(rows(ref), rows(out), dim=-1)
     return {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()), "cosine": round(float(cos.mean()), 6),
             "scale": float(ref.abs().max())}
 
 
 def validate(ex: Exportable, run: Callable, tolerance: float | None) -> list[dict[str, Any]]:
     """Run `run` on every case against eager; raise (nothing written) when a difference exceeds `tolerance`."""
-    import torch
-
     rows = []
     for (label, inputs), mask in zip(ex.cases, ex.masks):
         with torch.no_grad():
@@ -282,10 +263,6 @@ def export(model: str, fmt: str, out: str | Path, quantize: str | None = None, a
            overwrite: bool = False, repeats: int = 5, latency_grid=LATENCY_GRID,
            progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Export `model` to `fmt`, validate it (and its int8 twin), time it, write it to `out`; returns the report."""
-    import shutil
-
-    import torch
-
     from archsmith.analyze import median_ms
     from archsmith.files import check_out_dir, write_files
 

