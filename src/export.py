@@ -1,0 +1,362 @@
+"""Export with proof: torch.export (.pt2), ONNX (torch.export-based exporter) or TorchScript, validated.
+
+Every artifact is reloaded and run against the eager model at several batch sizes and lengths (text
+models; the example inputs and fresh ones of the same shapes for `file.py:factory` models); the max
+absolute difference must stay within TOLERANCE, or nothing is written. ONNX runs through onnxruntime;
+`quantize="int8"` adds onnxruntime's dynamic int8 quantisation with its accuracy delta. Files are made
+in a temporary directory, validated, then moved into `out` at once (`archsmith.files.write_files`).
+
+TorchScript (`torch.jit.trace`) still runs in torch 2.13 but is deprecated upstream; prefer pt2.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import traceback
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch  # this module is imported only by the commands that export, never at CLI or server start-up
+
+from archsmith.errors import ArchsmithError
+
+FORMATS = ("onnx", "pt2", "torchscript")
+QUANTIZE = ("int8",)
+FILE_NAMES = {"onnx": "model.onnx", "pt2": "model.pt2", "torchscript": "model.torchscript.pt"}
+TOLERANCE = 1e-4  # fp32 max |exported - eager|, relative to max(1, largest |eager output|)
+VALIDATION_GRID = ((1, 8), (2, 16), (4, 37))  # (batch, seq) text-model checks; 37: not a power of two
+EXAMPLE = (2, 16)  # export example (batch >= 2: a batch-1 example fixes the batch dimension at 1)
+LATENCY_GRID = ((1, 128), (8, 128))  # (batch, seq) points of the latency table
+EXTERNAL_DATA_ABOVE = 1 << 30  # ONNX weights above 1 GiB go to model.onnx.data (protobuf's 2 GiB limit)
+MAX_DIM = 1 << 16  # upper bound of dynamic batch / sequence dimensions
+
+
+@dataclass
+class Exportable:
+    """A module whose forward takes tensors positionally and returns one tensor."""
+
+    module: Any
+    names: list[str]  # input names, in order
+    example: tuple
+    dynamic: Any  # dynamic_shapes for torch.export
+    cases: list[tuple[str, tuple]]  # (label, inputs) the artifact is checked on
+    latency_cases: list[tuple[str, tuple]]
+    masks: list[Any | None]  # per case: attention mask selecting the positions compared (None: all)
+    output: str
+    name: str
+
+
+class TextModel(torch.nn.Module):
+    """A transformers model as forward(input_ids, attention_mask) -> last_hidden_state (encoders) or logits (LMs)."""
+
+    def __init__(self, model, causal: bool):
+        super().__init__()
+        self.model = model
+        self.causal = causal
+
+    def forward(self, input_ids, attention_mask):
+        extra = {"use_cache": False} if self.causal else {}
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, **extra)
+        return out.logits if self.causal else out.last_hidden_state
+
+
+def _text_inputs(vocab: int, batch: int, seq: int, pad: bool, seed: int) -> tuple:
+    """(input_ids, attention_mask); with `pad`, row 0 is right-padded over its last quarter."""
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (batch, seq), generator=gen)
+    mask = torch.ones_like(ids)
+    if pad and batch > 1:
+        mask[0, seq - max(1, seq // 4):] = 0
+    return ids, mask
+
+
+def load_exportable(model: str, allow_code: bool = True, latency_grid=LATENCY_GRID) -> Exportable:
+    """An HF model directory with safetensors weights, or `file.py:factory` (CLI: runs the user's code)."""
+    from archsmith.analyze import FACTORY, hf_class, load
+
+    if FACTORY.match(model or ""):
+        target = load(model, allow_code=allow_code)
+        if target.kwargs:
+            raise ArchsmithError("model", "export takes positional example inputs: return (module, (tensor, ...)) from the factory")
+        if target.meta:
+            raise ArchsmithError("model", "the factory built the model on the meta device; export needs real weights")
+        example = tuple(target.args)
+        if not example or not all(isinstance(t, torch.Tensor) for t in example):
+            raise ArchsmithError("model", "example inputs must be tensors")
+        fresh = tuple(torch.randn_like(t) if t.dtype.is_floating_point else
+                      torch.randint(int(t.min()), int(t.max()) + 1, t.shape, dtype=t.dtype) for t in example)
+        names = [f"input_{i}" for i in range(len(example))]
+        dynamic = tuple({d: torch.export.Dim.AUTO for d in range(t.dim())} for t in example)
+        cases = [("example inputs", example), ("fresh inputs, same shapes", fresh)]
+        return Exportable(target.module.eval(), names, example, dynamic, cases, cases[:1], [None, None], "output", target.name)
+    path = Path(model)
+    if not path.is_dir() or not any(path.glob("*.safetensors")):
+        raise ArchsmithError("model", f"must be a model directory with config.json and safetensors weights, or file.py:factory; got {model!r:.120}")
+    from archsmith.hfconfig import read_config
+
+    cfg = read_config(path)
+    cls = hf_class(cfg)
+    try:
+        hf = cls.from_pretrained(path, dtype=torch.float32, use_safetensors=True, attn_implementation="sdpa")
+    except (OSError, ValueError, KeyError) as exc:
+        raise ArchsmithError("model", f"transformers cannot load {path}: {str(exc)[:200]}") from None
+    causal = cls.__name__.endswith("ForCausalLM")
+    vocab = hf.config.vocab_size
+    context = getattr(hf.config, "max_position_embeddings", None) or 512
+    seq_dim = torch.export.Dim("seq", min=2, max=min(context, MAX_DIM))
+    batch_dim = torch.export.Dim("batch", min=1, max=MAX_DIM)
+    dynamic = ({0: batch_dim, 1: seq_dim}, {0: batch_dim, 1: seq_dim})
+    cases, masks = [], []
+    for i, (b, s) in enumerate(VALIDATION_GRID):
+        s = min(s, context)
+        inputs = _text_inputs(vocab, b, s, pad=True, seed=i)
+        cases.append((f"batch {b}, seq {s}" + (" (row 0 right-padded)" if b > 1 else ""), inputs))
+        masks.append(inputs[1])
+    latency = [(f"batch {b}, seq {min(s, context)}", _text_inputs(vocab, b, min(s, context), pad=False, seed=99)) for b, s in latency_grid]
+    return Exportable(TextModel(hf, causal).eval(), ["input_ids", "attention_mask"], _text_inputs(vocab, *EXAMPLE, pad=True, seed=7),
+                      dynamic, cases, latency, masks, "logits" if causal else "last_hidden_state", str(model))
+
+
+# ---- one artifact per format ----------------------------------------------------------------------
+
+@contextlib.contextmanager
+def quiet():
+    """Keep torch / onnxruntime chatter (warnings, logs, partial graphs printed to stderr) off the user's terminal."""
+    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        previous = logging.root.manager.disable
+        logging.disable(logging.WARNING)
+        try:
+            yield
+        finally:
+            logging.disable(previous)
+
+
+def _torch_export(ex: Exportable):
+    try:
+        with quiet():
+            return torch.export.export(ex.module, ex.example, dynamic_shapes=ex.dynamic)
+    except Exception as exc:  # data-dependent control flow, unsupported Python: say what and where
+        raise ArchsmithError("model", f"torch.export cannot capture {ex.name}: {_first_line(exc)}{_user_frame(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200] if text else ''}"
+
+
+def _user_frame(exc: BaseException) -> str:
+    """' (at file:line)' of the innermost frame outside torch and transformers, if any."""
+    engine = Path(__file__).resolve().parent
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if "site-packages" not in f.filename and not Path(f.filename).resolve().is_relative_to(engine)]
+    return f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+
+
+def _where(node) -> str:
+    stack = node.meta.get("nn_module_stack") or {}
+    module = list(stack.values())[-1] if stack else ("", "")
+    trace = (node.meta.get("stack_trace") or "").strip().splitlines()
+    line = next((l.strip() for l in reversed(trace) if l.strip().startswith("File ")), "")
+    return f"module '{module[0] or '(root)'}' ({str(module[1]).rsplit('.', 1)[-1]})" + (f", {line}" if line else "")
+
+
+def unsupported_onnx_ops(program) -> list[str]:
+    """Ops of a torch.export program that no ONNX translation covers, each with where it is called."""
+    from torch.onnx._internal.exporter import _registration
+
+    with quiet():  # it warns about every torchvision op it skips
+        registry = _registration.ONNXRegistry.from_torchlib()
+    missing = []
+    for node in program.graph.nodes:
+        target = node.target
+        if node.op != "call_function" or not isinstance(target, torch._ops.OpOverload):
+            continue
+        if target.namespace in ("aten", "prims") or registry.is_registered(target):
+            continue  # aten ops are translated or decomposed by the exporter itself
+        missing.append(f"{target.name()} in {_where(node)}")
+    return missing
+
+
+def _export_onnx(ex: Exportable, directory: Path) -> Path:
+    program = _torch_export(ex)
+    missing = unsupported_onnx_ops(program)
+    if missing:
+        raise ArchsmithError("format", f"ONNX has no translation for {'; '.join(missing[:3])}; --format pt2 keeps it, "
+                                       "or register an ONNX function for the op")
+    path = directory / FILE_NAMES["onnx"]
+    big = sum(p.numel() * p.element_size() for p in ex.module.parameters()) > EXTERNAL_DATA_ABOVE
+    try:
+        with quiet():
+            torch.onnx.export(program, ex.example, str(path), input_names=ex.names, output_names=[ex.output],
+                              external_data=big, verbose=False)
+    except Exception as exc:
+        op = re.search(r"No ONNX function found for <OpOverload\(op='([\w.]+)'", str(exc))
+        what = f"no ONNX translation for {op.group(1)}" if op else _first_line(exc)
+        raise ArchsmithError("format", f"ONNX export of {ex.name} failed: {what}") from None
+    return path
+
+
+def _ort_session(path: Path):
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()  # the same threads eager torch uses: a fair comparison
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _ort_runner(session, names: list[str]) -> Callable:
+    def run(*inputs):
+        feed = {name: t.numpy() for name, t in zip(names, inputs)}
+        return torch.from_numpy(session.run(None, feed)[0])
+
+    return run
+
+
+def _compare(reference, output, mask) -> dict[str, float]:
+    """Max / mean |diff| and mean cosine over positions where `mask` is 1 (all when None)."""
+    ref, out = reference.float(), output.float()
+    if mask is not None and ref.dim() >= 3:
+        keep = mask.bool()
+        ref, out = ref[keep], out[keep]
+    diff = (ref - out).abs()
+    rows = (lambda t: t.reshape(t.shape[0], -1)) if ref.dim() > 1 else (lambda t: t.reshape(1, -1))
+    cos = torch.nn.functional.cosine_similarity(rows(ref), rows(out), dim=-1)
+    return {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()), "cosine": round(float(cos.mean()), 6),
+            "scale": float(ref.abs().max())}
+
+
+def validate(ex: Exportable, run: Callable, tolerance: float | None) -> list[dict[str, Any]]:
+    """Run `run` on every case against eager; raise (nothing written) when a difference exceeds `tolerance`."""
+    rows = []
+    for (label, inputs), mask in zip(ex.cases, ex.masks):
+        with torch.no_grad():
+            reference = ex.module(*inputs)
+            try:
+                output = run(*inputs)
+            except Exception as exc:
+                raise ArchsmithError("validation", f"the exported model fails on {label}: {_first_line(exc)}; nothing written") from None
+        if tuple(output.shape) != tuple(reference.shape):
+            raise ArchsmithError("validation", f"{label}: exported output shape {tuple(output.shape)} != eager {tuple(reference.shape)}; nothing written")
+        row = {"case": label, "shapes": [list(t.shape) for t in inputs], **_compare(reference, output, mask)}
+        if tolerance is not None:
+            row["tolerance"] = tolerance * max(1.0, row["scale"])
+            row["ok"] = row["max_abs_diff"] <= row["tolerance"]
+            if not row["ok"]:
+                raise ArchsmithError("validation", f"{label}: max |exported - eager| = {row['max_abs_diff']:.3g} exceeds "
+                                                   f"{row['tolerance']:.3g}; nothing written")
+        rows.append(row)
+    return rows
+
+
+def export(model: str, fmt: str, out: str | Path, quantize: str | None = None, allow_code: bool = True,
+           overwrite: bool = False, repeats: int = 5, latency_grid=LATENCY_GRID,
+           progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Export `model` to `fmt`, validate it (and its int8 twin), time it, write it to `out`; returns the report."""
+    from archsmith.analyze import median_ms
+    from archsmith.files import check_out_dir, write_files
+
+    say = progress or (lambda message: None)
+    if fmt not in FORMATS:
+        raise ArchsmithError("format", f"must be one of {', '.join(FORMATS)}; got {fmt!r}")
+    if quantize is not None and quantize not in QUANTIZE:
+        raise ArchsmithError("quantize", f"must be one of {', '.join(QUANTIZE)}; got {quantize!r}")
+    if quantize and fmt != "onnx":
+        raise ArchsmithError("quantize", "int8 applies to --format onnx (onnxruntime's dynamic quantiser)")
+    if not isinstance(repeats, int) or not 1 <= repeats <= 1000:
+        raise ArchsmithError("repeats", f"must be an integer in [1, 1000], got {repeats!r}")
+    check_out_dir(out, overwrite)
+    say(f"loading {model}")
+    ex = load_exportable(model, allow_code, latency_grid)
+    notes: list[str] = []
+    runners: dict[str, Callable] = {"eager": lambda *x: ex.module(*x)}
+    report: dict[str, Any] = {"model": str(model), "format": fmt, "inputs": ex.names, "output": ex.output,
+                              "torch": torch.__version__, "tolerance": f"{TOLERANCE:g} x max(1, max |eager output|), fp32"}
+    with tempfile.TemporaryDirectory(prefix="archsmith-export-") as tmp:
+        staging = Path(tmp)
+        say(f"exporting to {fmt}")
+        if fmt == "pt2":
+            program = _torch_export(ex)
+            path = staging / FILE_NAMES["pt2"]
+            torch.export.save(program, str(path))
+            reloaded = torch.export.load(str(path)).module()
+            runners["torch.export (.pt2)"] = reloaded
+        elif fmt == "torchscript":
+            notes.append("TorchScript is deprecated upstream (torch.jit); prefer --format pt2 (torch.export)")
+            with quiet():
+                try:
+                    traced = torch.jit.trace(ex.module, ex.example, check_trace=False, strict=False)
+                except Exception as exc:
+                    raise ArchsmithError("model", f"torch.jit.trace cannot trace {ex.name}: {_first_line(exc)}{_user_frame(exc)}") from None
+                path = staging / FILE_NAMES["torchscript"]
+                torch.jit.save(traced, str(path))
+                runners["TorchScript"] = torch.jit.load(str(path))
+        else:
+            import onnx
+            import onnxruntime
+
+            path = _export_onnx(ex, staging)
+
+            onnx.checker.check_model(str(path))
+            report["onnx"] = {"opset": onnx.load(str(path), load_external_data=False).opset_import[0].version,
+                              "onnxruntime": onnxruntime.__version__}
+            runners["onnxruntime"] = _ort_runner(_ort_session(path), ex.names)
+        say("validating against eager")
+        exported_label = list(runners)[1]
+        report["validation"] = validate(ex, runners[exported_label], TOLERANCE)
+        if quantize:
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            say("int8 dynamic quantisation")
+            qpath = staging / "model.int8.onnx"
+            with tempfile.TemporaryDirectory(prefix="archsmith-quant-") as work:
+                # the exporter's value_info can disagree with onnx shape inference, which the quantiser reruns
+                graph = onnx.load(str(path))
+                del graph.graph.value_info[:]
+                plain = Path(work) / "model.onnx"
+                onnx.save(graph, str(plain), save_as_external_data=_size(path) > EXTERNAL_DATA_ABOVE)
+                try:
+                    with quiet():
+                        quantize_dynamic(str(plain), str(qpath), weight_type=QuantType.QInt8)
+                except Exception as exc:
+                    raise ArchsmithError("quantize", f"onnxruntime's quantiser failed on {ex.name}: {_first_line(exc)}; nothing written") from None
+            runners["onnxruntime int8"] = _ort_runner(_ort_session(qpath), ex.names)
+            rows = validate(ex, runners["onnxruntime int8"], None)
+            report["int8"] = {"validation": rows, "max_abs_diff": max(r["max_abs_diff"] for r in rows),
+                              "mean_abs_diff": max(r["mean_abs_diff"] for r in rows),
+                              "min_cosine": min(r["cosine"] for r in rows),
+                              "size_ratio": round(qpath.stat().st_size / _size(path), 4)}
+        say("measuring latency")
+        report["latency"] = []
+        with torch.no_grad():
+            for label, inputs in ex.latency_cases:
+                row = {"case": label}
+                for name, fn in runners.items():
+                    row[f"{name}_ms"] = round(median_ms(lambda: fn(*inputs), repeats=repeats), 3)
+                for name in list(runners)[1:]:
+                    row[f"{name}_speedup"] = round(row["eager_ms"] / row[f"{name}_ms"], 3)
+                report["latency"].append(row)
+        report["threads"] = torch.get_num_threads()
+        report["notes"] = notes
+        files: dict[str, Any] = {p.name: (lambda src: lambda dst: shutil.copyfile(src, dst))(p) for p in sorted(staging.iterdir())}
+        report["files"] = sorted(files) + ["export.json"]
+        files["export.json"] = json.dumps(report, indent=2) + "\n"
+        say("writing")
+        written = write_files(out, files, overwrite)
+    report["files"] = [str(p) for p in written]
+    return report
+
+
+def _size(path: Path) -> int:
+    data = path.with_name(path.name + ".data")
+    return path.stat().st_size + (data.stat().st_size if data.is_file() else 0)
