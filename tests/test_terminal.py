@@ -100,6 +100,15 @@ NUMBER = st.integers(0, 10**15).map(lambda n: f"{n:,}") | st.floats(0, 2**45).ma
 WORDS = st.text(st.sampled_from("abcdefghij-/ "), min_size=1, max_size=40)
 
 
+def test_analyze_table_keeps_every_number_whole(run):
+    factories = Path(__file__).resolve().parent / "factories.py"
+    data = json.loads(run("analyze", f"{factories}:graph_net", "--repeats", "1", "--json").stdout)
+    text = run("analyze", f"{factories}:graph_net", "--repeats", "1").stdout
+    shown = [r for r in data["layers"] if r["depth"] <= 3]  # the command's default --depth
+    assert shown, data["layers"]
+    assert_whole(table_part(text), [human_count(r["params"]) for r in shown] + [human_count(r["flops"]) for r in shown])
+
+
 @settings(max_examples=100, deadline=None, derandomize=True)
 @given(width=st.integers(30, 160), kinds=st.lists(st.tuples(st.booleans(), st.booleans()), min_size=2, max_size=10),
        data=st.data())
