@@ -139,7 +139,7 @@ async def write_design(out_dir: RelPath, params: Count = None, compute: Compute 
     def render():
         from archsmith.report import render_design
 
-        return render_design(result)
+        return render_design(result, out_dir)
 
     files = await anyio.to_thread.run_sync(render)
     await ctx.report_progress(2, 3, "writing files")
@@ -283,5 +283,98 @@ def plan_finetune(model_id: HubId,
     return plan(model_id, task=task, method=method, gpu=gpu)
 
 
+# ---- tokenizer training and training runs ---------------------------------------------------------
+
+CorpusPaths = Annotated[list[Annotated[str, Field(min_length=1, max_length=1024)]],
+                        Field(description="Corpus files or directories, relative to the workspace root: text (a blank line ends a "
+                                          "document), JSONL (one document per line, see field) or directories of them.",
+                              min_length=1, max_length=256)]
+JsonlField = Annotated[str, Field(description="The string field of JSONL records.", min_length=1, max_length=128)]
+RunDir = Annotated[str, Field(description="The run directory, relative to the workspace root.", min_length=1, max_length=1024)]
+
+
+async def train_tokenizer(corpus: CorpusPaths, out_dir: RelPath,
+                          vocab: Annotated[int, Field(description="Vocabulary size including special tokens (a small corpus may yield fewer).", ge=64, le=1 << 20)],
+                          kind: Annotated[Literal["bpe", "unigram"], Field(description="bpe: byte-level BPE (lossless, GPT-2/Llama 3 style); unigram: SentencePiece-style.")] = "bpe",
+                          special: Annotated[list[Annotated[str, Field(min_length=1, max_length=64)]], Field(description="Extra special tokens after <pad> <s> </s> <unk> (ids 0-3).", max_length=1000)] = [],
+                          field: JsonlField = "text",
+                          max_length: Annotated[int | None, Field(description="model_max_length to record: the context you will design for.", ge=1, le=1 << 24)] = None,
+                          overwrite: bool = False, ctx: Context = None) -> dict[str, Any]:
+    """Train a tokenizer on a corpus and write tokenizer.json, tokenizer_config.json, special_tokens_map.json and
+    tokenizer_report.json into out_dir (AutoTokenizer loads it; pass it as tokenizer_dir to write_design). Returns the
+    report: vocabulary size, characters and bytes per token and document-length percentiles in tokens, measured on
+    held-out documents (every 20th), and training speed."""
+    from archsmith.files import check_out_dir, write_files
+
+    paths = [str(_path(c, "corpus")) for c in corpus]
+    out = _path(out_dir, "out_dir")
+    check_out_dir(out, overwrite)
+    await ctx.report_progress(0, 2, "training the tokenizer")
+
+    def run():
+        from archsmith.tokenizer import train_tokenizer as train
+
+        return train(paths, vocab, kind=kind, special=special, text_field=field, max_length=max_length, progress=False)
+
+    files, report = await anyio.to_thread.run_sync(run)
+    written = write_files(out, files, overwrite)
+    await ctx.report_progress(2, 2, "done")
+    return {**report, "files": [_relative(p) for p in written]}
+
+
+def start_training(model_dir: Annotated[str, Field(description="A design directory or config.json (fresh weights), or a model directory with safetensors (continued training), relative to the workspace root.", min_length=1, max_length=1024)],
+                   data: CorpusPaths, out_dir: RunDir, tokenizer_dir: TokenizerDir = None,
+                   steps: Annotated[int, Field(description="Optimizer steps.", ge=1, le=10**9)] = 1000,
+                   batch: Annotated[int, Field(description="Global batch in sequences per optimizer step.", ge=1, le=1 << 20)] = 32,
+                   micro_batch: Annotated[int | None, Field(description="Sequences per forward/backward per process (default: batch / nproc).", ge=1, le=1 << 20)] = None,
+                   seq: Annotated[int | None, Field(description="Tokens per sequence (default: the model's context).", ge=2, le=1 << 24)] = None,
+                   lr: Annotated[float, Field(description="Peak AdamW learning rate.", gt=0, le=1)] = 3e-4,
+                   schedule: Literal["cosine", "linear", "wsd"] = "cosine",
+                   warmup: Annotated[int | None, Field(description="Warmup steps (default: 5% of steps, at most 2000).", ge=0)] = None,
+                   save_every: Annotated[int, Field(description="Steps between checkpoints (0: only at the end).", ge=0)] = 1000,
+                   eval_every: Annotated[int | None, Field(description="Steps between held-out evaluations (default: save_every).", ge=0)] = None,
+                   eval_samples: Annotated[int, Field(description="Held-out sequences per evaluation.", ge=1, le=1 << 20)] = 256,
+                   patience: Annotated[int | None, Field(description="Early stopping: evaluations without improvement.", ge=1)] = None,
+                   precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto",
+                   document_mask: bool = False, field: JsonlField = "text", resume: bool = False,
+                   seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0,
+                   nproc: Annotated[int, Field(description="Processes on this machine (torchrun); one per GPU.", ge=1, le=64)] = 1,
+                   strategy: Literal["ddp", "fsdp"] = "ddp") -> dict[str, Any]:
+    """Start `archsmith train` in the background and return at once (run_dir, pid, command). Bad settings (missing
+    tokenizer, a vocabulary smaller than the tokenizer's, an out_dir that holds another run without resume, resume
+    without a checkpoint) are refused here. The run writes metrics.jsonl, checkpoints, final/ (an HF model directory),
+    loss.png and report.md into out_dir; follow it with training_status, stop it with stop_training."""
+    from archsmith.train.background import start
+    from archsmith.train.run import RunArgs
+
+    args = RunArgs(model=str(_path(model_dir, "model_dir")), data=[str(_path(d, "data")) for d in data],
+                   out=str(_path(out_dir, "out_dir")), tokenizer=str(_path(tokenizer_dir, "tokenizer_dir")) if tokenizer_dir else None,
+                   steps=steps, batch=batch, micro_batch=micro_batch, seq=seq, lr=lr, schedule=schedule, warmup=warmup,
+                   save_every=save_every, eval_every=eval_every, eval_samples=eval_samples, patience=patience, precision=precision,
+                   document_mask=document_mask, field=field, resume=resume, seed=seed, nproc=nproc, strategy=strategy,
+                   progress=False)
+    started = start(args, cwd=workspace())
+    return {**started, "run_dir": out_dir, "log": f"{out_dir.rstrip('/')}/train.log"}
+
+
+def training_status(out_dir: RunDir,
+                    rows: Annotated[int, Field(description="How many of the last training rows to return.", ge=1, le=1000)] = 1) -> dict[str, Any]:
+    """State of a training run: running / finished / stopped / failed / died, step of steps, the last metrics rows
+    (loss, lr, tokens, tokens_per_s, grad_norm), the last held-out evaluation (loss, perplexity), the checkpoints on
+    disk, the summary when finished and the log's tail when it failed."""
+    from archsmith.train.background import status
+
+    return {**status(_path(out_dir, "out_dir"), rows), "run_dir": out_dir}
+
+
+def stop_training(out_dir: RunDir) -> dict[str, Any]:
+    """Stop a background training run gracefully: it finishes its current step, writes a checkpoint and exits with
+    state 'stopped'; start_training with resume=true continues it."""
+    from archsmith.train.background import stop
+
+    return {**stop(_path(out_dir, "out_dir")), "run_dir": out_dir}
+
+
 TOOLS = [design_architecture, write_design, estimate_config, emit_hf_config, compute_optimal_sizing,
-         list_scale_templates, list_gpus, build_model, search_models, evaluate_model, plan_finetune]
+         list_scale_templates, list_gpus, build_model, search_models, evaluate_model, plan_finetune,
+         train_tokenizer, start_training, training_status, stop_training]

@@ -13,6 +13,7 @@ from typing import Any
 from archsmith import estimate as est
 from archsmith.design import capacity_plan
 from archsmith.hfconfig import hf_from_spec
+from archsmith.train.parallel import launch_plan
 from archsmith.units import human_bytes, human_count, human_duration
 
 MEMORY_PARTS = (  # (key in training_memory / sharded_memory, label)
@@ -65,8 +66,9 @@ def _stacked_bars(title: str, labels: list[str], rows: list[dict[str, Any]], lim
     return buf.getvalue()
 
 
-def render_design(result: dict[str, Any]) -> dict[str, bytes | str]:
-    """All files of `archsmith design`: config.json, the two reports and their charts."""
+def render_design(result: dict[str, Any], out_dir: str | None = None) -> dict[str, bytes | str]:
+    """All files of `archsmith design` into `out_dir`: config.json, the two reports and their charts
+    (and the tokenizer files when the design read a tokenizer)."""
     rec = result["recommended"]
     spec = rec.spec
     counts = rec.summary["params"]
@@ -80,6 +82,8 @@ def render_design(result: dict[str, Any]) -> dict[str, bytes | str]:
         "counts": counts,
         "layer_table": _layer_table(spec),
         "plan": plan,
+        "launch": launch_plan(plan["strategies"], result["gpus"], out_dir or "DESIGN_DIR", spec.context_length,
+                              plan["micro_batch"], plan["tokens"]),
         "config_json": json.dumps(config, indent=2),
         "memory_parts": MEMORY_PARTS,
     }
@@ -95,13 +99,18 @@ def render_design(result: dict[str, Any]) -> dict[str, bytes | str]:
         [f"{r['strategy']}{' +ckpt' if r['checkpointing'] else ''}" for r in plan_rows],
         plan_rows, plan["usable_bytes"], f"{result['gpu']['id']} usable",
     )
-    return {
+    files = {
         "config.json": json.dumps(config, indent=2) + "\n",
         "architecture_report.md": env.get_template("architecture_report.md.j2").render(**ctx),
         "capacity_plan.md": env.get_template("capacity_plan.md.j2").render(**ctx),
         "architecture_memory.png": arch_chart,
         "capacity_memory.png": plan_chart,
     }
+    if result.get("tokenizer"):  # the design directory becomes a complete Hugging Face model directory
+        from archsmith.tokenizer import tokenizer_files
+
+        files.update(tokenizer_files(result["tokenizer"]["path"]))
+    return files
 
 
 def _layer_table(spec) -> list[dict[str, Any]]:
