@@ -136,9 +136,10 @@ def train_tokenizer(corpus: list[str | Path], vocab: int, kind: str = "bpe", spe
     """
     import time
 
+    import numpy as np
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    from archsmith.train.data import _progress, corpus_files, documents
+    from archsmith.train.data import corpus_files, documents, progress_bar
 
     if kind not in KINDS:
         raise ConfigError("kind", f"must be one of {', '.join(KINDS)}; got {kind!r}")
@@ -167,20 +168,21 @@ def train_tokenizer(corpus: list[str | Path], vocab: int, kind: str = "bpe", spe
         trainer = trainers.UnigramTrainer(vocab_size=vocab, special_tokens=specials, unk_token=DEFAULT_SPECIAL["unk"],
                                           show_progress=False)
     held: list[str] = []
-    seen = {"documents": 0, "bytes": 0, "chars": 0}
+    seen = {"documents": 0, "chars": 0, "held_chars": 0}
 
     def training_documents(advance):
         for i, doc in enumerate(documents(files, text_field, advance, "corpus")):
             seen["documents"] += 1
             seen["chars"] += len(doc)
-            if i % HELD_OUT_PERIOD == HELD_OUT_PERIOD - 1 and sum(map(len, held)) < HELD_OUT_MAX_CHARS:
+            if i % HELD_OUT_PERIOD == HELD_OUT_PERIOD - 1 and seen["held_chars"] < HELD_OUT_MAX_CHARS:
                 held.append(doc)
+                seen["held_chars"] += len(doc)
             else:
                 yield doc
 
     total = sum(p.stat().st_size for p in files)
     start = time.perf_counter()
-    with _progress(progress, "training tokenizer", total) as advance:
+    with progress_bar(progress, "training tokenizer", total) as advance:
         try:
             tok.train_from_iterator(training_documents(advance), trainer)
         except ArchsmithError:
@@ -204,8 +206,6 @@ def train_tokenizer(corpus: list[str | Path], vocab: int, kind: str = "bpe", spe
     if max_length is not None:
         config["model_max_length"] = max_length
     special_map = {k: v for k, v in config.items() if k.endswith("_token") or k == "additional_special_tokens"}
-    import numpy as np
-
     report = {
         "kind": kind,
         "vocab_size": tok.get_vocab_size(with_added_tokens=True),

@@ -15,15 +15,16 @@ import torch
 from archsmith.train.loop import lr_factor, param_groups
 from archsmith.train.metrics import read_metrics
 
-ARCHSMITH = [sys.executable, "-m", "archsmith.cli"]
-ENV = {**os.environ, "GLOO_SOCKET_IFNAME": "lo"}  # torchrun's ranks talk over loopback
 
+def cli(*args) -> str:
+    """`archsmith ...` in this process (no interpreter start-up); returns stdout."""
+    from typer.testing import CliRunner
 
-def run(*args, env=ENV, check=True) -> subprocess.CompletedProcess:
-    result = subprocess.run([*ARCHSMITH, *map(str, args)], capture_output=True, text=True, timeout=600, env=env)
-    if check:
-        assert result.returncode == 0, result.stderr[-3000:]
-    return result
+    from archsmith.cli import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, (result.output, result.exception)
+    return result.stdout
 
 
 def losses(run_dir: Path) -> dict[int, float]:
@@ -58,15 +59,15 @@ app(["train", *sys.argv[1:]])
 
 
 def test_killed_run_resumes_bitwise(tmp_path, tiny_lm):
-    args = [*common(tiny_lm), "--steps", 8, "--save-every", 2, "--keep", 5, "--deterministic"]
-    run("train", *args, "--out", tmp_path / "whole")
+    args = [*common(tiny_lm), "--steps", 8, "--save-every", 2, "--keep", 5, "--eval-fraction", 0, "--deterministic"]
+    cli("train", *args, "--out", tmp_path / "whole")
     killed = subprocess.run([sys.executable, "-c", KILL_DURING_THIRD_CHECKPOINT, *map(str, args), "--out", tmp_path / "cut"],
                             capture_output=True, text=True, timeout=600)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     ckpts = tmp_path / "cut" / "checkpoints"
     assert sorted(p.name for p in ckpts.iterdir()) == [".step_000006.tmp", "step_000002", "step_000004"]  # 6 died half-written
     assert max(losses(tmp_path / "cut")) == 6  # it had logged step 6 when it died
-    run("train", *args, "--out", tmp_path / "cut", "--resume")
+    cli("train", *args, "--out", tmp_path / "cut", "--resume")
     whole, resumed = losses(tmp_path / "whole"), losses(tmp_path / "cut")
     assert sorted(resumed) == list(range(1, 9))  # step 5 and 6, logged twice, appear once
     assert all(resumed[s] == whole[s] for s in range(5, 9)), (whole, resumed)  # bitwise, every step after the checkpoint
@@ -81,16 +82,22 @@ def test_killed_run_resumes_bitwise(tmp_path, tiny_lm):
 @pytest.fixture(scope="module")
 def single(tmp_path_factory, tiny_lm) -> Path:
     out = tmp_path_factory.mktemp("single") / "run"
-    run("train", *common(tiny_lm), "--steps", 6, "--micro-batch", 2, "--save-every", 3, "--out", out)
+    cli("train", *common(tiny_lm), "--steps", 6, "--micro-batch", 2, "--save-every", 3, "--out", out)
     return out
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_two_processes_match_one(tmp_path, tiny_lm, single, strategy):
     out = tmp_path / strategy
-    result = run("train", *common(tiny_lm), "--steps", 6, "--micro-batch", 2, "--save-every", 3, "--out", out,
-                 "--nproc", 2, "--strategy", strategy, "--json")
-    summary = json.loads(result.stdout)
+    args = [*common(tiny_lm), "--steps", 6, "--micro-batch", 2, "--save-every", 3, "--out", out, "--strategy", strategy]
+    if strategy == "fsdp":  # `archsmith train --nproc 2`: tokenizes, then starts torchrun
+        summary = json.loads(cli("train", *args, "--nproc", 2, "--json"))
+    else:  # torchrun started by hand, as on a GPU node: rank 0 tokenizes while rank 1 waits
+        torchrun = Path(sys.executable).with_name("torchrun")
+        result = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "archsmith.train", *map(str, args)],
+                                capture_output=True, text=True, timeout=600, env={**os.environ, "GLOO_SOCKET_IFNAME": "lo"})
+        assert result.returncode == 0, result.stderr[-3000:]
+        summary = json.loads((out / "summary.json").read_text())
     assert (summary["world"], summary["strategy"], summary["accumulation"]) == (2, strategy, 2)  # one process: 4 micro-steps
     one, two = losses(single), losses(out)
     assert sorted(two) == list(range(1, 7))
@@ -358,3 +365,37 @@ def test_capacity_plan_prints_the_launch_command(tmp_path, params, gpus, strateg
     rec = result["recommended"]
     assert p["model"] == "runs/x" and p["seq"] == rec.spec.context_length and p["batch"] == gpus * p["micro_batch"]
     assert p["steps"] == math.ceil(rec.summary["train_tokens"] / (p["batch"] * p["seq"]))  # the plan's tokens
+
+
+# ---- options: precision, activation checkpointing, document masking, schedules ------------------
+
+def test_training_options(tmp_path, tiny_lm):
+    base = [*common(tiny_lm), "--steps", 3, "--eval-fraction", 0, "--save-every", 0, "--json"]
+
+    def train(name: str, *extra) -> tuple[dict, dict[int, float]]:
+        summary = json.loads(cli("train", *base, *extra, "--out", tmp_path / name))
+        return summary, losses(tmp_path / name)
+
+    fp32, reference = train("fp32")
+    assert fp32["precision"] == "float32"
+    _, ckpt = train("checkpointing", "--checkpointing")
+    assert max(abs(ckpt[s] - reference[s]) for s in reference) < 1e-5  # recomputation changes memory, not results
+    for precision in ("bf16", "fp16"):  # autocast on the CPU; fp16 with a grad scaler
+        summary, low = train(precision, "--precision", precision)
+        assert summary["precision"] == {"bf16": "bfloat16", "fp16": "float16"}[precision]
+        assert abs(low[1] - reference[1]) < 0.05 and all(v == v for v in low.values())  # close, finite
+        assert weights(tmp_path / precision / "final")["model.embed_tokens.weight"].dtype == torch.float32  # fp32 master weights
+    _, masked = train("mask", "--document-mask")
+    assert masked[1] != reference[1] and abs(masked[1] - reference[1]) < 0.5  # other attention, same task
+    _, wsd = train("wsd", "--schedule", "wsd", "--warmup", 1)
+    lrs = [r["lr"] for r in read_metrics(tmp_path / "wsd" / "metrics.jsonl")]
+    assert lrs[0] == lrs[1] == 3e-3 and lrs[2] < 3e-3  # warmup 1, stable, then the decay
+
+
+@pytest.mark.slow
+def test_compiled_blocks_train_like_eager(tmp_path, tiny_lm):
+    base = [*common(tiny_lm), "--steps", 3, "--eval-fraction", 0, "--save-every", 0]
+    cli("train", *base, "--out", tmp_path / "eager")
+    cli("train", *base, "--compile", "--out", tmp_path / "compiled")
+    eager, compiled = losses(tmp_path / "eager"), losses(tmp_path / "compiled")
+    assert max(abs(eager[s] - compiled[s]) for s in eager) < 1e-4

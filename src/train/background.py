@@ -75,7 +75,10 @@ def status(out: str | Path, rows: int = 1) -> dict[str, Any]:
 
 
 def stop(out: str | Path) -> dict[str, Any]:
-    """SIGTERM to the run's process group: it finishes the current step, saves a checkpoint and exits (state 'stopped')."""
+    """SIGTERM to the run's process group: it finishes the current step, saves a checkpoint and exits (state 'stopped').
+
+    With several processes torchrun passes the signal on and kills ranks still running 30 s later; a checkpoint cut
+    short that way is discarded whole (the previous one stays)."""
     out = Path(out)
     pid = _alive(out)
     if not pid:

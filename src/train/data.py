@@ -150,10 +150,11 @@ class TokenFile:
 
 
 def tokenize(files: Sequence[Path], tokenizer_json: str | Path, out: str | Path, eos_id: int, text_field: str = "text",
-             progress: bool = True) -> TokenFile:
+             progress: bool = True, reuse_only: bool = False) -> TokenFile:
     """Encode every document of `files` (each followed by `eos_id`) into `out`/tokens.bin, streaming.
 
-    Reuses an existing token file with the same fingerprint. Writes under temporary names and renames
+    Reuses an existing token file with the same fingerprint (`reuse_only`: refuses to make another, as a
+    resumed run must see the data it started with). Writes under temporary names and renames
     `tokens.json` last, so a killed run never leaves a token file that looks complete.
     """
     from tokenizers import Tokenizer
@@ -167,11 +168,14 @@ def tokenize(files: Sequence[Path], tokenizer_json: str | Path, out: str | Path,
     existing = TokenFile.read(out)
     if existing is not None and existing.fingerprint == stamp:
         return existing
+    if reuse_only:
+        raise ArchsmithError("data", f"the corpus or tokenizer changed since the run in {out.parent} started "
+                                     "(files, sizes or modification times differ); resume with the same data")
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / f".{TOKENS_FILE}.tmp"
     total_bytes = sum(p.stat().st_size for p in files)
     count = docs = 0
-    with _progress(progress, "tokenizing", total_bytes) as advance, open(tmp, "wb") as sink:
+    with progress_bar(progress, "tokenizing", total_bytes) as advance, open(tmp, "wb") as sink:
         batch: list[str] = []
         chars = 0
 
@@ -206,7 +210,7 @@ def tokenize(files: Sequence[Path], tokenizer_json: str | Path, out: str | Path,
     return TokenFile(out, count, docs, dtype, eos_id, stamp)
 
 
-class _progress:
+class progress_bar:
     """A rich progress bar over bytes on stderr, or nothing; the context value is `advance(n)`."""
 
     def __init__(self, enabled: bool, what: str, total: int):

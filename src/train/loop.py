@@ -87,7 +87,7 @@ class TrainConfig:
     decay_fraction: float = 0.2  # WSD: the last 20% of steps decay linearly (Hägele et al. 2024)
     weight_decay: float = 0.1  # on matrices only (GPT-3, Llama)
     betas: tuple[float, float] = (0.9, 0.95)  # the LLM pre-training standard (GPT-3, Llama)
-    eps: float = 1e-8
+    eps: float = 1e-8  # AdamW's default
     clip: float | None = 1.0  # max global gradient norm; None disables
     precision: str = "auto"  # auto: bf16 on GPUs that have it, fp16 on other GPUs, fp32 on CPU
     strategy: str = "ddp"  # with more than one process: ddp or fsdp
@@ -99,7 +99,8 @@ class TrainConfig:
     min_delta: float = 0.0  # improvement smaller than this does not count
     checkpointing: bool = False  # activation checkpointing per block
     compile: bool = False  # torch.compile each block (or the whole model)
-    seed: int = 0
+    seed: int = 0  # of the data order and of each rank's RNG (seed + rank)
+    unused_parameters: bool = False  # DDP: some parameters get no gradient in a step (an encoder's unused pooler)
     deterministic: bool = False  # torch.use_deterministic_algorithms: bitwise-repeatable runs on one device
     progress: bool = True  # a rich progress bar on rank 0 (stderr)
 
@@ -197,7 +198,8 @@ class Trainer:
                  save_model: ckpt.SaveModel = ckpt.save_model, load_model: ckpt.LoadModel = ckpt.load_model,
                  count_tokens: Callable[[Any], int] = count_tokens):
         self.model, self.objective, self.train_data, self.collate = model, objective, train, collate
-        self.out, self.config, self.eval_data, self.extra = Path(out), config, eval, dict(extra or {})
+        self.out, self.config, self.extra = Path(out), config, dict(extra or {})
+        self.eval_data = eval if eval is not None and len(eval) > 0 else None
         self.save_hook, self.load_hook, self.count_tokens = save_model, load_model, count_tokens
         self._stop_signal = False
 
@@ -218,8 +220,8 @@ class Trainer:
         self.accum = cfg.global_batch // d.world // self.micro
         self.sharded = cfg.strategy == "fsdp" and d.world > 1
         torch.manual_seed(cfg.seed + d.rank)
-        if cfg.deterministic:
-            torch.use_deterministic_algorithms(True)
+        self._was_deterministic = torch.are_deterministic_algorithms_enabled()
+        torch.use_deterministic_algorithms(cfg.deterministic or self._was_deterministic)
         self.dtype, use_scaler = self._precision(d.device)
         model = self.model
         if cfg.checkpointing:
@@ -233,7 +235,7 @@ class Trainer:
         if cfg.compile:
             for block in parallel.blocks(model) or [model]:
                 block.compile()
-        self.wrapped = parallel.wrap(self.modules, cfg.strategy, d, self.dtype if self.sharded else None)
+        self.wrapped = parallel.wrap(self.modules, cfg.strategy, d, self.dtype if self.sharded else None, cfg.unused_parameters)
         fused = d.device.type == "cuda"  # the fused CUDA kernel; foreach on CPU
         self.optimizer = torch.optim.AdamW(param_groups(self.modules, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas,
                                            eps=cfg.eps, fused=fused or None)
@@ -287,6 +289,7 @@ class Trainer:
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
+            torch.use_deterministic_algorithms(self._was_deterministic)
             log.close()
         summary = self._finish(state, log)
         parallel.teardown(d)
@@ -380,15 +383,15 @@ class Trainer:
         """Mean loss (and perplexity) on the first eval_samples held-out samples; True when early stopping is due."""
         d, cfg = self.d, self.config
         n = min(cfg.eval_samples, len(self.eval_data))
-        share = -(-n // d.world)  # every rank runs the same number of forwards (FSDP gathers are collective)
-        mine = [(i, i < n) for i in range(d.rank * share, (d.rank + 1) * share)]
+        share = -(-n // d.world)
+        mine = list(range(d.rank * share, min(n, (d.rank + 1) * share)))
         self.wrapped.eval()
         sums: dict[str, torch.Tensor] = {}
         weight = torch.zeros((), device=d.device)
-        for start in range(0, share, self.micro):
+        for start in range(0, share, self.micro):  # the same number of forwards on every rank: FSDP's gathers are collective
             chunk = mine[start:start + self.micro]
-            batch = self._to_device(self.collate([self.eval_data[i if real else 0] for i, real in chunk]))
-            w = sum(real for _, real in chunk)
+            batch = self._to_device(self.collate([self.eval_data[i] for i in chunk or [0]]))  # [0]: a forward that counts 0
+            w = len(chunk)
             with self._autocast():
                 loss, metrics = self.wrapped(batch)
             for k, v in {"loss": loss, **metrics}.items():

@@ -98,7 +98,7 @@ def blocks(model) -> list:
     return best
 
 
-def wrap(modules, strategy: str, d: Dist, param_dtype=None):
+def wrap(modules, strategy: str, d: Dist, param_dtype=None, unused_parameters: bool = False):
     """Apply `strategy` to `modules` (already on d.device); returns what to call for forward."""
     import torch
 
@@ -107,7 +107,8 @@ def wrap(modules, strategy: str, d: Dist, param_dtype=None):
     if strategy == "ddp":
         from torch.nn.parallel import DistributedDataParallel
 
-        return DistributedDataParallel(modules, device_ids=[d.device] if d.device.type == "cuda" else None)
+        return DistributedDataParallel(modules, device_ids=[d.device] if d.device.type == "cuda" else None,
+                                       find_unused_parameters=unused_parameters)
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 

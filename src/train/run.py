@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -124,12 +125,9 @@ def check(args: RunArgs) -> Plan:
     from archsmith.hfconfig import load_spec
     from archsmith.tokenizer import read_tokenizer
     from archsmith.train.data import corpus_files
-    from archsmith.train.parallel import STRATEGIES
 
     if args.nproc < 1 or args.nproc > 4096:
         raise ArchsmithError("nproc", f"must be in [1, 4096], got {args.nproc}")
-    if args.strategy not in STRATEGIES:
-        raise ArchsmithError("strategy", f"must be one of {', '.join(STRATEGIES)}; got {args.strategy!r}")
     if not 0 <= args.eval_fraction < 1:
         raise ArchsmithError("eval_fraction", f"must be in [0, 1), got {args.eval_fraction}")
     source = Path(args.model)
@@ -172,7 +170,11 @@ def train_config(args: RunArgs):
 
 
 def _settings(args: RunArgs) -> dict[str, Any]:
-    return {k: getattr(args, k) for k in RESUME_FIXED}
+    """The settings a resume must repeat; paths absolute, so a run started by the CLI resumes from the MCP tool."""
+    settings = {k: getattr(args, k) for k in RESUME_FIXED}
+    settings.update(model=str(Path(args.model).resolve()), data=[str(Path(p).resolve()) for p in args.data],
+                    tokenizer=str(Path(args.tokenizer).resolve()) if args.tokenizer else None)
+    return settings
 
 
 def _check_out(args: RunArgs) -> None:
@@ -220,7 +222,7 @@ def prepare(plan: Plan) -> Any:
     try:
         record(plan)
         return tokenize(plan.files, Path(plan.tokenizer.path) / "tokenizer.json", out / DATA_DIR, plan.tokenizer.eos_token_id,
-                        plan.args.field, progress=plan.args.progress)
+                        plan.args.field, progress=plan.args.progress, reuse_only=plan.args.resume)
     except BaseException:
         if created:  # bad data (no text, not UTF-8): leave nothing behind
             shutil.rmtree(out, ignore_errors=True)
@@ -321,7 +323,13 @@ def launch(args: RunArgs) -> dict[str, Any]:
         env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # one machine: gloo talks over loopback only
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(args.nproc),
                "-m", "archsmith.train", *args.argv()]
-    code = subprocess.run(command, env=env, stdout=sys.stderr).returncode
+    proc = subprocess.Popen(command, env=env, stdout=2)  # the ranks print to stderr (fd 2): stdout carries --json
+    # SIGTERM here reaches torchrun, which passes it to the ranks: they finish the step, save and exit
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signal.SIGTERM))
+    try:
+        code = proc.wait()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if code != 0:
         raise ArchsmithError("train", f"torchrun exited with code {code} (the ranks' errors are above; "
                                       f"--resume continues from the last checkpoint in {args.out})")
