@@ -59,7 +59,7 @@ app(["train", *sys.argv[1:]])
 
 
 def test_killed_run_resumes_bitwise(tmp_path, tiny_lm):
-    args = [*common(tiny_lm), "--steps", 8, "--save-every", 2, "--keep", 5, "--eval-fraction", 0, "--deterministic"]
+    args = [*common(tiny_lm), "--steps", 8, "--save-every", 2, "--keep", 3, "--eval-fraction", 0, "--deterministic"]
     cli("train", *args, "--out", tmp_path / "whole")
     killed = subprocess.run([sys.executable, "-c", KILL_DURING_THIRD_CHECKPOINT, *map(str, args), "--out", tmp_path / "cut"],
                             capture_output=True, text=True, timeout=600)
@@ -74,31 +74,46 @@ def test_killed_run_resumes_bitwise(tmp_path, tiny_lm):
     assert whole[8] < whole[1]
     a, b = weights(tmp_path / "whole" / "final"), weights(tmp_path / "cut" / "final")
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert not (ckpts / ".step_000006.tmp").exists()
+    assert sorted(p.name for p in ckpts.iterdir()) == ["step_000004", "step_000006", "step_000008"]  # the newest 3 kept
 
 
 # ---- distributed --------------------------------------------------------------------------------
 
+DIST = ["--steps", 6, "--micro-batch", 2, "--save-every", 3]  # one process: 4 micro-steps of 2; two: 2 each
+
+
 @pytest.fixture(scope="module")
 def single(tmp_path_factory, tiny_lm) -> Path:
     out = tmp_path_factory.mktemp("single") / "run"
-    cli("train", *common(tiny_lm), "--steps", 6, "--micro-batch", 2, "--save-every", 3, "--out", out)
+    cli("train", *common(tiny_lm), *DIST, "--out", out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def fsdp(tmp_path_factory, tiny_lm) -> Path:
+    """`archsmith train --nproc 2 --strategy fsdp`: tokenizes, then starts torchrun."""
+    out = tmp_path_factory.mktemp("fsdp") / "run"
+    cli("train", *common(tiny_lm), *DIST, "--out", out, "--nproc", 2, "--strategy", "fsdp")
+    return out
+
+
+@pytest.fixture(scope="module")
+def ddp(tmp_path_factory, tiny_lm) -> Path:
+    """torchrun started by hand, as on a GPU node: rank 0 tokenizes while rank 1 waits."""
+    out = tmp_path_factory.mktemp("ddp") / "run"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    result = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "archsmith.train",
+                             *map(str, [*common(tiny_lm), *DIST, "--out", out, "--strategy", "ddp"])],
+                            capture_output=True, text=True, timeout=600, env={**os.environ, "GLOO_SOCKET_IFNAME": "lo"})
+    assert result.returncode == 0, result.stderr[-3000:]
     return out
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-def test_two_processes_match_one(tmp_path, tiny_lm, single, strategy):
-    out = tmp_path / strategy
-    args = [*common(tiny_lm), "--steps", 6, "--micro-batch", 2, "--save-every", 3, "--out", out, "--strategy", strategy]
-    if strategy == "fsdp":  # `archsmith train --nproc 2`: tokenizes, then starts torchrun
-        summary = json.loads(cli("train", *args, "--nproc", 2, "--json"))
-    else:  # torchrun started by hand, as on a GPU node: rank 0 tokenizes while rank 1 waits
-        torchrun = Path(sys.executable).with_name("torchrun")
-        result = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "archsmith.train", *map(str, args)],
-                                capture_output=True, text=True, timeout=600, env={**os.environ, "GLOO_SOCKET_IFNAME": "lo"})
-        assert result.returncode == 0, result.stderr[-3000:]
-        summary = json.loads((out / "summary.json").read_text())
-    assert (summary["world"], summary["strategy"], summary["accumulation"]) == (2, strategy, 2)  # one process: 4 micro-steps
+def test_two_processes_match_one(request, single, strategy):
+    out = request.getfixturevalue(strategy)
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["world"], summary["strategy"], summary["accumulation"]) == (2, strategy, 2)
     one, two = losses(single), losses(out)
     assert sorted(two) == list(range(1, 7))
     assert max(abs(one[s] - two[s]) for s in one) <= 1e-5, (one, two)
@@ -107,6 +122,19 @@ def test_two_processes_match_one(tmp_path, tiny_lm, single, strategy):
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-5
     assert (out / "checkpoints" / "step_000006" / ("dcp" if strategy == "fsdp" else "model")).is_dir()
     assert {"rng_rank0.pt", "rng_rank1.pt"} <= {p.name for p in (out / "checkpoints" / "step_000006").iterdir()}
+
+
+def test_fsdp_resumes_from_sharded_checkpoints(tmp_path, tiny_lm, single, fsdp):
+    """Two more steps from the sharded (torch.distributed.checkpoint) state equal two more steps of one process."""
+    import shutil
+
+    more = [*common(tiny_lm), *DIST, "--steps", 8, "--resume"]  # the later --steps wins
+    shutil.copytree(single, tmp_path / "one")
+    shutil.copytree(fsdp, tmp_path / "two")
+    cli("train", *more, "--out", tmp_path / "one")
+    cli("train", *more, "--out", tmp_path / "two", "--nproc", 2, "--strategy", "fsdp")
+    one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert sorted(two) == list(range(1, 9)) and max(abs(one[s] - two[s]) for s in (7, 8)) <= 1e-5, (one, two)
 
 
 # ---- bad input ----------------------------------------------------------------------------------
@@ -344,7 +372,7 @@ def test_capacity_plan_prints_the_launch_command(tmp_path, params, gpus, strateg
     import typer
 
     from archsmith.cli import app
-    from archsmith.design import design_from_text
+    from archsmith.design import capacity_plan, design_from_text
     from archsmith.report import render_design
 
     result = design_from_text(params=params, gpus=gpus)
@@ -365,6 +393,9 @@ def test_capacity_plan_prints_the_launch_command(tmp_path, params, gpus, strateg
     rec = result["recommended"]
     assert p["model"] == "runs/x" and p["seq"] == rec.spec.context_length and p["batch"] == gpus * p["micro_batch"]
     assert p["steps"] == math.ceil(rec.summary["train_tokens"] / (p["batch"] * p["seq"]))  # the plan's tokens
+    rows = capacity_plan(rec.spec, result["gpu"], gpus, rec.summary["train_tokens"], result["mfu"])["strategies"]
+    plain = next(r for r in rows if r["strategy"] == ("zero3" if strategy == "fsdp" else "ddp") and not r["checkpointing"])
+    assert p["checkpointing"] == (not plain["fits"])  # recompute only when the memory table says it must
 
 
 # ---- options: precision, activation checkpointing, document masking, schedules ------------------

@@ -264,36 +264,40 @@ class Trainer:
         self._prepare()
         d, cfg, out = self.d, self.config, self.out
         root = out / ckpt.CHECKPOINTS
-        state = _State()
-        if resume:
-            path = ckpt.latest(root)
-            if path is None:
-                raise ArchsmithError("resume", f"no complete checkpoint in {root}; start without --resume")
-            saved = ckpt.load(path, self.modules, self.optimizer, d, self.sharded, self.load_hook)
-            self._check_resumable(saved)
-            self.scheduler.load_state_dict(saved["scheduler"])
-            if self.scaler is not None and saved.get("scaler"):
-                self.scaler.load_state_dict(saved["scaler"])
-            state = _State(**{**saved["state"], "stop_reason": "steps"})
-        elif (out / "metrics.jsonl").exists() or root.exists():
-            raise ArchsmithError("out", f"{out} holds another run; pass --resume to continue it or choose a new directory")
-        parallel.barrier(d)  # every rank has looked before rank 0 writes
-        log = MetricsLog(out / "metrics.jsonl", enabled=d.main, truncate_after=state.step if resume else 0)
         previous = signal.signal(signal.SIGTERM, self._on_sigterm) if _main_thread() else None
         try:
-            write_status(out, d, "running", state.step, cfg.steps)
-            self._loop(state, log, root)
-        except BaseException as exc:
-            write_status(out, d, "failed", state.step, cfg.steps, error=f"{type(exc).__name__}: {exc}")
-            raise
+            state = self._resume(root) if resume else _State()
+            if not resume and ((out / "metrics.jsonl").exists() or root.exists()):
+                raise ArchsmithError("out", f"{out} holds another run; pass --resume to continue it or choose a new directory")
+            parallel.barrier(d)  # every rank has looked before rank 0 writes
+            log = MetricsLog(out / "metrics.jsonl", enabled=d.main, truncate_after=state.step if resume else 0)
+            try:
+                write_status(out, d, "running", state.step, cfg.steps)
+                self._loop(state, log, root)
+            except BaseException as exc:
+                write_status(out, d, "failed", state.step, cfg.steps, error=f"{type(exc).__name__}: {exc}")
+                raise
+            finally:
+                log.close()
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
             torch.use_deterministic_algorithms(self._was_deterministic)
-            log.close()
-        summary = self._finish(state, log)
+        summary = self._finish(state)
         parallel.teardown(d)
         return summary
+
+    def _resume(self, root: Path) -> _State:
+        """Restore the newest complete checkpoint under `root`; returns the loop state saved with it."""
+        path = ckpt.latest(root)
+        if path is None:
+            raise ArchsmithError("resume", f"no complete checkpoint in {root}; start without --resume")
+        saved = ckpt.load(path, self.modules, self.optimizer, self.d, self.sharded, self.load_hook)
+        self._check_resumable(saved)
+        self.scheduler.load_state_dict(saved["scheduler"])
+        if self.scaler is not None and saved.get("scaler"):
+            self.scaler.load_state_dict(saved["scaler"])
+        return _State(**{**saved["state"], "stop_reason": "steps"})
 
     def _loop(self, state: _State, log: "MetricsLog", root: Path) -> None:
         d, cfg = self.d, self.config
@@ -429,7 +433,7 @@ class Trainer:
             if old[name] != getattr(self.config, name):
                 raise ArchsmithError(name, f"the checkpoint was trained with {name}={old[name]}; resume with the same value")
 
-    def _finish(self, state: _State, log: "MetricsLog") -> dict[str, Any]:
+    def _finish(self, state: _State) -> dict[str, Any]:
         d, out = self.d, self.out
         full = ckpt.full_model_state(self.modules, self.sharded)  # collective under FSDP
         summary: dict[str, Any] = {}

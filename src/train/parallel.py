@@ -155,32 +155,27 @@ def launch_plan(strategies: list[dict[str, Any]], gpus: int, model_dir: str, con
     does not fit without it. The global batch is one micro-batch per GPU; the step count covers
     `tokens`.
     """
-    def row(name: str, ckpt: bool) -> dict[str, Any]:
-        return next(r for r in strategies if r["strategy"] == name and r["checkpointing"] == ckpt)
+    def fits(name: str, ckpt: bool) -> bool:
+        return next(r for r in strategies if r["strategy"] == name and r["checkpointing"] == ckpt)["fits"]
 
     nodes = next(n for n in range(math.ceil(gpus / GPUS_PER_NODE), gpus + 1) if gpus % n == 0)  # equal processes per node
     per_node = gpus // nodes
     if gpus == 1:
         strategy, why = "single", "one GPU: no data parallelism"
-    elif row("ddp", True)["fits"] or row("ddp", False)["fits"]:
-        strategy, why = "ddp", "a full replica fits one GPU, so DDP (one gradient all-reduce per step) beats sharding"
+    elif fits("ddp", True):
+        strategy, why = "ddp", "a full replica fits one GPU: DDP communicates least, one gradient all-reduce per step"
     else:
-        strategy, why = "fsdp", "a full replica does not fit one GPU; FSDP shards weights, gradients and optimizer state"
-    key = "fsdp" if strategy == "fsdp" else "ddp"
-    fits_plain = key == "fsdp" and _zero3_fits(strategies, False) or key == "ddp" and row("ddp", False)["fits"]
+        strategy, why = "fsdp", "a full replica does not fit one GPU: FSDP shards weights, gradients and optimizer state"
+    checkpointing = not fits("zero3" if strategy == "fsdp" else "ddp", False)
     batch = micro_batch * gpus
     steps = max(1, math.ceil(tokens / (batch * context)))
     args = [model_dir, "--data", "CORPUS", "--out", f"{model_dir.rstrip('/')}-run", "--seq", str(context),
             "--batch", str(batch), "--micro-batch", str(micro_batch), "--steps", str(steps), "--precision", "bf16"]
     if strategy != "single":
-        args += ["--strategy", key]
-    if not fits_plain:
+        args += ["--strategy", strategy]
+    if checkpointing:
         args.append("--checkpointing")
     command = (f"archsmith train {' '.join(shlex.quote(a) for a in args)}" if strategy == "single"
                else torchrun_command(args, per_node, nodes))
     return {"strategy": strategy, "why": why, "nodes": nodes, "gpus_per_node": per_node, "global_batch": batch,
-            "steps": steps, "checkpointing": not fits_plain, "command": command}
-
-
-def _zero3_fits(strategies: list[dict[str, Any]], ckpt: bool) -> bool:
-    return next(r for r in strategies if r["strategy"] == "zero3" and r["checkpointing"] == ckpt)["fits"]
+            "steps": steps, "checkpointing": checkpointing, "command": command}
