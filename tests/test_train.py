@@ -249,7 +249,7 @@ def test_loop_trains_any_module_with_extra_modules(tmp_path):
 
     def fit(out, steps, crash_at=None, resume=False):
         student, proj, objective, train, held, collate, config = bert_setup(steps, crash_at)
-        Trainer(student, objective, train, collate, out, config, eval=held, extra={"proj": proj}).fit(resume=resume)
+        Trainer(student, objective, train, collate, out, config, eval_data=held, extra={"proj": proj}).fit(resume=resume)
         return student, proj
 
     student, proj = fit(tmp_path / "whole", 8)
@@ -292,7 +292,7 @@ def test_early_stopping(tmp_path):
     train, held = split_windows(tokens, 32, 0.1)
     config = TrainConfig(steps=50, global_batch=2, lr=1e-9, eval_every=2, patience=2, min_delta=0.1, progress=False)
     model = CausalLM.from_spec(ArchitectureSpec(**TINY_LM))
-    summary = Trainer(model, causal_lm_objective, train, lambda w: lm_batch(w, 0, 2), tmp_path, config, eval=held).fit()
+    summary = Trainer(model, causal_lm_objective, train, lambda w: lm_batch(w, 0, 2), tmp_path, config, eval_data=held).fit()
     # evaluations at 2 (the best), 4 and 6 (no gain of 0.1 at this learning rate): stop after two without one
     assert summary["steps"] == 6 and summary["stop_reason"].startswith("early stop")
     assert [e["step"] for e in summary["evals"]] == [0, 2, 4, 6]

@@ -8,7 +8,7 @@
 
     trainer = Trainer(model, objective, train=samples, collate=collate, out="runs/x",
                       config=TrainConfig(steps=1000, global_batch=64, lr=3e-4),
-                      eval=held_out, extra={"proj": nn.Linear(384, 768)})
+                      eval_data=held_out, extra={"proj": nn.Linear(384, 768)})
     summary = trainer.fit(resume=False)
 
 - `model`: a single-device nn.Module (archsmith.network.CausalLM, a transformers model, ...).
@@ -20,8 +20,10 @@
   `loss` is a scalar mean over the micro-batch; `metrics` maps names to scalars (tensors or
   floats), averaged over micro-batches and ranks and logged. A metric named `nll` is a token
   negative log-likelihood: evaluation rows then carry `perplexity = exp(mean nll)`. Modules the
-  objective closes over (a teacher) are not trained, wrapped or saved.
-- `train` / `eval`: indexable sequences of samples, `collate(list of samples) -> batch` (a dict
+  objective closes over (a teacher) are not trained, wrapped, sharded or saved: put them on this
+  rank's device yourself (`archsmith.train.parallel.setup().device`). With DDP, `TrainConfig.unused_parameters` allows parameters that get no gradient (an
+  encoder's pooler). tests/test_train.py trains a transformers BertForMaskedLM with a projection.
+- `train` / `eval_data`: indexable sequences of samples, `collate(list of samples) -> batch` (a dict
   of tensors, moved to the device). Step s consumes samples [s*G, (s+1)*G) of a seeded, endless
   shuffle of `train` (G = global batch); rank r takes the r-th contiguous G/W of them in
   micro-batches of `micro_batch` (gradient accumulation makes up the rest). Batches are thus a
@@ -194,12 +196,12 @@ class Trainer:
     """Runs `config.steps` optimizer steps of `objective` over `train`; see the module docstring."""
 
     def __init__(self, model: nn.Module, objective: Objective, train: Sequence, collate: Callable[[list], Any],
-                 out: str | Path, config: TrainConfig, eval: Sequence | None = None, extra: dict[str, nn.Module] | None = None,
+                 out: str | Path, config: TrainConfig, eval_data: Sequence | None = None, extra: dict[str, nn.Module] | None = None,
                  save_model: ckpt.SaveModel = ckpt.save_model, load_model: ckpt.LoadModel = ckpt.load_model,
                  count_tokens: Callable[[Any], int] = count_tokens):
         self.model, self.objective, self.train_data, self.collate = model, objective, train, collate
         self.out, self.config, self.extra = Path(out), config, dict(extra or {})
-        self.eval_data = eval if eval is not None and len(eval) > 0 else None
+        self.eval_data = eval_data if eval_data is not None and len(eval_data) > 0 else None
         self.save_hook, self.load_hook, self.count_tokens = save_model, load_model, count_tokens
         self._stop_signal = False
 

@@ -277,7 +277,7 @@ def train(args: RunArgs) -> dict[str, Any]:
         pad = plan.tokenizer.pad_token_id if plan.tokenizer.pad_token_id is not None else tokens.eos_id
         trainer = Trainer(model, causal_lm_objective, train_windows, partial(lm_batch, pad_id=pad, eos_id=tokens.eos_id,
                                                                               document_mask=args.document_mask),
-                          args.out, train_config(args), eval=eval_windows, save_model=partial(_save_with_tokenizer, plan.tokenizer.path))
+                          args.out, train_config(args), eval_data=eval_windows, save_model=partial(_save_with_tokenizer, plan.tokenizer.path))
         summary = trainer.fit(resume=args.resume)
         if d.main:
             summary = {**summary, **_describe(plan, tokens, len(train_windows), len(eval_windows) if eval_windows else 0, model)}
