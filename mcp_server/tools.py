@@ -11,6 +11,7 @@ async heavy tool, blocking steps run with `await run_heavy(fn, *args)`.
 """
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypedDict
 
@@ -42,6 +43,19 @@ def _path(relative: str, field: str) -> Path:
     from archsmith.files import inside
 
     return inside(workspace(), relative, field)
+
+
+@contextmanager
+def _named(**names: str):
+    """Engine errors named after this tool's arguments: the engine (and the CLI) say `out`, the tool says `out_dir`."""
+    from archsmith.errors import ArchsmithError
+
+    try:
+        yield
+    except ArchsmithError as exc:
+        if exc.field not in names:
+            raise
+        raise ArchsmithError(names[exc.field], str(exc).split(": ", 1)[1]) from None
 
 
 def _relative(path: Path) -> str:
@@ -163,7 +177,7 @@ async def write_design(out_dir: RelPath, params: Count = None, compute: Compute 
     def render():
         from archsmith.report import render_design
 
-        return render_design(result)
+        return render_design(result, out_dir)
 
     files = await run_heavy(render)
     await ctx.report_progress(2, 3, "writing files")
@@ -357,7 +371,7 @@ async def analyze_model(model: Annotated[str, Field(description="A model directo
                                                       min_length=1, max_length=1024)],
                         batch: Annotated[int, Field(description="Sequences per batch for text models.", ge=1, le=4096)] = 1,
                         seq: Annotated[int | None, Field(description="Tokens per sequence (default: min(128, context)).", ge=1, le=1 << 20)] = None,
-                        input_shapes: Annotated[str | None, Field(description="New shapes for a factory's tensor inputs, in order, ';'-separated, e.g. '8,3,32,32'.", max_length=200)] = None,
+                        input_shape: Annotated[str | None, Field(description="New shapes for a factory's tensor inputs, in order, ';'-separated, e.g. '8,3,32,32'.", max_length=200)] = None,
                         meta: Annotated[bool | None, Field(description="Force the meta device (no latency); default: only above 2 GiB of weights.")] = None,
                         repeats: Annotated[int, Field(description="Profiled forward passes.", ge=1, le=100)] = 5,
                         chart_path: Annotated[str | None, Field(description="PNG to write (top modules by FLOPs and time), relative to the workspace root.", max_length=1024)] = None,
@@ -376,7 +390,7 @@ async def analyze_model(model: Annotated[str, Field(description="A model directo
 
         raise ArchsmithError("chart_path", f"{chart_path} exists; pass overwrite to replace it")
     await ctx.report_progress(0, 1, "analysing")
-    shapes = [analyze.parse_shape(s) for s in input_shapes.split(";")] if input_shapes else None
+    shapes = [analyze.parse_shape(s) for s in input_shape.split(";")] if input_shape else None
     result = await run_heavy(analyze.run, ref, batch=batch, seq=seq, input_shapes=shapes, allow_code=allow, meta=meta, repeats=repeats)
     if chart is not None:
         result["chart"] = _relative(write_file(chart, analyze.chart(result), overwrite, "chart_path"))
@@ -390,8 +404,8 @@ async def compress_model(model: ModelRef, out_dir: RelPath,
                          strategy: Literal["depth", "width", "both"] = "both",
                          v2: Annotated[bool, Field(description="Operational efficiency: GQA/MQA with mean-pooled KV heads (decoders), tanh-GELU (encoders).")] = False,
                          kv_heads: Annotated[int | None, Field(description="With v2, KV heads of a decoder student (1 = MQA).", ge=1, le=1024)] = None,
-                         calibration_path: Annotated[str | None, Field(description="Calibration text file (one sample per line), relative to the workspace root.", max_length=1024)] = None,
-                         heldout_path: Annotated[str | None, Field(description="Held-out text file for the fidelity report.", max_length=1024)] = None,
+                         calibration: Annotated[str | None, Field(description="Calibration text file (one sample per line), relative to the workspace root.", max_length=1024)] = None,
+                         heldout: Annotated[str | None, Field(description="Held-out text file for the fidelity report.", max_length=1024)] = None,
                          overwrite: bool = False, ctx: Context = None) -> dict[str, Any]:
     """Make a smaller student of a BERT-style encoder or a decoder ({decoders}), initialised from the teacher
     (layer selection that reduces later layers more, width and head pruning by activation importance on calibration text;
@@ -405,11 +419,11 @@ async def compress_model(model: ModelRef, out_dir: RelPath,
     ref, _ = _model(model)
     out = _path(out_dir, "out_dir")
     check_out_dir(out, overwrite)
-    calibration = _path(calibration_path, "calibration_path") if calibration_path else None
-    heldout = _path(heldout_path, "heldout_path") if heldout_path else None
+    calibration_file = _path(calibration, "calibration") if calibration else None
+    heldout_file = _path(heldout, "heldout") if heldout else None
     await ctx.report_progress(0, 1, "compressing")
-    report = await run_heavy(compress, ref, reduction, out, strategy=strategy, v2=v2, kv_heads=kv_heads, calibration=calibration,
-                             heldout=heldout, overwrite=overwrite)
+    report = await run_heavy(compress, ref, reduction, out, strategy=strategy, v2=v2, kv_heads=kv_heads, calibration=calibration_file,
+                             heldout=heldout_file, overwrite=overwrite)
     report["files"] = [_relative(Path(p)) for p in report["files"]]
     await ctx.report_progress(1, 1, "done")
     return report
@@ -436,10 +450,107 @@ async def export_model(model: ModelRef, out_dir: RelPath, format: Literal["onnx"
     return report
 
 
+# ---- tokenizer training and training runs ---------------------------------------------------------
+
+CorpusPaths = Annotated[list[Annotated[str, Field(min_length=1, max_length=1024)]],
+                        Field(description="Corpus files or directories, relative to the workspace root: text (a blank line ends a "
+                                          "document), JSONL (one document per line, see field) or directories of them.",
+                              min_length=1, max_length=256)]
+JsonlField = Annotated[str, Field(description="The string field of JSONL records.", min_length=1, max_length=128)]
+RunDir = Annotated[str, Field(description="The run directory, relative to the workspace root.", min_length=1, max_length=1024)]
+
+
+@heavy(timeout_s=3600)  # a large corpus takes minutes to tokenize and train on
+async def train_tokenizer(corpus: CorpusPaths, out_dir: RelPath,
+                          vocab: Annotated[int, Field(description="Vocabulary size including special tokens (a small corpus may yield fewer).", ge=64, le=1 << 20)],
+                          kind: Annotated[Literal["bpe", "unigram"], Field(description="bpe: byte-level BPE (lossless, GPT-2/Llama 3 style); unigram: SentencePiece-style.")] = "bpe",
+                          special: Annotated[list[Annotated[str, Field(min_length=1, max_length=64)]], Field(description="Extra special tokens after <pad> <s> </s> <unk> (ids 0-3).", max_length=1000)] = [],
+                          field: JsonlField = "text",
+                          max_length: Annotated[int | None, Field(description="model_max_length to record: the context you will design for.", ge=1, le=1 << 24)] = None,
+                          overwrite: bool = False, ctx: Context = None) -> dict[str, Any]:
+    """Train a tokenizer on a corpus and write tokenizer.json, tokenizer_config.json, special_tokens_map.json and
+    tokenizer_report.json into out_dir (AutoTokenizer loads it; pass it as tokenizer_dir to write_design). Returns the
+    report: vocabulary size, characters and bytes per token and document-length percentiles in tokens, measured on
+    held-out documents (every 20th), and training speed."""
+    from archsmith.files import check_out_dir, write_files
+
+    paths = [str(_path(c, "corpus")) for c in corpus]
+    out = _path(out_dir, "out_dir")
+    check_out_dir(out, overwrite)
+    await ctx.report_progress(0, 2, "training the tokenizer")
+
+    def run():
+        from archsmith.tokenizer import train_tokenizer as train
+
+        return train(paths, vocab, kind=kind, special=special, text_field=field, max_length=max_length, progress=False)
+
+    files, report = await run_heavy(run)
+    written = write_files(out, files, overwrite)
+    await ctx.report_progress(2, 2, "done")
+    return {**report, "files": [_relative(p) for p in written]}
+
+
+@heavy  # validates the run's inputs (config, tokenizer, data) before the detached process starts
+def start_training(model_dir: Annotated[str, Field(description="A design directory or config.json (fresh weights), or a model directory with safetensors (continued training), relative to the workspace root.", min_length=1, max_length=1024)],
+                   data: CorpusPaths, out_dir: RunDir, tokenizer_dir: TokenizerDir = None,
+                   steps: Annotated[int, Field(description="Optimizer steps.", ge=1, le=10**9)] = 1000,
+                   batch: Annotated[int, Field(description="Global batch in sequences per optimizer step.", ge=1, le=1 << 20)] = 32,
+                   micro_batch: Annotated[int | None, Field(description="Sequences per forward/backward per process (default: batch / nproc).", ge=1, le=1 << 20)] = None,
+                   seq: Annotated[int | None, Field(description="Tokens per sequence (default: the model's context).", ge=2, le=1 << 24)] = None,
+                   lr: Annotated[float, Field(description="Peak AdamW learning rate.", gt=0, le=1)] = 3e-4,
+                   schedule: Literal["cosine", "linear", "wsd"] = "cosine",
+                   warmup: Annotated[int | None, Field(description="Warmup steps (default: 5% of steps, at most 2000).", ge=0)] = None,
+                   save_every: Annotated[int, Field(description="Steps between checkpoints (0: only at the end).", ge=0)] = 1000,
+                   eval_every: Annotated[int | None, Field(description="Steps between held-out evaluations (default: save_every).", ge=0)] = None,
+                   eval_samples: Annotated[int, Field(description="Held-out sequences per evaluation.", ge=1, le=1 << 20)] = 256,
+                   patience: Annotated[int | None, Field(description="Early stopping: evaluations without improvement.", ge=1)] = None,
+                   precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto",
+                   document_mask: bool = False, field: JsonlField = "text", resume: bool = False,
+                   seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0,
+                   nproc: Annotated[int, Field(description="Processes on this machine (torchrun); one per GPU.", ge=1, le=64)] = 1,
+                   strategy: Literal["ddp", "fsdp"] = "ddp") -> dict[str, Any]:
+    """Start `archsmith train` in the background and return at once (run_dir, pid, command). Bad settings (missing
+    tokenizer, a vocabulary smaller than the tokenizer's, an out_dir that holds another run without resume, resume
+    without a checkpoint) are refused here. The run writes metrics.jsonl, checkpoints, final/ (an HF model directory),
+    loss.png and report.md into out_dir; follow it with training_status, stop it with stop_training."""
+    from archsmith.train.background import start
+    from archsmith.train.run import RunArgs
+
+    args = RunArgs(model=str(_path(model_dir, "model_dir")), data=[str(_path(d, "data")) for d in data],
+                   out=str(_path(out_dir, "out_dir")), tokenizer=str(_path(tokenizer_dir, "tokenizer_dir")) if tokenizer_dir else None,
+                   steps=steps, batch=batch, micro_batch=micro_batch, seq=seq, lr=lr, schedule=schedule, warmup=warmup,
+                   save_every=save_every, eval_every=eval_every, eval_samples=eval_samples, patience=patience, precision=precision,
+                   document_mask=document_mask, field=field, resume=resume, seed=seed, nproc=nproc, strategy=strategy,
+                   progress=False)
+    with _named(model="model_dir", out="out_dir", tokenizer="tokenizer_dir"):
+        started = start(args, cwd=workspace())
+    return {**started, "run_dir": out_dir, "log": f"{out_dir.rstrip('/')}/train.log"}
+
+
+def training_status(out_dir: RunDir,
+                    rows: Annotated[int, Field(description="How many of the last training rows to return.", ge=1, le=1000)] = 1) -> dict[str, Any]:
+    """State of a training run: running / finished / stopped / failed / died, step of steps, the last metrics rows
+    (loss, lr, tokens, tokens_per_s, grad_norm), the last held-out evaluation (loss, perplexity), the checkpoints on
+    disk, the summary when finished and the log's tail when it failed."""
+    from archsmith.train.background import status
+
+    with _named(out="out_dir"):
+        return {**status(_path(out_dir, "out_dir"), rows), "run_dir": out_dir}
+
+
+def stop_training(out_dir: RunDir) -> dict[str, Any]:
+    """Stop a background training run gracefully: it finishes its current step, writes a checkpoint and exits with
+    state 'stopped'; start_training with resume=true continues it."""
+    from archsmith.train.background import stop
+
+    with _named(out="out_dir"):
+        return {**stop(_path(out_dir, "out_dir")), "run_dir": out_dir}
+
+
 estimate_config.__doc__ = estimate_config.__doc__.format(families=", ".join(families.NAMES))
 build_model.__doc__ = build_model.__doc__.format(buildable=", ".join(families.with_parity("both", "load")))
 compress_model.__doc__ = compress_model.__doc__.format(decoders=", ".join(families.with_parity("both")))
 
 TOOLS = [design_architecture, write_design, estimate_config, emit_hf_config, compute_optimal_sizing,
          list_scale_templates, list_gpus, build_model, search_models, evaluate_model, plan_finetune,
-         analyze_model, compress_model, export_model]
+         analyze_model, compress_model, export_model, train_tokenizer, start_training, training_status, stop_training]

@@ -17,6 +17,7 @@ ARCHSMITH_ALLOW_CODE=1).
 
 from __future__ import annotations
 
+import os
 import re
 import statistics
 import time
@@ -30,6 +31,7 @@ FACTORY = re.compile(r"^(?P<file>.+\.py):(?P<name>[A-Za-z_]\w*)$")
 META_ABOVE_BYTES = 2 * 2**30  # fp32 weights above 2 GiB analyse on the meta device: shapes, params, FLOPs; no latency
 DEFAULT_SEQ = 128  # tokens per sequence for text models when --seq is not given (capped by the context)
 MAX_INPUT_ELEMENTS = 1 << 28  # refuse example inputs above 256M elements (1 GiB at fp32) before allocating them
+RUN_MEMORY_FRACTION = 0.25  # a measured text-model run may take a quarter of this machine's memory (two can run at once)
 SPECIAL_OPS = {  # aten op-name pattern -> what to say about it
     "attention": re.compile(r"scaled_dot_product|_flash_attention|_efficient_attention|multi_head_attention"),
     "scatter/gather/sparse (graph) ops": re.compile(r"scatter|gather|index_add|index_put|index_select|_sparse|sparse_|segment_reduce|embedding_bag|bincount|coalesce"),
@@ -157,6 +159,37 @@ def _check_size(shape: tuple[int, ...], field_name: str) -> None:
         raise ArchsmithError(field_name, f"{shape} has {n:,} elements; at most {MAX_INPUT_ELEMENTS:,}")
 
 
+def _run_bytes(params: int, vocab: int, hidden: int, layers: int, heads: int, batch: int, seq: int) -> int:
+    """Rough fp32 bytes of a measured forward with saved activations: weights, logits and, per layer, a transformer
+    block without fused attention (34 h + 5 heads seq bytes per token at 16 bits, Korthikanti et al. 2022; x2 at fp32)."""
+    per_token = 4 * vocab + layers * 2 * (34 * hidden + 5 * heads * seq)
+    return 4 * params + batch * seq * per_token
+
+
+def _decide_meta(meta: bool | None, params: int, vocab: int, hidden: int, layers: int, heads: int, batch: int,
+                 seq: int, notes: list[str]) -> bool:
+    """The meta device when asked, for weights above META_ABOVE_BYTES, or when a measured run would not fit in
+    RUN_MEMORY_FRACTION of this machine's memory; refused (naming batch and seq) when a measured run was asked for."""
+    if meta:
+        return True
+    if params * 4 > META_ABOVE_BYTES:
+        if meta is False:
+            raise ArchsmithError("meta", f"{params:,} parameters are {params * 4 / 2**30:.1f} GiB at fp32, more than the "
+                                         f"{META_ABOVE_BYTES / 2**30:.0f} GiB a measured run loads; analyse on the meta device")
+        return True
+    need = _run_bytes(params, vocab, hidden, layers, heads, batch, seq)
+    limit = int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * RUN_MEMORY_FRACTION)
+    if need <= limit:
+        return False
+    if meta is False:
+        raise ArchsmithError("seq", f"a measured run at batch {batch} x seq {seq} needs about {need / 2**30:.1f} GiB, more than "
+                                    f"{limit / 2**30:.1f} GiB ({RUN_MEMORY_FRACTION:.0%} of this machine); lower batch or seq, or "
+                                    "analyse on the meta device")
+    notes.append(f"batch {batch} x seq {seq} would need about {need / 2**30:.1f} GiB to run here: analysed on the meta device "
+                 "(shapes, parameters, FLOPs; no latency)")
+    return True
+
+
 def _text_inputs(vocab: int, context: int, batch: int, seq: int | None, meta: bool, mask: bool) -> dict:
     import torch
 
@@ -202,7 +235,15 @@ def _from_hf(cfg: dict, weights_dir: Path | None, batch: int, seq: int | None, m
     with torch.device("meta"):
         probe = build(config)
     params = sum(p.numel() for p in probe.parameters())
-    meta = params * 4 > META_ABOVE_BYTES if meta is None else meta
+    text = getattr(config, "get_text_config", lambda: config)()
+    vocab = getattr(text, "vocab_size", None)
+    context = getattr(text, "max_position_embeddings", None) or 2048
+    if not isinstance(vocab, int):
+        raise ArchsmithError("model", f"{name}: config.json has no vocab_size; analyse it as file.py:factory with its own inputs")
+    notes: list[str] = []
+    shape = [getattr(text, key, None) for key in ("hidden_size", "num_hidden_layers", "num_attention_heads")]
+    hidden, layers, heads = (v if isinstance(v, int) and v > 0 else 1 for v in shape)
+    meta = _decide_meta(meta, params, vocab, hidden, layers, heads, batch, seq or min(DEFAULT_SEQ, context), notes)
     if meta:
         module = probe
     elif weights_dir is not None:
@@ -211,18 +252,14 @@ def _from_hf(cfg: dict, weights_dir: Path | None, batch: int, seq: int | None, m
         module = build(config)
     if not meta:
         module.float()
-    text = getattr(config, "get_text_config", lambda: config)()
-    vocab = getattr(text, "vocab_size", None)
-    context = getattr(text, "max_position_embeddings", None) or 2048
-    if not isinstance(vocab, int):
-        raise ArchsmithError("model", f"{name}: config.json has no vocab_size; analyse it as file.py:factory with its own inputs")
     kwargs = _text_inputs(vocab, context, batch, seq, meta, mask=not meta)
     if meta and cls.__name__.endswith("ForCausalLM"):  # transformers inspects 2D masks and positions with .item(): give a 4D causal mask
         S = kwargs["input_ids"].shape[1]
         kwargs["attention_mask"] = torch.ones(S, S, dtype=torch.bool, device="meta").tril()[None, None]
     if getattr(config, "use_cache", False):
         kwargs["use_cache"] = False
-    notes = [] if weights_dir is not None or meta else ["built from config.json with random weights (weights do not change shapes, FLOPs or latency)"]
+    if weights_dir is None and not meta:
+        notes.append("built from config.json with random weights (weights do not change shapes, FLOPs or latency)")
     return Target(module, (), kwargs, name, "transformers", meta=meta, config=cfg, notes=notes)
 
 
@@ -238,14 +275,16 @@ def _from_spec(cfg: dict, batch: int, seq: int | None, meta: bool | None, name: 
     except TypeError as exc:
         raise ArchsmithError("model", f"{name} is not an ArchitectureSpec: {exc}") from None
     check_buildable(spec)
-    meta = count_params(spec)["total"] * 4 > META_ABOVE_BYTES if meta is None else meta
+    notes: list[str] = []
+    meta = _decide_meta(meta, count_params(spec)["total"], spec.vocab_size, spec.hidden_size, spec.num_layers, spec.num_heads,
+                        batch, seq or min(DEFAULT_SEQ, spec.context_length), notes)
     if meta:
         with torch.device("meta"):
             module = CausalLM(spec)
     else:
         module = CausalLM.from_spec(spec)
     kwargs = _text_inputs(spec.vocab_size, spec.context_length, batch, seq, meta, mask=False)
-    return Target(module, (), kwargs, name, "archsmith", meta=meta, config=cfg)
+    return Target(module, (), kwargs, name, "archsmith", meta=meta, config=cfg, notes=notes)
 
 
 # ---- measuring ----------------------------------------------------------------------------------

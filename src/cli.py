@@ -173,7 +173,7 @@ def design(
                                            tokenizer=str(tokenizer) if tokenizer else None, gpu=gpu, gpus=gpus,
                                            tokens=tokens, mfu=mfu, vocab=vocab, batch=batch, seq=seq, strategy=strategy,
                                            checkpointing=checkpointing)
-        written = write_files(out_dir, render_design(result), overwrite)
+        written = write_files(out_dir, render_design(result, str(out_dir)), overwrite)
     except ArchsmithError as exc:
         _fail(exc)
     rec = result["recommended"]
@@ -581,6 +581,115 @@ def serve(
         _fail(exc)
     except KeyboardInterrupt:
         pass
+
+
+tokenizer_app = typer.Typer(no_args_is_help=True, help="Tokenizers: train one on a corpus (the design and train steps read it).")
+app.add_typer(tokenizer_app, name="tokenizer")
+
+
+@tokenizer_app.command("train")
+def tokenizer_train(
+    corpus: list[Path] = typer.Argument(..., help="Text files (a blank line ends a document), JSONL files or directories of them."),
+    vocab: int = typer.Option(..., "--vocab", help="Vocabulary size including special tokens (a small corpus may yield fewer)."),
+    out_dir: Path = typer.Option(..., "--out", help="Directory for tokenizer.json, tokenizer_config.json, special_tokens_map.json, tokenizer_report.json."),
+    kind: str = typer.Option("bpe", "--kind", help="bpe (byte-level BPE, lossless) or unigram."),
+    special: list[str] = typer.Option([], "--special", help="Extra special token (repeatable); <pad> <s> </s> <unk> are always ids 0-3."),
+    field: str = typer.Option("text", "--field", help="The string field of JSONL records."),
+    max_length: Optional[int] = typer.Option(None, "--max-length", help="model_max_length to record (the context you will design for)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace files in an existing --out directory."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+) -> None:
+    """Train a byte-level BPE or Unigram tokenizer that AutoTokenizer loads and `design --tokenizer` reads."""
+    from archsmith.files import check_out_dir, write_files
+    from archsmith.tokenizer import train_tokenizer
+
+    try:
+        check_out_dir(out_dir, overwrite)
+        files, report = train_tokenizer([str(c) for c in corpus], vocab, kind=kind, special=special, text_field=field,
+                                        max_length=max_length, progress=not as_json)
+        written = write_files(out_dir, files, overwrite)
+    except ArchsmithError as exc:
+        _fail(exc)
+    if as_json:
+        _json({**report, "files": [str(p) for p in written]})
+        return
+    held, lengths = report["held_out"], report["document_tokens"]
+    show_table(f"{kind} tokenizer in {out_dir}", [Column("what"), Column("value", True)], [
+        ["vocabulary", f"{report['vocab_size']:,} (asked {vocab:,})"],
+        ["corpus documents", f"{report['corpus']['documents']:,}"], ["corpus bytes", f"{report['corpus']['bytes']:,}"],
+        ["characters / token", f"{held['characters_per_token']}"], ["bytes / token", f"{held['bytes_per_token']}"],
+        ["document tokens p50 / p90 / p99 / max", f"{lengths['p50']:.0f} / {lengths['p90']:.0f} / {lengths['p99']:.0f} / {lengths['max']}"],
+        ["training", f"{report['training_seconds']} s ({report['training_mb_per_s']} MB/s)"]])
+    out.print(f"measured on {report['measured_on']}; wrote " + ", ".join(str(p) for p in written), highlight=False)
+
+
+@app.command()
+def train(
+    model: str = typer.Argument(..., help="A design directory or config.json (fresh weights), or a model directory with safetensors (continue)."),
+    data: list[str] = typer.Option(..., "--data", help="Corpus: text files, JSONL files or directories (repeatable)."),
+    out_dir: str = typer.Option(..., "--out", help="Run directory (must be new, unless --resume)."),
+    tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="Tokenizer directory (default: the model directory's tokenizer files)."),
+    steps: int = typer.Option(1000, "--steps", help="Optimizer steps."),
+    batch: int = typer.Option(32, "--batch", help="Global batch in sequences per optimizer step (all processes, accumulation included)."),
+    micro_batch: Optional[int] = typer.Option(None, "--micro-batch", help="Sequences per forward/backward per process (default: batch / nproc)."),
+    seq: Optional[int] = typer.Option(None, "--seq", help="Tokens per sequence (default: the model's context length)."),
+    lr: float = typer.Option(3e-4, "--lr", help="Peak learning rate (AdamW)."),
+    min_lr_ratio: float = typer.Option(0.1, "--min-lr-ratio", help="Final learning rate as a fraction of the peak."),
+    schedule: str = typer.Option("cosine", "--schedule", help="cosine, linear or wsd (warmup-stable-decay), after linear warmup."),
+    warmup: Optional[int] = typer.Option(None, "--warmup", help="Warmup steps (default: 5% of steps, at most 2000)."),
+    weight_decay: float = typer.Option(0.1, "--weight-decay", help="AdamW weight decay on matrices (never on norms, biases, embeddings)."),
+    clip: float = typer.Option(1.0, "--clip", help="Max global gradient norm."),
+    precision: str = typer.Option("auto", "--precision", help="auto (bf16 on GPUs that have it, fp16 + grad scaler on others, fp32 on CPU), fp32, bf16, fp16."),
+    save_every: int = typer.Option(1000, "--save-every", help="Steps between checkpoints (and always at the end); 0: only at the end."),
+    keep: int = typer.Option(3, "--keep", help="Checkpoints kept (newest)."),
+    eval_every: Optional[int] = typer.Option(None, "--eval-every", help="Steps between held-out evaluations (default: --save-every)."),
+    eval_samples: int = typer.Option(256, "--eval-samples", help="Held-out sequences per evaluation."),
+    eval_fraction: float = typer.Option(0.05, "--eval-fraction", help="Share of sequences held out (0: none)."),
+    patience: Optional[int] = typer.Option(None, "--patience", help="Stop after this many evaluations without improvement."),
+    document_mask: bool = typer.Option(False, "--document-mask", help="Attend only within each packed document; positions restart."),
+    field: str = typer.Option("text", "--field", help="The string field of JSONL records."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its newest complete checkpoint."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the initial weights and the data order."),
+    nproc: int = typer.Option(1, "--nproc", help="Processes on this machine (starts torchrun); under torchrun, leave it out."),
+    strategy: str = typer.Option("ddp", "--strategy", help="ddp or fsdp (FSDP2, one shard group per decoder layer) with several processes."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile each decoder layer."),
+    checkpointing: bool = typer.Option(False, "--checkpointing", help="Activation checkpointing per decoder layer."),
+    deterministic: bool = typer.Option(False, "--deterministic", help="Deterministic algorithms: bitwise-repeatable runs and resumes on one device."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars on stderr."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (the run summary) on stdout."),
+) -> None:
+    """Train a causal LM from a design or checkpoint on a corpus: checkpoints, metrics.jsonl, loss curve, report."""
+    import os
+
+    from archsmith.train.parallel import under_torchrun
+    from archsmith.train.run import LAUNCHED_ENV, RunArgs, launch
+    from archsmith.train.run import train as run_training
+
+    args = RunArgs(model=model, data=data, out=out_dir, tokenizer=tokenizer, steps=steps, batch=batch, micro_batch=micro_batch,
+                   seq=seq, lr=lr, min_lr_ratio=min_lr_ratio, schedule=schedule, warmup=warmup, weight_decay=weight_decay,
+                   clip=clip, precision=precision, save_every=save_every, keep=keep, eval_every=eval_every,
+                   eval_samples=eval_samples, eval_fraction=eval_fraction, patience=patience, document_mask=document_mask,
+                   field=field, resume=resume, seed=seed, nproc=nproc, strategy=strategy, compile=compile,
+                   checkpointing=checkpointing, deterministic=deterministic, progress=progress and not as_json)
+    try:
+        if under_torchrun() and nproc > 1 and nproc != int(os.environ["WORLD_SIZE"]):
+            raise ArchsmithError("nproc", f"torchrun started {os.environ['WORLD_SIZE']} processes; leave --nproc out under torchrun")
+        summary = launch(args) if nproc > 1 and not under_torchrun() else run_training(args)
+    except ArchsmithError as exc:
+        _fail(exc)
+    if not summary or os.environ.get(LAUNCHED_ENV):  # another rank, or a rank whose launcher reports
+        return
+    if as_json:
+        _json(summary)
+        return
+    evals = summary["evals"]
+    out.print(f"trained {summary['model']['parameters']:,} parameters for {summary['steps']} steps on {summary['world']} "
+              f"process(es) ({summary['strategy']}): {summary['tokens']:,} tokens, {summary['tokens_per_s']:,.0f} tokens/s")
+    line = f"loss {summary['first_loss']:.4f} -> {summary['last_loss']:.4f}"
+    if len(evals) > 1:
+        line += f"; held-out {evals[0]['loss']:.4f} -> {evals[-1]['loss']:.4f} (perplexity {evals[-1]['perplexity']:.2f})"
+    out.print(line + f"; {summary['stop_reason']}")
+    out.print(f"wrote {summary['final']} (model + tokenizer), report.md, loss.png, metrics.jsonl, checkpoints in {out_dir}", highlight=False)
 
 
 def main() -> None:

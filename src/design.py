@@ -357,6 +357,16 @@ def _aspect_error(spec: ArchitectureSpec, aspect: float) -> float:
 
 
 def _context_check(context: int, tokenizer: TokenizerInfo | None) -> str:
+    note = _context_check_max_length(context, tokenizer)
+    lengths = tokenizer.document_tokens if tokenizer else None
+    if lengths:  # measured when `archsmith tokenizer train` trained it
+        note += (f"; documents are {lengths['p50']:.0f} / {lengths['p90']:.0f} / {lengths['p99']:.0f} tokens at p50 / p90 / p99 "
+                 f"(max {lengths['max']}): {'the p99 document fits' if lengths['p99'] <= context else 'p99 documents are longer than'} "
+                 f"the context {context}")
+    return note
+
+
+def _context_check_max_length(context: int, tokenizer: TokenizerInfo | None) -> str:
     if tokenizer is None:
         return f"no tokenizer given: context {context} not checked against a tokenizer"
     if tokenizer.model_max_length is None:

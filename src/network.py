@@ -526,9 +526,16 @@ class Decoder(nn.Module):
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, position_ids: Tensor | None = None,
                 cache: KVCache | None = None) -> tuple[Tensor, Tensor | None]:
-        """input_ids (B, S); attention_mask (B, past + S), 1 for tokens, 0 for padding -> hidden (B, S, hidden), aux."""
+        """input_ids (B, S); attention_mask (B, past + S), 1 for tokens, 0 for padding, or a bool (B, 1, S, S)
+        saying which earlier tokens each token may see (document masking) -> hidden (B, S, hidden), aux."""
         B, S = input_ids.shape
         past = cache.length if cache is not None else 0
+        allowed = None
+        if attention_mask is not None and attention_mask.dim() == 4:
+            if past or attention_mask.shape != (B, 1, S, S) or attention_mask.dtype != torch.bool:
+                raise ValueError(f"a 4-D attention_mask must be bool ({B}, 1, {S}, {S}) without a cache, got "
+                                 f"{attention_mask.dtype} {tuple(attention_mask.shape)}")
+            allowed, attention_mask = attention_mask, None
         if attention_mask is not None and attention_mask.shape != (B, past + S):
             raise ValueError(f"attention_mask must have shape ({B}, {past + S}) (cached + new tokens), got {tuple(attention_mask.shape)}")
         if self.spec.position == "learned" and past + S > self.spec.context_length:
@@ -545,7 +552,9 @@ class Decoder(nn.Module):
         masks = {}
         for kind in self.layer_kinds:
             window = self.spec.sliding_window if kind == "sliding_attention" else None
-            mask = build_mask(S, past, padding, window, input_ids.device, force=self.alibi is not None)
+            mask = build_mask(S, past, padding, window, input_ids.device, force=self.alibi is not None or allowed is not None)
+            if allowed is not None:
+                mask = mask & allowed
             masks[kind] = self.alibi(mask, past) if self.alibi is not None else mask
         aux_losses = []
         for layer in self.layers:

@@ -17,6 +17,7 @@ from typing import Any
 from archsmith import estimate as est
 from archsmith.design import capacity_plan
 from archsmith.hfconfig import hf_from_spec
+from archsmith.train.parallel import launch_plan
 from archsmith.units import human_bytes, human_count, human_duration
 
 MEMORY_COLUMNS = (  # (key in `sharded_memory`, column header): every memory table and chart shows exactly these
@@ -152,8 +153,9 @@ def memory_charts(result: dict[str, Any], plan: dict[str, Any]) -> dict[str, Any
             for name, t in memory_tables(result, plan).items()}
 
 
-def render_design(result: dict[str, Any]) -> dict[str, bytes | str]:
-    """All files of `archsmith design`: config.json, the two reports and their charts."""
+def render_design(result: dict[str, Any], out_dir: str | None = None) -> dict[str, bytes | str]:
+    """All files of `archsmith design` into `out_dir`: config.json, the two reports and their charts
+    (and the tokenizer files when the design read a tokenizer)."""
     rec = result["recommended"]
     spec = rec.spec
     plan = design_plan(result)
@@ -166,17 +168,23 @@ def render_design(result: dict[str, Any]) -> dict[str, bytes | str]:
         "counts": rec.summary["params"],
         "layer_table": _layer_table(spec),
         "plan": plan,
+        "launch": launch_plan(result["training"], out_dir or "DESIGN_DIR", plan["tokens"]),
         "config_json": json.dumps(config, indent=2),
         "memory_columns": MEMORY_COLUMNS,
         "memory_tables": memory_tables(result, plan),
         "setting": design_setting(result["training"]),
     }
-    return {
+    files = {
         "config.json": json.dumps(config, indent=2) + "\n",
         "architecture_report.md": env.get_template("architecture_report.md.j2").render(**ctx),
         "capacity_plan.md": env.get_template("capacity_plan.md.j2").render(**ctx),
         **{name: _png(fig) for name, fig in memory_charts(result, plan).items()},
     }
+    if result.get("tokenizer"):  # the design directory becomes a complete Hugging Face model directory
+        from archsmith.tokenizer import tokenizer_files
+
+        files.update(tokenizer_files(result["tokenizer"]["path"]))
+    return files
 
 
 def design_plan(result: dict[str, Any]) -> dict[str, Any]:

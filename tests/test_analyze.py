@@ -95,6 +95,28 @@ def test_meta_device_for_a_published_config():
     assert result["bottlenecks"]["by_time"] == [] and result["bottlenecks"]["by_flops"][0]["name"] == "lm_head"
 
 
+def test_a_run_too_large_for_this_machine_goes_to_the_meta_device(tmp_path):
+    """batch x seq is bounded by memory, not by time: a client cannot make the server allocate what it has not got."""
+    import os
+
+    from archsmith.analyze import RUN_MEMORY_FRACTION, _run_bytes
+
+    config = {**json.loads((HERE.parent / "src" / "data" / "reference_architectures" / "HuggingFaceTB__SmolLM2-135M.json").read_text())}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    machine = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    batch, seq = 64, 8192
+    need = _run_bytes(134_515_008, config["vocab_size"], config["hidden_size"], config["num_hidden_layers"],
+                      config["num_attention_heads"], batch, seq)
+    assert need > machine * RUN_MEMORY_FRACTION  # the setting really is too large here
+    result = run(str(path), batch=batch, seq=seq)
+    assert result["totals"]["latency_ms"] is None and any("analysed on the meta device" in n for n in result["notes"])
+    with pytest.raises(ArchsmithError, match=r"^seq: a measured run at batch 64 x seq 8192 needs about"):
+        run(str(path), batch=batch, seq=seq, meta=False)
+    small = run(str(path), batch=1, seq=8, repeats=1)  # the same model at a small size is measured
+    assert small["totals"]["latency_ms"] is not None
+
+
 def test_cli_json_chart_and_errors(tmp_path):
     chart = tmp_path / "cnn.png"
     done = CliRunner().invoke(app, ["analyze", f"{FACTORIES}:cnn", "--repeats", "2", "--chart", str(chart), "--json"])

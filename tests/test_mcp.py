@@ -222,6 +222,9 @@ def strategy_for(schema: dict) -> st.SearchStrategy:
         return st.tuples(known, extra).map(lambda pair: {**pair[1], **pair[0]})
     if kind == "object":
         return free_object()
+    if kind == "array":
+        low = schema.get("minItems", 0)
+        return st.lists(strategy_for(schema["items"]), min_size=low, max_size=max(low, min(schema.get("maxItems", 3), 3)))
     raise AssertionError(f"no strategy for schema {schema}")
 
 

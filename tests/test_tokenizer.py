@@ -1,15 +1,19 @@
-"""A real tokenizer, trained with `tokenizers`, feeds vocab size and special ids into the design."""
+"""Real tokenizers: trained by `archsmith tokenizer train` (and by hand), read by the design step."""
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from archsmith.errors import ConfigError
 from archsmith.tokenizer import read_tokenizer
+from conftest import STORIES
 
 
 def make_tokenizer(directory, vocab=300, config=None):
@@ -59,3 +63,103 @@ def test_design_uses_tokenizer(tmp_path):
     assert (cfg["bos_token_id"], cfg["eos_token_id"], cfg["pad_token_id"]) == (1, 2, 0)
     report = (out / "architecture_report.md").read_text()
     assert "model_max_length is 2048, shorter than the context 4096" in report
+
+
+# ---- training -----------------------------------------------------------------------------------
+
+CORPUS_DOCS = STORIES.read_text(encoding="utf-8").strip().split("\n\n")
+
+
+@pytest.fixture(scope="module", params=["bpe", "unigram"])
+def trained(request, tmp_path_factory):
+    from archsmith.files import write_files
+    from archsmith.tokenizer import train_tokenizer
+
+    out = tmp_path_factory.mktemp(request.param) / "tok"
+    files, report = train_tokenizer([STORIES], 400 if request.param == "bpe" else 300, kind=request.param,
+                                    special=["<|tool|>"], max_length=1024, progress=False)
+    write_files(out, files)
+    return request.param, out, report
+
+
+def test_trained_tokenizer_loads_and_round_trips(trained):
+    import numpy as np
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer
+
+    kind, out, report = trained
+    fast = Tokenizer.from_file(str(out / "tokenizer.json"))
+    auto = AutoTokenizer.from_pretrained(out)
+    assert (auto.pad_token_id, auto.bos_token_id, auto.eos_token_id, auto.unk_token_id) == (0, 1, 2, 3)
+    assert auto.convert_tokens_to_ids("<|tool|>") == 4 and auto.model_max_length == 1024
+    held = CORPUS_DOCS[19::20]  # every 20th document was held out of training
+    for doc in held:
+        ids = auto(doc, add_special_tokens=False).input_ids
+        assert ids == fast.encode(doc, add_special_tokens=False).ids
+        assert auto.decode(ids) == doc
+    assert auto("call <|tool|> now").input_ids.count(4) == 1  # a special token stays one token
+    info = read_tokenizer(out)
+    assert info.vocab_size == report["vocab_size"] == fast.get_vocab_size() and info.eos_token_id == 2
+    lengths = [len(fast.encode(d, add_special_tokens=False).ids) for d in held]  # the report, measured again
+    assert report["measured_on"] == "held-out documents" and report["held_out"]["documents"] == len(held)
+    assert report["held_out"]["characters_per_token"] == round(sum(map(len, held)) / sum(lengths), 4)
+    assert report["document_tokens"]["p90"] == float(np.percentile(lengths, 90)) and report["document_tokens"]["max"] == max(lengths)
+    assert info.document_tokens == report["document_tokens"]
+
+
+@functools.cache
+def bpe_on_stories():
+    from tokenizers import Tokenizer
+
+    from archsmith.tokenizer import train_tokenizer
+
+    files, _ = train_tokenizer([STORIES], 400, progress=False)
+    return Tokenizer.from_str(files["tokenizer.json"])
+
+
+@settings(max_examples=50, deadline=None)
+@given(text=st.text(max_size=200))
+def test_byte_level_bpe_round_trips_any_text(text):
+    tok = bpe_on_stories()  # trained on English stories; any Unicode still round-trips through bytes
+    assert tok.decode(tok.encode(text, add_special_tokens=False).ids, skip_special_tokens=False) == text
+
+
+def test_design_copies_the_tokenizer(tmp_path, trained):
+    from transformers import AutoConfig, AutoTokenizer
+
+    kind, tok_dir, report = trained
+    if kind != "bpe":
+        pytest.skip("one kind is enough for the design step")
+    out = tmp_path / "design"
+    result = subprocess.run([sys.executable, "-m", "archsmith.cli", "design", "--params", "5M", "--tokenizer", str(tok_dir),
+                             "--out", str(out), "--json"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer_report.json"):
+        assert (out / name).read_bytes() == (tok_dir / name).read_bytes()
+    config, auto = AutoConfig.from_pretrained(out), AutoTokenizer.from_pretrained(out)  # one Hugging Face model directory
+    assert config.vocab_size >= len(auto) and config.eos_token_id == auto.eos_token_id == 2
+    p99 = report["document_tokens"]["p99"]
+    assert f"/ {p99:.0f} tokens at p50 / p90 / p99" in json.loads(result.stdout)["context_check"]
+
+
+def test_training_refuses_bad_input(tmp_path):
+    from typer.testing import CliRunner
+
+    from archsmith.cli import app
+
+    def refused(*args, field: str) -> None:
+        result = CliRunner().invoke(app, ["tokenizer", "train", *map(str, args)])
+        assert result.exit_code == 2 and result.stdout == "", result.output
+        assert result.stderr.strip().startswith(f"error: {field}:") and len(result.stderr.strip().splitlines()) == 1
+
+    (tmp_path / "empty.txt").write_text("\n\n\n")
+    refused(tmp_path / "empty.txt", "--vocab", 300, "--out", tmp_path / "a", field="corpus")
+    refused(STORIES, "--vocab", 100, "--out", tmp_path / "b", field="vocab")
+    refused(STORIES, "--vocab", 300, "--kind", "wordpiece", "--out", tmp_path / "c", field="kind")
+    refused(STORIES, "--vocab", 300, "--special", "<s>", "--out", tmp_path / "d", field="special")
+    refused(tmp_path / "missing", "--vocab", 300, "--out", tmp_path / "e", field="corpus")
+    assert not any((tmp_path / n).exists() for n in "abcde")
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "tokenizer.json").write_text("{}")
+    refused(STORIES, "--vocab", 300, "--out", tmp_path / "taken", field="out")
+    assert (tmp_path / "taken" / "tokenizer.json").read_text() == "{}"

@@ -1,0 +1,503 @@
+"""The training loop: any nn.Module, any objective, one process or many.
+
+    from archsmith.train.loop import Trainer, TrainConfig
+
+    def objective(modules, batch):                  # modules.model, modules.<extra name>
+        out = modules.model(batch["input_ids"], labels=batch["labels"])
+        return out.loss, {"nll": out.loss.detach()}  # (scalar loss, metrics to average and log)
+
+    trainer = Trainer(model, objective, train=samples, collate=collate, out="runs/x",
+                      config=TrainConfig(steps=1000, global_batch=64, lr=3e-4),
+                      eval_data=held_out, extra={"proj": nn.Linear(384, 768)})
+    summary = trainer.fit(resume=False)
+
+- `model`: a single-device nn.Module (archsmith.network.CausalLM, a transformers model, ...).
+  Parallelism is applied from outside (`archsmith.train.parallel`): launched by torchrun
+  (WORLD_SIZE > 1) the trainer joins the process group and wraps model + extras with DDP or
+  FSDP2 (`config.strategy`; FSDP shards the repeated blocks of the model, then the root).
+- `objective(modules, batch) -> (loss, metrics)`: `modules` holds `model` and every `extra`
+  module as attributes (it is what DDP/FSDP wrap, so gradients of extras are synchronised too).
+  `loss` is a scalar mean over the micro-batch; `metrics` maps names to scalars (tensors or
+  floats), averaged over micro-batches and ranks and logged. A metric named `nll` is a token
+  negative log-likelihood: evaluation rows then carry `perplexity = exp(mean nll)`. Modules the
+  objective closes over (a teacher) are not trained, wrapped, sharded or saved: put them on this
+  rank's device yourself (`archsmith.train.parallel.setup().device`). With DDP, `TrainConfig.unused_parameters` allows parameters that get no gradient (an
+  encoder's pooler). tests/test_train.py trains a transformers BertForMaskedLM with a projection.
+- `train` / `eval_data`: indexable sequences of samples, `collate(list of samples) -> batch` (a dict
+  of tensors, moved to the device). Step s consumes samples [s*G, (s+1)*G) of a seeded, endless
+  shuffle of `train` (G = global batch); rank r takes the r-th contiguous G/W of them in
+  micro-batches of `micro_batch` (gradient accumulation makes up the rest). Batches are thus a
+  function of the step: a resumed run continues on exactly the data it would have seen.
+- `save_model(model, full_state_dict, directory)` / `load_model(model, directory)`: how the
+  model is written into checkpoints and the final export (defaults in `checkpoint`:
+  network.py's save_pretrained for a CausalLM, transformers' save_pretrained for an HF model).
+- `count_tokens(batch) -> int` for tokens/s (default: elements of `batch["input_ids"]`).
+
+What the trainer does with them: AdamW with weight decay on matrices only (no decay on norms,
+biases, embeddings); linear warmup then cosine / linear / WSD decay to `min_lr_ratio * lr`;
+gradient clipping; bf16 autocast (fp16 + GradScaler) where supported (FSDP: a mixed-precision
+policy); optional activation checkpointing and torch.compile; evaluation every `eval_every`
+steps with early stopping after `patience` evaluations without improvement; checkpoints every
+`save_every` steps (atomic, keep-last-N, `fit(resume=True)` continues from the newest); SIGTERM
+stops after the current step with a checkpoint. It writes into `out`:
+
+    metrics.jsonl    one JSON object per optimizer step: kind "train", step, loss, lr, tokens
+                     (seen so far), tokens_per_s, grad_norm, elapsed_s, the objective's metrics;
+                     evaluation rows have kind "eval", step, loss (+ perplexity)
+    checkpoints/     see `archsmith.train.checkpoint`
+    final/           the model at the end, through `save_model` (FSDP: consolidated on rank 0)
+    loss.png         the loss curve; status.json: state (running, finished, stopped, failed), step
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from archsmith.errors import ArchsmithError
+from archsmith.train import checkpoint as ckpt
+from archsmith.train import parallel
+from archsmith.train.data import Order, rank_slice
+from archsmith.train.metrics import MetricsLog, write_status
+
+SCHEDULES = ("cosine", "linear", "wsd")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+Objective = Callable[[nn.Module, Any], "tuple[torch.Tensor, dict[str, Any]]"]
+
+
+@dataclass
+class TrainConfig:
+    """How to train. Batch sizes count samples (sequences for an LM); steps count optimizer steps."""
+
+    steps: int
+    global_batch: int  # samples per optimizer step, over all ranks and micro-steps
+    micro_batch: int | None = None  # samples per forward/backward on one rank (default: global_batch / world)
+    lr: float = 3e-4  # peak learning rate; a safe AdamW default for 10M-1B decoders (GPT-3, Llama papers use 1.5e-4 to 6e-4)
+    min_lr_ratio: float = 0.1  # decay ends at 10% of the peak (Chinchilla, Llama)
+    schedule: str = "cosine"
+    warmup: int = 0  # linear warmup steps
+    decay_fraction: float = 0.2  # WSD: the last 20% of steps decay linearly (Hägele et al. 2024)
+    weight_decay: float = 0.1  # on matrices only (GPT-3, Llama)
+    betas: tuple[float, float] = (0.9, 0.95)  # the LLM pre-training standard (GPT-3, Llama)
+    eps: float = 1e-8  # AdamW's default
+    clip: float | None = 1.0  # max global gradient norm; None disables
+    precision: str = "auto"  # auto: bf16 on GPUs that have it, fp16 on other GPUs, fp32 on CPU
+    strategy: str = "ddp"  # with more than one process: ddp or fsdp
+    save_every: int = 0  # 0: only at the end
+    keep: int = 3  # checkpoints kept on disk (newest)
+    eval_every: int = 0  # 0: only at the end (and at step 0)
+    eval_samples: int = 256  # held-out samples per evaluation (the first ones, fixed)
+    patience: int | None = None  # stop after this many evaluations without improvement
+    min_delta: float = 0.0  # improvement smaller than this does not count
+    checkpointing: bool = False  # activation checkpointing per block
+    compile: bool = False  # torch.compile each block (or the whole model)
+    seed: int = 0  # of the data order and of each rank's RNG (seed + rank)
+    unused_parameters: bool = False  # DDP: some parameters get no gradient in a step (an encoder's unused pooler)
+    deterministic: bool = False  # torch.use_deterministic_algorithms: bitwise-repeatable runs on one device
+    progress: bool = True  # a rich progress bar on rank 0 (stderr)
+
+    def check(self, world: int = 1) -> int:
+        """Validate; returns the micro-batch. Raises ArchsmithError naming the field."""
+        def need(ok: bool, name: str, what: str) -> None:
+            if not ok:
+                raise ArchsmithError(name, what)
+
+        need(isinstance(self.steps, int) and 1 <= self.steps <= 10**9, "steps", f"must be in [1, 1e9], got {self.steps}")
+        need(isinstance(self.global_batch, int) and self.global_batch >= 1, "batch", f"must be >= 1, got {self.global_batch}")
+        need(self.global_batch % world == 0, "batch", f"{self.global_batch} does not split over {world} processes")
+        micro = self.micro_batch or self.global_batch // world
+        need(isinstance(micro, int) and 1 <= micro, "micro_batch", f"must be >= 1, got {micro}")
+        need((self.global_batch // world) % micro == 0, "micro_batch",
+             f"{micro} must divide the per-process batch {self.global_batch // world} (batch {self.global_batch} / {world} processes)")
+        need(0 < self.lr <= 1, "lr", f"must be in (0, 1], got {self.lr}")
+        need(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
+        need(self.schedule in SCHEDULES, "schedule", f"must be one of {', '.join(SCHEDULES)}; got {self.schedule!r}")
+        need(isinstance(self.warmup, int) and self.warmup >= 0, "warmup", f"must be >= 0, got {self.warmup}")
+        need(0 < self.decay_fraction <= 1, "decay_fraction", f"must be in (0, 1], got {self.decay_fraction}")
+        need(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        need(self.clip is None or self.clip > 0, "clip", f"must be > 0 (or None to disable), got {self.clip}")
+        need(self.precision in PRECISIONS, "precision", f"must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
+        need(self.strategy in parallel.STRATEGIES, "strategy", f"must be one of {', '.join(parallel.STRATEGIES)}; got {self.strategy!r}")
+        need(self.save_every >= 0 and self.eval_every >= 0, "save_every", "save_every and eval_every must be >= 0")
+        need(self.keep >= 1, "keep", f"must be >= 1, got {self.keep}")
+        need(self.eval_samples >= 1, "eval_samples", f"must be >= 1, got {self.eval_samples}")
+        need(self.patience is None or self.patience >= 1, "patience", f"must be >= 1, got {self.patience}")
+        return micro
+
+
+def lr_factor(step: int, steps: int, warmup: int, schedule: str, min_ratio: float, decay_fraction: float) -> float:
+    """Multiplier of the peak LR at optimizer step `step` (0-based): linear warmup to 1, then decay to min_ratio."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "wsd":
+        decay_start = max(warmup, steps - math.ceil(decay_fraction * steps))
+        if step < decay_start:
+            return 1.0
+        progress = (step - decay_start + 1) / max(1, steps - decay_start)
+        return 1 - (1 - min_ratio) * min(1.0, progress)
+    progress = min(1.0, (step - warmup + 1) / max(1, steps - warmup))
+    if schedule == "linear":
+        return 1 - (1 - min_ratio) * progress
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def param_groups(modules: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: weight decay on matrices; none on norms, biases and embeddings (any dim < 2 or nn.Embedding)."""
+    embeddings = {id(p) for m in modules.modules() if isinstance(m, nn.Embedding) for p in m.parameters(recurse=False)}
+    decay, plain = [], []
+    for p in modules.parameters():  # a tied lm_head appears once, as the embedding
+        if p.requires_grad:
+            (plain if p.ndim < 2 or id(p) in embeddings else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
+
+
+def count_tokens(batch: Any) -> int:
+    return int(batch["input_ids"].numel())
+
+
+class TrainModules(nn.Module):
+    """The model and the extra trainable modules; forward(batch) runs the objective. This is what DDP/FSDP wrap."""
+
+    def __init__(self, model: nn.Module, extra: dict[str, nn.Module], objective: Objective):
+        super().__init__()
+        self.model = model
+        for name, module in extra.items():
+            if not name.isidentifier() or name == "model" or hasattr(self, name):
+                raise ArchsmithError("extra", f"{name!r} cannot name an extra module (an identifier other than 'model')")
+            self.add_module(name, module)
+        self.__dict__["objective"] = objective  # not registered: modules it holds (a teacher) are not trained
+
+    def forward(self, batch: Any):
+        return self.objective(self, batch)
+
+
+@dataclass
+class _State:
+    step: int = 0
+    tokens: int = 0
+    best_eval: float | None = None
+    bad_evals: int = 0
+    elapsed: float = 0.0
+    stop_reason: str = "steps"
+    evals: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Trainer:
+    """Runs `config.steps` optimizer steps of `objective` over `train`; see the module docstring."""
+
+    def __init__(self, model: nn.Module, objective: Objective, train: Sequence, collate: Callable[[list], Any],
+                 out: str | Path, config: TrainConfig, eval_data: Sequence | None = None, extra: dict[str, nn.Module] | None = None,
+                 save_model: ckpt.SaveModel = ckpt.save_model, load_model: ckpt.LoadModel = ckpt.load_model,
+                 count_tokens: Callable[[Any], int] = count_tokens):
+        self.model, self.objective, self.train_data, self.collate = model, objective, train, collate
+        self.out, self.config, self.extra = Path(out), config, dict(extra or {})
+        self.eval_data = eval_data if eval_data is not None and len(eval_data) > 0 else None
+        self.save_hook, self.load_hook, self.count_tokens = save_model, load_model, count_tokens
+        self._stop_signal = False
+
+    # ---- set-up -------------------------------------------------------------------------------
+    def _precision(self, device: torch.device) -> tuple[torch.dtype | None, bool]:
+        """(autocast / FSDP compute dtype or None for fp32, use a GradScaler)."""
+        choice = self.config.precision
+        if choice == "auto":
+            choice = "fp32" if device.type != "cuda" else "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        if choice == "fp16" and self.config.strategy == "fsdp" and self.d.world > 1:
+            raise ArchsmithError("precision", "fp16 with FSDP is not supported (no sharded grad scaler here); use bf16 or fp32")
+        return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[choice], choice == "fp16"
+
+    def _prepare(self) -> None:
+        cfg = self.config
+        self.d = d = parallel.setup()
+        self.micro = cfg.check(d.world)
+        self.accum = cfg.global_batch // d.world // self.micro
+        self.sharded = cfg.strategy == "fsdp" and d.world > 1
+        torch.manual_seed(cfg.seed + d.rank)
+        self._was_deterministic = torch.are_deterministic_algorithms_enabled()
+        torch.use_deterministic_algorithms(cfg.deterministic or self._was_deterministic)
+        self.dtype, use_scaler = self._precision(d.device)
+        model = self.model
+        if cfg.checkpointing:
+            if hasattr(model, "set_checkpointing"):
+                model.set_checkpointing(True)
+            elif hasattr(model, "gradient_checkpointing_enable"):
+                model.gradient_checkpointing_enable()
+            else:
+                raise ArchsmithError("checkpointing", f"{type(model).__name__} has no set_checkpointing or gradient_checkpointing_enable")
+        self.modules = TrainModules(model, self.extra, self.objective).to(d.device)
+        if cfg.compile:
+            for block in parallel.blocks(model) or [model]:
+                block.compile()
+        self.wrapped = parallel.wrap(self.modules, cfg.strategy, d, self.dtype if self.sharded else None, cfg.unused_parameters)
+        fused = d.device.type == "cuda"  # the fused CUDA kernel; foreach on CPU
+        self.optimizer = torch.optim.AdamW(param_groups(self.modules, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas,
+                                           eps=cfg.eps, fused=fused or None)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, partial(
+            lr_factor, steps=cfg.steps, warmup=cfg.warmup, schedule=cfg.schedule, min_ratio=cfg.min_lr_ratio,
+            decay_fraction=cfg.decay_fraction))
+        self.scaler = torch.amp.GradScaler(d.device.type) if use_scaler else None
+        self.order = Order(len(self.train_data), cfg.seed)
+        self.wrapped.train()  # transformers' from_pretrained returns eval mode
+
+    def _autocast(self):
+        import contextlib
+
+        if self.dtype is None or self.sharded:  # FSDP casts through its mixed-precision policy
+            return contextlib.nullcontext()
+        return torch.autocast(self.d.device.type, dtype=self.dtype)
+
+    def _to_device(self, batch: Any) -> Any:
+        if isinstance(batch, dict):
+            return {k: v.to(self.d.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+        return batch.to(self.d.device, non_blocking=True) if torch.is_tensor(batch) else batch
+
+    # ---- the loop -----------------------------------------------------------------------------
+    def fit(self, resume: bool = False) -> dict[str, Any]:
+        """Train to `config.steps` (or an early stop / SIGTERM); returns the run summary (also in summary.json)."""
+        self._prepare()
+        d, cfg, out = self.d, self.config, self.out
+        root = out / ckpt.CHECKPOINTS
+        previous = signal.signal(signal.SIGTERM, self._on_sigterm) if _main_thread() else None
+        try:
+            state = self._resume(root) if resume else _State()
+            if not resume and ((out / "metrics.jsonl").exists() or root.exists()):
+                raise ArchsmithError("out", f"{out} holds another run; pass --resume to continue it or choose a new directory")
+            parallel.barrier(d)  # every rank has looked before rank 0 writes
+            log = MetricsLog(out / "metrics.jsonl", enabled=d.main, truncate_after=state.step if resume else 0)
+            try:
+                write_status(out, d, "running", state.step, cfg.steps)
+                self._loop(state, log, root)
+            except BaseException as exc:
+                write_status(out, d, "failed", state.step, cfg.steps, error=f"{type(exc).__name__}: {exc}")
+                raise
+            finally:
+                log.close()
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+            torch.use_deterministic_algorithms(self._was_deterministic)
+        summary = self._finish(state)
+        parallel.teardown(d)
+        return summary
+
+    def _resume(self, root: Path) -> _State:
+        """Restore the newest complete checkpoint under `root`; returns the loop state saved with it."""
+        path = ckpt.latest(root)
+        if path is None:
+            raise ArchsmithError("resume", f"no complete checkpoint in {root}; start without --resume")
+        saved = ckpt.load(path, self.modules, self.optimizer, self.d, self.sharded, self.load_hook)
+        self._check_resumable(saved)
+        self.scheduler.load_state_dict(saved["scheduler"])
+        if self.scaler is not None and saved.get("scaler"):
+            self.scaler.load_state_dict(saved["scaler"])
+        return _State(**{**saved["state"], "stop_reason": "steps"})
+
+    def _loop(self, state: _State, log: "MetricsLog", root: Path) -> None:
+        d, cfg = self.d, self.config
+        if self.eval_data is not None and state.step == 0:
+            self._evaluate(state, log)
+        progress = _Progress(cfg.progress and d.main, state.step, cfg.steps)
+        self._clock = time.perf_counter()  # a step's time runs from the previous step's end: logging counts, evaluations do not
+        try:
+            while state.step < cfg.steps:
+                row = self._step(state)
+                log.write(row)
+                progress.update(state.step, row)
+                pause = time.perf_counter()
+                stop = bool(row.pop("_stop"))
+                done = state.step == cfg.steps
+                if self.eval_data is not None and ((cfg.eval_every and state.step % cfg.eval_every == 0) or done or stop):
+                    if self._evaluate(state, log):
+                        state.stop_reason, stop = f"early stop: no improvement in {cfg.patience} evaluations", True
+                if stop and state.stop_reason == "steps":
+                    state.stop_reason = "stopped by SIGTERM"
+                if (cfg.save_every and state.step % cfg.save_every == 0) or done or stop:
+                    self._save(state, root)
+                if stop:
+                    break
+                self._clock += time.perf_counter() - pause
+        finally:
+            progress.close()
+
+    def _step(self, state: _State) -> dict[str, Any]:
+        d, cfg = self.d, self.config
+        lr = self.optimizer.param_groups[0]["lr"]
+        first, count = rank_slice(state.step, cfg.global_batch, d.rank, d.world)
+        indices = self.order.take(first, count)
+        loss_sum = torch.zeros((), device=d.device)
+        metric_sums: dict[str, torch.Tensor] = {}
+        tokens = 0
+        for i in range(self.accum):
+            batch = self.collate([self.train_data[j] for j in indices[i * self.micro:(i + 1) * self.micro]])
+            tokens += self.count_tokens(batch)
+            batch = self._to_device(batch)
+            with parallel.gradient_sync(self.wrapped, cfg.strategy, d, i == self.accum - 1):
+                with self._autocast():
+                    loss, metrics = self.wrapped(batch)
+                scaled = loss / self.accum
+                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            loss_sum += loss.detach().float()
+            for k, v in metrics.items():
+                metric_sums[k] = metric_sums.get(k, 0) + torch.as_tensor(v, dtype=torch.float32, device=d.device).detach()
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        norm = self._clip()
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        names = sorted(metric_sums)
+        synced = torch.stack([loss_sum / self.accum, *[metric_sums[k] / self.accum for k in names],
+                              torch.tensor(float(tokens), device=d.device), torch.tensor(float(self._stop_signal), device=d.device)])
+        parallel.all_reduce_sum(synced, d)
+        values = synced.tolist()
+        step_tokens, stop = int(values[-2]), values[-1] > 0
+        now = time.perf_counter()
+        seconds, self._clock = now - self._clock, now
+        state.step += 1
+        state.tokens += step_tokens
+        state.elapsed += seconds
+        row = {"kind": "train", "step": state.step, "loss": values[0] / d.world, "lr": lr, "tokens": state.tokens,
+               "tokens_per_s": round(step_tokens / seconds, 1), "grad_norm": norm, "elapsed_s": round(state.elapsed, 3)}
+        row.update({k: values[1 + i] / d.world for i, k in enumerate(names) if k != "loss"})
+        row["_stop"] = stop
+        return row
+
+    def _clip(self) -> float | None:
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        if self.config.clip is None:
+            return None
+        norm = torch.nn.utils.clip_grad_norm_(params, self.config.clip)
+        if hasattr(norm, "full_tensor"):  # FSDP: a DTensor
+            norm = norm.full_tensor()
+        return round(float(norm), 6)
+
+    @torch.no_grad()
+    def _evaluate(self, state: _State, log: "MetricsLog") -> bool:
+        """Mean loss (and perplexity) on the first eval_samples held-out samples; True when early stopping is due."""
+        d, cfg = self.d, self.config
+        n = min(cfg.eval_samples, len(self.eval_data))
+        share = -(-n // d.world)
+        mine = list(range(d.rank * share, min(n, (d.rank + 1) * share)))
+        self.wrapped.eval()
+        sums: dict[str, torch.Tensor] = {}
+        weight = torch.zeros((), device=d.device)
+        for start in range(0, share, self.micro):  # the same number of forwards on every rank: FSDP's gathers are collective
+            chunk = mine[start:start + self.micro]
+            batch = self._to_device(self.collate([self.eval_data[i] for i in chunk or [0]]))  # [0]: a forward that counts 0
+            w = len(chunk)
+            with self._autocast():
+                loss, metrics = self.wrapped(batch)
+            for k, v in {"loss": loss, **metrics}.items():
+                sums[k] = sums.get(k, 0) + torch.as_tensor(v, dtype=torch.float32, device=d.device) * w
+            weight += w
+        self.wrapped.train()
+        names = sorted(sums)
+        synced = parallel.all_reduce_sum(torch.stack([*[sums[k] for k in names], weight]), d).tolist()
+        means = {k: synced[i] / synced[-1] for i, k in enumerate(names)}
+        row = {"kind": "eval", "step": state.step, "loss": means.pop("loss"), "samples": int(synced[-1]), **means}
+        if "nll" in row:
+            row["perplexity"] = math.exp(min(row["nll"], 700.0))  # exp overflows float beyond ~709
+        log.write(row)
+        state.evals.append({"step": state.step, "loss": row["loss"], **({"perplexity": row["perplexity"]} if "perplexity" in row else {})})
+        if state.step == 0:
+            return False
+        if state.best_eval is None or row["loss"] < state.best_eval - cfg.min_delta:
+            state.best_eval, state.bad_evals = row["loss"], 0
+        else:
+            state.bad_evals += 1
+        return cfg.patience is not None and state.bad_evals >= cfg.patience
+
+    # ---- checkpoints and the end --------------------------------------------------------------
+    def _save(self, state: _State, root: Path) -> None:
+        trainer_state = {"scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict() if self.scaler else None,
+                         "state": asdict(state), "config": asdict(self.config), "world": self.d.world}
+        ckpt.save(root, state.step, trainer_state, self.modules, self.optimizer, self.d, self.sharded, self.save_hook,
+                  self.config.keep)
+        write_status(self.out, self.d, "running", state.step, self.config.steps)
+
+    def _check_resumable(self, saved: dict[str, Any]) -> None:
+        """The saved run must have had the same global batch, seed and schedule shape (data and LR are functions of them)."""
+        old = saved["config"]
+        for name in ("global_batch", "seed", "schedule", "warmup", "lr"):
+            if old[name] != getattr(self.config, name):
+                raise ArchsmithError(name, f"the checkpoint was trained with {name}={old[name]}; resume with the same value")
+
+    def _finish(self, state: _State) -> dict[str, Any]:
+        d, out = self.d, self.out
+        full = ckpt.full_model_state(self.modules, self.sharded)  # collective under FSDP
+        summary: dict[str, Any] = {}
+        if d.main:
+            import shutil
+
+            from archsmith.files import write_file
+            from archsmith.train.metrics import loss_curve, read_metrics
+
+            final = out / "final"
+            shutil.rmtree(final, ignore_errors=True)
+            self.save_hook(self.model, full, final)
+            rows = read_metrics(out / "metrics.jsonl")
+            write_file(out / "loss.png", loss_curve(rows), overwrite=True)
+            train_rows = [r for r in rows if r["kind"] == "train"]
+            first, last = (train_rows[0], train_rows[-1]) if train_rows else ({}, {})
+            # steady state: steps after the first (which pays for allocations and compilation)
+            steady = (last["tokens"] - first["tokens"]) / max(1e-9, last["elapsed_s"] - first["elapsed_s"]) if len(train_rows) > 1 else None
+            summary = {
+                "steps": state.step, "tokens": state.tokens, "stop_reason": state.stop_reason,
+                "first_loss": first.get("loss"), "last_loss": last.get("loss"), "evals": state.evals,
+                "best_eval_loss": state.best_eval, "tokens_per_s": round(steady, 1) if steady else first.get("tokens_per_s"),
+                "elapsed_s": round(state.elapsed, 3), "world": d.world, "strategy": self.config.strategy if d.world > 1 else "single",
+                "precision": str(self.dtype).replace("torch.", "") if self.dtype else "float32",
+                "micro_batch": self.micro, "accumulation": self.accum,
+                "checkpoints": [p.name for _, p in ckpt.complete(out / ckpt.CHECKPOINTS)], "final": str(final),
+            }
+            write_file(out / "summary.json", json.dumps(summary, indent=2) + "\n", overwrite=True)
+        write_status(out, d, "stopped" if state.stop_reason.startswith("stopped") else "finished", state.step, self.config.steps)
+        return summary
+
+    def _on_sigterm(self, signum, frame) -> None:
+        self._stop_signal = True
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+class _Progress:
+    """A rich progress bar on stderr (rank 0): step / steps, loss, lr, tokens/s."""
+
+    def __init__(self, enabled: bool, done: int, total: int):
+        self.bar = None
+        if not enabled:
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
+
+        self.bar = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), "{task.fields[info]}",
+                            TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True))
+        self.task = self.bar.add_task("training", total=total, completed=done, info="")
+        self.bar.start()
+
+    def update(self, step: int, row: dict[str, Any]) -> None:
+        if self.bar is not None:
+            info = f"loss {row['loss']:.4f}  lr {row['lr']:.2e}  {row['tokens_per_s']:,.0f} tok/s"
+            self.bar.update(self.task, completed=step, info=info)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+

@@ -1,0 +1,336 @@
+"""`archsmith train`: a causal LM from a design (config.json) or checkpoint, trained on a corpus.
+
+    archsmith train runs/5m --data corpus/ --out runs/5m-train --steps 200 --batch 16 --seq 256
+    archsmith train runs/5m --data corpus/ --out runs/5m-train --nproc 2 --strategy fsdp
+    torchrun --standalone --nproc_per_node 8 -m archsmith.train runs/1b --data corpus/ --out runs/1b-train --strategy fsdp
+
+The run directory (RUN) holds `run.json` (the settings; a later `--resume` must match them),
+`data/` (the token file), and what the loop writes (`archsmith.train.loop`): metrics.jsonl,
+checkpoints/, final/ (config.json + safetensors + tokenizer files: a Hugging Face model
+directory), loss.png, summary.json, status.json, and report.md.
+
+With `--nproc N` (outside torchrun) the data is tokenized here first, then torchrun starts N
+processes on this machine; each reads the prepared token file. Under torchrun directly, rank 0
+tokenizes while the others wait. Several machines need RUN on a shared file system.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from archsmith.errors import ArchsmithError
+
+RUN_FILE = "run.json"
+DATA_DIR = "data"
+LAUNCHED_ENV = "ARCHSMITH_TRAIN_LAUNCHED"  # set by `--nproc` for its torchrun children: the launcher reports
+DEFAULT_SAVE_EVERY = 1000  # steps between checkpoints: minutes of GPU work at risk, little time spent writing
+MAX_WARMUP = 2000  # default warmup is 5% of steps, capped here (GPT-3 / Llama warm up for 375M-2000 steps' tokens)
+# Settings a resumed run must share with the run it continues (the data order and LR schedule depend on them).
+RESUME_FIXED = ("model", "data", "tokenizer", "batch", "seq", "lr", "min_lr_ratio", "schedule", "warmup", "weight_decay",
+                "seed", "eval_fraction", "document_mask", "field")
+
+
+@dataclass
+class RunArgs:
+    """The settings of `archsmith train` (one field per CLI option)."""
+
+    model: str  # a config.json, or a directory with one (and optionally weights to continue from)
+    data: list[str]
+    out: str
+    tokenizer: str | None = None  # default: the model directory's tokenizer files
+    steps: int = 1000
+    batch: int = 32  # global batch in sequences
+    micro_batch: int | None = None
+    seq: int | None = None  # default: the model's context length
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.1
+    schedule: str = "cosine"
+    warmup: int | None = None  # default: 5% of steps, at most MAX_WARMUP
+    weight_decay: float = 0.1
+    clip: float = 1.0
+    precision: str = "auto"
+    save_every: int = DEFAULT_SAVE_EVERY
+    keep: int = 3
+    eval_every: int | None = None  # default: save_every
+    eval_samples: int = 256
+    eval_fraction: float = 0.05  # every 20th window held out
+    patience: int | None = None
+    document_mask: bool = False
+    field: str = "text"
+    resume: bool = False
+    seed: int = 0
+    nproc: int = 1
+    strategy: str = "ddp"
+    compile: bool = False
+    checkpointing: bool = False
+    deterministic: bool = False
+    progress: bool = True
+
+    def resolved(self) -> "RunArgs":
+        """Defaults that depend on other fields, filled in (a resumed run keeps the warmup it started with)."""
+        saved = Path(self.out) / RUN_FILE
+        warmup = self.warmup
+        if warmup is None and self.resume and saved.is_file():
+            warmup = json.loads(saved.read_text())["settings"]["warmup"]
+        if warmup is None:
+            warmup = min(MAX_WARMUP, self.steps // 20)
+        eval_every = self.eval_every if self.eval_every is not None else self.save_every
+        return dataclasses.replace(self, warmup=warmup, eval_every=eval_every)
+
+    def argv(self) -> list[str]:
+        """CLI arguments that reproduce these settings (without --nproc), for torchrun and background runs."""
+        args = [self.model]
+        for path in self.data:
+            args += ["--data", path]
+        args += ["--out", self.out]
+        defaults = RunArgs(model="", data=[], out="")
+        for f in dataclasses.fields(self):
+            name, value = f.name, getattr(self, f.name)
+            if name in ("model", "data", "out", "nproc", "progress") or value == getattr(defaults, name):
+                continue
+            flag = "--" + name.replace("_", "-")
+            if isinstance(value, bool):
+                args.append(flag)  # only True differs from the (False) defaults
+            else:
+                args += [flag, str(value)]
+        if not self.progress:
+            args.append("--no-progress")
+        return args
+
+
+@dataclass
+class Plan:
+    """What `check` found: the model source, its spec, the tokenizer and the corpus files."""
+
+    args: RunArgs
+    config_path: Path
+    weights: bool  # the model directory has weights to continue from
+    spec: Any  # ArchitectureSpec with the tokenizer's special-token ids
+    tokenizer: Any  # TokenizerInfo
+    files: list[Path]
+    seq: int
+
+
+def check(args: RunArgs) -> Plan:
+    """Validate everything before any work; raises ArchsmithError naming the field. Writes nothing."""
+    from archsmith.hfconfig import load_spec
+    from archsmith.tokenizer import read_tokenizer
+    from archsmith.train.data import corpus_files
+
+    if args.nproc < 1 or args.nproc > 4096:
+        raise ArchsmithError("nproc", f"must be in [1, 4096], got {args.nproc}")
+    if not 0 <= args.eval_fraction < 1:
+        raise ArchsmithError("eval_fraction", f"must be in [0, 1), got {args.eval_fraction}")
+    source = Path(args.model)
+    config_path = source if source.is_file() else source / "config.json"
+    if not config_path.is_file():
+        raise ArchsmithError("model", f"{source} is neither a config.json nor a directory holding one")
+    spec = load_spec(config_path)
+    weights = source.is_dir() and any(source.glob("*.safetensors"))
+    tok_dir = Path(args.tokenizer) if args.tokenizer else (source if source.is_dir() else source.parent)
+    if not (tok_dir / "tokenizer.json").is_file() and not args.tokenizer:
+        raise ArchsmithError("tokenizer", f"{tok_dir} has no tokenizer.json; pass --tokenizer DIR "
+                                          "(train one with `archsmith tokenizer train`)")
+    tok = read_tokenizer(tok_dir)
+    if tok.vocab_size > spec.vocab_size:
+        raise ArchsmithError("vocab_size", f"{config_path} has vocab_size {spec.vocab_size:,} but the tokenizer in {tok_dir} has "
+                                           f"{tok.vocab_size:,} tokens; design with --tokenizer {tok_dir} (or raise vocab_size)")
+    spec = spec.replace(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    seq = args.seq or spec.context_length
+    if not 2 <= seq <= spec.context_length:
+        raise ArchsmithError("seq", f"must be in [2, context_length={spec.context_length}] of {config_path}, got {seq}")
+    if not args.resume and args.warmup is not None and args.warmup >= args.steps > 1:
+        raise ArchsmithError("warmup", f"must be shorter than the run (steps={args.steps}), got {args.warmup}")
+    world = args.nproc if args.nproc > 1 else int(os.environ.get("WORLD_SIZE", "1"))
+    train_config(args).check(world)
+    files = corpus_files(args.data, "data")
+    _check_out(args)
+    return Plan(args, config_path, weights, spec, tok, files, seq)
+
+
+def train_config(args: RunArgs):
+    """The loop's TrainConfig for these (resolved) settings."""
+    from archsmith.train.loop import TrainConfig
+
+    return TrainConfig(
+        steps=args.steps, global_batch=args.batch, micro_batch=args.micro_batch, lr=args.lr, min_lr_ratio=args.min_lr_ratio,
+        schedule=args.schedule, warmup=args.warmup, weight_decay=args.weight_decay, clip=args.clip, precision=args.precision,
+        strategy=args.strategy, save_every=args.save_every, keep=args.keep, eval_every=args.eval_every,
+        eval_samples=args.eval_samples, patience=args.patience, checkpointing=args.checkpointing, compile=args.compile,
+        seed=args.seed, deterministic=args.deterministic, progress=args.progress)
+
+
+def _settings(args: RunArgs) -> dict[str, Any]:
+    """The settings a resume must repeat; paths absolute, so a run started by the CLI resumes from the MCP tool."""
+    settings = {k: getattr(args, k) for k in RESUME_FIXED}
+    settings.update(model=str(Path(args.model).resolve()), data=[str(Path(p).resolve()) for p in args.data],
+                    tokenizer=str(Path(args.tokenizer).resolve()) if args.tokenizer else None)
+    return settings
+
+
+def _check_out(args: RunArgs) -> None:
+    """A new or empty --out; one prepared with the same settings; or, with --resume, a run that has a checkpoint."""
+    from archsmith.train.checkpoint import CHECKPOINTS, latest
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ArchsmithError("out", f"{out} exists and is not a directory")
+    empty = not out.exists() or not any(out.iterdir())
+    saved = json.loads((out / RUN_FILE).read_text())["settings"] if (out / RUN_FILE).is_file() else None
+    if args.resume:
+        if saved is None or latest(out / CHECKPOINTS) is None:
+            raise ArchsmithError("resume", f"no complete checkpoint in {out / CHECKPOINTS}; start without --resume")
+    elif not empty:
+        if saved is None:
+            raise ArchsmithError("out", f"{out} exists and holds files that are not an archsmith run; choose a new directory")
+        if (out / "metrics.jsonl").exists() or (out / CHECKPOINTS).exists():
+            raise ArchsmithError("out", f"{out} holds another run; pass --resume to continue it or choose a new directory")
+    if saved is not None:
+        for key, value in _settings(args).items():
+            if saved.get(key) != value:
+                raise ArchsmithError(key, f"{out} was started with {key}={saved.get(key)!r}; "
+                                          f"{'resume' if args.resume else 'run'} with the same value (got {value!r})")
+
+
+def record(plan: Plan) -> None:
+    """Write RUN/run.json (the settings a resume must match) unless it is there."""
+    from archsmith.files import write_file
+
+    out = Path(plan.args.out)
+    if not (out / RUN_FILE).is_file():
+        saved = {"settings": _settings(plan.args), "args": dataclasses.asdict(plan.args)}
+        write_file(out / RUN_FILE, json.dumps(saved, indent=2) + "\n", field="out")
+
+
+def prepare(plan: Plan) -> Any:
+    """run.json, then the corpus tokenized into RUN/data (reused when unchanged); returns the TokenFile."""
+    import shutil
+
+    from archsmith.train.data import tokenize
+
+    out = Path(plan.args.out)
+    created = not out.exists()
+    try:
+        record(plan)
+        return tokenize(plan.files, Path(plan.tokenizer.path) / "tokenizer.json", out / DATA_DIR, plan.tokenizer.eos_token_id,
+                        plan.args.field, progress=plan.args.progress, reuse_only=plan.args.resume)
+    except BaseException:
+        if created:  # bad data (no text, not UTF-8): leave nothing behind
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def causal_lm_objective(modules, batch: dict[str, Any]):
+    """Next-token cross-entropy of `modules.model` on a packed batch; `nll` excludes a MoE router loss."""
+    out = modules.model(batch["input_ids"], attention_mask=batch.get("attention_mask"), labels=batch["labels"],
+                        position_ids=batch.get("position_ids"))
+    nll = out.loss.detach()
+    if out.aux_loss is not None:
+        nll = nll - float(modules.model.spec.extra.get("router_aux_loss_coef", 0.01)) * out.aux_loss.detach()
+    return out.loss, {"nll": nll}
+
+
+def _save_with_tokenizer(tokenizer_dir: str, model, state_dict, directory: Path) -> None:
+    """Save hook: the model, then the tokenizer files beside it (a complete Hugging Face model directory)."""
+    from archsmith.files import write_files
+    from archsmith.tokenizer import tokenizer_files
+    from archsmith.train.checkpoint import save_model
+
+    save_model(model, state_dict, directory)
+    write_files(directory, tokenizer_files(tokenizer_dir), overwrite=True)
+
+
+def train(args: RunArgs) -> dict[str, Any]:
+    """Run (this process's part of) the training; returns the summary on rank 0, {} elsewhere."""
+    import torch
+
+    from archsmith.network import CausalLM
+    from archsmith.train import parallel
+    from archsmith.train.data import TokenFile, lm_batch, split_windows
+    from archsmith.train.loop import Trainer
+
+    args = args.resolved()
+    d = parallel.setup()
+    try:
+        if d.main:
+            plan = check(args)
+            prepare(plan)
+        parallel.barrier(d)
+        if not d.main:
+            plan = check(args)
+        tokens = TokenFile.read(Path(args.out) / DATA_DIR)
+        train_windows, eval_windows = split_windows(tokens.array(), plan.seq, args.eval_fraction)
+        if plan.weights:
+            model = CausalLM.from_pretrained(Path(args.model), dtype=torch.float32)
+            model.spec = plan.spec
+        else:
+            model = CausalLM.from_spec(plan.spec, seed=args.seed)
+        pad = plan.tokenizer.pad_token_id if plan.tokenizer.pad_token_id is not None else tokens.eos_id
+        trainer = Trainer(model, causal_lm_objective, train_windows, partial(lm_batch, pad_id=pad, eos_id=tokens.eos_id,
+                                                                              document_mask=args.document_mask),
+                          args.out, train_config(args), eval_data=eval_windows, save_model=partial(_save_with_tokenizer, plan.tokenizer.path))
+        summary = trainer.fit(resume=args.resume)
+        if d.main:
+            summary = {**summary, **_describe(plan, tokens, len(train_windows), len(eval_windows) if eval_windows else 0, model)}
+            _write_report(args, summary)
+        return summary
+    finally:
+        parallel.teardown(d)
+
+
+def _describe(plan: Plan, tokens, train_windows: int, eval_windows: int, model) -> dict[str, Any]:
+    spec = plan.spec
+    return {
+        "run": plan.args.out,
+        "model": {"source": str(plan.config_path), "init": "weights" if plan.weights else f"fresh (seed {plan.args.seed})",
+                  "parameters": model.num_parameters(), "shape": f"{spec.hidden_size} x {spec.num_layers}",
+                  "vocab_size": spec.vocab_size, "context_length": spec.context_length},
+        "tokenizer": {"path": plan.tokenizer.path, "vocab_size": plan.tokenizer.vocab_size, "eos_token_id": plan.tokenizer.eos_token_id},
+        "data": {"files": len(plan.files), "documents": tokens.documents, "tokens": tokens.tokens, "seq": plan.seq,
+                 "train_windows": train_windows, "eval_windows": eval_windows, "document_mask": plan.args.document_mask},
+        "settings": {"batch": plan.args.batch, "lr": plan.args.lr, "schedule": plan.args.schedule, "warmup": plan.args.warmup,
+                     "steps": plan.args.steps, "seed": plan.args.seed},
+    }
+
+
+def _write_report(args: RunArgs, summary: dict[str, Any]) -> None:
+    """report.md and the full summary.json (the loop's plus the model, tokenizer and data)."""
+    from archsmith.files import write_file
+    from archsmith.report import render_template
+
+    text = render_template("train_report.md.j2", {"s": summary, "argv": args.argv()})
+    write_file(Path(args.out) / "report.md", text, overwrite=True)
+    write_file(Path(args.out) / "summary.json", json.dumps(summary, indent=2) + "\n", overwrite=True)
+
+
+def launch(args: RunArgs) -> dict[str, Any]:
+    """`--nproc N` outside torchrun: check and tokenize here, then torchrun N processes on this machine."""
+    plan = check(args.resolved())
+    prepare(plan)
+    env = dict(os.environ)
+    env[LAUNCHED_ENV] = "1"
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.nproc)))  # cores shared by the processes
+    if sys.platform.startswith("linux"):
+        env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # one machine: gloo talks over loopback only
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(args.nproc),
+               "-m", "archsmith.train", *args.argv()]
+    proc = subprocess.Popen(command, env=env, stdout=2)  # the ranks print to stderr (fd 2): stdout carries --json
+    # SIGTERM here reaches torchrun, which passes it to the ranks: they finish the step, save and exit
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signal.SIGTERM))
+    try:
+        code = proc.wait()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if code != 0:
+        raise ArchsmithError("train", f"torchrun exited with code {code} (the ranks' errors are above; "
+                                      f"--resume continues from the last checkpoint in {args.out})")
+    return json.loads((Path(args.out) / "summary.json").read_text())
