@@ -120,8 +120,8 @@ def test_a_directory_swapped_for_a_symlink_during_write_design_is_not_followed(w
         (root / "runs").rename(root / "runs.real")
         (root / "runs").symlink_to(outside)
 
-    def render(result):
-        rendered = real_render(result)
+    def render(result, out_dir=None):
+        rendered = real_render(result, out_dir)
         if swap["when"] == "render":  # after the path was checked, before any file is written
             swap_runs()
             return rendered
@@ -165,8 +165,8 @@ def test_an_overwrite_that_fails_between_files_leaves_the_old_set_whole(ws, monk
     before = snapshot(root / "d")
     real_render = report.render_design
 
-    def render(result):
-        rendered = real_render(result)
+    def render(result, out_dir=None):
+        rendered = real_render(result, out_dir)
 
         def disk_full(path):
             raise OSError(errno.ENOSPC, "No space left on device")
