@@ -407,7 +407,8 @@ async def compress_model(model: ModelRef, out_dir: RelPath,
                          calibration: Annotated[str | None, Field(description="Calibration text file (one sample per line), relative to the workspace root.", max_length=1024)] = None,
                          heldout: Annotated[str | None, Field(description="Held-out text file for the fidelity report.", max_length=1024)] = None,
                          overwrite: bool = False, ctx: Context = None) -> dict[str, Any]:
-    """Make a smaller student of a BERT-style encoder or a decoder ({decoders}), initialised from the teacher
+    """Make a smaller student of a BERT-style encoder or a decoder ({decoders}; blocks of the Llama layout: no MoE,
+    latent attention, fused projections or non-pre norms), initialised from the teacher
     (layer selection that reduces later layers more, width and head pruning by activation importance on calibration text;
     v2 adds mean-pooled GQA/MQA for decoders), and write it to out_dir as config.json + model.safetensors that
     AutoModel / AutoModelForCausalLM load, with the tokenizer, compression.json and comparison.png. Returns parameters,

@@ -104,11 +104,24 @@ def load_teacher(path: str | Path) -> Teacher:
         s = model.spec
         if s.moe is not None:
             raise ArchsmithError("model", "mixture-of-experts teachers are not compressed (prune experts first)")
+        gaps = _layout_gaps(s)
+        if gaps:
+            raise ArchsmithError("model", f"compress prunes Llama-layout decoder blocks; this {family} model has {', '.join(gaps)}")
         shape = Shape(list(range(s.num_layers)), s.hidden_size, s.num_heads, s.num_kv_heads, s.head_dim, s.ffn_size)
     else:
         raise ArchsmithError("model_type", f"compress supports {', '.join(ENCODERS + DECODERS)}; got {family!r}")
     shape.params = sum(p.numel() for p in model.parameters())
     return Teacher(family, model.eval(), cfg, path, shape, _tokenizer(path))
+
+
+def _layout_gaps(spec) -> list[str]:
+    """What a decoder has beyond the blocks `_decoder_student` slices: pre-norm RMSNorm, separate q/k/v/o and gated
+    gate/up/down projections without output or MLP biases, QK-norm per head at most, standard attention."""
+    checks = ((spec.mla is not None, "multi-head latent attention"), (spec.norm != "rmsnorm", f"{spec.norm} norms"),
+              (spec.norm_placement != "pre", f"{spec.norm_placement} norm placement"),
+              (spec.fused_qkv or spec.fused_gate_up, "fused projections"), (not spec.gated, "a non-gated MLP"),
+              (spec.o_bias or spec.mlp_bias, "output or MLP biases"), (spec.qk_norm not in ("none", "head"), f"{spec.qk_norm} QK-norm"))
+    return [text for failed, text in checks if failed]
 
 
 def _tokenizer(path: Path):

@@ -117,6 +117,14 @@ class Family:
     experts_transposed: bool = False  # expert tensors stored (E, hidden, 2F) / (E, F, hidden)
     linear_transposed: bool = False  # layer projections stored (in, out) (GPT-2's Conv1D) instead of nn.Linear's (out, in)
     experts_run: Literal["routed", "all"] = "routed"  # transformers runs each token through top_k / all experts
+    # state-dict names that differ from the Llama layout network.py uses: (ours, transformers') name fragments,
+    # replaced in order when saving and in reverse order when loading
+    renames: tuple[tuple[str, str], ...] = ()
+    # checkpoints hold each expert's (gate, up, down) as 2-D tensors `...experts.{j}.<name>.weight`, which transformers 5
+    # merges into the 3-D experts on load and splits again on save; None: checkpoints hold the 3-D tensors
+    expert_names: tuple[str, str, str] | None = None
+    rope_interleaved: bool = False  # RoPE rotates adjacent channel pairs (x0, x1), (x2, x3) instead of the two halves
+    latent_norm_eps: float | None = None  # eps of MLA's q/kv latent norms when the family's code fixes it (None: norm_eps)
     # ---- estimator rules -------------------------------------------------------------------------
     attention_kernels: tuple[str, ...] = ("sdpa", "eager", "flash_attention_2", "flex_attention")  # what transformers accepts
     norm_weight_in_fp32: bool = False  # norm multiplies its weight in fp32 (saves an fp32 normalised input)
@@ -188,6 +196,11 @@ GROUPED_ROUTER = {
     "norm_topk_prob": Extra("bool", True),
 }
 SOFTCAP_ATTENTION, SOFTCAP_FINAL = "attention logit soft-capping", "final logit soft-capping"
+# What a family computes beyond the spec's sizes, as `features` names it and network.FEATURES lists what it builds.
+NORM_OFFSET, EMBED_SCALE, TRANSPOSED = "(1 + weight) RMSNorm", "sqrt(hidden_size) embedding scale", "transposed weight layout"
+MULTIPLIERS = "embedding, residual, attention and logits multipliers"
+INTERLEAVED_ROPE, LOCAL_ROPE = "interleaved RoPE", "a separate RoPE base for sliding layers"
+CLIP_QKV, LOGIT_SCALE = "q/k/v clipping (clip_qkv)", "logit scale"
 WINDOW_LAYERS = {"max_window_layers": Extra("int", 28, minimum=0)}  # the first layer of the sliding ones
 GEMMA_NORM = dict(norm_weight_offset=1.0, norm_weight_in_fp32=True)  # (1 + w) RMSNorm computed in fp32
 GEMMA_DEFAULTS = {"num_key_value_heads": MISSING, "rms_norm_eps": 1e-6, "tie_word_embeddings": True, "head_dim": 256,
@@ -199,6 +212,7 @@ def dropout(default: float, *keys: str) -> dict[str, Extra]:
     return {key: Extra("number", default, minimum=0.0, maximum=1.0) for key in keys}
 
 QK_NORM_FLAG = ("use_qk_norm",)
+PER_EXPERT = ("gate_proj", "up_proj", "down_proj")  # per-expert checkpoint tensors of the Qwen-MoE / DeepSeek layout
 WITHIN_5 = "within 5% on tiny models in benchmarks/activation_accuracy.py, not yet held by a test or checked at real widths"
 MOE_NOT_MODELLED = "MoE routing and expert buffers not yet modelled"
 
@@ -215,36 +229,36 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
     Family("qwen3", "Qwen3ForCausalLM", parity="both", keys=ATTENTION_BIAS, fixed={"qk_norm": "head"},
            layers=LayerRule("window_layers", gate=("use_sliding_window",)),
            defaults={"max_position_embeddings": 32768, "rms_norm_eps": 1e-6}, extra=WINDOW_LAYERS),
-    Family("granite", "GraniteForCausalLM", keys={**ATTENTION_BIAS, "mlp_bias": "mlp_bias"},
+    Family("granite", "GraniteForCausalLM", parity="both", keys={**ATTENTION_BIAS, "mlp_bias": "mlp_bias"},
            defaults={"max_position_embeddings": 2048, "rms_norm_eps": 1e-6},
-           extra={name: Extra("number", 1.0, above=0.0, feature="Granite multipliers (embedding, residual, attention, logits)")
+           extra={name: Extra("number", 1.0, above=0.0, feature=MULTIPLIERS)
                   for name in ("embedding_multiplier", "residual_multiplier", "attention_multiplier", "logits_scaling")},
            activations_uncalibrated=WITHIN_5),
-    Family("smollm3", "SmolLM3ForCausalLM", keys={**ATTENTION_BIAS, "mlp_bias": "mlp_bias"}, nope=True,
+    Family("smollm3", "SmolLM3ForCausalLM", parity="both", keys={**ATTENTION_BIAS, "mlp_bias": "mlp_bias"}, nope=True,
            layers=LayerRule("rope", other="full_attention", nth="sliding_attention", gate=("use_sliding_window", "sliding_window")),
            defaults={"max_position_embeddings": 32768, "num_key_value_heads": MISSING, "rms_norm_eps": 1e-6,
                      "tie_word_embeddings": True, "rope_theta": 2_000_000.0},
            activations_uncalibrated=WITHIN_5),
-    Family("ernie4_5", "Ernie4_5ForCausalLM", keys={"qkv_bias": "use_bias", "o_bias": "use_bias", "mlp_bias": "use_bias"},
+    Family("ernie4_5", "Ernie4_5ForCausalLM", parity="both", keys={"qkv_bias": "use_bias", "o_bias": "use_bias", "mlp_bias": "use_bias"},
            defaults={"max_position_embeddings": 131072, "num_key_value_heads": MISSING, "rms_norm_eps": 1e-5, "use_bias": False,
                      "tie_word_embeddings": True, "head_dim": 128, "rope_theta": 500_000.0},
-           activations_uncalibrated=WITHIN_5),
-    Family("olmo2", "Olmo2ForCausalLM", keys=ATTENTION_BIAS, fixed={"norm_placement": "post", "qk_norm": "full"},
+           rope_interleaved=True, activations_uncalibrated=WITHIN_5),
+    Family("olmo2", "Olmo2ForCausalLM", parity="both", keys=ATTENTION_BIAS, fixed={"norm_placement": "post", "qk_norm": "full"},
            defaults={"max_position_embeddings": 2048, "rms_norm_eps": 1e-5}, norm_weight_in_fp32=True, rope_in_fp32=True),
-    Family("olmo", "OlmoForCausalLM", keys={**ATTENTION_BIAS, "norm_eps": None},
+    Family("olmo", "OlmoForCausalLM", parity="both", keys={**ATTENTION_BIAS, "norm_eps": None},
            fixed={"norm": "layernorm_nonparametric", "norm_eps": 1e-5}, defaults={"max_position_embeddings": 2048},
-           extra={"clip_qkv": Extra("number", None, above=0.0, nullable=True, feature="q/k/v clipping (clip_qkv)")},
+           extra={"clip_qkv": Extra("number", None, above=0.0, nullable=True, feature=CLIP_QKV)},
            activations_uncalibrated="the weightless LayerNorm runs in fp32, so bf16 runs save about 9% more than modelled"),
-    Family("phi3", "Phi3ForCausalLM", layers=LayerRule("all_sliding"),
+    Family("phi3", "Phi3ForCausalLM", parity="both", layers=LayerRule("all_sliding"),
            fixed={**NO_BIAS, "fused_qkv": True, "fused_gate_up": True},
            defaults={"max_position_embeddings": 4096, "rms_norm_eps": 1e-5},
            extra={"original_max_position_embeddings": Extra("int", 4096, minimum=1), **dropout(0.0, "resid_pdrop", "embd_pdrop")}),
     # ---- Gemma: (1 + w) RMSNorm, sqrt(hidden) embedding scale, GeGLU ----
-    Family("gemma", "GemmaForCausalLM", keys=ATTENTION_BIAS, fixed={"ffn_kind": "geglu"},
+    Family("gemma", "GemmaForCausalLM", parity="both", keys=ATTENTION_BIAS, fixed={"ffn_kind": "geglu"},
            defaults={"max_position_embeddings": 8192, "rms_norm_eps": 1e-6, "tie_word_embeddings": True, "head_dim": 256,
                      "hidden_act": "gelu_pytorch_tanh"},
            embed_scale="sqrt_hidden", **GEMMA_NORM, activations_uncalibrated=WITHIN_5),
-    Family("gemma2", "Gemma2ForCausalLM", heads_divide_hidden=True, keys={**ATTENTION_BIAS, "activation": "hidden_activation"},
+    Family("gemma2", "Gemma2ForCausalLM", parity="both", heads_divide_hidden=True, keys={**ATTENTION_BIAS, "activation": "hidden_activation"},
            fixed={"norm_placement": "sandwich", "ffn_kind": "geglu"}, layers=LayerRule("period", 2),
            defaults={**GEMMA_DEFAULTS, "max_position_embeddings": 8192},
            extra={"query_pre_attn_scalar": Extra("number", 256, above=0.0),
@@ -252,7 +266,7 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
                   "final_logit_softcapping": Extra("number", 30.0, above=0.0, nullable=True, feature=SOFTCAP_FINAL)},
            embed_scale="sqrt_hidden", attention_kernels=("eager", "flash_attention_2", "flex_attention"), **GEMMA_NORM,
            activations_uncalibrated="soft-caps and the fp32 (1 + w) norm math save tensors not yet modelled"),
-    Family("gemma3_text", "Gemma3ForCausalLM", heads_divide_hidden=True, rope_per_layer_type=True,
+    Family("gemma3_text", "Gemma3ForCausalLM", parity="both", heads_divide_hidden=True, rope_per_layer_type=True,
            keys={**ATTENTION_BIAS, "activation": "hidden_activation"},
            fixed={"norm_placement": "sandwich", "ffn_kind": "geglu", "qk_norm": "head"},
            layers=LayerRule("period", 6, period_key="sliding_window_pattern"),
@@ -261,7 +275,8 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
            extra={"query_pre_attn_scalar": Extra("number", 256, above=0.0),
                   "attn_logit_softcapping": Extra("number", None, above=0.0, nullable=True, feature=SOFTCAP_ATTENTION),
                   "final_logit_softcapping": Extra("number", None, above=0.0, nullable=True, feature=SOFTCAP_FINAL),
-                  "rope_local_base_freq": Extra("number", 10_000.0, above=1.0, feature="a separate RoPE base for sliding layers")},
+                  "rope_local_base_freq": Extra("number", 10_000.0, above=1.0, feature=LOCAL_ROPE),
+                  "use_bidirectional_attention": Extra("bool", False, feature="bidirectional attention")},
            embed_scale="sqrt_hidden", **GEMMA_NORM, activations_uncalibrated=WITHIN_5),
     # ---- LayerNorm families: biases, plain GELU MLPs, parallel blocks ----
     Family("gpt2", "GPT2LMHeadModel",
@@ -320,32 +335,37 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
                      "partial_rotary_factor": 0.5, "qk_layernorm": False},
            extra=dropout(0.0, "resid_pdrop", "embd_pdrop"),
            activations_uncalibrated="parallel LayerNorm block and tanh-GELU MLP not yet modelled"),
-    Family("cohere", "CohereForCausalLM", keys={**ATTENTION_BIAS, "norm_eps": "layer_norm_eps"},
+    Family("cohere", "CohereForCausalLM", parity="both", keys={**ATTENTION_BIAS, "norm_eps": "layer_norm_eps"},
            fixed={"norm": "layernorm_nobias", "norm_placement": "parallel_shared"},
            switches=(Switch(QK_NORM_FLAG, (((True,), {"qk_norm": "per_head"}), ((False,), {"qk_norm": "none"}))),),
            defaults={"max_position_embeddings": 8192, "layer_norm_eps": 1e-5, "tie_word_embeddings": True, "use_qk_norm": False,
                      "rope_theta": 500_000.0},
-           extra={"logit_scale": Extra("number", 0.0625, above=0.0, feature="logit scale")},
+           extra={"logit_scale": Extra("number", 0.0625, above=0.0, feature=LOGIT_SCALE)},
+           rope_interleaved=True,
            activations_uncalibrated="parallel block with bias-free LayerNorm not yet modelled"),
     # ---- mixtures of experts ----
-    Family("mixtral", "MixtralForCausalLM",
+    Family("mixtral", "MixtralForCausalLM", parity="both",
            keys={**ROUTER, "moe.num_experts": "num_local_experts", "moe.expert_ffn_size": "intermediate_size"},
            fixed=NO_BIAS, layers=LayerRule("all_sliding"), moe_layers="all",
+           renames=((".mlp.", ".block_sparse_moe."),), expert_names=("w1", "w3", "w2"),
            defaults={"max_position_embeddings": 131072, "num_key_value_heads": MISSING, "rope_theta": 1_000_000.0,
                      "rms_norm_eps": 1e-5},
            extra=AUX_LOSS, activations_uncalibrated=MOE_NOT_MODELLED),
-    Family("qwen3_moe", "Qwen3MoeForCausalLM",
+    Family("qwen3_moe", "Qwen3MoeForCausalLM", parity="both",
            keys={**ATTENTION_BIAS, **ROUTER, "moe.num_experts": "num_experts", "moe.expert_ffn_size": "moe_intermediate_size"},
            aliases={"num_local_experts": "num_experts"}, fixed={"qk_norm": "head"}, moe_layers="sparse_step",
+           expert_names=PER_EXPERT,
            layers=LayerRule("window_layers", gate=("use_sliding_window",)),
            defaults={"max_position_embeddings": 32768, "num_key_value_heads": MISSING, "rms_norm_eps": 1e-6},
            extra={**AUX_LOSS, **TOPK_NORM, **WINDOW_LAYERS}, activations_uncalibrated=MOE_NOT_MODELLED),
-    Family("qwen2_moe", "Qwen2MoeForCausalLM",
+    Family("qwen2_moe", "Qwen2MoeForCausalLM", parity="both",
            keys={"qkv_bias": "qkv_bias", **ROUTER, "moe.num_experts": "num_experts",
                  "moe.expert_ffn_size": "moe_intermediate_size", "moe.shared_ffn_size": "shared_expert_intermediate_size"},
            fixed={"moe.shared_experts": 1, "moe.shared_expert_gate": True}, moe_layers="sparse_step",
            layers=LayerRule("alternate_window_layers", gate=("use_sliding_window",)),
            defaults={"max_position_embeddings": 32768, "shared_expert_intermediate_size": 5632, "rms_norm_eps": 1e-6, "qkv_bias": True},
+           renames=((".mlp.shared_experts.", ".mlp.shared_expert."),),
+           expert_names=PER_EXPERT,
            extra={**AUX_LOSS, **TOPK_NORM, **WINDOW_LAYERS}, activations_uncalibrated=MOE_NOT_MODELLED),
     Family("qwen3_next", "Qwen3NextForCausalLM",
            keys={**ATTENTION_BIAS, **ROUTER, "moe.num_experts": "num_experts", "moe.expert_ffn_size": "moe_intermediate_size",
@@ -355,12 +375,13 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
                  "linear_attention.conv_kernel": "linear_conv_kernel_dim"},
            fixed={"qk_norm": "head", "attn_output_gate": True, "moe.shared_experts": 1, "moe.shared_expert_gate": True},
            layers=LayerRule("period", 4, period_key="full_attention_interval", other="linear_attention"), moe_layers="sparse_step",
+           expert_names=PER_EXPERT,
            defaults={"max_position_embeddings": 32768, "num_key_value_heads": MISSING, "shared_expert_intermediate_size": 512,
                      "rms_norm_eps": 1e-6, "head_dim": 256, "partial_rotary_factor": 0.25, "linear_conv_kernel_dim": 4},
            extra={**AUX_LOSS, "norm_topk_prob": Extra("bool", True)}, **GEMMA_NORM,
            attention_kernels=("sdpa", "eager", "flash_attention_2"),
            activations_uncalibrated="gated delta-net layers and MoE not yet modelled"),
-    Family("deepseek_v3", "DeepseekV3ForCausalLM",
+    Family("deepseek_v3", "DeepseekV3ForCausalLM", parity="both",
            keys={**ATTENTION_BIAS, "head_dim": None, **ROUTER, "moe.num_experts": "n_routed_experts",
                  "moe.expert_ffn_size": "moe_intermediate_size", "moe.shared_experts": "n_shared_experts",
                  "moe.shared_ffn_size": "moe_intermediate_size", "mla.q_lora_rank": "q_lora_rank",
@@ -369,16 +390,18 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
            moe_layers="first_k_dense",
            defaults={"max_position_embeddings": 4096, "rms_norm_eps": 1e-6, "n_shared_experts": 1, "first_k_dense_replace": 3,
                      "q_lora_rank": 1536},
+           latent_norm_eps=1e-6,  # transformers builds q_a_layernorm / kv_a_layernorm with RMSNorm's default eps
+           expert_names=PER_EXPERT,
            extra={**GROUPED_ROUTER, "routed_scaling_factor": Extra("number", 2.5, above=0.0, feature=GROUPED_ROUTING),
                   "n_group": Extra("int", 8, minimum=1), "topk_group": Extra("int", 4, minimum=1),
-                  "rope_interleave": Extra("bool", True, feature="interleaved RoPE")},
+                  "rope_interleave": Extra("bool", True, feature=INTERLEAVED_ROPE)},
            activations_uncalibrated="multi-head latent attention and MoE not yet modelled"),
-    Family("glm4_moe", "Glm4MoeForCausalLM",
+    Family("glm4_moe", "Glm4MoeForCausalLM", parity="both",
            keys={"qkv_bias": "attention_bias", **ROUTER, "moe.num_experts": "n_routed_experts",
                  "moe.expert_ffn_size": "moe_intermediate_size", "moe.shared_experts": "n_shared_experts",
                  "moe.shared_ffn_size": "moe_intermediate_size"},
            switches=(Switch(QK_NORM_FLAG, (((True,), {"qk_norm": "head"}), ((False,), {"qk_norm": "none"}))),),
-           moe_layers="first_k_dense",
+           moe_layers="first_k_dense", expert_names=PER_EXPERT,
            defaults={"max_position_embeddings": 131072, "num_key_value_heads": MISSING, "rms_norm_eps": 1e-5,
                      "partial_rotary_factor": 0.5, "use_qk_norm": False, "n_shared_experts": 1, "first_k_dense_replace": 1},
            extra=GROUPED_ROUTER, activations_uncalibrated=MOE_NOT_MODELLED),
@@ -434,13 +457,15 @@ def features(family: Family, extra: Mapping[str, Any]) -> list[str]:
     """What the family computes beyond the spec's sizes, for network.py (names as network.FEATURES spells them)."""
     found = []
     if family.norm_weight_offset:
-        found.append("(1 + weight) RMSNorm")
+        found.append(NORM_OFFSET)
     if family.embed_scale != "none":
-        found.append("sqrt(hidden_size) embedding scale")
+        found.append(EMBED_SCALE)
     if family.experts_transposed or family.linear_transposed:
-        found.append("transposed weight layout")
+        found.append(TRANSPOSED)
+    if family.rope_interleaved:
+        found.append(INTERLEAVED_ROPE)
     for key, rule in family.extra.items():
-        if rule.feature and extra.get(key, rule.default) is not None and rule.feature not in found:
+        if rule.feature and extra.get(key, rule.default) not in (None, False) and rule.feature not in found:  # null / false: off
             found.append(rule.feature)
     return found
 

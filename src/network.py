@@ -2,11 +2,15 @@
 
 Parameter names follow transformers' Llama layout (`model.embed_tokens`,
 `model.layers.{i}.self_attn.{q,k,v,o}_proj`, `mlp.{gate,up,down}_proj`, `input_layernorm`,
-`post_attention_layernorm`, `model.norm`, `lm_head`), so loading and saving HF checkpoints
-(`archsmith.weights`) is a key check, not a conversion. The set of tensors is exactly
-`estimate.model_tensors(spec)`; a test ties the two together.
+`post_attention_layernorm`, `model.norm`, `lm_head`; DeepSeek's MLA and MoE names), so loading and
+saving HF checkpoints (`archsmith.weights`) is a key check plus the family row's layout rules
+(renames, transposed tensors), not a conversion. The set of tensors is exactly
+`estimate.model_tensors(spec)`; a test ties the two together. What a family computes beyond its
+sizes (norm offsets, soft-caps, multipliers, RoPE layouts, routers) is read from the spec and its row
+in `archsmith.families`: components never test a model_type.
 
-Shapes: B batch, S new tokens, K keys (cached + new), H query heads, G KV heads, D head_dim.
+Shapes: B batch, S new tokens, K keys (cached + new), H query heads, G KV heads, D head_dim, T tokens (B * S),
+E experts, k experts per token.
 """
 
 from __future__ import annotations
@@ -39,21 +43,23 @@ ROPE_TYPES: dict[str, tuple[str, ...]] = {
     "linear": ("factor",),
     "dynamic": ("factor",),
     "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+    "yarn": ("factor",),  # original_max_position_embeddings defaults to context_length, as in transformers
 }
 ATTENTION_IMPLS = ("sdpa", "eager")
 
 
-# Components this module implements beyond the Llama block, named as `families.features` names them.
+# What this module computes beyond the Llama block, named as `families.features` names them.
 # A family builds only when its parity is not "none" and every feature it needs is here.
-FEATURES: frozenset[str] = frozenset()
+FEATURES: frozenset[str] = frozenset({
+    families.NORM_OFFSET, families.EMBED_SCALE, families.SOFTCAP_ATTENTION, families.SOFTCAP_FINAL, families.MULTIPLIERS,
+    families.INTERLEAVED_ROPE, families.LOCAL_ROPE, families.CLIP_QKV, families.LOGIT_SCALE, families.GROUPED_ROUTING,
+})
 # Spec fields this module cannot build yet: (field, the value it can build, what is missing)
 UNBUILT: tuple[tuple[str, object, str], ...] = (
-    ("mla", None, "multi-head latent attention"),
     ("linear_attention", None, "gated delta-net linear attention"),
     ("attention_sinks", False, "attention sinks"),
     ("attn_output_gate", False, "a gated attention output"),
     ("lm_head_bias", False, "an lm_head bias"),
-    ("nope_layers", (), "layers without RoPE"),
     ("attention_chunk_size", None, "chunked attention"),
 )
 
@@ -77,31 +83,54 @@ def check_buildable(spec: ArchitectureSpec) -> None:
     if spec.activation not in ACTIVATIONS:
         raise SpecError("activation", f"must be one of {', '.join(ACTIVATIONS)}; got {spec.activation!r}")
     if spec.position == "rope":
-        scaling = spec.rope_scaling or {}
-        rot = int(spec.head_dim * spec.partial_rotary_factor)
-        if rot < 2 or rot % 2:
-            raise SpecError("partial_rotary_factor", f"head_dim * partial_rotary_factor must be an even number >= 2; got {rot}")
-        kind = scaling.get("rope_type", "default")
-        if kind not in ROPE_TYPES:
-            raise SpecError("rope_scaling.rope_type", f"must be one of {', '.join(ROPE_TYPES)}; got {kind!r}")
-        for key in ROPE_TYPES[kind]:
-            if not isinstance(scaling.get(key), (int, float)) or scaling[key] <= 0:
-                raise SpecError(f"rope_scaling.{key}", f"rope_type {kind!r} needs a positive number; got {scaling.get(key)!r}")
-        if kind == "llama3" and scaling["high_freq_factor"] <= scaling["low_freq_factor"]:
-            raise SpecError("rope_scaling.high_freq_factor", "must be greater than low_freq_factor")
+        _check_rope(spec)
+    if spec.moe is not None and families.GROUPED_ROUTING in families.features(fam, spec.extra):
+        _check_groups(spec)
+
+
+def _check_rope(spec: ArchitectureSpec) -> None:
+    scaling = spec.rope_scaling or {}
+    rot = spec.rope_dim
+    if rot < 2 or rot % 2:
+        raise SpecError("partial_rotary_factor", f"head_dim * partial_rotary_factor must be an even number >= 2; got {rot}")
+    kind = scaling.get("rope_type", "default")
+    if kind not in ROPE_TYPES:
+        raise SpecError("rope_scaling.rope_type", f"must be one of {', '.join(ROPE_TYPES)}; got {kind!r}")
+    for key in ROPE_TYPES[kind]:
+        if not isinstance(scaling.get(key), (int, float)) or scaling[key] <= 0:
+            raise SpecError(f"rope_scaling.{key}", f"rope_type {kind!r} needs a positive number; got {scaling.get(key)!r}")
+    if kind == "llama3" and scaling["high_freq_factor"] <= scaling["low_freq_factor"]:
+        raise SpecError("rope_scaling.high_freq_factor", "must be greater than low_freq_factor")
+    for key in ("original_max_position_embeddings", "attention_factor", "beta_fast", "beta_slow", "mscale", "mscale_all_dim") if kind == "yarn" else ():
+        value = scaling.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+            raise SpecError(f"rope_scaling.{key}", f"must be a number >= 0 or absent; got {value!r:.40}")
+
+
+def _check_groups(spec: ArchitectureSpec) -> None:
+    """Grouped routing needs experts split evenly into n_group groups of at least 2, and enough experts kept for top_k."""
+    experts, top_k = spec.moe.num_experts, spec.moe.top_k
+    groups, kept = int(families.setting(spec, "n_group", 1)), int(families.setting(spec, "topk_group", 1))
+    if experts % groups or experts // groups < 2:
+        raise SpecError("extra.n_group", f"must split moe.num_experts={experts} into groups of >= 2 experts; got {groups}")
+    if not 1 <= kept <= groups:
+        raise SpecError("extra.topk_group", f"must be in [1, n_group={groups}]; got {kept}")
+    if top_k > kept * (experts // groups):
+        raise SpecError("moe.top_k", f"must be <= topk_group * experts per group = {kept * (experts // groups)}; got {top_k}")
 
 
 def _missing(spec: ArchitectureSpec) -> list[tuple[str, str]]:
     """(field, what is missing) for each component the spec needs that this module lacks."""
     found = [(field, text) for field, built, text in UNBUILT if getattr(spec, field) != built]
-    unbuilt_choices = {"norm": ("rmsnorm", "layernorm"), "norm_placement": ("pre", "post", "sandwich"),
-                       "qk_norm": ("none", "head", "full")}
-    found += [(field, f"{field} {getattr(spec, field)!r}") for field, ok in unbuilt_choices.items() if getattr(spec, field) not in ok]
-    if spec.moe is not None:
-        found += [(f"moe.{name}", text) for name, text in (("expert_bias", "expert biases"), ("shared_expert_gate", "a shared-expert gate"))
-                  if getattr(spec.moe, name)]
-        if spec.moe.layers is not None:
-            found.append(("moe.layers", "dense layers between MoE layers"))
+    if spec.qk_norm == "l2":
+        found.append(("qk_norm", "qk_norm 'l2' (a weightless L2 QK-norm)"))
+    if spec.mla is not None:
+        found += [(field, f"multi-head latent attention with {text}") for field, unbuilt, text in (
+            ("qk_norm", spec.qk_norm != "none", "QK-norm"), ("fused_qkv", spec.fused_qkv, "a fused qkv projection"),
+            ("position", spec.position != "rope", f"{spec.position} positions"),
+            ("nope_layers", bool(spec.nope_layers), "layers without RoPE")) if unbuilt]
+    if spec.moe is not None and spec.moe.expert_bias:
+        found.append(("moe.expert_bias", "expert biases"))
     found += [("model_type", feature) for feature in families.features(families.get(spec.model_type), spec.extra)
               if feature not in FEATURES]
     return found
@@ -110,35 +139,73 @@ def _missing(spec: ArchitectureSpec) -> list[tuple[str, str]]:
 # ---- norms ----------------------------------------------------------------------------------
 
 class RMSNorm(nn.Module):
-    """y = weight * x / sqrt(mean(x**2) + eps) over the last dim; statistics in fp32. x: (..., width)."""
+    """y = x / sqrt(mean(x**2) + eps) * (offset + weight) over the last dim; statistics in fp32. x: (..., width).
 
-    def __init__(self, width: int, eps: float):
+    `offset` 1 is Gemma's (1 + w) norm: the weight is stored around 0 (a parameter here rather than a class
+    of its own: the same statistic, another parametrisation of the scale). `weight_in_fp32` multiplies the
+    fp32 normalised x before the cast back (Gemma, OLMo 2); otherwise the weight multiplies the cast value
+    (Llama). Both are equal in fp32 and each is what transformers does for its family in bf16.
+    """
+
+    def __init__(self, width: int | tuple[int, ...], eps: float, offset: float = 0.0, weight_in_fp32: bool = False):
         super().__init__()
-        self.weight = nn.Parameter(torch.ones(width))
-        self.eps = eps
+        self.weight = nn.Parameter(torch.full(width if isinstance(width, tuple) else (width,), 1.0 - offset))
+        self.eps, self.offset, self.weight_in_fp32 = eps, offset, weight_in_fp32
 
     def forward(self, x: Tensor) -> Tensor:
         dtype = x.dtype
         x = x.float()
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
+        if self.weight_in_fp32:
+            weight = self.weight.float()
+            return (x * (weight + self.offset if self.offset else weight)).to(dtype)
+        return (self.weight + self.offset if self.offset else self.weight) * x.to(dtype)
 
 
 class LayerNorm(nn.Module):
-    """y = weight * (x - mean) / sqrt(var + eps) + bias over the last dim. x: (..., width)."""
+    """y = (x - mean) / sqrt(var + eps) [* weight [+ bias]] over the last dim. x: (..., width).
 
-    def __init__(self, width: int, eps: float):
+    kind layernorm: weight and bias, in the input dtype (nn.LayerNorm); layernorm_nobias: weight only,
+    computed in fp32 (Cohere; a (heads, head_dim) weight for per-head QK-norm); layernorm_nonparametric:
+    neither, in fp32 (OLMo).
+    """
+
+    def __init__(self, width: int | tuple[int, ...], eps: float, kind: str = "layernorm"):
         super().__init__()
-        self.weight = nn.Parameter(torch.ones(width))
-        self.bias = nn.Parameter(torch.zeros(width))
-        self.eps = eps
+        shape = width if isinstance(width, tuple) else (width,)
+        self.weight = nn.Parameter(torch.ones(shape)) if kind != "layernorm_nonparametric" else None
+        self.bias = nn.Parameter(torch.zeros(shape)) if kind == "layernorm" else None
+        self.eps, self.in_fp32 = eps, kind != "layernorm"
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
+        if not self.in_fp32 and self.weight.dim() == 1:
+            return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
+        y = F.layer_norm(x.float(), (x.shape[-1],), None, None, self.eps)
+        if self.weight is not None:
+            y = self.weight.float() * y
+        if self.bias is not None:
+            y = y + self.bias.float()
+        return y.to(x.dtype)
 
 
-def make_norm(spec: ArchitectureSpec, width: int) -> nn.Module:
-    return RMSNorm(width, spec.norm_eps) if spec.norm == "rmsnorm" else LayerNorm(width, spec.norm_eps)
+def make_norm(spec: ArchitectureSpec, width: int | tuple[int, ...], eps: float | None = None) -> nn.Module:
+    """The spec's norm kind over `width` features, as its family computes it."""
+    eps = spec.norm_eps if eps is None else eps
+    if spec.norm == "rmsnorm":
+        fam = families.get(spec.model_type)
+        return RMSNorm(width, eps, fam.norm_weight_offset, fam.norm_weight_in_fp32)
+    return LayerNorm(width, eps, spec.norm)
+
+
+class SoftCap(nn.Module):
+    """cap * tanh(x / cap): bounds scores or logits smoothly to (-cap, cap) (Gemma 2's soft-capping)."""
+
+    def __init__(self, cap: float):
+        super().__init__()
+        self.cap = float(cap)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.tanh(x / self.cap) * self.cap
 
 
 # ---- positions ------------------------------------------------------------------------------
@@ -146,18 +213,25 @@ def make_norm(spec: ArchitectureSpec, width: int) -> nn.Module:
 class RotaryEmbedding(nn.Module):
     """cos/sin tables for rotary embeddings, computed once per forward for all layers.
 
-    Rotate-half layout as in transformers; the first `rot_dim` = head_dim * partial_rotary_factor
-    channels rotate. Scalings: default, linear (positions / factor), dynamic NTK (base grows with the
-    sequence beyond `context_length`), llama3 (frequency-dependent, Llama 3.1).
+    The first `rot_dim` channels of a head rotate (head_dim * partial_rotary_factor, or MLA's
+    qk_rope_head_dim). Scalings: default, linear (positions / factor), dynamic NTK (base grows with the
+    sequence beyond `context_length`), llama3 (frequency-dependent, Llama 3.1), yarn (NTK-by-parts
+    blend, cos/sin times an attention factor). `local`: the table of sliding layers in families whose
+    rope parameters differ by layer type (their own base, no scaling). Tables stay fp32 where the family
+    rotates in fp32 (`rope_in_fp32`).
     """
 
-    def __init__(self, spec: ArchitectureSpec):
+    def __init__(self, spec: ArchitectureSpec, local: bool = False):
         super().__init__()
-        self.rot_dim = int(spec.head_dim * spec.partial_rotary_factor)
-        self.theta = float(spec.rope_theta)
-        self.scaling = dict(spec.rope_scaling or {})
+        self.rot_dim = spec.rope_dim
+        self.theta = float(families.setting(spec, "rope_local_base_freq", spec.rope_theta) if local else spec.rope_theta)
+        self.scaling = {} if local else dict(spec.rope_scaling or {})
         self.kind = self.scaling.get("rope_type", "default")
         self.context_length = spec.context_length
+        if self.kind == "yarn":
+            self.scaling.setdefault("original_max_position_embeddings", spec.context_length)
+        self.in_fp32 = families.get(spec.model_type).rope_in_fp32
+        self.attention_factor = yarn_attention_factor(self.scaling) if self.kind == "yarn" else 1.0
         self._cached: dict[torch.device, Tensor] = {}  # static inv_freq per device (not a buffer: stays fp32 under .to())
 
     def inv_freq(self, seq_len: int, device: torch.device) -> Tensor:
@@ -171,10 +245,12 @@ class RotaryEmbedding(nn.Module):
             inv = inv / self.scaling["factor"]
         elif self.kind == "llama3":
             inv = _llama3_inv_freq(inv, self.scaling)
+        elif self.kind == "yarn":
+            inv = _yarn_inv_freq(inv, dim, base, self.scaling)
         return inv
 
     def forward(self, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        """positions (B, S) -> cos, sin (B, S, rot_dim) in `dtype`."""
+        """positions (B, S) -> cos, sin (B, S, rot_dim) in `dtype` (fp32 for fp32-rotating families)."""
         if self.kind == "dynamic":
             inv = self.inv_freq(int(positions.max()) + 1, positions.device)
         else:
@@ -183,7 +259,10 @@ class RotaryEmbedding(nn.Module):
             inv = self._cached[positions.device]
         freqs = positions[:, :, None].float() * inv[None, None, :]
         emb = torch.cat((freqs, freqs), dim=-1)
-        return emb.cos().to(dtype), emb.sin().to(dtype)
+        cos, sin = emb.cos(), emb.sin()
+        if self.attention_factor != 1.0:
+            cos, sin = cos * self.attention_factor, sin * self.attention_factor
+        return (cos, sin) if self.in_fp32 else (cos.to(dtype), sin.to(dtype))
 
 
 def _llama3_inv_freq(inv: Tensor, s: dict) -> Tensor:
@@ -197,19 +276,64 @@ def _llama3_inv_freq(inv: Tensor, s: dict) -> Tensor:
     return torch.where(medium, blended, scaled)
 
 
+def _yarn_mscale(factor: float, mscale: float = 1.0) -> float:
+    """YaRN's attention temperature: 0.1 * mscale * ln(factor) + 1 (1 for factor <= 1)."""
+    return 1.0 if factor <= 1 else 0.1 * mscale * math.log(factor) + 1.0
+
+
+def yarn_attention_factor(s: dict) -> float:
+    """The factor on cos/sin: `attention_factor` if given, else mscale(factor, mscale) / mscale(factor, mscale_all_dim)."""
+    if s.get("attention_factor") is not None:
+        return float(s["attention_factor"])
+    if s.get("mscale") and s.get("mscale_all_dim"):
+        return _yarn_mscale(s["factor"], s["mscale"]) / _yarn_mscale(s["factor"], s["mscale_all_dim"])
+    return _yarn_mscale(s["factor"])
+
+
+def _yarn_inv_freq(inv: Tensor, dim: int, base: float, s: dict) -> Tensor:
+    """YaRN (NTK-by-parts): frequencies that turn fewer than beta_slow times over the original context are
+    divided by `factor`, those turning more than beta_fast times are kept, a linear ramp between."""
+    factor, old = s["factor"], s["original_max_position_embeddings"]
+    fast, slow = s.get("beta_fast") or 32, s.get("beta_slow") or 1  # the paper's defaults
+
+    def channel(rotations: float) -> float:  # the channel that turns `rotations` times over `old` positions
+        return dim * math.log(old / (rotations * 2 * math.pi)) / (2 * math.log(base))
+
+    low, high = channel(fast), channel(slow)
+    if s.get("truncate", True):
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    ramp = ((torch.arange(dim // 2, dtype=torch.float32, device=inv.device) - low) / max(high - low, 0.001)).clamp(0, 1)
+    return (inv / factor) * ramp + inv * (1 - ramp)
+
+
 def _rotate_half(x: Tensor) -> Tensor:
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((-x2, x1), dim=-1)
 
 
-def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """x (B, heads, S, D); cos/sin (B, S, rot_dim). Rotates the first rot_dim channels."""
+def _rotate_pairs(x: Tensor) -> Tensor:
+    """(x0, x1, x2, x3, ...) -> (-x1, x0, -x3, x2, ...): the rotation partner of each channel in the interleaved layout."""
+    return torch.stack((-x[..., 1::2], x[..., 0::2]), dim=-1).flatten(-2)
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor, interleaved: bool = False) -> Tensor:
+    """x (B, heads, S, D); cos/sin (B, S, rot_dim). Rotates the first rot_dim channels, as two halves or as
+    adjacent pairs (`interleaved`); fp32 tables rotate in fp32, the result has x's dtype."""
     cos, sin = cos[:, None], sin[:, None]
     rot = cos.shape[-1]
-    if rot == x.shape[-1]:
-        return x * cos + _rotate_half(x) * sin
-    x_rot, x_pass = x[..., :rot], x[..., rot:]
-    return torch.cat((x_rot * cos + _rotate_half(x_rot) * sin, x_pass), dim=-1)
+    x_rot = x if rot == x.shape[-1] else x[..., :rot]
+    if interleaved:
+        cos, sin = cos[..., : rot // 2].repeat_interleave(2, dim=-1), sin[..., : rot // 2].repeat_interleave(2, dim=-1)
+        out = (x_rot * cos + _rotate_pairs(x_rot) * sin).to(x.dtype)
+    else:
+        out = (x_rot * cos + _rotate_half(x_rot) * sin).to(x.dtype)
+    return out if rot == x.shape[-1] else torch.cat((out, x[..., rot:]), dim=-1)
+
+
+def rope_interleaved(spec: ArchitectureSpec) -> bool:
+    """Whether the family rotates adjacent channel pairs (a fixed layout, or the config's rope_interleave)."""
+    return families.get(spec.model_type).rope_interleaved or bool(families.setting(spec, "rope_interleave", False))
 
 
 class ALiBi(nn.Module):
@@ -265,11 +389,45 @@ def build_mask(q_len: int, past: int, padding: Tensor | None, window: int | None
     return allowed
 
 
+def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float, impl: str,
+           softcap: SoftCap | None = None) -> Tensor:
+    """softmax(q k^T * scale [soft-capped] + mask) v. q (B, H, S, Dk), k (B, G, K, Dk), v (B, G, K, Dv) -> (B, H, S, Dv).
+
+    mask: bool or additive (B|1, 1|H, S, K), or None for plain causal. "sdpa" is the fused kernel; "eager"
+    the explicit product with an fp32 softmax (the only path that soft-caps scores).
+    """
+    causal = mask is None and q.shape[2] > 1
+    groups = q.shape[1] // k.shape[1]
+    if impl == "sdpa":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scale, enable_gqa=groups > 1)
+    k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    scores = (q @ k.transpose(-2, -1)) * scale  # (B, H, S, K)
+    if softcap is not None:
+        scores = softcap(scores)
+    if causal:
+        S, K = scores.shape[-2:]
+        mask = torch.ones(S, K, dtype=torch.bool, device=q.device).tril(K - S)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    return probs @ v
+
+
+def attention_scale(spec: ArchitectureSpec, head_dim: int) -> float:
+    """The factor on q k^T: the family's attention_multiplier, else query_pre_attn_scalar ** -0.5, else head_dim ** -0.5."""
+    multiplier = families.setting(spec, "attention_multiplier", None)
+    if multiplier is not None:
+        return float(multiplier)
+    return float(families.setting(spec, "query_pre_attn_scalar", head_dim)) ** -0.5
+
+
 class Attention(nn.Module):
     """Multi-head attention with grouped KV heads (MHA: G = H, GQA: 1 < G < H, MQA: G = 1).
 
-    SDPA by default; `impl = "eager"` computes softmax(q k^T * scale + mask) v explicitly with
-    an fp32 softmax, for inspection and as the reference the fused kernel must match.
+    SDPA by default; `impl = "eager"` computes softmax(q k^T * scale + mask) v explicitly with an fp32
+    softmax, for inspection and as the reference the fused kernel must match. From the spec and its
+    family row: QK-norm (per head over D, over all heads, or per head with a weight per head), q/k/v
+    clipping, the score scale, attention soft-capping (eager only: SDPA cannot cap scores), interleaved RoPE.
     """
 
     def __init__(self, spec: ArchitectureSpec, layer_idx: int):
@@ -287,13 +445,17 @@ class Attention(nn.Module):
             self.v_proj = nn.Linear(h, self.kv_dim, bias=spec.qkv_bias)
         self.o_proj = nn.Linear(self.q_dim, h, bias=spec.o_bias)
         self.qk_norm = spec.qk_norm
-        if spec.qk_norm == "head":  # Qwen3: per head, over D
-            self.q_norm, self.k_norm = make_norm(spec, d), make_norm(spec, d)
-        elif spec.qk_norm == "full":  # OLMo 2: over all heads
-            self.q_norm, self.k_norm = make_norm(spec, self.q_dim), make_norm(spec, self.kv_dim)
-        self.scale = float(families.setting(spec, "query_pre_attn_scalar", d)) ** -0.5
+        widths = {"head": (d, d), "full": (self.q_dim, self.kv_dim), "per_head": ((spec.num_heads, d), (spec.num_kv_heads, d))}
+        if spec.qk_norm in widths:  # head: Qwen3 (over D, one weight); full: OLMo 2 (over all heads); per_head: Cohere
+            self.q_norm, self.k_norm = (make_norm(spec, width) for width in widths[spec.qk_norm])
+        self.scale = attention_scale(spec, d)
+        cap = families.setting(spec, "attn_logit_softcapping", None)
+        self.softcap = SoftCap(cap) if cap is not None else None
+        self.clip = families.setting(spec, "clip_qkv", None)
+        self.interleaved = rope_interleaved(spec)
         self.sliding = spec.resolved_layer_types[layer_idx] == "sliding_attention"
-        self.impl = "sdpa"
+        self.cache_shapes = ((self.num_kv_heads, d), (self.num_kv_heads, d))  # (heads, width) of cached keys, values
+        self.impl = "eager" if self.softcap is not None else "sdpa"
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, mask: Tensor | None,
                 cache: "KVCache | None" = None) -> Tensor:
@@ -303,37 +465,79 @@ class Attention(nn.Module):
             q, k, v = self.qkv_proj(x).split([self.q_dim, self.kv_dim, self.kv_dim], dim=-1)
         else:
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        if self.clip is not None:
+            q, k, v = (t.clamp(-self.clip, self.clip) for t in (q, k, v))
         if self.qk_norm == "full":
             q, k = self.q_norm(q), self.k_norm(k)
         q = q.view(B, S, self.num_heads, self.head_dim)
         k = k.view(B, S, self.num_kv_heads, self.head_dim)
-        if self.qk_norm == "head":
+        if self.qk_norm in ("head", "per_head"):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, H|G, S, D)
         v = v.view(B, S, self.num_kv_heads, self.head_dim).transpose(1, 2)
         if rope is not None:
-            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+            q, k = apply_rotary(q, *rope, self.interleaved), apply_rotary(k, *rope, self.interleaved)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)
-        causal = mask is None and S > 1
-        if self.impl == "sdpa":
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=self.scale,
-                                                 enable_gqa=self.num_kv_heads != self.num_heads)
-        else:
-            out = self._eager(q, k, v, mask, causal)
+        out = attend(q, k, v, mask, self.scale, self.impl, self.softcap)
         return self.o_proj(out.transpose(1, 2).reshape(B, S, self.q_dim))
 
-    def _eager(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool) -> Tensor:
-        group = self.num_heads // self.num_kv_heads
-        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
-        scores = (q @ k.transpose(-2, -1)) * self.scale  # (B, H, S, K)
-        if causal:
-            S, K = scores.shape[-2:]
-            mask = torch.ones(S, K, dtype=torch.bool, device=q.device).tril(K - S)
-        if mask is not None:
-            scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
-        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
-        return probs @ v
+
+class MLAttention(nn.Module):
+    """Multi-head latent attention (DeepSeek-V2/V3): keys and values are expanded from a small latent.
+
+    q: hidden -> q_lora_rank (RMSNorm) -> H * (nope + rope)  (or hidden -> H * (nope + rope) directly);
+    kv: hidden -> kv_lora_rank latent (RMSNorm) + one rope key of qk_rope_head_dim shared by all heads;
+    latent -> H * (nope + v). Each head's key is [its nope part, the shared rotated key]; the score scale
+    is (nope + rope) ** -0.5 (times YaRN's mscale(mscale_all_dim) ** 2 under YaRN scaling). The cache holds
+    the latent and the rotated key, (B, 1, K, kv_lora_rank + qk_rope_head_dim) in all: what makes MLA's
+    cache small; keys and values are expanded from it at every step.
+    """
+
+    def __init__(self, spec: ArchitectureSpec, layer_idx: int):
+        super().__init__()
+        mla, h = spec.mla, spec.hidden_size
+        self.layer_idx = layer_idx
+        self.num_heads, self.rank = spec.num_heads, mla.kv_lora_rank
+        self.nope, self.rope_dim, self.v_dim = mla.qk_nope_head_dim, mla.qk_rope_head_dim, mla.v_head_dim
+        qk_dim = self.nope + self.rope_dim
+        eps = families.get(spec.model_type).latent_norm_eps or spec.norm_eps
+        self.low_rank_q = mla.q_lora_rank is not None
+        if self.low_rank_q:
+            self.q_a_proj = nn.Linear(h, mla.q_lora_rank, bias=spec.qkv_bias)
+            self.q_a_layernorm = make_norm(spec, mla.q_lora_rank, eps)
+            self.q_b_proj = nn.Linear(mla.q_lora_rank, self.num_heads * qk_dim, bias=False)
+        else:
+            self.q_proj = nn.Linear(h, self.num_heads * qk_dim, bias=False)
+        self.kv_a_proj_with_mqa = nn.Linear(h, self.rank + self.rope_dim, bias=spec.qkv_bias)
+        self.kv_a_layernorm = make_norm(spec, self.rank, eps)
+        self.kv_b_proj = nn.Linear(self.rank, self.num_heads * (self.nope + self.v_dim), bias=False)
+        self.o_proj = nn.Linear(self.num_heads * self.v_dim, h, bias=spec.o_bias)
+        scaling = spec.rope_scaling or {}
+        mscale = _yarn_mscale(scaling["factor"], scaling["mscale_all_dim"]) if scaling.get("rope_type") == "yarn" and scaling.get("mscale_all_dim") else 1.0
+        self.scale = qk_dim ** -0.5 * mscale * mscale
+        self.interleaved = rope_interleaved(spec)
+        self.sliding = spec.resolved_layer_types[layer_idx] == "sliding_attention"
+        self.cache_shapes = ((1, self.rank), (1, self.rope_dim))  # the latent and the shared rotated key
+        self.softcap = None
+        self.impl = "sdpa"
+
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], mask: Tensor | None, cache: "KVCache | None" = None) -> Tensor:
+        """x (B, S, hidden) -> (B, S, hidden)."""
+        B, S, _ = x.shape
+        q = self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x))) if self.low_rank_q else self.q_proj(x)
+        q_pass, q_rot = q.view(B, S, self.num_heads, -1).transpose(1, 2).split([self.nope, self.rope_dim], dim=-1)
+        latent, k_rot = self.kv_a_proj_with_mqa(x).split([self.rank, self.rope_dim], dim=-1)
+        latent, k_rot = self.kv_a_layernorm(latent)[:, None], k_rot[:, None]  # (B, 1, S, rank), (B, 1, S, rope)
+        q_rot, k_rot = apply_rotary(q_rot, *rope, self.interleaved), apply_rotary(k_rot, *rope, self.interleaved)
+        if cache is not None:
+            latent, k_rot = cache.update(self.layer_idx, latent, k_rot)
+        K = latent.shape[2]
+        kv = self.kv_b_proj(latent[:, 0]).view(B, K, self.num_heads, self.nope + self.v_dim).transpose(1, 2)
+        k_nope, v = kv.split([self.nope, self.v_dim], dim=-1)  # (B, H, K, nope), (B, H, K, v)
+        k = torch.cat((k_nope, k_rot.expand(B, self.num_heads, K, self.rope_dim)), dim=-1)
+        out = attend(torch.cat((q_pass, q_rot), dim=-1), k, v, mask, self.scale, self.impl)
+        return self.o_proj(out.transpose(1, 2).reshape(B, S, self.num_heads * self.v_dim))
 
 
 # ---- feed-forward ---------------------------------------------------------------------------
@@ -370,7 +574,8 @@ class Experts(nn.Module):
     """E expert MLPs stored as 3-D tensors (transformers 5 layout).
 
     gate_up_proj: (E, 2F, hidden) for gated MLPs (gate rows first), (E, F, hidden) otherwise;
-    down_proj: (E, hidden, F).
+    down_proj: (E, hidden, F). Dispatch sorts the (token, expert) assignments by expert once, so each
+    expert multiplies one contiguous block of its tokens (no per-expert search over all assignments).
     """
 
     def __init__(self, spec: ArchitectureSpec):
@@ -384,123 +589,204 @@ class Experts(nn.Module):
 
     def forward(self, x: Tensor, indices: Tensor, weights: Tensor) -> Tensor:
         """x (T, hidden); indices, weights (T, k) -> (T, hidden) = sum_k weight * expert_k(x)."""
-        out = torch.zeros_like(x)
-        for e in range(self.num_experts):
-            token, slot = torch.where(indices == e)
-            if token.numel() == 0:
+        flat = indices.reshape(-1)
+        order = flat.argsort(stable=True)
+        token = order // indices.shape[1]  # the token of each assignment, grouped by expert
+        counts = torch.bincount(flat, minlength=self.num_experts).tolist()  # one host sync per layer
+        picked, scale = x[token], weights.reshape(-1)[order, None]
+        outputs, start = [], 0
+        for e, n in enumerate(counts):
+            if n == 0:
                 continue
-            y = F.linear(x[token], self.gate_up_proj[e])
+            y = F.linear(picked[start:start + n], self.gate_up_proj[e])
             if self.gated:
                 gate, up = y.chunk(2, dim=-1)
                 y = self.act(gate) * up
             else:
                 y = self.act(y)
-            y = F.linear(y, self.down_proj[e]) * weights[token, slot, None]
-            out.index_add_(0, token, y.to(out.dtype))
+            outputs.append(F.linear(y, self.down_proj[e]) * scale[start:start + n])
+            start += n
+        out = torch.zeros_like(x)
+        if outputs:
+            out.index_add_(0, token, torch.cat(outputs).to(out.dtype))
         return out
 
 
-class MoE(nn.Module):
-    """Mixture-of-experts FFN: a softmax router picks top-k experts per token, plus optional shared experts.
-
-    Returns the output and the load-balancing loss E * sum_e f_e * P_e (Switch Transformer;
-    f_e: top-k assignments to e per token, P_e: mean router probability), k under uniform routing.
-    """
+class Router(nn.Module):
+    """Softmax router (Mixtral, Qwen-MoE): top-k of softmax(W x) per token, renormalised when norm_topk_prob."""
 
     def __init__(self, spec: ArchitectureSpec):
         super().__init__()
         moe = spec.moe
-        self.num_experts, self.top_k = moe.num_experts, moe.top_k
+        self.top_k = moe.top_k
         self.normalize = bool(families.setting(spec, "norm_topk_prob", True))
-        self.gate = nn.Linear(spec.hidden_size, moe.num_experts, bias=moe.router_bias)
-        self.experts = Experts(spec)
-        # all shared experts as one MLP of width shared_experts * shared_ffn_size (the HF layout; the same function)
-        self.shared_experts = MLP(spec, width=moe.shared_experts * moe.shared_ffn_size, bias=False, fused=False) if moe.shared_experts else None
+        self.weight = nn.Parameter(torch.empty(moe.num_experts, spec.hidden_size))
+        self.bias = nn.Parameter(torch.empty(moe.num_experts)) if moe.router_bias else None
 
-    def route(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """x (T, hidden) -> top-k weights (T, k) fp32, expert indices (T, k), router probabilities (T, E) fp32."""
-        probs = torch.softmax(self.gate(x).float(), dim=-1)
+        probs = torch.softmax(F.linear(x, self.weight, self.bias).float(), dim=-1)
         weights, indices = torch.topk(probs, self.top_k, dim=-1)
         if self.normalize:
             weights = weights / weights.sum(dim=-1, keepdim=True)
         return weights, indices, probs
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+
+class GroupedRouter(nn.Module):
+    """DeepSeek-V3 routing: sigmoid scores in fp32; experts form n_group groups, the topk_group groups with the
+    largest sum of their two best scores stay eligible, and the top-k eligible experts are chosen. Choice adds
+    `e_score_correction_bias` (a buffer that load balancing adjusts outside backprop); the weights are the
+    plain scores, renormalised when norm_topk_prob, times routed_scaling_factor."""
+
+    def __init__(self, spec: ArchitectureSpec):
+        super().__init__()
+        moe = spec.moe
+        self.top_k, self.num_experts = moe.top_k, moe.num_experts
+        self.groups, self.kept_groups = int(families.setting(spec, "n_group", 1)), int(families.setting(spec, "topk_group", 1))
+        self.normalize = bool(families.setting(spec, "norm_topk_prob", True))
+        self.scaling = float(families.setting(spec, "routed_scaling_factor", 1.0))
+        self.weight = nn.Parameter(torch.empty(moe.num_experts, spec.hidden_size))
+        self.register_buffer("e_score_correction_bias", torch.zeros(moe.num_experts))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """x (T, hidden) -> weights (T, k) fp32, expert indices (T, k), scores normalised per token (T, E) fp32."""
+        scores = F.linear(x.float(), self.weight.float()).sigmoid()
+        choice = scores + self.e_score_correction_bias
+        per_group = self.num_experts // self.groups
+        group_scores = choice.view(-1, self.groups, per_group).topk(2, dim=-1).values.sum(-1)  # (T, n_group)
+        kept = group_scores.topk(self.kept_groups, dim=-1, sorted=False).indices
+        eligible = torch.zeros_like(group_scores, dtype=torch.bool).scatter_(1, kept, True).repeat_interleave(per_group, dim=1)
+        indices = choice.masked_fill(~eligible, float("-inf")).topk(self.top_k, dim=-1, sorted=False).indices
+        weights = scores.gather(1, indices)
+        if self.normalize:
+            weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)  # 1e-20: transformers' guard against 0 / 0
+        return weights * self.scaling, indices, scores / scores.sum(dim=-1, keepdim=True)
+
+
+def load_balancing_loss(probs: Tensor, indices: Tensor, tokens: Tensor | None = None) -> Tensor:
+    """E * sum_e f_e * P_e (Switch Transformer) over real tokens: f_e the top-k assignments to e per token,
+    P_e the mean router probability of e; k under uniform routing. probs (T, E), indices (T, k), tokens (T,) or None."""
+    assigned = torch.zeros_like(probs).scatter_add_(1, indices, torch.ones_like(indices, dtype=probs.dtype))
+    if tokens is None:
+        f, p = assigned.mean(0), probs.mean(0)
+    else:
+        w = tokens.reshape(-1, 1).to(probs.dtype)
+        count = w.sum().clamp(min=1.0)
+        f, p = (assigned * w).sum(0) / count, (probs * w).sum(0) / count
+    return probs.shape[-1] * (f * p).sum()
+
+
+class MoE(nn.Module):
+    """Mixture-of-experts FFN: a router picks top-k experts per token, plus optional shared experts.
+
+    The router is softmax top-k, or DeepSeek's grouped sigmoid router where the family routes so. Shared
+    experts run on every token (as one MLP of width shared_experts * shared_ffn_size, the HF layout),
+    scaled by a sigmoid gate where the spec has one (Qwen2-MoE). Returns the output and the load-balancing
+    loss over the real (not padding) tokens.
+    """
+
+    def __init__(self, spec: ArchitectureSpec):
+        super().__init__()
+        moe = spec.moe
+        grouped = families.GROUPED_ROUTING in families.features(families.get(spec.model_type), spec.extra)
+        self.gate = GroupedRouter(spec) if grouped else Router(spec)
+        self.experts = Experts(spec)
+        width = moe.shared_experts * moe.shared_ffn_size
+        self.shared_experts = MLP(spec, width=width, bias=False, fused=False) if moe.shared_experts else None
+        self.shared_expert_gate = nn.Linear(spec.hidden_size, 1, bias=False) if moe.shared_expert_gate else None
+
+    def route(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """x (T, hidden) -> top-k weights (T, k) fp32, expert indices (T, k), router probabilities (T, E) fp32."""
+        return self.gate(x)
+
+    def forward(self, x: Tensor, tokens: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """x (B, S, hidden), tokens (B, S) 1 for real tokens or None -> (output like x, aux loss)."""
         shape = x.shape
         x = x.reshape(-1, shape[-1])
         weights, indices, probs = self.route(x)
         out = self.experts(x, indices, weights)
         if self.shared_experts is not None:
-            out = out + self.shared_experts(x)
-        assigned = torch.zeros_like(probs).scatter_add_(1, indices, torch.ones_like(weights)).mean(0)  # (E,)
-        aux = self.num_experts * (assigned * probs.mean(0)).sum()
-        return out.reshape(shape), aux
+            shared = self.shared_experts(x)
+            if self.shared_expert_gate is not None:
+                shared = torch.sigmoid(self.shared_expert_gate(x)) * shared
+            out = out + shared
+        return out.reshape(shape), load_balancing_loss(probs, indices, tokens)
 
 
 # ---- blocks and model -----------------------------------------------------------------------
 
 class DecoderLayer(nn.Module):
-    """One transformer block. Norm placements: pre (Llama), post (OLMo 2), sandwich (Gemma 2).
+    """One transformer block. Norm placements: pre (Llama), post (OLMo 2), sandwich (Gemma 2),
+    parallel_shared (Cohere: attention and MLP read one norm of x), parallel (GPT-NeoX: each its own).
 
-    pre:      x += attn(in_norm(x));             x += mlp(post_attn_norm(x))
+    pre:      x += r * attn(in_norm(x));          x += r * mlp(post_attn_norm(x))   (r: residual_multiplier, 1 but Granite)
     post:     x += post_attn_norm(attn(x));      x += post_ff_norm(mlp(x))
     sandwich: x += post_attn_norm(attn(in_norm(x)));  x += post_ff_norm(mlp(pre_ff_norm(x)))
+    parallel: x += attn(in_norm(x)) + mlp(in_norm(x) or post_attn_norm(x))
     """
 
     def __init__(self, spec: ArchitectureSpec, layer_idx: int):
         super().__init__()
         self.placement = spec.norm_placement
-        self.self_attn = Attention(spec, layer_idx)
-        self.is_moe = spec.moe is not None
+        self.self_attn = MLAttention(spec, layer_idx) if spec.mla is not None else Attention(spec, layer_idx)
+        self.is_moe = spec.is_moe_layer(layer_idx)
         self.mlp = MoE(spec) if self.is_moe else MLP(spec)
         for name in NORMS_BY_PLACEMENT[self.placement]:
             setattr(self, name, make_norm(spec, spec.hidden_size))
+        self.residual_scale = float(families.setting(spec, "residual_multiplier", 1.0))
         self.checkpointing = False  # recompute this block in backward instead of keeping its activations
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, mask: Tensor | None,
-                cache: "KVCache | None" = None) -> tuple[Tensor, Tensor | None]:
-        """x (B, S, hidden) -> (x, MoE aux loss or None)."""
+                cache: "KVCache | None" = None, tokens: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """x (B, S, hidden), tokens (B, S) real-token mask or None -> (x, MoE aux loss or None)."""
         if self.checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(self._forward, x, rope, mask, cache, use_reentrant=False)
-        return self._forward(x, rope, mask, cache)
+            return checkpoint(self._forward, x, rope, mask, cache, tokens, use_reentrant=False)
+        return self._forward(x, rope, mask, cache, tokens)
 
-    def _forward(self, x: Tensor, rope, mask, cache) -> tuple[Tensor, Tensor | None]:
+    def _forward(self, x: Tensor, rope, mask, cache, tokens) -> tuple[Tensor, Tensor | None]:
         if self.placement == "post":
             x = x + self.post_attention_layernorm(self.self_attn(x, rope, mask, cache))
-            y, aux = self._ffn(x)
+            y, aux = self._ffn(x, tokens)
             return x + self.post_feedforward_layernorm(y), aux
-        x = x + self._post_attn(self.self_attn(self.input_layernorm(x), rope, mask, cache))
+        if self.placement in ("parallel", "parallel_shared"):
+            h = self.input_layernorm(x)
+            y, aux = self._ffn(h if self.placement == "parallel_shared" else self.post_attention_layernorm(x), tokens)
+            return x + self.self_attn(h, rope, mask, cache) + y, aux
+        y = self.self_attn(self.input_layernorm(x), rope, mask, cache)
         if self.placement == "pre":
-            y, aux = self._ffn(self.post_attention_layernorm(x))
-            return x + y, aux
-        y, aux = self._ffn(self.pre_feedforward_layernorm(x))
+            x = x + self._scaled(y)
+            y, aux = self._ffn(self.post_attention_layernorm(x), tokens)
+            return x + self._scaled(y), aux
+        x = x + self.post_attention_layernorm(y)
+        y, aux = self._ffn(self.pre_feedforward_layernorm(x), tokens)
         return x + self.post_feedforward_layernorm(y), aux
 
-    def _post_attn(self, y: Tensor) -> Tensor:
-        return self.post_attention_layernorm(y) if self.placement == "sandwich" else y
+    def _scaled(self, y: Tensor) -> Tensor:
+        return y * self.residual_scale if self.residual_scale != 1.0 else y
 
-    def _ffn(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+    def _ffn(self, x: Tensor, tokens: Tensor | None) -> tuple[Tensor, Tensor | None]:
         if self.is_moe:
-            return self.mlp(x)
+            return self.mlp(x, tokens)
         return self.mlp(x), None
 
 
 class KVCache:
-    """Pre-allocated keys and values of every layer: (B, G, max_len, D) each; `length` positions filled.
+    """Pre-allocated keys and values of every layer, (B, heads, max_len, width) each; `length` positions filled.
 
-    All positions are kept (sliding-window layers mask the old ones), so every layer sees the
-    same cache indices.
+    Each layer's attention says its shapes (`cache_shapes`): (G, D) keys and values for Attention, the latent
+    (1, kv_lora_rank) and the shared rotated key (1, qk_rope_head_dim) for MLAttention. All positions are kept
+    (sliding-window layers mask the old ones), so every layer sees the same cache indices.
     """
 
-    def __init__(self, spec: ArchitectureSpec, batch: int, max_len: int, dtype: torch.dtype, device: torch.device | str):
-        shape = (batch, spec.num_kv_heads, max_len, spec.head_dim)
-        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(spec.num_layers)]
-        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(spec.num_layers)]
+    def __init__(self, shapes: list[tuple[tuple[int, int], tuple[int, int]]], batch: int, max_len: int,
+                 dtype: torch.dtype, device: torch.device | str):
+        self.keys = [torch.zeros((batch, *k[:1], max_len, *k[1:]), dtype=dtype, device=device) for k, _ in shapes]
+        self.values = [torch.zeros((batch, *v[:1], max_len, *v[1:]), dtype=dtype, device=device) for _, v in shapes]
         self.max_len = max_len
         self.length = 0
 
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Store k, v (B, G, S, D) after the filled positions; return all keys/values so far (B, G, length + S, D)."""
+        """Store k, v (B, heads, S, width) after the filled positions; return all of them so far (B, heads, length + S, width)."""
         end = self.length + k.shape[2]
         if end > self.max_len:
             raise ValueError(f"KV cache holds {self.max_len} positions; {end} requested")
@@ -510,15 +796,24 @@ class KVCache:
 
 
 class Decoder(nn.Module):
-    """Embeddings, the stack of DecoderLayers and the final norm (HF's `model.` prefix)."""
+    """Embeddings, the stack of DecoderLayers and the final norm (HF's `model.` prefix).
+
+    The token embedding is scaled by sqrt(hidden_size) as a tensor of its dtype (Gemma: bf16 rounds it, as
+    transformers does) and by the family's embedding_multiplier (Granite). Rotary tables: one for all layers,
+    plus one for sliding layers where the family gives them their own base; NoPE layers get none.
+    """
 
     def __init__(self, spec: ArchitectureSpec):
         super().__init__()
         self.spec = spec
+        fam = families.get(spec.model_type)
         self.embed_tokens = nn.Embedding(spec.vocab_size, spec.hidden_size)
+        self.embed_scale = math.sqrt(spec.hidden_size) if fam.embed_scale == "sqrt_hidden" else None
+        self.embedding_multiplier = float(families.setting(spec, "embedding_multiplier", 1.0))
         if spec.position == "learned":
             self.embed_positions = nn.Embedding(spec.context_length, spec.hidden_size)
         self.rotary_emb = RotaryEmbedding(spec) if spec.position == "rope" else None
+        self.rotary_emb_local = RotaryEmbedding(spec, local=True) if spec.position == "rope" and fam.rope_per_layer_type else None
         self.alibi = ALiBi(spec.num_heads) if spec.position == "alibi" else None
         self.layers = nn.ModuleList(DecoderLayer(spec, i) for i in range(spec.num_layers))
         self.layer_kinds = sorted(set(spec.resolved_layer_types))
@@ -544,11 +839,17 @@ class Decoder(nn.Module):
         if position_ids is None:
             position_ids = _positions(B, S, past, padding, input_ids.device)
         x = self.embed_tokens(input_ids)
+        if self.embed_scale is not None:
+            x = x * x.new_tensor(self.embed_scale)
+        if self.embedding_multiplier != 1.0:
+            x = x * self.embedding_multiplier
         if self.spec.position == "learned":
             x = x + self.embed_positions(position_ids)
-        rope = None
+        ropes = {kind: None for kind in self.layer_kinds}
         if self.rotary_emb is not None:
-            rope = self.rotary_emb(position_ids, x.dtype)
+            ropes = {kind: self.rotary_emb(position_ids, x.dtype) for kind in self.layer_kinds}
+            if self.rotary_emb_local is not None and "sliding_attention" in ropes:
+                ropes["sliding_attention"] = self.rotary_emb_local(position_ids, x.dtype)
         masks = {}
         for kind in self.layer_kinds:
             window = self.spec.sliding_window if kind == "sliding_attention" else None
@@ -556,9 +857,12 @@ class Decoder(nn.Module):
             if allowed is not None:
                 mask = mask & allowed
             masks[kind] = self.alibi(mask, past) if self.alibi is not None else mask
+        tokens = padding[:, past:] if padding is not None else None
         aux_losses = []
-        for layer in self.layers:
-            x, aux = layer(x, rope, masks["sliding_attention" if layer.self_attn.sliding else "full_attention"], cache)
+        for i, layer in enumerate(self.layers):
+            kind = self.spec.resolved_layer_types[i]
+            rope = None if i in self.spec.nope_layers else ropes[kind]
+            x, aux = layer(x, rope, masks[kind], cache, tokens)
             if aux is not None:
                 aux_losses.append(aux)
         if cache is not None:
@@ -582,7 +886,11 @@ class CausalLMOutput:
 
 
 class CausalLM(nn.Module):
-    """The decoder LM: `model` (Decoder) and `lm_head`, tied to the embedding when the spec says so."""
+    """The decoder LM: `model` (Decoder) and `lm_head`, tied to the embedding when the spec says so.
+
+    Logits as the family computes them: divided by logits_scaling (Granite), times logit_scale (Cohere),
+    soft-capped by final_logit_softcapping (Gemma 2).
+    """
 
     def __init__(self, spec: ArchitectureSpec):
         super().__init__()
@@ -590,6 +898,10 @@ class CausalLM(nn.Module):
         self.spec = spec
         self.model = Decoder(spec)
         self.lm_head = nn.Linear(spec.hidden_size, spec.vocab_size, bias=False)
+        self.logits_divisor = float(families.setting(spec, "logits_scaling", 1.0))
+        self.logit_scale = float(families.setting(spec, "logit_scale", 1.0))
+        cap = families.setting(spec, "final_logit_softcapping", None)
+        self.final_softcap = SoftCap(cap) if cap is not None else None
         self.tie_weights()
 
     def tie_weights(self) -> None:
@@ -607,6 +919,12 @@ class CausalLM(nn.Module):
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
         logits = self.lm_head(hidden)
+        if self.logits_divisor != 1.0:
+            logits = logits / self.logits_divisor
+        if self.logit_scale != 1.0:
+            logits = logits * self.logit_scale
+        if self.final_softcap is not None:
+            logits = self.final_softcap(logits)
         loss = None
         if labels is not None:
             targets = F.pad(labels[:, 1:], (0, 1), value=-100)  # shift the labels, not the (large) logits
@@ -623,9 +941,11 @@ class CausalLM(nn.Module):
             layer.checkpointing = enabled and i in chosen
 
     def set_attention(self, impl: str) -> None:
-        """'sdpa' (fused kernel) or 'eager' (explicit softmax, same result)."""
+        """'sdpa' (fused kernel) or 'eager' (explicit softmax, same result); soft-capped attention is eager only."""
         if impl not in ATTENTION_IMPLS:
             raise SpecError("attention", f"must be one of {', '.join(ATTENTION_IMPLS)}; got {impl!r}")
+        if impl == "sdpa" and any(layer.self_attn.softcap is not None for layer in self.model.layers):
+            raise SpecError("attention", "must be 'eager' with attention soft-capping (attn_logit_softcapping): SDPA cannot cap scores")
         for layer in self.model.layers:
             layer.self_attn.impl = impl
 
@@ -635,7 +955,7 @@ class CausalLM(nn.Module):
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
         p = self.lm_head.weight
-        return KVCache(self.spec, batch, max_len, p.dtype, p.device)
+        return KVCache([layer.self_attn.cache_shapes for layer in self.model.layers], batch, max_len, p.dtype, p.device)
 
     # ---- construction and files ------------------------------------------------------------
     @classmethod
@@ -687,17 +1007,21 @@ RESIDUAL_OUTPUTS = ("o_proj.weight", "down_proj.weight", "experts.down_proj")
 def init_weights(model: CausalLM, seed: int = 0) -> None:
     """Normal(0, initializer_range) for matrices and embeddings; residual output projections
     (o_proj, down_proj) get initializer_range / sqrt(2 * num_layers) (GPT-2 / Megatron); biases 0;
-    norm weights 1. Drawn on the CPU from one generator in parameter order, so reproducible by seed.
+    norms scale by 1 (a (1 + w) norm's weight is 0); buffers (router score corrections) 0. Drawn on the
+    CPU from one generator in parameter order, so reproducible by seed.
     """
     spec = model.spec
     std = spec.initializer_range
     resid_std = std / math.sqrt(2 * spec.num_layers)
-    norms = {id(m.weight) for m in model.modules() if isinstance(m, (RMSNorm, LayerNorm))}
+    norms = {id(m.weight): 1.0 - getattr(m, "offset", 0.0) for m in model.modules()
+             if isinstance(m, (RMSNorm, LayerNorm)) and m.weight is not None}
     gen = torch.Generator(device="cpu").manual_seed(seed)
     with torch.no_grad():
+        for buffer in model.buffers():
+            buffer.zero_()
         for name, p in model.named_parameters():
             if id(p) in norms:
-                p.fill_(1.0)
+                p.fill_(norms[id(p)])
             elif name.endswith("bias"):
                 p.zero_()
             else:

@@ -1,13 +1,16 @@
 """Hugging Face checkpoints <-> `network.CausalLM`: config.json + safetensors, sharded or not.
 
 Our parameter names are transformers' names, so loading is a check of names and shapes
-against the model the config describes, never a conversion. Only safetensors are read
-(no pickle), and no remote code runs.
+against the model the config describes, never a conversion. Where a family's layout differs from
+the Llama layout network.py uses, its row in `archsmith.families` says how (`renames`; experts or
+layer projections stored transposed) and these rules are applied on the way in and out. Only
+safetensors are read (no pickle), and no remote code runs.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -43,26 +46,101 @@ def load_pretrained(path: str | Path, dtype: torch.dtype | None = None, device: 
     if model_type not in LOADS:
         raise CheckpointError("model_type", f"loading supports {', '.join(LOADS)}; got {model_type!r:.60}")
     spec = spec_from_hf(cfg)
+    fam = families.get(model_type)
     with torch.device("meta"):
         model = CausalLM(spec)
-    expected = dict(model.named_parameters())  # a tied lm_head is not listed
+    expected = _state(model)
     state: dict[str, torch.Tensor] = {}
-    for name, tensor in _read_tensors(path):
+    for stored, tensor in _merge_experts(fam, _read_tensors(path), spec.moe.num_experts if spec.moe else 0):
+        name = ours(fam, stored)
         if name not in expected:
             if name == "lm_head.weight" and spec.tie_embeddings or name.endswith("rotary_emb.inv_freq"):
                 continue
-            raise CheckpointError(name, f"unexpected tensor: not part of a {model_type} model with this config.json")
-        want = tuple(expected[name].shape)
+            raise CheckpointError(stored, f"unexpected tensor: not part of a {model_type} model with this config.json")
+        want = tuple(flip(fam, name, expected[name]).shape)  # in the stored layout
         if tuple(tensor.shape) != want:
-            raise CheckpointError(name, f"has shape {tuple(tensor.shape)}; config.json implies {want}")
-        state[name] = tensor.to(device=device, dtype=dtype or tensor.dtype)
+            raise CheckpointError(stored, f"has shape {tuple(tensor.shape)}; config.json implies {want}")
+        state[name] = flip(fam, name, tensor).to(device=device, dtype=dtype or tensor.dtype)
     missing = [name for name in expected if name not in state]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise CheckpointError(missing[0], f"missing from the checkpoint{more}; shape {tuple(expected[missing[0]].shape)} expected")
+        want = tuple(flip(fam, missing[0], expected[missing[0]]).shape)
+        raise CheckpointError(theirs(fam, missing[0]), f"missing from the checkpoint{more}; shape {want} expected")
     model.load_state_dict(state, strict=False, assign=True)
     model.tie_weights()
     return model  # every tensor was converted to `dtype` as it was read
+
+
+def _state(model: CausalLM) -> dict[str, torch.Tensor]:
+    """Parameters and persistent buffers by name (router score corrections are buffers); a tied lm_head is not listed."""
+    state = model.state_dict(keep_vars=True)
+    if model.spec.tie_embeddings:
+        state.pop("lm_head.weight", None)
+    return state
+
+
+def _merge_experts(fam: families.Family, tensors, num_experts: int):
+    """Yield (name, tensor) with per-expert checkpoint tensors (`...experts.{j}.<gate|up|down>.weight`, the family's
+    `expert_names`) merged into the 3-D `experts.gate_up_proj` (gate rows, then up rows) and `experts.down_proj`,
+    as transformers 5 does on load; every other tensor passes through."""
+    if fam.expert_names is None:
+        yield from tensors
+        return
+    pattern = re.compile(rf"(.*\.experts)\.(\d+)\.({'|'.join(map(re.escape, fam.expert_names))})\.weight")
+    pieces: dict[str, dict[tuple[str, int], torch.Tensor]] = {}
+    for name, tensor in tensors:
+        match = pattern.fullmatch(name)
+        if match is None:
+            yield name, tensor
+            continue
+        prefix, index, role = match.group(1), int(match.group(2)), match.group(3)
+        if index >= num_experts:
+            raise CheckpointError(name, f"unexpected tensor: expert {index} of a model with {num_experts} experts")
+        pieces.setdefault(prefix, {})[(role, index)] = tensor
+    gate, up, down = fam.expert_names
+    for prefix, parts in pieces.items():
+        roles = [gate, up] if any(role == gate for role, _ in parts) else [up]  # gelu experts have no gate
+        for role in (*roles, down):
+            absent = [j for j in range(num_experts) if (role, j) not in parts]
+            if absent:
+                raise CheckpointError(f"{prefix}.{absent[0]}.{role}.weight", f"missing from the checkpoint ({len(absent)} experts lack {role})")
+        yield f"{prefix}.gate_up_proj", torch.cat([torch.stack([parts[(r, j)] for j in range(num_experts)]) for r in roles], dim=1)
+        yield f"{prefix}.down_proj", torch.stack([parts[(down, j)] for j in range(num_experts)])
+
+
+def _split_experts(fam: families.Family, name: str, tensor: torch.Tensor, gated: bool) -> dict[str, torch.Tensor]:
+    """Our tensor `name` as the family's checkpoint stores it: per-expert 2-D tensors where it has `expert_names`."""
+    if fam.expert_names is None or not name.endswith(("experts.gate_up_proj", "experts.down_proj")):
+        return {name: tensor}
+    prefix, gate, up, down = name.rsplit(".", 1)[0], *fam.expert_names
+    if name.endswith("down_proj"):
+        return {f"{prefix}.{j}.{down}.weight": t.clone() for j, t in enumerate(tensor)}
+    halves = tensor.chunk(2, dim=1) if gated else (tensor,)
+    return {f"{prefix}.{j}.{role}.weight": half[j].clone() for role, half in zip((gate, up) if gated else (up,), halves)
+            for j in range(tensor.shape[0])}
+
+
+def theirs(fam: families.Family, name: str) -> str:
+    """transformers' name of our tensor `name` in the family's layout."""
+    for mine, hf in fam.renames:
+        name = name.replace(mine, hf)
+    return name
+
+
+def ours(fam: families.Family, name: str) -> str:
+    """Our name of the family's tensor `name` (the renames undone in reverse order)."""
+    for mine, hf in reversed(fam.renames):
+        name = name.replace(hf, mine)
+    return name
+
+
+def flip(fam: families.Family, name: str, tensor: torch.Tensor) -> torch.Tensor:
+    """The tensor in the other layout where the family stores it transposed (our name): 3-D experts
+    (E, in, out) or GPT-2's Conv1D (in, out) layer projections; unchanged otherwise. Its own inverse."""
+    expert = name.endswith(("experts.gate_up_proj", "experts.down_proj"))
+    if fam.experts_transposed and expert or fam.linear_transposed and tensor.dim() == 2 and ".layers." in name and not expert:
+        return tensor.transpose(-1, -2)
+    return tensor
 
 
 def _read_tensors(path: Path):
@@ -114,7 +192,9 @@ def save_pretrained(model: CausalLM, path: str | Path, max_shard_size: int | str
     limit = parse_bytes(max_shard_size, "max_shard_size") if isinstance(max_shard_size, str) else int(max_shard_size)
     if limit <= 0:
         raise CheckpointError("max_shard_size", f"must be positive, got {max_shard_size!r}")
-    tensors = {name: p.detach().contiguous() for name, p in model.named_parameters()}  # tied lm_head omitted
+    fam = families.get(spec.model_type)
+    tensors = {theirs(fam, stored): t.contiguous() for name, p in _state(model).items()
+               for stored, t in _split_experts(fam, name, flip(fam, name, p.detach()), spec.gated).items()}
     shards = _shard(tensors, limit)
     files: dict = {"config.json": json.dumps(config, indent=2) + "\n"}
     if len(shards) == 1:

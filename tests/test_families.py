@@ -23,7 +23,7 @@ from archsmith import families
 from archsmith.errors import SpecError
 from archsmith.estimate import count_params, estimate, forward_flops, kv_cache_bytes, model_tensors, training_memory
 from archsmith.hfconfig import _required, hf_from_spec, spec_from_hf
-from archsmith.network import FEATURES, CausalLM
+from archsmith.network import FEATURES, CausalLM, RMSNorm
 from archsmith.spec import ArchitectureSpec
 from archsmith.weights import CheckpointError
 
@@ -126,16 +126,55 @@ def logits_diff(ours: CausalLM, hf, ids: torch.Tensor, mask: torch.Tensor | None
     return (a - b).abs().max().item()
 
 
-@pytest.mark.parametrize("name", NAMES)
+def perturbed(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Every float parameter and persistent buffer moved off its initial value (norm weights of 0 or 1, zero biases
+    and router corrections would hide a component that ignores them)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for t in model.state_dict().values():
+            if t.is_floating_point():
+                t.add_(torch.randn(t.shape, generator=gen) * 0.05)  # 0.05: well above fp32 noise, small next to 0.02-std weights' sums
+    return model
+
+
+def stored_names(path) -> set[str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path / "model.safetensors"), framework="pt") as fh:
+        return set(fh.keys())
+
+
+# Settings the tiny configs leave at values that hide a component: tight soft-caps, clipping that binds, YaRN and
+# linear rope scaling, the other RoPE layout. Each runs the parity checks of its family.
+PARITY_VARIANTS = {
+    "gemma2-tight-caps": ("gemma2", {"attn_logit_softcapping": 0.5, "final_logit_softcapping": 0.3}),
+    "gemma3_text-linear-rope": ("gemma3_text", {"rope_parameters": {
+        "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1_000_000.0},
+        "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0}}}),
+    "olmo-clip-qkv": ("olmo", {"clip_qkv": 0.05}),
+    "qwen3-yarn": ("qwen3", {"rope_parameters": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16,
+                                                 "rope_theta": 10_000.0}}),
+    "deepseek_v3-yarn-halves": ("deepseek_v3", {"rope_interleave": False, "rope_parameters": {
+        "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16, "mscale": 1.0, "mscale_all_dim": 1.0,
+        "beta_fast": 32, "beta_slow": 1, "rope_theta": 10_000.0}}),
+    **{name: (name, {}) for name in TINY_VARIANTS if families.get(TINY_VARIANTS[name]["model_type"]).parity == "both"},
+}
+
+
+@pytest.mark.parametrize("name", [*NAMES, *PARITY_VARIANTS])
 def test_network_matches_transformers_or_refuses(name, tmp_path):
-    """parity both: HF checkpoint -> ours and ours -> transformers, logits within 1e-4 (padded batch too).
-    Otherwise CausalLM refuses the family from a spec, a config.json and a checkpoint, naming what it lacks."""
+    """parity both: HF checkpoint -> ours and ours -> transformers, logits within 1e-4 (padded batch too), with
+    every attention kernel both sides allow; our checkpoint holds the tensor names transformers writes, and our
+    parameter count is the estimator's. Otherwise CausalLM refuses the family from a spec, a config.json and a
+    checkpoint, naming what it lacks."""
     from transformers import AutoModelForCausalLM
 
-    fam = families.get(name)
-    spec = spec_from_hf(TINY_FAMILIES[name])
+    key, overrides = PARITY_VARIANTS.get(name, (name, {}))
+    cfg = {**TINY_CONFIGS[key], **overrides}
+    fam = families.get(cfg["model_type"])
+    spec = spec_from_hf(cfg)
     if fam.parity == "none":
-        hf_config(TINY_FAMILIES[name]).save_pretrained(tmp_path / "hf")  # refused before any weight is read
+        hf_config(cfg).save_pretrained(tmp_path / "hf")  # refused before any weight is read
         lacking = [f for f in families.features(fam, spec.extra) if f not in FEATURES]
         for build in (lambda: CausalLM.from_spec(spec), lambda: CausalLM.from_config(tmp_path / "hf")):
             with pytest.raises(SpecError) as err:
@@ -146,29 +185,57 @@ def test_network_matches_transformers_or_refuses(name, tmp_path):
             CausalLM.from_pretrained(tmp_path / "hf")
         return
     assert not [f for f in families.features(fam, spec.extra) if f not in FEATURES]
-    hf = tiny_model(name, attn="sdpa" if "sdpa" in fam.attention_kernels else "eager").eval()
+    kernels = [k for k in ("eager", "sdpa") if k in fam.attention_kernels]
+    hf = perturbed(tiny_model(key, attn="eager", **overrides), seed=1).eval()
     hf.save_pretrained(tmp_path / "hf")
     ids = torch.randint(3, spec.vocab_size, (2, 40), generator=torch.Generator().manual_seed(2))
     mask = torch.ones_like(ids)
     mask[1, :5] = 0
     ours = CausalLM.from_pretrained(tmp_path / "hf").eval()
-    assert logits_diff(ours, hf, ids) <= TOL and logits_diff(ours, hf, ids, mask) <= TOL
+    assert ours.num_parameters() == count_params(spec)["total"]
+    assert {n: tuple(p.shape) for n, p in ours.named_parameters()} == {t.name: t.shape for t in model_tensors(spec)}
+    for theirs in kernels:
+        hf.set_attn_implementation(theirs)
+        for mine in kernels:
+            ours.set_attention(mine)
+            assert logits_diff(ours, hf, ids) <= TOL and logits_diff(ours, hf, ids, mask) <= TOL, (theirs, mine)
+    if "sdpa" not in kernels:  # soft-capped scores: SDPA cannot compute them, so it is refused
+        with pytest.raises(SpecError, match="attention"):
+            ours.set_attention("sdpa")
     if fam.parity == "both":
-        mine = CausalLM.from_spec(spec, seed=3).eval()
+        mine = perturbed(CausalLM.from_spec(spec, seed=3), seed=4).eval()
         mine.save_pretrained(tmp_path / "ours")
+        assert stored_names(tmp_path / "ours") == stored_names(tmp_path / "hf")
         back, info = AutoModelForCausalLM.from_pretrained(tmp_path / "ours", output_loading_info=True)
         assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
         assert type(back).__name__ == fam.architecture
         assert logits_diff(mine, back.eval(), ids) <= TOL
 
 
-def test_gemma2_is_refused_naming_what_network_lacks():
-    """The case that motivated the registry: gemma2 used to build silently without soft-caps, (1 + w) norms
-    and the embedding scale, and its logits differed from transformers by 0.67."""
-    with pytest.raises(SpecError) as err:
-        CausalLM.from_spec(spec_from_hf(TINY_FAMILIES["gemma2"]))
-    for missing in ("soft-capping", "(1 + weight) RMSNorm", "embedding scale"):
-        assert missing in str(err.value)
+def test_gemma2_builds_every_component_it_needs():
+    """The case that motivated the registry: gemma2 used to build silently without soft-caps, (1 + w) norms and the
+    embedding scale, and its logits differed from transformers by 0.67. Now it builds them (parity above), and each
+    one changes the logits here, so a model without it could not pass that test."""
+    spec = spec_from_hf({**TINY_FAMILIES["gemma2"], "attn_logit_softcapping": 0.5, "final_logit_softcapping": 0.3})
+    ids = torch.randint(3, spec.vocab_size, (1, 30), generator=torch.Generator().manual_seed(0))  # 30 > window of 24
+
+    def logits(change=lambda model: None, spec=spec) -> torch.Tensor:
+        model = perturbed(CausalLM.from_spec(spec, seed=0), seed=1).eval()  # the same weights every time
+        change(model)
+        with torch.no_grad():
+            return model(ids).logits
+
+    full = logits()
+    assert full.abs().max() < 0.3  # the final soft-cap binds
+    without = {
+        "final soft-cap": logits(lambda m: setattr(m, "final_softcap", None)),
+        "attention soft-cap": logits(lambda m: [setattr(layer.self_attn, "softcap", None) for layer in m.model.layers]),
+        "embedding scale": logits(lambda m: setattr(m.model, "embed_scale", None)),
+        "(1 + w) norms": logits(lambda m: [setattr(n, "offset", 0.0) for n in m.modules() if isinstance(n, RMSNorm)]),
+        "sliding layers": logits(spec=spec.replace(sliding_window=None, layer_types=None)),
+    }
+    for what, other in without.items():
+        assert (other - full).abs().max() > 1e-3, what
 
 
 TOKEN_IDS = {"bos_token_id", "eos_token_id", "pad_token_id"}  # per-checkpoint presets, not family layout

@@ -6,15 +6,24 @@ import pytest
 import torch
 from conftest import TINY_FAMILIES, tiny_model
 
+from archsmith import families
 from archsmith.errors import ArchsmithError
 from archsmith.generate import generate
 from archsmith.hfconfig import spec_from_hf
 from archsmith.network import CausalLM
 
 
-@pytest.fixture(scope="module", params=["llama", "mistral", "qwen2", "qwen3"])
+# Dense families, the MoE ones (softmax and grouped sigmoid routers, shared experts), MLA (its cache holds the latent)
+# and Gemma 2 (soft-caps, alternating windows beyond the window of 24).
+@pytest.fixture(scope="module", params=["llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen3_moe", "qwen2_moe", "deepseek_v3",
+                                        "gemma2"])
 def pair(request, tmp_path_factory):
-    hf = tiny_model(request.param, attn="sdpa", seed=5).eval()
+    kernel = "sdpa" if "sdpa" in families.get(request.param).attention_kernels else "eager"
+    hf = tiny_model(request.param, attn=kernel, seed=5).eval()
+    with torch.no_grad():  # move norms and router corrections off their initial values, as trained weights are
+        for name, t in hf.state_dict().items():
+            if t.dim() == 1 and t.is_floating_point():
+                t.add_(torch.randn(t.shape, generator=torch.Generator().manual_seed(len(name))) * 0.1)
     path = tmp_path_factory.mktemp(request.param)
     hf.save_pretrained(path)
     return hf, CausalLM.from_pretrained(path).eval()

@@ -11,8 +11,10 @@ from hypothesis import strategies as st
 
 from archsmith.errors import SpecError
 from archsmith.estimate import count_params, model_tensors
-from archsmith.network import CausalLM, MoE, alibi_slopes, build_mask, init_weights
-from archsmith.spec import ArchitectureSpec, MoESpec
+from archsmith.network import CausalLM, GroupedRouter, MoE, alibi_slopes, build_mask, init_weights
+from archsmith.spec import ArchitectureSpec, MLASpec, MoESpec
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: a second OpenMP thread only spins on shared cores
 
 BASE = dict(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, ffn_size=96, vocab_size=128,
             context_length=64, bos_token_id=1, eos_token_id=2, pad_token_id=0)
@@ -31,6 +33,11 @@ VARIANTS = {
     "llama3-rope": {"rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                                      "original_max_position_embeddings": 16}},
     "moe": {"moe": MoESpec(num_experts=4, top_k=2, expert_ffn_size=48, shared_experts=1, shared_ffn_size=32)},
+    "mla-dense-first-moe": {"mla": MLASpec(kv_lora_rank=16, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=12, q_lora_rank=24),
+                            "head_dim": 24, "num_kv_heads": 4, "rope_scaling": {"rope_type": "yarn", "factor": 2.0},
+                            "moe": MoESpec(num_experts=4, top_k=2, expert_ffn_size=24, shared_experts=1, shared_ffn_size=16,
+                                           shared_expert_gate=True, layers=(1,))},
+    "parallel-nope": {"norm_placement": "parallel_shared", "norm": "layernorm_nobias", "qk_norm": "per_head", "nope_layers": (1,)},
 }
 
 
@@ -54,24 +61,35 @@ def specs(draw) -> ArchitectureSpec:
     kv = draw(st.sampled_from([d for d in range(1, heads + 1) if heads % d == 0]))
     position = draw(st.sampled_from(["rope", "alibi", "learned"]))
     gated = draw(st.sampled_from(["swiglu", "geglu", "gelu"]))
+    layers = draw(st.integers(1, 4))
     moe = None
     if draw(st.booleans()):
         experts = draw(st.integers(1, 6))
         shared = draw(st.integers(0, 2))
+        moe_layers = draw(st.one_of(st.none(), st.lists(st.integers(0, layers - 1), min_size=1, unique=True).map(sorted).map(tuple)))
         moe = MoESpec(num_experts=experts, top_k=draw(st.integers(1, experts)), expert_ffn_size=draw(st.integers(1, 40)),
                       shared_experts=shared, shared_ffn_size=draw(st.integers(1, 24)) if shared else 0,
-                      router_bias=draw(st.booleans()))
+                      router_bias=draw(st.booleans()), shared_expert_gate=shared > 0 and draw(st.booleans()), layers=moe_layers)
     window = draw(st.one_of(st.none(), st.integers(1, 32)))
+    head_dim = draw(st.sampled_from([2, 4, 8, 16, 24]))
+    mla = None
+    if position == "rope" and draw(st.booleans()):  # latent attention: head_dim is its nope + rope parts
+        rope = draw(st.sampled_from([2, 4, 8]))
+        mla = MLASpec(kv_lora_rank=draw(st.integers(1, 32)), qk_nope_head_dim=draw(st.integers(0, 16)), qk_rope_head_dim=rope,
+                      v_head_dim=draw(st.integers(1, 16)), q_lora_rank=draw(st.one_of(st.none(), st.integers(1, 32))))
+        head_dim = mla.qk_nope_head_dim + rope
     return ArchitectureSpec(
-        hidden_size=draw(st.integers(2, 96)), num_layers=draw(st.integers(1, 4)), num_heads=heads, num_kv_heads=kv,
-        head_dim=draw(st.sampled_from([2, 4, 8, 16, 24])), ffn_size=draw(st.integers(1, 200)),
+        hidden_size=draw(st.integers(2, 96)), num_layers=layers, num_heads=heads, num_kv_heads=kv,
+        head_dim=head_dim, ffn_size=draw(st.integers(1, 200)),
         vocab_size=draw(st.integers(3, 300)), context_length=draw(st.integers(2, 128)),
         ffn_kind=gated, activation=draw(st.sampled_from(["silu", "gelu", "gelu_pytorch_tanh", "relu"])),
-        norm=draw(st.sampled_from(["rmsnorm", "layernorm"])), norm_placement=draw(st.sampled_from(["pre", "post", "sandwich"])),
+        norm=draw(st.sampled_from(["rmsnorm", "layernorm", "layernorm_nobias", "layernorm_nonparametric"])),
+        norm_placement=draw(st.sampled_from(["pre", "post", "sandwich", "parallel", "parallel_shared"])),
         position=position, partial_rotary_factor=1.0, tie_embeddings=draw(st.booleans()),
         qkv_bias=draw(st.booleans()), o_bias=draw(st.booleans()), mlp_bias=draw(st.booleans()),
-        qk_norm=draw(st.sampled_from(["none", "head", "full"])), sliding_window=window,
-        fused_qkv=draw(st.booleans()), fused_gate_up=draw(st.booleans()), moe=moe,
+        qk_norm="none" if mla else draw(st.sampled_from(["none", "head", "full", "per_head"])), sliding_window=window,
+        fused_qkv=not mla and draw(st.booleans()), fused_gate_up=draw(st.booleans()), moe=moe, mla=mla,
+        nope_layers=draw(st.lists(st.integers(0, layers - 1), unique=True).map(sorted).map(tuple)) if position == "rope" and not mla else (),
     )
 
 
@@ -133,7 +151,7 @@ def test_kv_cache_decode_equals_full_forward(variant):
     assert torch.allclose(torch.cat(steps, dim=1), full, atol=1e-5)
 
 
-@pytest.mark.parametrize("variant", ["llama-gqa", "sliding", "alibi", "learned-gpt", "moe"])
+@pytest.mark.parametrize("variant", ["llama-gqa", "sliding", "alibi", "learned-gpt", "moe", "mla-dense-first-moe", "parallel-nope"])
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_padded_batch_equals_unpadded(variant, side):
     model = model_of(variant)
@@ -151,7 +169,7 @@ def test_padded_batch_equals_unpadded(variant, side):
     assert torch.allclose(batch[1:, real], alone_short, atol=1e-5)
 
 
-@pytest.mark.parametrize("variant", ["sliding", "alibi", "qk-norm-full-post"])
+@pytest.mark.parametrize("variant", ["sliding", "alibi", "qk-norm-full-post", "mla-dense-first-moe"])
 def test_left_padded_kv_decode_equals_full_forward(variant):
     model = model_of(variant)
     x = ids(2, 10)
@@ -249,6 +267,47 @@ def test_moe_aux_loss_is_k_for_a_uniform_router_and_enters_the_loss():
     assert out.loss.item() == pytest.approx(plain.item() + 0.01 * 2.0, abs=1e-5)
 
 
+def test_moe_aux_loss_counts_real_tokens_only():
+    """Padding tokens are routed (their outputs are discarded) but do not enter the load-balancing loss."""
+    model = model_of("moe")
+    x = ids(2, 10, seed=5)
+    mask = torch.ones_like(x)
+    mask[1, :4] = 0
+    other = x.clone()
+    other[1, :4] = (x[1, :4] + 7) % 128  # other padding tokens, same real tokens
+    with torch.no_grad():
+        aux = model(x, attention_mask=mask).aux_loss
+        assert torch.allclose(model(other, attention_mask=mask).aux_loss, aux, atol=1e-6)
+        assert not torch.allclose(model(other).aux_loss, model(x).aux_loss, atol=1e-4)  # unmasked, padding counts
+
+
+def test_grouped_router_keeps_topk_groups_and_scales_weights():
+    spec = ArchitectureSpec(**{**BASE, "model_type": "deepseek_v3", "num_kv_heads": 4, "head_dim": 24,
+                               "mla": MLASpec(kv_lora_rank=16, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16),
+                               "moe": MoESpec(num_experts=8, top_k=2, expert_ffn_size=16, shared_experts=1, shared_ffn_size=16),
+                               "extra": {"n_group": 4, "topk_group": 1, "routed_scaling_factor": 2.5}})
+    router = CausalLM.from_spec(spec, seed=0).model.layers[0].mlp.gate
+    assert isinstance(router, GroupedRouter)
+    x = torch.randn(50, 64, generator=torch.Generator().manual_seed(1))
+    weights, indices, probs = router(x)
+    assert (indices // 2 == indices[:, :1] // 2).all()  # topk_group 1: both experts from one group of 2
+    assert torch.allclose(weights.sum(-1), torch.full((50,), 2.5))  # renormalised, times routed_scaling_factor
+    router.e_score_correction_bias[indices[0, 0]] = -10.0  # the correction steers the choice, not the weights
+    assert indices[0, 0] not in router(x)[1][0]
+    with pytest.raises(SpecError) as err:
+        CausalLM.from_spec(spec.replace(extra={"n_group": 3}))
+    assert err.value.field == "extra.n_group"
+
+
+def test_mla_caches_the_latent_not_the_heads():
+    model = model_of("mla-dense-first-moe")
+    cache = model.new_cache(2, 12)
+    assert [tuple(k.shape) for k in cache.keys] == [(2, 1, 12, 16)] * 2  # kv_lora_rank
+    assert [tuple(v.shape) for v in cache.values] == [(2, 1, 12, 8)] * 2  # the shared rotated key
+    assert isinstance(model.model.layers[0].mlp, torch.nn.Module) and not model.model.layers[0].is_moe
+    assert model.model.layers[1].is_moe
+
+
 def test_init_policy_is_reproducible_and_depth_scaled():
     spec = spec_of("llama-gqa", hidden_size=256, num_heads=4, num_kv_heads=4, ffn_size=512, num_layers=8, qkv_bias=True)
     a, b, c = CausalLM.from_spec(spec, seed=7), CausalLM.from_spec(spec, seed=7), CausalLM.from_spec(spec, seed=8)
@@ -293,7 +352,8 @@ def test_block_compiles_without_graph_breaks():
 
 @pytest.mark.parametrize("change, field", [
     ({"activation": "swishy"}, "activation"),
-    ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "rope_scaling.rope_type"),
+    ({"rope_scaling": {"rope_type": "longrope", "factor": 4.0}}, "rope_scaling.rope_type"),
+    ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0, "beta_fast": "32"}}, "rope_scaling.beta_fast"),
     ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "rope_scaling.low_freq_factor"),
     ({"rope_scaling": {"rope_type": "linear", "factor": -1}}, "rope_scaling.factor"),
     ({"partial_rotary_factor": 0.0625}, "partial_rotary_factor"),

@@ -5,13 +5,14 @@ figure and fails loudly when the check does not hold."""
 import torch
 from transformers import AutoModelForCausalLM
 
+from archsmith import families
 from archsmith.estimate import count_params
 from archsmith.network import CausalLM
 from archsmith.spec import ArchitectureSpec
 
 TOL = 1e-5  # float32 on CPU: equivalent computations through different kernels agree to about this
 SPEC = ArchitectureSpec(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, ffn_size=96, vocab_size=128)
-PARITY_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")  # the families archsmith.weights saves for transformers
+PARITY_FAMILIES = families.with_parity("both")  # the families archsmith.weights saves for transformers
 
 
 def check(name: str, value: float) -> None:
