@@ -155,8 +155,10 @@ def count_params(teacher: Teacher, shape: Shape) -> int:
 def _student_spec(teacher: Teacher, shape: Shape):
     spec = teacher.model.spec
     types = tuple(spec.layer_types[i] for i in shape.layers) if spec.layer_types else None
+    nope = tuple(j for j, i in enumerate(shape.layers) if i in spec.nope_layers)  # kept NoPE layers, renumbered
     return spec.replace(hidden_size=shape.hidden, num_layers=len(shape.layers), num_heads=shape.heads,
-                        num_kv_heads=shape.kv_heads, head_dim=shape.head_dim, ffn_size=shape.ffn, layer_types=types)
+                        num_kv_heads=shape.kv_heads, head_dim=shape.head_dim, ffn_size=shape.ffn, layer_types=types,
+                        nope_layers=nope)
 
 
 def keep_layers(total: int, keep: int) -> list[int]:

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from archsmith import compress as comp
 from archsmith.cli import app
 from archsmith.errors import ArchsmithError
-from conftest import minilm_path
+from conftest import TINY_FAMILIES, minilm_path
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # before the module-scoped model fixtures
 
@@ -196,6 +196,32 @@ def test_decoder_v1_keeps_mha_and_shrinks(decoder_teacher, tmp_path):
     assert s["kv_heads"] == s["heads"] and abs(report["achieved_reduction"] - 0.3) <= comp.TOLERANCE
     assert report["notes"] == ["no tokenizer in the model directory: calibration and fidelity used random token ids"]
     assert sorted(p.name for p in (tmp_path / "v1").iterdir()) == ["comparison.png", "compression.json", "config.json", "model.safetensors"]
+
+
+@pytest.mark.parametrize("name", comp.DECODERS)
+def test_every_decoder_family_compresses_or_is_refused_by_name(name, tmp_path):
+    """Each family network.py matches: the student loads in transformers as the same model, or the teacher is refused
+    with a one-line reason (MoE, latent attention, norms or blocks outside the Llama layout)."""
+    from transformers import AutoModelForCausalLM
+
+    from archsmith.hfconfig import spec_from_hf
+    from archsmith.network import CausalLM
+
+    spec = spec_from_hf(TINY_FAMILIES[name])
+    CausalLM.from_spec(spec, seed=0).save_pretrained(tmp_path / "teacher")
+    try:
+        report = comp.compress(tmp_path / "teacher", 0.3, tmp_path / "student", strategy="both", grid=((1, 8),), repeats=1)
+    except ArchsmithError as e:
+        assert e.field == "model" and ("mixture-of-experts" in str(e) or "Llama-layout" in str(e))
+        assert (spec.moe is not None or comp._layout_gaps(spec)) and not (tmp_path / "student").exists()
+        return
+    assert spec.moe is None and not comp._layout_gaps(spec) and abs(report["achieved_reduction"] - 0.3) <= comp.TOLERANCE
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "student").eval()
+    ours = CausalLM.from_pretrained(tmp_path / "student").eval()
+    assert sum(p.numel() for p in hf.parameters()) == report["student_params"]
+    x = torch.randint(0, spec.vocab_size, (2, 12))
+    with torch.no_grad():
+        assert (hf(x).logits - ours(x).logits).abs().max().item() <= 1e-5
 
 
 # ---- bad input: one line, exit 2, nothing written ----------------------------------------------
