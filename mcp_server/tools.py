@@ -19,6 +19,7 @@ from mcp.server.mcpserver import Context
 from pydantic import Field
 
 from archsmith import families
+from archsmith.distill import ALPHA, HIDDEN_WEIGHT, LR, TEMPERATURE
 from archsmith.mcp_server.pool import heavy, run_heavy
 
 # ---- the workspace root: every path a tool reads or writes lies under it -------------------
@@ -552,6 +553,42 @@ estimate_config.__doc__ = estimate_config.__doc__.format(families=", ".join(fami
 build_model.__doc__ = build_model.__doc__.format(buildable=", ".join(families.with_parity("both", "load")))
 compress_model.__doc__ = compress_model.__doc__.format(decoders=", ".join(families.with_parity("both")))
 
+@heavy(timeout_s=3600)  # a training run: minutes on a CPU for a small student
+async def distill_model(teacher: Annotated[str, Field(description="Teacher model directory (config.json + safetensors + tokenizer), relative to the workspace root.", min_length=1, max_length=1024)],
+                        student: Annotated[str, Field(description="Student model directory of the same kind and vocabulary, e.g. what compress_model wrote.", min_length=1, max_length=1024)],
+                        data: CorpusPaths, out_dir: RunDir,
+                        steps: Annotated[int, Field(description="Optimizer steps.", ge=1, le=1_000_000)] = 200,
+                        temperature: Annotated[float, Field(description="Softening of the teacher's logits (LMs); the KL is scaled by T^2.", ge=0.1, le=100)] = TEMPERATURE,
+                        alpha: Annotated[float, Field(description="LMs: weight of the soft-target KL; 1 - alpha goes to the next-token loss.", ge=0, le=1)] = ALPHA,
+                        hidden_weight: Annotated[float, Field(description="Weight of the hidden-state loss (relative MSE through a learned projection); 0 disables.", ge=0, le=100)] = HIDDEN_WEIGHT,
+                        attention_weight: Annotated[float, Field(description="Encoders: weight of attention transfer (MSE of head-averaged maps).", ge=0, le=100)] = 0.0,
+                        lr: Annotated[float, Field(description="Peak AdamW learning rate.", ge=1e-7, le=1)] = LR,
+                        batch: Annotated[int, Field(description="Samples per optimizer step.", ge=1, le=4096)] = 16,
+                        seq: Annotated[int, Field(description="Tokens per sample (encoders: at most; LMs: packed windows).", ge=8, le=8192)] = 128,
+                        heldout: Annotated[str | None, Field(description="Held-out text file for the fidelity report (default: shipped English sentences).", max_length=1024)] = None,
+                        resume: bool = False, ctx: Context = None) -> dict[str, Any]:
+    """Distil a teacher into a student (a BERT-style encoder, or a causal LM of the families network.py matches) on a
+    corpus, with the training loop of start_training: temperature-softened KL x T^2 plus next-token loss for LMs, the
+    teacher's in-batch sentence-similarity matrix for encoders, hidden states through a learned projection from the
+    layers compress_model kept, optional attention transfer. Writes out_dir/final (the distilled student: AutoModel /
+    AutoModelForCausalLM load it), checkpoints (resume continues them), metrics.jsonl, loss.png, distillation.json and
+    fidelity.png. Returns the fidelity on held-out text before and after (similarity agreement for encoders; KL to the
+    teacher and perplexity for LMs) and the training summary."""
+    from archsmith.distill import distill
+
+    paths = [str(_path(d, "data")) for d in data]
+    heldout_file = _path(heldout, "heldout") if heldout else None
+    await ctx.report_progress(0, 1, "distilling")
+    report = await run_heavy(distill, _path(teacher, "teacher"), _path(student, "student"), paths, _path(out_dir, "out_dir"),
+                             steps=steps, temperature=temperature, alpha=alpha, hidden_weight=hidden_weight,
+                             attention_weight=attention_weight, lr=lr, batch=batch, seq=seq, heldout=heldout_file, resume=resume,
+                             progress=False)
+    report["files"] = [_relative(Path(p)) for p in report["files"]]
+    report["final"] = _relative(Path(report["final"]))
+    await ctx.report_progress(1, 1, "done")
+    return report
+
+
 TOOLS = [design_architecture, write_design, estimate_config, emit_hf_config, compute_optimal_sizing,
          list_scale_templates, list_gpus, build_model, search_models, evaluate_model, plan_finetune,
-         analyze_model, compress_model, export_model, train_tokenizer, start_training, training_status, stop_training]
+         analyze_model, compress_model, distill_model, export_model, train_tokenizer, start_training, training_status, stop_training]

@@ -22,6 +22,7 @@ from typer.core import TyperGroup
 
 from archsmith import families
 from archsmith.errors import ArchsmithError
+from archsmith.distill import ALPHA, HIDDEN_WEIGHT, LR, TEMPERATURE
 from archsmith.runner import DEFAULT_STEPS, DEFAULT_TOKENS
 
 
@@ -489,7 +490,7 @@ def analyze(
 
 @app.command()
 def compress(
-    model: str = typer.Argument(..., help="Teacher: a BERT-style encoder or llama/mistral/qwen2/qwen3 decoder directory (config.json + safetensors)."),
+    model: str = typer.Argument(..., help="Teacher: a BERT-style encoder or a Llama-layout decoder directory (config.json + safetensors)."),
     reduction: float = typer.Option(..., "--reduction", help="Share of parameters to remove, in (0, 1): 0.5 halves the model."),
     out_dir: Path = typer.Option(..., "--out", help="Directory for the student (must not exist unless --overwrite)."),
     strategy: str = typer.Option("both", "--strategy", help="depth (drop layers), width (narrow them) or both."),
@@ -525,6 +526,46 @@ def compress(
               f"fidelity before distillation: " + ", ".join(f"{k} {v}" for k, v in fid.items() if k not in ("kind", "texts")))
     for note in report["notes"]:
         out.print(f"note: {note}", highlight=False)
+    out.print("wrote " + ", ".join(report["files"]), highlight=False)
+
+
+@app.command()
+def distill(
+    teacher: Path = typer.Argument(..., help="Teacher model directory (config.json + safetensors + tokenizer)."),
+    student: Path = typer.Argument(..., help="Student model directory of the same kind and vocabulary (e.g. what compress wrote)."),
+    data: list[str] = typer.Option(..., "--data", help="Corpus: text files (encoders: one sentence per line), JSONL files or directories (repeatable)."),
+    out_dir: Path = typer.Option(..., "--out", help="Run directory (must be new, unless --resume): final/ is the distilled student."),
+    steps: int = typer.Option(200, "--steps", help="Optimizer steps."),
+    temperature: float = typer.Option(TEMPERATURE, "--temperature", help="Softening of the teacher's logits (LMs); the KL is scaled by T^2."),
+    alpha: float = typer.Option(ALPHA, "--alpha", help="LMs: weight of the soft-target KL; 1 - alpha goes to the next-token loss."),
+    hidden_weight: float = typer.Option(HIDDEN_WEIGHT, "--hidden-weight", help="Weight of the hidden-state loss (relative MSE through a learned projection); 0 disables."),
+    attention_weight: float = typer.Option(0.0, "--attention-weight", help="Encoders: weight of attention transfer (MSE of head-averaged maps)."),
+    lr: float = typer.Option(LR, "--lr", help="Peak learning rate (AdamW, warmup then cosine)."),
+    batch: int = typer.Option(16, "--batch", help="Samples per optimizer step."),
+    seq: int = typer.Option(128, "--seq", help="Tokens per sample (encoders: at most; LMs: packed windows)."),
+    heldout: Optional[Path] = typer.Option(None, "--heldout", help="Text file for the fidelity report (default: the shipped English sentences compress uses)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+) -> None:
+    """Distil a teacher into a student on a corpus; fidelity on held-out text before and after."""
+    from archsmith.distill import distill as run
+
+    try:
+        with err.status("distilling") as status:
+            report = run(teacher, student, data, out_dir, steps=steps, temperature=temperature, alpha=alpha,
+                         hidden_weight=hidden_weight, attention_weight=attention_weight, lr=lr, batch=batch, seq=seq,
+                         heldout=heldout, resume=resume, progress=not as_json, say=status.update)
+    except ArchsmithError as exc:
+        _fail(exc)
+    if as_json:
+        _json(report)
+        return
+    before, after = report["fidelity"]["before"], report["fidelity"]["after"]
+    keys = [k for k in before if k not in ("kind", "texts", "pairs", "tokens")]
+    show_table(f"fidelity to the teacher: {before['kind']} on {before['texts']} held-out texts",
+               [Column(""), Column("before", True), Column("after", True)], [[k, f"{before[k]:,}", f"{after[k]:,}"] for k in keys])
+    t = report["training"]
+    out.print(f"{t['steps']} steps, loss {t['first_loss']:.4f} -> {t['last_loss']:.4f}; objective: {report['objective']}", highlight=False)
     out.print("wrote " + ", ".join(report["files"]), highlight=False)
 
 

@@ -36,7 +36,7 @@ def readme_bash(heading: str) -> str:
 
 @pytest.fixture(scope="module")
 def readme_run(tmp_path_factory):
-    """The README's analyze -> compress -> export block, run as written in a fresh directory."""
+    """The README's analyze -> compress -> distill -> export block, run as written in a fresh directory."""
     work = tmp_path_factory.mktemp("readme")
     (work / ".venv").symlink_to(Path(sys.executable).parents[1])
     done = subprocess.run(["bash", "-ec", readme_bash("## Analyse, compress and export a model")], cwd=work,
@@ -75,12 +75,28 @@ def test_readme_student_has_half_the_parameters_and_loads(readme_run):
     assert (student_dir / "comparison.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_readme_distillation_brings_the_student_closer_to_the_teacher(readme_run):
+    from transformers import AutoModel
+
+    work, printed = readme_run
+    half, run = work / "runs" / "minilm-half", work / "runs" / "minilm-distilled"
+    report = json.loads((run / "distillation.json").read_text())
+    before, after = report["fidelity"]["before"], report["fidelity"]["after"]
+    assert before == json.loads((half / "compression.json").read_text())["fidelity"]["teacher_vs_student"]  # same measurement
+    assert after["spearman"] > before["spearman"] + 0.03 and after["pearson"] > before["pearson"]
+    assert report["projection"] and report["layer_map"] == json.loads((half / "compression.json").read_text())["kept_layers"]
+    distilled, undistilled = AutoModel.from_pretrained(run / "final"), AutoModel.from_pretrained(half)
+    assert sum(p.numel() for p in distilled.parameters()) == sum(p.numel() for p in undistilled.parameters())
+    assert any((a - b).abs().max() > 0 for a, b in zip(distilled.parameters(), undistilled.parameters()))
+    assert f"{after['spearman']}" in printed and (run / "fidelity.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_readme_onnx_student_matches_pytorch(readme_run):
     import onnxruntime as ort
     from transformers import AutoModel, AutoTokenizer
 
     work, _ = readme_run
-    student_dir, onnx_dir = work / "runs" / "minilm-half", work / "runs" / "minilm-half-onnx"
+    student_dir, onnx_dir = work / "runs" / "minilm-distilled" / "final", work / "runs" / "minilm-half-onnx"
     report = json.loads((onnx_dir / "export.json").read_text())
     assert [r["ok"] for r in report["validation"]] == [True] * 3
     batch = AutoTokenizer.from_pretrained(student_dir)(SENTENCES, padding=True, return_tensors="pt")
