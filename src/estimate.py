@@ -403,22 +403,27 @@ def activations_calibration(spec: ArchitectureSpec, attention: str) -> list[str]
     """Why `activation_bytes` is not held to 5% of measurement for this spec (empty: it is).
 
     Calibrated: the Llama-style block (RMSNorm pre/post placement, RoPE, gated MLP, GQA, head or full
-    QK-norm, fused projections) under sdpa or eager attention, for the families whose row says so.
+    QK-norm, fused projections) under sdpa or eager attention, for the families whose row says so; a
+    setting the family's row fixes (Gemma 3's sandwich norms, StarCoder2's LayerNorm and plain MLP) was
+    part of that family's measurement.
     """
     reasons = []
     fam = families.get(spec.model_type)
     if fam.activations_uncalibrated:
         reasons.append(f"{spec.model_type}: {fam.activations_uncalibrated}")
-    checks = [
-        (spec.moe is not None, "MoE layers"), (spec.mla is not None, "multi-head latent attention"),
-        (spec.linear_attention is not None, "linear-attention layers"), (spec.attention_sinks, "attention sinks"),
-        (spec.attn_output_gate, "attention output gate"), (spec.norm != "rmsnorm", f"{spec.norm} norms"),
-        (spec.norm_placement not in ("pre", "post"), f"{spec.norm_placement} norm placement"),
-        (not spec.gated, "a plain (non-gated) MLP"), (spec.position != "rope", f"{spec.position} positions"),
-        (spec.qk_norm in ("per_head", "l2"), f"{spec.qk_norm} QK-norm"),
-        ("chunked_attention" in spec.resolved_layer_types, "chunked attention"),
+    checks = [  # (not modelled, what, the spec field it is about: a family that fixes it was measured with it)
+        (spec.moe is not None, "MoE layers", "moe"), (spec.mla is not None, "multi-head latent attention", "mla"),
+        (spec.linear_attention is not None, "linear-attention layers", "linear_attention"),
+        (spec.attention_sinks, "attention sinks", "attention_sinks"), (spec.attn_output_gate, "attention output gate", "attn_output_gate"),
+        (spec.norm != "rmsnorm", f"{spec.norm} norms", "norm"),
+        (spec.norm_placement not in ("pre", "post"), f"{spec.norm_placement} norm placement", "norm_placement"),
+        (not spec.gated, "a plain (non-gated) MLP", "ffn_kind"), (spec.position != "rope", f"{spec.position} positions", "position"),
+        (spec.qk_norm in ("per_head", "l2"), f"{spec.qk_norm} QK-norm", "qk_norm"),
+        ("chunked_attention" in spec.resolved_layer_types, "chunked attention", "layer_types"),
     ]
-    reasons += [f"{what} not yet modelled" for flagged, what in checks if flagged and not fam.activations_uncalibrated]
+    measured = {field for field, value in fam.fixed.items() if getattr(spec, field, None) == value}
+    reasons += [f"{what} not yet modelled" for flagged, what, field in checks
+                if flagged and not fam.activations_uncalibrated and field not in measured]
     if attention not in fam.attention_kernels:
         reasons.append(f"transformers does not run {spec.model_type} with {attention} attention")
     return reasons

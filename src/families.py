@@ -213,7 +213,6 @@ def dropout(default: float, *keys: str) -> dict[str, Extra]:
 
 QK_NORM_FLAG = ("use_qk_norm",)
 PER_EXPERT = ("gate_proj", "up_proj", "down_proj")  # per-expert checkpoint tensors of the Qwen-MoE / DeepSeek layout
-WITHIN_5 = "within 5% on tiny models in benchmarks/activation_accuracy.py, not yet held by a test or checked at real widths"
 MOE_NOT_MODELLED = "MoE routing and expert buffers not yet modelled"
 
 FAMILIES: dict[str, Family] = {f.model_type: f for f in (
@@ -232,17 +231,15 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
     Family("granite", "GraniteForCausalLM", parity="both", keys={**ATTENTION_BIAS, "mlp_bias": "mlp_bias"},
            defaults={"max_position_embeddings": 2048, "rms_norm_eps": 1e-6},
            extra={name: Extra("number", 1.0, above=0.0, feature=MULTIPLIERS)
-                  for name in ("embedding_multiplier", "residual_multiplier", "attention_multiplier", "logits_scaling")},
-           activations_uncalibrated=WITHIN_5),
+                  for name in ("embedding_multiplier", "residual_multiplier", "attention_multiplier", "logits_scaling")}),
     Family("smollm3", "SmolLM3ForCausalLM", parity="both", keys={**ATTENTION_BIAS, "mlp_bias": "mlp_bias"}, nope=True,
            layers=LayerRule("rope", other="full_attention", nth="sliding_attention", gate=("use_sliding_window", "sliding_window")),
            defaults={"max_position_embeddings": 32768, "num_key_value_heads": MISSING, "rms_norm_eps": 1e-6,
-                     "tie_word_embeddings": True, "rope_theta": 2_000_000.0},
-           activations_uncalibrated=WITHIN_5),
+                     "tie_word_embeddings": True, "rope_theta": 2_000_000.0}),
     Family("ernie4_5", "Ernie4_5ForCausalLM", parity="both", keys={"qkv_bias": "use_bias", "o_bias": "use_bias", "mlp_bias": "use_bias"},
            defaults={"max_position_embeddings": 131072, "num_key_value_heads": MISSING, "rms_norm_eps": 1e-5, "use_bias": False,
                      "tie_word_embeddings": True, "head_dim": 128, "rope_theta": 500_000.0},
-           rope_interleaved=True, activations_uncalibrated=WITHIN_5),
+           rope_interleaved=True),
     Family("olmo2", "Olmo2ForCausalLM", parity="both", keys=ATTENTION_BIAS, fixed={"norm_placement": "post", "qk_norm": "full"},
            defaults={"max_position_embeddings": 2048, "rms_norm_eps": 1e-5}, norm_weight_in_fp32=True, rope_in_fp32=True),
     Family("olmo", "OlmoForCausalLM", parity="both", keys={**ATTENTION_BIAS, "norm_eps": None},
@@ -257,7 +254,7 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
     Family("gemma", "GemmaForCausalLM", parity="both", keys=ATTENTION_BIAS, fixed={"ffn_kind": "geglu"},
            defaults={"max_position_embeddings": 8192, "rms_norm_eps": 1e-6, "tie_word_embeddings": True, "head_dim": 256,
                      "hidden_act": "gelu_pytorch_tanh"},
-           embed_scale="sqrt_hidden", **GEMMA_NORM, activations_uncalibrated=WITHIN_5),
+           embed_scale="sqrt_hidden", **GEMMA_NORM),
     Family("gemma2", "Gemma2ForCausalLM", parity="both", heads_divide_hidden=True, keys={**ATTENTION_BIAS, "activation": "hidden_activation"},
            fixed={"norm_placement": "sandwich", "ffn_kind": "geglu"}, layers=LayerRule("period", 2),
            defaults={**GEMMA_DEFAULTS, "max_position_embeddings": 8192},
@@ -277,7 +274,7 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
                   "final_logit_softcapping": Extra("number", None, above=0.0, nullable=True, feature=SOFTCAP_FINAL),
                   "rope_local_base_freq": Extra("number", 10_000.0, above=1.0, feature=LOCAL_ROPE),
                   "use_bidirectional_attention": Extra("bool", False, feature="bidirectional attention")},
-           embed_scale="sqrt_hidden", **GEMMA_NORM, activations_uncalibrated=WITHIN_5),
+           embed_scale="sqrt_hidden", **GEMMA_NORM),
     # ---- LayerNorm families: biases, plain GELU MLPs, parallel blocks ----
     Family("gpt2", "GPT2LMHeadModel",
            keys={"hidden_size": "n_embd", "num_layers": "n_layer", "num_heads": "n_head", "num_kv_heads": None, "head_dim": None,
@@ -297,7 +294,7 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
                                                          ((False,), {"norm_placement": "pre"}))),),
            defaults={"max_position_embeddings": 2048, "layer_norm_eps": 1e-5, "hidden_act": "gelu", "attention_bias": True,
                      "partial_rotary_factor": 0.25, "use_parallel_residual": True},
-           activations_uncalibrated=WITHIN_5),
+           activations_uncalibrated="5.4% off on tiny widths (hidden 64), not yet explained; within 0.1% at real width"),
     Family("falcon", "FalconForCausalLM",
            keys={"num_kv_heads": "num_kv_heads", "head_dim": None, "ffn_size": "ffn_hidden_size", "activation": "activation",
                  "norm_eps": "layer_norm_epsilon", "qkv_bias": "bias", "o_bias": "bias", "mlp_bias": "bias"},
@@ -326,7 +323,7 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
            fixed={"norm": "layernorm", "ffn_kind": "gelu"}, layers=LayerRule("all_sliding"),
            defaults={"max_position_embeddings": 4096, "num_key_value_heads": MISSING, "norm_epsilon": 1e-5, "use_bias": True,
                      "tie_word_embeddings": True, "hidden_act": "gelu_pytorch_tanh", "initializer_range": 0.018042},
-           extra=dropout(0.0, "residual_dropout", "embedding_dropout"), activations_uncalibrated=WITHIN_5),
+           extra=dropout(0.0, "residual_dropout", "embedding_dropout")),
     Family("phi", "PhiForCausalLM", keys={"norm_eps": "layer_norm_eps"},
            fixed={"norm": "layernorm", "norm_placement": "parallel_shared", "ffn_kind": "gelu", "qkv_bias": True,
                   "o_bias": True, "mlp_bias": True, "lm_head_bias": True},
