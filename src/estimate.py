@@ -34,6 +34,11 @@ ATTENTION_IMPLS = ("sdpa", "eager")
 
 FP32 = 4  # bytes of an fp32 value: master weights, optimizer moments, norm statistics
 INT64 = 8  # bytes of a token id (torch.long), saved by the embedding and the loss
+MASK = 1  # bytes per element of a dropout mask (torch.bool)
+DELTA_CHUNK = 64  # chunk length of transformers' torch gated delta rule
+# Tensors of the MLP's width an activation saves: its input (or output), or for gelu_new, transformers' Python
+# tanh formula, the input, tanh(...), 0.5 * input and 1 + tanh(...).
+ACTIVATION_SAVED = {"silu": 1, "swish": 1, "gelu": 1, "gelu_pytorch_tanh": 1, "relu": 1, "gelu_new": 4}
 STEP_TENSOR = 4  # torch AdamW/Adafactor keep `step` as a 0-d float32 tensor per parameter tensor
 ADAM8BIT_BLOCK = 256  # bitsandbytes 8-bit optimizers quantise moments in blocks of 256 values
 ADAM8BIT_MIN_SIZE = 4096  # bitsandbytes keeps fp32 moments for tensors smaller than this
@@ -391,89 +396,176 @@ def _tensor_state(t: Tensor, optimizer: str, state_bytes: int) -> int:
 
 def _norm_saved(spec: ArchitectureSpec, width: int, b: int, groups: int = 1) -> int:
     """Bytes one norm saves per token for `width` features normalised in `groups` groups."""
+    fam = families.get(spec.model_type)
     if spec.norm == "rmsnorm":
         # fp32 upcast of the input (for pow/mul), fp32 rsqrt(variance) per group, normalised input in dtype (weight grad)
-        normalised = FP32 if families.get(spec.model_type).norm_weight_in_fp32 else b
+        normalised = FP32 if fam.norm_weight_in_fp32 else b
         return FP32 * width + FP32 * groups + normalised * width
-    # native_layer_norm saves its input plus fp32 mean and rstd per group
-    return b * width + 2 * FP32 * groups
+    if fam.norm_upcast == "manual":  # x - mean (twice: for the variance and for the scaling), the fp32 normalised x, rsqrt
+        return 3 * FP32 * width + FP32 * groups
+    # native_layer_norm saves its input (an fp32 copy when the family upcasts) plus fp32 mean and rstd per group
+    return (FP32 if fam.norm_upcast else b) * width + 2 * FP32 * groups
 
 
-def activations_calibration(spec: ArchitectureSpec, attention: str) -> list[str]:
+def activations_calibration(spec: ArchitectureSpec, attention: str, dtype: str = "bf16") -> list[str]:
     """Why `activation_bytes` is not held to 5% of measurement for this spec (empty: it is).
 
-    Calibrated: the Llama-style block (RMSNorm pre/post placement, RoPE, gated MLP, GQA, head or full
-    QK-norm, fused projections) under sdpa or eager attention, for the families whose row says so; a
-    setting the family's row fixes (Gemma 3's sandwich norms, StarCoder2's LayerNorm and plain MLP) was
-    part of that family's measurement.
+    Measured (tests/test_memory.py at tiny widths, docs/benchmarks.md at real widths): every family's default
+    layout and the layouts its config flags switch on, under the attention kernels transformers accepts for it,
+    with transformers' default (grouped_mm) experts. Not yet: activations without a saving rule
+    (`ACTIVATION_SAVED`), the gated delta-net recurrence in fp32.
     """
     reasons = []
     fam = families.get(spec.model_type)
-    if fam.activations_uncalibrated:
-        reasons.append(f"{spec.model_type}: {fam.activations_uncalibrated}")
-    checks = [  # (not modelled, what, the spec field it is about: a family that fixes it was measured with it)
-        (spec.moe is not None, "MoE layers", "moe"), (spec.mla is not None, "multi-head latent attention", "mla"),
-        (spec.linear_attention is not None, "linear-attention layers", "linear_attention"),
-        (spec.attention_sinks, "attention sinks", "attention_sinks"), (spec.attn_output_gate, "attention output gate", "attn_output_gate"),
-        (spec.norm != "rmsnorm", f"{spec.norm} norms", "norm"),
-        (spec.norm_placement not in ("pre", "post"), f"{spec.norm_placement} norm placement", "norm_placement"),
-        (not spec.gated, "a plain (non-gated) MLP", "ffn_kind"), (spec.position != "rope", f"{spec.position} positions", "position"),
-        (spec.qk_norm in ("per_head", "l2"), f"{spec.qk_norm} QK-norm", "qk_norm"),
-        ("chunked_attention" in spec.resolved_layer_types, "chunked attention", "layer_types"),
-    ]
-    measured = {field for field, value in fam.fixed.items() if getattr(spec, field, None) == value}
-    reasons += [f"{what} not yet modelled" for flagged, what, field in checks
-                if flagged and not fam.activations_uncalibrated and field not in measured]
+    if spec.activation not in ACTIVATION_SAVED:
+        reasons.append(f"the tensors activation {spec.activation!r} saves are not yet modelled (counted as one)")
+    if spec.linear_attention is not None and norm_dtype(dtype) == "fp32":
+        reasons.append("the gated delta-net recurrence in fp32 saves copies that depend on tensor strides (measured up to 11% off)")
     if attention not in fam.attention_kernels:
         reasons.append(f"transformers does not run {spec.model_type} with {attention} attention")
     return reasons
 
 
-def _attention_saved(spec: ArchitectureSpec, b: int, seq: int, attention: str) -> tuple[int, int]:
-    """(bytes per token, bytes per token per key) one softmax-attention mixer saves (norm and projection input excluded)."""
+def _attention_saved(spec: ArchitectureSpec, b: int, batch: int, seq: int, attention: str, kind: str = "full_attention",
+                     nope: bool = False) -> tuple[int, int]:
+    """(bytes per token, bytes per token per key) one softmax-attention mixer of layer type `kind` saves (norm and
+    projection input excluded); `nope`: the layer has no positional encoding."""
+    fam = families.get(spec.model_type)
     q, kv = spec.q_dim, spec.kv_dim
+    v = out = spec.num_heads * spec.v_head_dim  # the values after repeat_kv, and the attention output
     per_token = 0
-    if spec.qk_norm == "head":  # one norm group per head
+    if spec.qk_norm in ("head", "per_head"):  # one norm group per head
         per_token += _norm_saved(spec, q + kv, b, spec.num_heads + spec.num_kv_heads)
     elif spec.qk_norm == "full":  # one group for all of q, one for all of k
         per_token += _norm_saved(spec, q + kv, b, 2)
-    if spec.mla is not None:  # the latent projections save their inputs; keys/values are per head after kv_b_proj
+    elif spec.qk_norm == "l2" and not nope:  # weightless, on RoPE layers: fp32 q and k, an fp32 rsqrt per head
+        per_token += FP32 * (q + kv + spec.num_heads + spec.num_kv_heads)
+    if nope and families.setting(spec, "attn_temperature_tuning", False):  # an fp32 query scale per token
+        per_token += FP32
+    if spec.fused_qkv and spec.position != "rope" and (attention == "sdpa" or batch == 1):
+        # no RoPE copies q: it stays a view of the whole fused q|k|v output (eager's batched matmul copies it when batch > 1)
+        per_token += b * 2 * kv
+    repeated = q  # k and v as the attention matmuls read them
+    if fam.unrepeated_kv and spec.num_kv_heads < spec.num_heads:
+        # one KV head: matmul expands it to every head, a copy unless batch is 1; several: broadcast to every head
+        repeated = kv if spec.num_kv_heads == 1 and batch == 1 else q
+        if spec.num_kv_heads == 1 and attention == "sdpa":
+            # the math kernel: fp32 scaled q, k and v, fp32 probabilities; o_proj's input
+            return per_token + FP32 * (q + 2 * repeated) + b * q, FP32 * spec.num_heads
+        kv = q
+    # SDPA saves the mask it gets: a (batch, 1, seq, seq) bool mask becomes a new float mask in every layer (an ALiBi
+    # bias mask is one tensor for all layers: `activation_bytes` counts it once); with a mask, KV heads are repeated
+    span = {"sliding_attention": spec.sliding_window, "chunked_attention": spec.attention_chunk_size}.get(kind)
+    masked = attention == "sdpa" and (fam.sdpa_mask or span is not None and seq > span)
+    if masked:
+        kv = q
+    values = v if masked else kv
+    if spec.mla is not None:  # the latent projections save their inputs; keys and values are per head after kv_b_proj
         mla = spec.mla
         per_token += b * ((mla.q_lora_rank or 0) + mla.kv_lora_rank) + _norm_saved(spec, (mla.q_lora_rank or 0) + mla.kv_lora_rank, b, 2)
-        kv = spec.num_heads * (spec.head_dim + spec.v_head_dim) // 2
+        values = v
+    # o_proj reads a contiguous copy of the output when it comes back in (batch, heads, seq, head_dim) order: always
+    # from eager's matmul, from SDPA when RoPE concatenated the query (or MLA concatenated its nope and rope parts)
+    copy = out if attention == "eager" or spec.mla is not None or fam.rope_concat else 0
+    if spec.attn_output_gate:  # sigmoid(gate) and the gated output (o_proj's input), next to the output copy
+        per_token += 2 * b * out
+        copy = out
     if attention == "sdpa":
-        # q, k, v (GQA: k and v at kv width), output (also the o_proj input), fp32 logsumexp per head
-        return per_token + b * (2 * q + 2 * kv) + FP32 * spec.num_heads, 0
-    # q, repeated k and v, o_proj input copy, fp32 softmax probabilities (and their cast when b != 4)
-    return per_token + b * 4 * q, spec.num_heads * (FP32 + (b if b != FP32 else 0))
+        # q, k, v (GQA: k and v at kv width), output, fp32 logsumexp per head
+        mask = b if masked and spec.position != "alibi" else 0
+        return per_token + b * (q + kv + values + out + copy) + FP32 * spec.num_heads, mask
+    # q, repeated k and v, fp32 softmax probabilities (and their cast when b != 4); with dropout, its mask and the
+    # dropped probabilities instead of the cast
+    if fam.eager_softmax_fp32:
+        probs = FP32 + (MASK + b if _dropout(spec, "attention") else b if b != FP32 else 0)
+    else:  # the softmax output in dtype, and the dropped probabilities with dropout's mask
+        probs = b + (MASK + b if _dropout(spec, "attention") else 0)
+    if spec.attention_sinks:  # softmax over the keys and the sink in dtype, after an int64 max index per head
+        probs = b
+        per_token += spec.num_heads * (INT64 + b)
+    if families.setting(spec, "attn_logit_softcapping", None):  # tanh saves its output, in dtype
+        probs += b
+    return per_token + b * (q + repeated + (v if spec.mla is not None else repeated) + copy), spec.num_heads * probs
 
 
-def _linear_attention_saved(spec: ArchitectureSpec, b: int) -> int:
-    """Bytes per token a gated delta-net mixer saves: projection outputs, conv input/output, fp32 recurrence inputs."""
+def _linear_attention_saved(spec: ArchitectureSpec, b: int, batch: int, seq: int) -> int:
+    """Bytes one gated delta-net mixer saves for batch x seq tokens, in transformers' torch implementation.
+
+    Outside the recurrence: the convolution's input and its output (padded by kernel - 1 per sequence), the beta
+    sigmoid, the fp32 decay (softplus input and output), the fp32 L2-normalised q and k with their rsqrt, the gated
+    RMSNorm (fp32 input, rsqrt, gate and SiLU output; normalised and weighted output in dtype) and out_proj's input.
+    The chunked recurrence runs in fp32 over the sequence padded to DELTA_CHUNK: per padded token and value head, five
+    chunk x chunk matrices (decays, the two QK^T products, the triangular system, the intra-chunk attention), ten
+    key-width (five for a single chunk; more in fp32) and three value-width copies, four scalars; per chunk the
+    recurrent state; a chunk x chunk mask. Measured exact in bf16; fp32 varies with strides (flagged).
+    """
     lin = spec.linear_attention
-    key_dim, value_dim = lin.num_key_heads * lin.key_head_dim, lin.num_value_heads * lin.value_head_dim
-    conv_dim = 2 * key_dim + value_dim
-    return b * (2 * conv_dim + 2 * value_dim) + FP32 * (2 * conv_dim + 4 * lin.num_value_heads) + b * value_dim
+    hv, dk, dv = lin.num_value_heads, lin.key_head_dim, lin.value_head_dim
+    conv_dim = 2 * lin.num_key_heads * dk + hv * dv
+    tokens = batch * seq
+    padded = batch * -(-seq // DELTA_CHUNK) * DELTA_CHUNK
+    per_token = (2 * b * conv_dim + b * hv + 2 * FP32 * hv + 2 * FP32 * hv * (dk + 1)
+                 + hv * dv * (3 * FP32 + 2 * b) + FP32 * hv + b * hv * dv)
+    # a single chunk never reads a recurrent state that needs gradients: one key-width copy fewer; in fp32 the
+    # conversions to fp32 are no-ops and an unpadded sequence keeps strided views that matmul copies four more times
+    copies = 6 if seq > DELTA_CHUNK else 5
+    if b == FP32 and seq % DELTA_CHUNK == 0:
+        copies += 4
+    per_padded = FP32 * hv * (5 * DELTA_CHUNK + copies * dk + 3 * dv + 4)
+    per_chunk = FP32 * hv * (dk * dv + 1)
+    return (tokens * per_token + padded * per_padded + padded // DELTA_CHUNK * per_chunk
+            + batch * b * conv_dim * (lin.conv_kernel - 1) + DELTA_CHUNK * DELTA_CHUNK)
 
 
 def _ffn_saved(spec: ArchitectureSpec, b: int, moe: bool) -> int:
-    """Bytes per token an MLP (gate output, act(gate), up output, act*up) or an MoE layer saves."""
+    """Bytes per token an MLP or an MoE layer saves.
+
+    A gated MLP saves its gate output (the activation's input), the activation's output, the up output and
+    their product (the down projection's input); a plain one the activation's input and output. An MoE layer
+    (transformers' default grouped_mm experts) saves the router's tensors and, for each of a token's top_k rows:
+    the gathered input, the expert MLP's tensors, the expert output, its routing weight and the int64
+    permutation indices (the gather, the weight gather, the inverse order, the expert-bias gather).
+    """
+    saved = ACTIVATION_SAVED.get(spec.activation, 1)
+    act = saved + (3 if spec.gated else 1)
     if not moe:
-        return b * (4 if spec.gated else 2) * spec.ffn_size
-    k, ef = spec.moe.top_k, spec.moe.expert_ffn_size
-    saved = FP32 * spec.moe.num_experts + k * b * (4 if spec.gated else 2) * ef
-    return saved + b * (4 if spec.gated else 2) * spec.moe.shared_experts * spec.moe.shared_ffn_size
+        return b * act * spec.ffn_size
+    m, fam = spec.moe, families.get(spec.model_type)
+    shared = b * act * m.shared_experts * m.shared_ffn_size
+    if m.shared_expert_gate:  # sigmoid(gate) and the shared expert's output it scales
+        shared += b * (1 + spec.hidden_size)
+    if fam.experts_run == "all":
+        # every token runs through every expert, its input scaled by its (zero unless chosen) sigmoid score: fp32
+        # scores, top-k indices, the scores in dtype; per expert the input copy, the scaled input, the expert MLP
+        rows = m.num_experts * (b + 2 * b * spec.hidden_size + b * act * m.expert_ffn_size)
+        return FP32 * m.num_experts + INT64 * m.top_k + rows + shared
+    if fam.router_topk_softmax:  # top-k indices, softmax over the k logits in dtype; routing weights in dtype
+        router, weight = (INT64 + b) * m.top_k, b
+    else:  # fp32 probabilities, top-k indices, normalised top-k weights and their sum
+        router, weight = FP32 * m.num_experts + (INT64 + FP32) * m.top_k + FP32, FP32
+    if fam.router_fp32 and b != FP32:
+        router += FP32 * spec.hidden_size
+    expert = saved - 1 + fam.expert_glu_saved if spec.gated else act
+    indices = 3 + m.expert_bias
+    rows = m.top_k * (2 * b * spec.hidden_size + b * expert * m.expert_ffn_size + weight + indices * INT64)
+    return router + rows + shared
+
+
+def _dropout(spec: ArchitectureSpec, site: str) -> bool:
+    """Whether the family's config applies dropout at `site` (embedding, residual, attention) in training."""
+    rules = families.get(spec.model_type).extra
+    return any(families.setting(spec, key, 0.0) > 0 for key, rule in rules.items() if rule.dropout == site)
 
 
 def activation_bytes(spec: ArchitectureSpec, batch: int, seq: int, dtype: str = "bf16", attention: str | None = None,
                      checkpointing: bool = False) -> dict[str, Any]:
     """Bytes of tensors autograd saves for backward in one forward of batch x seq tokens.
 
-    Calibrated, tensor by tensor, on the HF Llama-style block (pre/post RMSNorm, RoPE, gated MLP,
-    SDPA or eager attention) that `network.py` also implements: the tests measure it with
-    `torch.autograd.graph.saved_tensors_hooks`. Other layouts use the same per-op rules and are
-    approximations; `exact` is False and `not_calibrated` says why (see `activations_calibration`).
-    Checkpointing means one checkpoint per decoder layer: a layer keeps only its input.
+    Modelled tensor by tensor on transformers' code for each family, as CUDA runs it (SDPA's fused kernels,
+    fused dropout with bool masks, grouped_mm experts, the torch gated delta rule): the tests measure every
+    family with `torch.autograd.graph.saved_tensors_hooks` at tiny widths, docs/benchmarks.md at real widths.
+    Where a layout is not yet modelled within 5%, `exact` is False and `not_calibrated` says why (see
+    `activations_calibration`). Checkpointing means one checkpoint per decoder layer: a layer keeps only its input.
     """
     attention = attention or default_attention(spec)
     if attention not in ATTENTION_IMPLS:
@@ -483,18 +575,23 @@ def activation_bytes(spec: ArchitectureSpec, batch: int, seq: int, dtype: str = 
     T = batch * seq
     layers_total = largest = 0
     block_norms = len(NORMS_BY_PLACEMENT[spec.norm_placement])
-    kinds = Counter((kind, spec.is_moe_layer(i)) for i, kind in enumerate(spec.resolved_layer_types))
-    for (kind, moe), count in kinds.items():
-        # every norm saves its statistics; each sub-block's first projection saves its input
-        per_token = block_norms * _norm_saved(spec, h, b) + 2 * b * h
-        per_key = 0
+    kinds = Counter((kind, spec.is_moe_layer(i), i in spec.nope_layers) for i, kind in enumerate(spec.resolved_layer_types))
+    for (kind, moe, nope), count in kinds.items():
+        # every norm saves its statistics; each sub-block's first projection saves its input (one input when
+        # attention and MLP read the same norm)
+        per_token = block_norms * _norm_saved(spec, h, b) + (1 if spec.norm_placement == "parallel_shared" else 2) * b * h
+        if spec.norm_placement == "parallel":  # both norms read the block's input: it is saved once
+            per_token -= _norm_saved(spec, h, b) - _norm_saved(spec, 0, b)
+        per_key = recurrence = 0
         if kind == "linear_attention":
-            per_token += _linear_attention_saved(spec, b)
+            recurrence = _linear_attention_saved(spec, b, batch, seq)
         else:
-            mixer, per_key = _attention_saved(spec, b, seq, attention)
+            mixer, per_key = _attention_saved(spec, b, batch, seq, attention, kind, nope)
             per_token += mixer
         per_token += _ffn_saved(spec, b, moe)
-        layer = T * (per_token + per_key * seq)
+        if _dropout(spec, "residual"):  # a mask on the attention output and one on the MLP output
+            per_token += 2 * MASK * h
+        layer = T * (per_token + per_key * seq) + recurrence
         layers_total += count * layer
         largest = max(largest, layer)
     rope = 0
@@ -502,11 +599,15 @@ def activation_bytes(spec: ArchitectureSpec, batch: int, seq: int, dtype: str = 
         rope = 2 * seq * spec.rope_dim * (FP32 if families.get(spec.model_type).rope_in_fp32 else b)
     head = T * (_norm_saved(spec, h, b) + b * h)  # final norm + lm_head input
     loss = T * (FP32 * spec.vocab_size + INT64) + FP32  # fp32 log-softmax, labels, total weight
-    embedding = T * INT64  # input ids for the embedding backward
+    if families.setting(spec, "final_logit_softcapping", None):  # tanh saves the capped logits, in dtype
+        loss += T * b * spec.vocab_size
+    embedding = T * (INT64 + (MASK * h if _dropout(spec, "embedding") else 0))  # input ids (and a dropout mask)
+    if attention == "sdpa" and spec.position == "alibi":  # the (batch, heads, seq, seq) bias mask all layers share
+        layers_total += T * spec.num_heads * seq * b
     if checkpointing:
         layers_total = spec.num_layers * T * b * h  # each layer keeps only its input
         rope = 0
-    reasons = activations_calibration(spec, attention)
+    reasons = activations_calibration(spec, attention, dtype)
     return {
         "total": layers_total + rope + head + loss + embedding,
         "layers": layers_total,

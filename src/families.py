@@ -69,6 +69,9 @@ class Extra:
     maximum: float | None = None
     nullable: bool = False
     feature: str | None = None
+    # a dropout probability, and where transformers applies it: embedding (once, on the embedded tokens),
+    # residual (on each sub-block's output), attention (on the attention probabilities)
+    dropout: Literal["embedding", "residual", "attention"] | None = None
 
 
 @dataclass(frozen=True)
@@ -128,10 +131,21 @@ class Family:
     # ---- estimator rules -------------------------------------------------------------------------
     attention_kernels: tuple[str, ...] = ("sdpa", "eager", "flash_attention_2", "flex_attention")  # what transformers accepts
     norm_weight_in_fp32: bool = False  # norm multiplies its weight in fp32 (saves an fp32 normalised input)
+    # LayerNorm on an fp32 copy of its input: "fused" (one native layer_norm: saves the fp32 input) or "manual"
+    # (mean, centring twice, rsqrt and the weight as separate fp32 ops: saves three fp32 copies); None: native
+    norm_upcast: Literal["fused", "manual"] | None = None
+    # RoPE concatenates the rotated and passed-through channels, so SDPA's output comes back in (batch, heads, seq,
+    # head_dim) order and o_proj gets a contiguous copy of it (one more query-width tensor)
+    rope_concat: bool = False
+    # attention hands its KV heads over unrepeated: one shared KV head makes SDPA fall back to its math kernel and
+    # matmul broadcast it (copies for batch > 1); several are broadcast to every query head first
+    unrepeated_kv: bool = False
+    sdpa_mask: bool = False  # hands SDPA a materialized causal mask (ALiBi: with the per-head bias), which SDPA saves
+    eager_softmax_fp32: bool = True  # eager attention's softmax runs in fp32 and is cast back (else: in dtype)
+    router_fp32: bool = False  # the MoE router multiplies an fp32 copy of its input (DeepSeek-style sigmoid routing)
+    router_topk_softmax: bool = False  # softmax over the top-k logits only, in dtype (gpt-oss): no fp32 probabilities
+    expert_glu_saved: int = 4  # expert-width tensors a routed row's gated activation saves (gate|up output, act, product)
     rope_in_fp32: bool = False  # rotary cos/sin stay fp32 under bf16
-    # why the activation estimate is not yet held to 5% of measurement (None: it is, in tests/test_memory.py);
-    # docs/benchmarks.md's activation table shows how far off each family is today
-    activations_uncalibrated: str | None = None
 
     @property
     def is_moe(self) -> bool:
@@ -207,13 +221,12 @@ GEMMA_DEFAULTS = {"num_key_value_heads": MISSING, "rms_norm_eps": 1e-6, "tie_wor
                   "sliding_window": 4096, "hidden_activation": "gelu_pytorch_tanh"}
 
 
-def dropout(default: float, *keys: str) -> dict[str, Extra]:
-    """Dropout probabilities the family's config carries (transformers' default `default`)."""
-    return {key: Extra("number", default, minimum=0.0, maximum=1.0) for key in keys}
+def dropout(default: float, **sites: str) -> dict[str, Extra]:
+    """Dropout probabilities the family's config carries (transformers' default `default`), by site: key."""
+    return {key: Extra("number", default, minimum=0.0, maximum=1.0, dropout=site) for site, key in sites.items()}
 
 QK_NORM_FLAG = ("use_qk_norm",)
 PER_EXPERT = ("gate_proj", "up_proj", "down_proj")  # per-expert checkpoint tensors of the Qwen-MoE / DeepSeek layout
-MOE_NOT_MODELLED = "MoE routing and expert buffers not yet modelled"
 
 FAMILIES: dict[str, Family] = {f.model_type: f for f in (
     # ---- the Llama block and its close relatives ----
@@ -244,12 +257,11 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
            defaults={"max_position_embeddings": 2048, "rms_norm_eps": 1e-5}, norm_weight_in_fp32=True, rope_in_fp32=True),
     Family("olmo", "OlmoForCausalLM", parity="both", keys={**ATTENTION_BIAS, "norm_eps": None},
            fixed={"norm": "layernorm_nonparametric", "norm_eps": 1e-5}, defaults={"max_position_embeddings": 2048},
-           extra={"clip_qkv": Extra("number", None, above=0.0, nullable=True, feature=CLIP_QKV)},
-           activations_uncalibrated="the weightless LayerNorm runs in fp32, so bf16 runs save about 9% more than modelled"),
+           extra={"clip_qkv": Extra("number", None, above=0.0, nullable=True, feature=CLIP_QKV)}, norm_upcast="fused"),
     Family("phi3", "Phi3ForCausalLM", parity="both", layers=LayerRule("all_sliding"),
            fixed={**NO_BIAS, "fused_qkv": True, "fused_gate_up": True},
-           defaults={"max_position_embeddings": 4096, "rms_norm_eps": 1e-5},
-           extra={"original_max_position_embeddings": Extra("int", 4096, minimum=1), **dropout(0.0, "resid_pdrop", "embd_pdrop")}),
+           defaults={"max_position_embeddings": 4096, "rms_norm_eps": 1e-5}, rope_concat=True,
+           extra={"original_max_position_embeddings": Extra("int", 4096, minimum=1), **dropout(0.0, residual="resid_pdrop", embedding="embd_pdrop")}),
     # ---- Gemma: (1 + w) RMSNorm, sqrt(hidden) embedding scale, GeGLU ----
     Family("gemma", "GemmaForCausalLM", parity="both", keys=ATTENTION_BIAS, fixed={"ffn_kind": "geglu"},
            defaults={"max_position_embeddings": 8192, "rms_norm_eps": 1e-6, "tie_word_embeddings": True, "head_dim": 256,
@@ -261,8 +273,7 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
            extra={"query_pre_attn_scalar": Extra("number", 256, above=0.0),
                   "attn_logit_softcapping": Extra("number", 50.0, above=0.0, nullable=True, feature=SOFTCAP_ATTENTION),
                   "final_logit_softcapping": Extra("number", 30.0, above=0.0, nullable=True, feature=SOFTCAP_FINAL)},
-           embed_scale="sqrt_hidden", attention_kernels=("eager", "flash_attention_2", "flex_attention"), **GEMMA_NORM,
-           activations_uncalibrated="soft-caps and the fp32 (1 + w) norm math save tensors not yet modelled"),
+           embed_scale="sqrt_hidden", attention_kernels=("eager", "flash_attention_2", "flex_attention"), **GEMMA_NORM),
     Family("gemma3_text", "Gemma3ForCausalLM", parity="both", heads_divide_hidden=True, rope_per_layer_type=True,
            keys={**ATTENTION_BIAS, "activation": "hidden_activation"},
            fixed={"norm_placement": "sandwich", "ffn_kind": "geglu", "qk_norm": "head"},
@@ -284,17 +295,15 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
                   "o_bias": True, "mlp_bias": True, "num_kv_heads": Same("num_heads")},
            defaults={"n_inner": Times("hidden_size", 4), "n_positions": 1024, "activation_function": "gelu_new",
                      "layer_norm_epsilon": 1e-5, "tie_word_embeddings": True},
-           extra=dropout(0.1, "resid_pdrop", "embd_pdrop", "attn_pdrop"),
-           linear_transposed=True, attention_kernels=("sdpa", "eager", "flash_attention_2"),
-           activations_uncalibrated="dropout forces the math attention path and gelu_new saves its intermediates; not yet modelled"),
+           extra=dropout(0.1, residual="resid_pdrop", embedding="embd_pdrop", attention="attn_pdrop"),
+           linear_transposed=True, attention_kernels=("sdpa", "eager", "flash_attention_2"), eager_softmax_fp32=False),
     Family("gpt_neox", "GPTNeoXForCausalLM", keys={"num_kv_heads": None, "head_dim": None, "norm_eps": "layer_norm_eps", **ATTENTION_BIAS},
            aliases={"rotary_pct": "partial_rotary_factor", "rotary_emb_base": "rope_theta"},
            fixed={"norm": "layernorm", "ffn_kind": "gelu", "fused_qkv": True, "mlp_bias": True, "num_kv_heads": Same("num_heads")},
            switches=(Switch(("use_parallel_residual",), (((True,), {"norm_placement": "parallel"}),
                                                          ((False,), {"norm_placement": "pre"}))),),
            defaults={"max_position_embeddings": 2048, "layer_norm_eps": 1e-5, "hidden_act": "gelu", "attention_bias": True,
-                     "partial_rotary_factor": 0.25, "use_parallel_residual": True},
-           activations_uncalibrated="5.4% off on tiny widths (hidden 64), not yet explained; within 0.1% at real width"),
+                     "partial_rotary_factor": 0.25, "use_parallel_residual": True}, rope_concat=True),
     Family("falcon", "FalconForCausalLM",
            keys={"num_kv_heads": "num_kv_heads", "head_dim": None, "ffn_size": "ffn_hidden_size", "activation": "activation",
                  "norm_eps": "layer_norm_epsilon", "qkv_bias": "bias", "o_bias": "bias", "mlp_bias": "bias"},
@@ -316,30 +325,28 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
                      "bias": False, "tie_word_embeddings": True, "num_kv_heads": Same("num_heads"),
                      "max_position_embeddings": 2048, "new_decoder_architecture": False, "multi_query": True,
                      "parallel_attn": True, "num_ln_in_parallel_attn": None, "alibi": False},
-           attention_kernels=("sdpa", "eager", "flash_attention_2"),
-           activations_uncalibrated="parallel attention/MLP LayerNorm block not yet modelled"),
+           attention_kernels=("sdpa", "eager", "flash_attention_2"), unrepeated_kv=True, sdpa_mask=True,
+           eager_softmax_fp32=False),
     Family("starcoder2", "Starcoder2ForCausalLM",
            keys={"norm_eps": "norm_epsilon", "qkv_bias": "use_bias", "o_bias": "use_bias", "mlp_bias": "use_bias"},
            fixed={"norm": "layernorm", "ffn_kind": "gelu"}, layers=LayerRule("all_sliding"),
            defaults={"max_position_embeddings": 4096, "num_key_value_heads": MISSING, "norm_epsilon": 1e-5, "use_bias": True,
                      "tie_word_embeddings": True, "hidden_act": "gelu_pytorch_tanh", "initializer_range": 0.018042},
-           extra=dropout(0.0, "residual_dropout", "embedding_dropout")),
+           extra=dropout(0.0, residual="residual_dropout", embedding="embedding_dropout")),
     Family("phi", "PhiForCausalLM", keys={"norm_eps": "layer_norm_eps"},
            fixed={"norm": "layernorm", "norm_placement": "parallel_shared", "ffn_kind": "gelu", "qkv_bias": True,
                   "o_bias": True, "mlp_bias": True, "lm_head_bias": True},
            switches=(Switch(("qk_layernorm",), (((True,), {"qk_norm": "head"}), ((False,), {"qk_norm": "none"}))),),
            defaults={"max_position_embeddings": 2048, "layer_norm_eps": 1e-5, "hidden_act": "gelu_new",
-                     "partial_rotary_factor": 0.5, "qk_layernorm": False},
-           extra=dropout(0.0, "resid_pdrop", "embd_pdrop"),
-           activations_uncalibrated="parallel LayerNorm block and tanh-GELU MLP not yet modelled"),
+                     "partial_rotary_factor": 0.5, "qk_layernorm": False}, rope_concat=True,
+           extra=dropout(0.0, residual="resid_pdrop", embedding="embd_pdrop")),
     Family("cohere", "CohereForCausalLM", parity="both", keys={**ATTENTION_BIAS, "norm_eps": "layer_norm_eps"},
            fixed={"norm": "layernorm_nobias", "norm_placement": "parallel_shared"},
            switches=(Switch(QK_NORM_FLAG, (((True,), {"qk_norm": "per_head"}), ((False,), {"qk_norm": "none"}))),),
            defaults={"max_position_embeddings": 8192, "layer_norm_eps": 1e-5, "tie_word_embeddings": True, "use_qk_norm": False,
                      "rope_theta": 500_000.0},
            extra={"logit_scale": Extra("number", 0.0625, above=0.0, feature=LOGIT_SCALE)},
-           rope_interleaved=True,
-           activations_uncalibrated="parallel block with bias-free LayerNorm not yet modelled"),
+           rope_interleaved=True, norm_upcast="manual"),
     # ---- mixtures of experts ----
     Family("mixtral", "MixtralForCausalLM", parity="both",
            keys={**ROUTER, "moe.num_experts": "num_local_experts", "moe.expert_ffn_size": "intermediate_size"},
@@ -347,14 +354,14 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
            renames=((".mlp.", ".block_sparse_moe."),), expert_names=("w1", "w3", "w2"),
            defaults={"max_position_embeddings": 131072, "num_key_value_heads": MISSING, "rope_theta": 1_000_000.0,
                      "rms_norm_eps": 1e-5},
-           extra=AUX_LOSS, activations_uncalibrated=MOE_NOT_MODELLED),
+           extra=AUX_LOSS),
     Family("qwen3_moe", "Qwen3MoeForCausalLM", parity="both",
            keys={**ATTENTION_BIAS, **ROUTER, "moe.num_experts": "num_experts", "moe.expert_ffn_size": "moe_intermediate_size"},
            aliases={"num_local_experts": "num_experts"}, fixed={"qk_norm": "head"}, moe_layers="sparse_step",
            expert_names=PER_EXPERT,
            layers=LayerRule("window_layers", gate=("use_sliding_window",)),
            defaults={"max_position_embeddings": 32768, "num_key_value_heads": MISSING, "rms_norm_eps": 1e-6},
-           extra={**AUX_LOSS, **TOPK_NORM, **WINDOW_LAYERS}, activations_uncalibrated=MOE_NOT_MODELLED),
+           extra={**AUX_LOSS, **TOPK_NORM, **WINDOW_LAYERS}),
     Family("qwen2_moe", "Qwen2MoeForCausalLM", parity="both",
            keys={"qkv_bias": "qkv_bias", **ROUTER, "moe.num_experts": "num_experts",
                  "moe.expert_ffn_size": "moe_intermediate_size", "moe.shared_ffn_size": "shared_expert_intermediate_size"},
@@ -363,7 +370,7 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
            defaults={"max_position_embeddings": 32768, "shared_expert_intermediate_size": 5632, "rms_norm_eps": 1e-6, "qkv_bias": True},
            renames=((".mlp.shared_experts.", ".mlp.shared_expert."),),
            expert_names=PER_EXPERT,
-           extra={**AUX_LOSS, **TOPK_NORM, **WINDOW_LAYERS}, activations_uncalibrated=MOE_NOT_MODELLED),
+           extra={**AUX_LOSS, **TOPK_NORM, **WINDOW_LAYERS}),
     Family("qwen3_next", "Qwen3NextForCausalLM",
            keys={**ATTENTION_BIAS, **ROUTER, "moe.num_experts": "num_experts", "moe.expert_ffn_size": "moe_intermediate_size",
                  "moe.shared_ffn_size": "shared_expert_intermediate_size",
@@ -375,9 +382,8 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
            expert_names=PER_EXPERT,
            defaults={"max_position_embeddings": 32768, "num_key_value_heads": MISSING, "shared_expert_intermediate_size": 512,
                      "rms_norm_eps": 1e-6, "head_dim": 256, "partial_rotary_factor": 0.25, "linear_conv_kernel_dim": 4},
-           extra={**AUX_LOSS, "norm_topk_prob": Extra("bool", True)}, **GEMMA_NORM,
-           attention_kernels=("sdpa", "eager", "flash_attention_2"),
-           activations_uncalibrated="gated delta-net layers and MoE not yet modelled"),
+           extra={**AUX_LOSS, "norm_topk_prob": Extra("bool", True)}, **GEMMA_NORM, rope_concat=True,
+           attention_kernels=("sdpa", "eager", "flash_attention_2")),
     Family("deepseek_v3", "DeepseekV3ForCausalLM", parity="both",
            keys={**ATTENTION_BIAS, "head_dim": None, **ROUTER, "moe.num_experts": "n_routed_experts",
                  "moe.expert_ffn_size": "moe_intermediate_size", "moe.shared_experts": "n_shared_experts",
@@ -392,7 +398,7 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
            extra={**GROUPED_ROUTER, "routed_scaling_factor": Extra("number", 2.5, above=0.0, feature=GROUPED_ROUTING),
                   "n_group": Extra("int", 8, minimum=1), "topk_group": Extra("int", 4, minimum=1),
                   "rope_interleave": Extra("bool", True, feature=INTERLEAVED_ROPE)},
-           activations_uncalibrated="multi-head latent attention and MoE not yet modelled"),
+           router_fp32=True),
     Family("glm4_moe", "Glm4MoeForCausalLM", parity="both",
            keys={"qkv_bias": "attention_bias", **ROUTER, "moe.num_experts": "n_routed_experts",
                  "moe.expert_ffn_size": "moe_intermediate_size", "moe.shared_experts": "n_shared_experts",
@@ -401,7 +407,7 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
            moe_layers="first_k_dense", expert_names=PER_EXPERT,
            defaults={"max_position_embeddings": 131072, "num_key_value_heads": MISSING, "rms_norm_eps": 1e-5,
                      "partial_rotary_factor": 0.5, "use_qk_norm": False, "n_shared_experts": 1, "first_k_dense_replace": 1},
-           extra=GROUPED_ROUTER, activations_uncalibrated=MOE_NOT_MODELLED),
+           extra=GROUPED_ROUTER, router_fp32=True, rope_concat=True),
     Family("gpt_oss", "GptOssForCausalLM",
            keys={**ATTENTION_BIAS, **ROUTER, "moe.num_experts": "num_local_experts", "moe.expert_ffn_size": "intermediate_size"},
            fixed={"attention_sinks": True, "moe.router_bias": True, "moe.expert_bias": True},
@@ -410,7 +416,7 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
                      "rms_norm_eps": 1e-5, "attention_bias": True, "head_dim": 64, "sliding_window": 128},
            extra={**AUX_LOSS, "swiglu_limit": Extra("number", 7.0, above=0.0, feature="clamped SwiGLU (swiglu_limit, alpha 1.702)")},
            attention_kernels=("eager", "flash_attention_2", "flex_attention"),
-           activations_uncalibrated="attention sinks and MoE not yet modelled"),
+           norm_weight_in_fp32=True, router_topk_softmax=True, expert_glu_saved=7),  # clamped SwiGLU: clamps, sigmoid, scaled gate, up + 1
     Family("llama4_text", "Llama4ForCausalLM",
            keys={**ATTENTION_BIAS, "ffn_size": "intermediate_size_mlp", **ROUTER, "moe.num_experts": "num_local_experts",
                  "moe.expert_ffn_size": "intermediate_size", "moe.shared_ffn_size": "intermediate_size",
@@ -422,8 +428,7 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
                      "use_qk_norm": True, "attention_chunk_size": 8192, "rope_theta": 500_000.0},
            extra={**AUX_LOSS, "attn_temperature_tuning": Extra("bool", True, feature="attention temperature tuning on NoPE layers"),
                   "floor_scale": Extra("number", 8192, above=0.0), "attn_scale": Extra("number", 0.1, above=0.0)},
-           experts_transposed=True, experts_run="all", attention_kernels=("sdpa", "eager", "flex_attention"),
-           activations_uncalibrated="chunked attention, NoPE layers and MoE not yet modelled"),
+           experts_transposed=True, experts_run="all", attention_kernels=("sdpa", "eager", "flex_attention"), eager_softmax_fp32=False),
 )}
 
 DEFAULT_FAMILY = "llama"  # what a designed spec is written as: the layout every runtime loads

@@ -101,14 +101,16 @@ TINY_VARIANTS = {
 TINY_CONFIGS = {**TINY_FAMILIES, **TINY_VARIANTS}
 
 
-def tiny_model(family: str, dtype=None, attn: str = "eager", seed: int = 0, **overrides):
-    """A real transformers model of a TINY_CONFIGS entry; MoE experts run eagerly (token by token, as FLOPs count them)."""
+def tiny_model(family: str, dtype=None, attn: str = "eager", seed: int = 0, experts: str | None = "eager", **overrides):
+    """A real transformers model of a TINY_CONFIGS entry; MoE experts run eagerly (token by token, as FLOPs count
+    them) unless `experts` names another kernel (None: transformers' default, grouped_mm)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
+    kernel = {"experts_implementation": experts} if experts else {}
     model = AutoModelForCausalLM.from_config(hf_config({**TINY_CONFIGS[family], **overrides}), attn_implementation=attn,
-                                             experts_implementation="eager")
+                                             **kernel)
     return model.to(dtype) if dtype is not None else model
 
 
