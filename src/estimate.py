@@ -420,7 +420,7 @@ def activations_calibration(spec: ArchitectureSpec, attention: str, dtype: str =
     if spec.activation not in ACTIVATION_SAVED:
         reasons.append(f"the tensors activation {spec.activation!r} saves are not yet modelled (counted as one)")
     if spec.linear_attention is not None and norm_dtype(dtype) == "fp32":
-        reasons.append("the gated delta-net recurrence in fp32 saves copies that depend on tensor strides (measured up to 11% off)")
+        reasons.append("the gated delta-net recurrence in fp32 saves copies that depend on tensor strides, measured up to 11% off")
     if attention not in fam.attention_kernels:
         reasons.append(f"transformers does not run {spec.model_type} with {attention} attention")
     return reasons
