@@ -18,13 +18,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 from conftest import TINY_CONFIGS, tiny_model  # noqa: E402
+from test_memory import ACTIVATION_SIZES as SIZES  # noqa: E402
 from test_memory import DTYPES, activation_kernels, measure_saved  # noqa: E402
 
 from archsmith.estimate import activation_bytes  # noqa: E402
 from archsmith.hfconfig import spec_from_hf  # noqa: E402
 from docs_section import write_section  # noqa: E402
-
-SIZES = [(1, 16), (2, 64), (4, 128)]  # seq 16 inside the tiny windows and chunks, 64 and 128 past them
 
 
 def main() -> None:

@@ -72,6 +72,10 @@ def activation_kernels(name: str) -> list[str]:
     return [k for k in ("sdpa", "eager") if k in allowed and not (k == "sdpa" and spec.v_head_dim != spec.head_dim)]
 
 
+# batch x seq: seq 16 stays inside the tiny sliding windows and attention chunks; 64 and 128 go past them (masked SDPA)
+ACTIVATION_SIZES = [(1, 16), (2, 64), (4, 128)]
+
+
 def _exact(name: str, dtype: str, attn: str) -> bool:
     return activation_bytes(spec_from_hf(TINY_CONFIGS[name]), 1, 16, dtype, attn)["exact"]
 
@@ -96,8 +100,7 @@ def test_activation_bytes_within_5_percent(name, dtype, attn, ckpt):
     model.train()
     if ckpt:  # reentrant checkpoints save each layer's input through save_for_backward, which the hooks see
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
-    # seq 16 stays inside the tiny sliding windows and attention chunks; 64 and 128 go past them (masked SDPA)
-    for batch, seq in [(1, 16), (2, 64), (4, 128)]:
+    for batch, seq in ACTIVATION_SIZES:
         ids = torch.randint(3, spec.vocab_size, (batch, seq), generator=torch.Generator().manual_seed(seq))
         real = measure_saved(model, ids)
         est = activation_bytes(spec, batch, seq, dtype, attn, ckpt)["total"]

@@ -108,7 +108,8 @@ def test_words_name_tools_and_plugin_files_not_repository_paths(path):
 
 
 def test_the_grep_catches_what_it_should():
-    caught = ["Follow `skills/model-architect/SKILL.md`", "edit src/network.py", "run .venv/bin/pytest", "see ../shared/DESIGN.md"]
+    caught = ["Follow `skills/model-architect/SKILL.md`", "edit src/network.py", "run .venv/bin/pytest",
+              "see ../docs/architecture.md", "read DESIGN.md"]
     allowed = ["${CLAUDE_PLUGIN_ROOT}/skills/x/SKILL.md", "read `references/components.md`", "write to runs/1b",
                "the Hub repo's README.md", "archsmith.network"]
     assert all(REPO_PATH.search(t) for t in caught) and not any(REPO_PATH.search(t) for t in allowed)
