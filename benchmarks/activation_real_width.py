@@ -128,6 +128,7 @@ def from_docs() -> None:
     section = doc[doc.index("<!-- activation_real_width:begin"):doc.index("<!-- activation_real_width:end")]
     header = re.search(r"^`python benchmarks/activation_real_width.py` — (.*?)\.$", section, re.M).group(1)
     header = header.split(", estimates recomputed")[0]
+    families.describe(re.search(r"transformers ([\d.]+)", header).group(1))  # the code the measurements ran
     rows = []
     for line in section.splitlines():
         m = re.match(r"\| (\w+) \| [^|]*?( \(whole\))? \| [^|]* \| \w+ \| \d+ \| \w+ \| ([\d,.]+) \|", line)

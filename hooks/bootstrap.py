@@ -12,8 +12,9 @@ This script uses the standard library only and runs under any `python3` >= 3.8:
 
 The server runs from the first of:
   1. ${CLAUDE_PLUGIN_ROOT}/.venv: a checkout where the README's set-up ran;
-  2. ${CLAUDE_PLUGIN_DATA}/envs/<stamp>: a venv that `pip install` filled from the plugin's pyproject.toml. The
-     stamp hashes the plugin version, pyproject.toml and the Python used, so only a change of one re-installs.
+  2. ${CLAUDE_PLUGIN_DATA}/envs/<stamp>: a venv that `pip install` filled from the plugin's pyproject.toml, with
+     the locked versions of constraints.txt (the newest pyproject.toml allows where those do not install). The
+     stamp hashes the plugin version, pyproject.toml, the lock and the Python used: only a change re-installs.
 
 pip runs with the user's own configuration (PIP_CONSTRAINT, PIP_INDEX_URL, pip.conf, ...). The install is
 detached from Claude Code, whose time limits (30 s for an MCP server to answer `initialize`, the hook's timeout)
@@ -39,7 +40,8 @@ import threading
 import time
 from pathlib import Path
 
-SCHEME = 1  # bump when the install recipe changes, so every stamp changes with it
+SCHEME = 2  # bump when the install recipe changes, so every stamp changes with it
+LOCK = "constraints.txt"  # the tested, locked versions (pip -c)
 MIN_PYTHON = (3, 11)  # pyproject.toml's requires-python
 CANDIDATES = ("python3.13", "python3.12", "python3.11", "python3")  # searched on PATH when ARCHSMITH_PYTHON is unset
 POLL_S = 0.5  # how often a waiter looks at the installer's progress
@@ -106,8 +108,9 @@ def find_python() -> tuple[str, tuple[int, ...]]:
 def stamp(root: Path, python: str, version: tuple[int, ...]) -> str:
     """Changes exactly when the plugin version, its dependencies (pyproject.toml) or the Python change."""
     digest = hashlib.sha256()
+    lock = root / LOCK
     for part in (f"scheme {SCHEME}", plugin_version(root), (root / "pyproject.toml").read_text(encoding="utf-8"),
-                 python, ".".join(map(str, version))):
+                 lock.read_text(encoding="utf-8") if lock.exists() else "", python, ".".join(map(str, version))):
         digest.update(part.encode() + b"\0")
     return digest.hexdigest()[:16]
 
@@ -239,8 +242,12 @@ def install(root: Path, layout: Layout) -> int:
             run([python, "-m", "venv", str(env)], "creating the virtual environment")
             with tempfile.TemporaryDirectory(dir=layout.data, prefix="build-") as tmp:
                 source = copy_sources(root, Path(tmp))
-                run([str(env / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check", str(source)],
-                    "pip install")
+                pip = [str(env / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check", str(source)]
+                try:  # the versions the suite passed with; another Python or OS may lack some of those wheels
+                    run([*pip, "-c", str(source / LOCK)], f"pip install (locked versions, {LOCK})")
+                except InstallError:
+                    log("the locked versions do not install here; installing the newest that pyproject.toml allows")
+                    run(pip, "pip install")
             run([str(env / "bin" / "python"), "-c", "import archsmith.mcp_server.server"], "checking the import")
             seconds = round(time.time() - started, 1)
             (env / "archsmith-ready.json").write_text(json.dumps(

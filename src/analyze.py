@@ -17,6 +17,7 @@ ARCHSMITH_ALLOW_CODE=1).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import statistics
@@ -304,11 +305,29 @@ def flop_counter(display: bool = False):
     return FlopCounterMode(display=display, custom_mapping={torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: sdpa_cpu_flops})
 
 
+@contextlib.contextmanager
+def frozen(module):
+    """No parameter of `module` requires grad inside the block (restored after).
+
+    Under no_grad a view of a parameter still requires grad without a grad_fn, and FlopCounterMode's module
+    tracker fails on one passed to a submodule (transformers 5.25 wraps functions such as Qwen3-Next's causal
+    convolution in modules when the `kernels` package is installed).
+    """
+    flags = [(p, p.requires_grad) for p in module.parameters()]
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield module
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
 def count_flops(module, args: tuple = (), kwargs: dict | None = None) -> int:
     """Forward FLOPs of `module(*args, **kwargs)` (matmuls, convolutions, attention)."""
     import torch
 
-    with torch.no_grad(), flop_counter() as counter:
+    with torch.no_grad(), frozen(module), flop_counter() as counter:
         module(*args, **(kwargs or {}))
     return counter.get_total_flops()
 

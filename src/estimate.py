@@ -445,11 +445,12 @@ def _attention_saved(spec: ArchitectureSpec, b: int, batch: int, seq: int, atten
     if spec.fused_qkv and spec.position != "rope" and (attention == "sdpa" or batch == 1):
         # no RoPE copies q: it stays a view of the whole fused q|k|v output (eager's batched matmul copies it when batch > 1)
         per_token += b * 2 * kv
-    repeated = q  # k and v as the attention matmuls read them
+    # one KV head: repeating it (repeat_kv, or matmul's broadcast) is a stride-0 view, which eager's batched matmul
+    # copies to every head unless batch is 1; several KV heads are repeated to every head (a copy)
+    single = spec.num_kv_heads == 1 < spec.num_heads
+    repeated = kv if single and batch == 1 else q  # k and v as eager's matmuls read them
     if fam.unrepeated_kv and spec.num_kv_heads < spec.num_heads:
-        # one KV head: matmul expands it to every head, a copy unless batch is 1; several: broadcast to every head
-        repeated = kv if spec.num_kv_heads == 1 and batch == 1 else q
-        if spec.num_kv_heads == 1 and attention == "sdpa":
+        if single and attention == "sdpa":  # unrepeated, SDPA falls back to its math kernel
             # the math kernel: fp32 scaled q, k and v, fp32 probabilities; o_proj's input
             return per_token + FP32 * (q + 2 * repeated) + b * q, FP32 * spec.num_heads
         kv = q
@@ -457,9 +458,9 @@ def _attention_saved(spec: ArchitectureSpec, b: int, batch: int, seq: int, atten
     # bias mask is one tensor for all layers: `activation_bytes` counts it once); with a mask, KV heads are repeated
     span = {"sliding_attention": spec.sliding_window, "chunked_attention": spec.attention_chunk_size}.get(kind)
     masked = attention == "sdpa" and (fam.sdpa_mask or span is not None and seq > span)
-    if masked:
+    if masked and not single:
         kv = q
-    values = v if masked else kv
+    values = kv if single else v if masked else kv
     if spec.mla is not None:  # the latent projections save their inputs; keys and values are per head after kv_b_proj
         mla = spec.mla
         per_token += b * ((mla.q_lora_rank or 0) + mla.kv_lora_rank) + _norm_saved(spec, (mla.q_lora_rank or 0) + mla.kv_lora_rank, b, 2)
@@ -771,7 +772,8 @@ def estimate(spec: ArchitectureSpec, batch: int = 1, seq: int | None = None, dty
             "inference": infer,
         },
         "settings": {"batch": batch, "seq": seq, "dtype": train["dtype"], "optimizer": optimizer,
-                     "checkpointing": checkpointing, "attention": train["activations"]["attention"]},
+                     "checkpointing": checkpointing, "attention": train["activations"]["attention"],
+                     "transformers": families.TRANSFORMERS},  # whose code the activation figures follow
     }
 
 

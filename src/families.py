@@ -15,7 +15,9 @@ into the sub-specs (`moe.num_experts`, `mla.kv_lora_rank`, `linear_attention.num
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
+from importlib import metadata
 from typing import Any, Literal, Mapping
 
 from archsmith.errors import SpecError
@@ -146,6 +148,14 @@ class Family:
     router_topk_softmax: bool = False  # softmax over the top-k logits only, in dtype (gpt-oss): no fp32 probabilities
     expert_glu_saved: int = 4  # expert-width tensors a routed row's gated activation saves (gate|up output, act, product)
     rope_in_fp32: bool = False  # rotary cos/sin stay fp32 under bf16
+    # estimator rules that changed with the family's transformers code: (first transformers version, fields), oldest
+    # first; a row describes the transformers installed (`TRANSFORMERS`)
+    since: tuple[tuple[str, Mapping[str, Any]], ...] = ()
+
+    def as_of(self, version: tuple[int, ...]) -> "Family":
+        """The row as transformers `version` runs the family (every `since` entry up to it applied)."""
+        changed = {k: v for first, fields in self.since if version >= release(first) for k, v in fields.items()}
+        return replace(self, since=(), **changed) if changed else self
 
     @property
     def is_moe(self) -> bool:
@@ -155,6 +165,21 @@ class Family:
         """transformers' value for `key` when config.json omits it (MISSING when there is none)."""
         return self.defaults.get(key, CONFIG_DEFAULTS.get(key, MISSING))
 
+
+def release(version: str) -> tuple[int, ...]:
+    """(major, minor, patch) of a version string such as "5.25.0" or "5.26.0.dev0"."""
+    return tuple(int(part) for part in re.findall(r"\d+", version)[:3])
+
+
+def installed_transformers() -> str:
+    """The installed transformers' version (read from its metadata, without importing it); "0" when absent."""
+    try:
+        return metadata.version("transformers")
+    except metadata.PackageNotFoundError:
+        return "0"
+
+
+TRANSFORMERS = installed_transformers()  # the version the rows describe
 
 MISSING = object()  # no default: the key is required
 # What a null value means where it is not transformers' default (a null num_key_value_heads: one per head).
@@ -228,7 +253,7 @@ def dropout(default: float, **sites: str) -> dict[str, Extra]:
 QK_NORM_FLAG = ("use_qk_norm",)
 PER_EXPERT = ("gate_proj", "up_proj", "down_proj")  # per-expert checkpoint tensors of the Qwen-MoE / DeepSeek layout
 
-FAMILIES: dict[str, Family] = {f.model_type: f for f in (
+ROWS: tuple[Family, ...] = (
     # ---- the Llama block and its close relatives ----
     Family("llama", "LlamaForCausalLM", parity="both", heads_divide_hidden=True,
            keys={**ATTENTION_BIAS, "mlp_bias": "mlp_bias"},
@@ -326,7 +351,9 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
                      "max_position_embeddings": 2048, "new_decoder_architecture": False, "multi_query": True,
                      "parallel_attn": True, "num_ln_in_parallel_attn": None, "alibi": False},
            attention_kernels=("sdpa", "eager", "flash_attention_2"), unrepeated_kv=True, sdpa_mask=True,
-           eager_softmax_fp32=False),
+           eager_softmax_fp32=False,
+           # 5.25 moved Falcon onto the shared attention functions: KV heads repeated, eager softmax in fp32
+           since=(("5.25", {"unrepeated_kv": False, "eager_softmax_fp32": True}),)),
     Family("starcoder2", "Starcoder2ForCausalLM",
            keys={"norm_eps": "norm_epsilon", "qkv_bias": "use_bias", "o_bias": "use_bias", "mlp_bias": "use_bias"},
            fixed={"norm": "layernorm", "ffn_kind": "gelu"}, layers=LayerRule("all_sliding"),
@@ -429,7 +456,18 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
            extra={**AUX_LOSS, "attn_temperature_tuning": Extra("bool", True, feature="attention temperature tuning on NoPE layers"),
                   "floor_scale": Extra("number", 8192, above=0.0), "attn_scale": Extra("number", 0.1, above=0.0)},
            experts_transposed=True, experts_run="all", attention_kernels=("sdpa", "eager", "flex_attention"), eager_softmax_fp32=False),
-)}
+)
+FAMILIES: dict[str, Family] = {}  # model_type -> its row as the installed transformers runs it
+
+
+def describe(version: str) -> None:
+    """Make the registry describe transformers `version`: the installed one at import; a benchmark that re-estimates
+    measurements taken under another version passes that one."""
+    FAMILIES.clear()
+    FAMILIES.update({f.model_type: f.as_of(release(version)) for f in ROWS})
+
+
+describe(TRANSFORMERS)
 
 DEFAULT_FAMILY = "llama"  # what a designed spec is written as: the layout every runtime loads
 NAMES: tuple[str, ...] = tuple(sorted(FAMILIES))

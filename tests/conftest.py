@@ -11,8 +11,44 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-DATA = Path(__file__).resolve().parents[1] / "src" / "data" / "reference_architectures"
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "src" / "data" / "reference_architectures"
 HF_CONFIGS = sorted(DATA.glob("*.json"))
+LOCK = ROOT / "constraints.txt"  # the locked versions the set-up installs
+UNLOCKED = os.environ.get("ARCHSMITH_UNLOCKED") == "1"  # a run on purpose against newer versions (docs/dependencies.md)
+
+
+def locked() -> dict[str, str]:
+    """constraints.txt as {normalised distribution name: version}."""
+    from packaging.utils import canonicalize_name
+
+    pins = {}
+    for line in LOCK.read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            pins[canonicalize_name(name)] = version
+    return pins
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """The versions this run measured, and every installed one that differs from the lock (shown under -q too)."""
+    for line in versions_report():
+        terminalreporter.write_line(line)
+
+
+def versions_report() -> list[str]:
+    from importlib import metadata
+
+    from packaging.utils import canonicalize_name
+    from packaging.version import Version
+
+    pins = locked()
+    key = ("torch", "transformers", "huggingface-hub", "tokenizers", "mcp", "anthropic", "onnxruntime")
+    seen = {canonicalize_name(d.metadata["Name"]): d.version for d in metadata.distributions()}
+    off = [f"{n} {v} (lock {pins[n]})" for n, v in sorted(seen.items()) if n in pins and Version(v).public != pins[n]]
+    return ["versions: " + ", ".join(f"{n} {seen.get(n, 'missing')}" for n in key),
+            "lock (constraints.txt): " + ("all installed versions match" if not off else "differs: " + ", ".join(off))]
 
 
 def hf_config(cfg: dict):

@@ -157,3 +157,17 @@ def test_mcp_refuses_factories_unless_allowed(tmp_path, monkeypatch):
     assert not allowed.is_error and allowed.structured_content["totals"]["params"] == 5514
     assert (tmp_path / "a.png").is_file() and allowed.structured_content["chart"] == "a.png"
     assert outside.is_error and "leaves the workspace root" in outside.content[0].text
+
+
+def test_count_flops_through_modules_kernels_wraps_and_keeps_requires_grad():
+    """transformers 5.25 wraps Qwen3-Next's causal convolution in a `kernels` module that gets a view of a weight:
+    counting under no_grad must not trip FlopCounterMode's module tracker, and parameters keep requires_grad."""
+    from archsmith.estimate import forward_flops
+    from archsmith.hfconfig import spec_from_hf
+    from conftest import TINY_FAMILIES, tiny_model
+
+    model = tiny_model("qwen3_next")
+    spec = spec_from_hf(TINY_FAMILIES["qwen3_next"])
+    ids = torch.randint(3, spec.vocab_size, (2, 48), generator=torch.Generator().manual_seed(0))
+    assert count_flops(model, kwargs={"input_ids": ids}) == forward_flops(spec, 2, 48, causal=False)["total"]
+    assert all(p.requires_grad for p in model.parameters())

@@ -11,6 +11,7 @@ import fcntl
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -47,7 +48,7 @@ def load_bootstrap():
 def plugin_copy(tmp: Path) -> Path:
     """The files the bootstrap reads, in a directory of their own (an installed plugin minus the rest)."""
     root = tmp / "plugin"
-    for name in ("hooks/bootstrap.py", ".claude-plugin/plugin.json", "pyproject.toml"):
+    for name in ("hooks/bootstrap.py", ".claude-plugin/plugin.json", "pyproject.toml", "constraints.txt"):
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, root / name)
     return root
@@ -123,6 +124,10 @@ def test_stamp_changes_with_version_dependencies_or_python_and_nothing_else(tmp_
     pyproject = (b / "pyproject.toml").read_text()
     (b / "pyproject.toml").write_text(pyproject.replace('"jinja2>=3.1",', '"jinja2>=3.1.4",'))
     assert boot.stamp(b, *python) != boot.stamp(a, *python)
+    (b / "pyproject.toml").write_text(pyproject)
+    lock = (b / "constraints.txt").read_text()
+    (b / "constraints.txt").write_text(re.sub(r"(?m)^transformers==.*$", "transformers==5.99.0", lock))
+    assert boot.stamp(b, *python) != boot.stamp(a, *python)  # moving the lock re-installs
 
 
 def test_too_old_python_fails_in_one_line_naming_what_to_do(tmp_path):
@@ -292,6 +297,10 @@ def test_fresh_home_installs_the_environment_with_pip_and_answers(claude, tmp_pa
     torch_version = subprocess.run([str(env_dir / "bin" / "python"), "-c", "import torch; print(torch.__version__)"],
                                    capture_output=True, text=True).stdout.strip()
     assert torch_version == "2.13.0+cpu"  # PIP_CONSTRAINT from the environment was honoured
+    locked = re.search(r"(?m)^transformers==(\S+)$", (ROOT / "constraints.txt").read_text()).group(1)
+    installed = subprocess.run([str(env_dir / "bin" / "python"), "-c", "import transformers; print(transformers.__version__)"],
+                               capture_output=True, text=True).stdout.strip()
+    assert installed == locked  # the plugin installs the locked versions
 
     log_size = (data / "install.log").stat().st_size
     listed = claude_code.run(claude, ["mcp", "list"], env, work)
