@@ -31,6 +31,19 @@ def locked() -> dict[str, str]:
     return pins
 
 
+def installed() -> dict[str, str]:
+    """{normalised name: version} of the installed distributions; the first on sys.path wins (setuptools puts its
+    vendored copies, such as an older packaging, at the end of sys.path once imported)."""
+    from importlib import metadata
+
+    from packaging.utils import canonicalize_name
+
+    seen: dict[str, str] = {}
+    for dist in metadata.distributions():
+        seen.setdefault(canonicalize_name(dist.metadata["Name"]), dist.version)
+    return seen
+
+
 def pytest_terminal_summary(terminalreporter) -> None:
     """The versions this run measured, and every installed one that differs from the lock (shown under -q too)."""
     for line in versions_report():
@@ -38,14 +51,11 @@ def pytest_terminal_summary(terminalreporter) -> None:
 
 
 def versions_report() -> list[str]:
-    from importlib import metadata
-
-    from packaging.utils import canonicalize_name
     from packaging.version import Version
 
     pins = locked()
     key = ("torch", "transformers", "huggingface-hub", "tokenizers", "mcp", "anthropic", "onnxruntime")
-    seen = {canonicalize_name(d.metadata["Name"]): d.version for d in metadata.distributions()}
+    seen = installed()
     off = [f"{n} {v} (lock {pins[n]})" for n, v in sorted(seen.items()) if n in pins and Version(v).public != pins[n]]
     return ["versions: " + ", ".join(f"{n} {seen.get(n, 'missing')}" for n in key),
             "lock (constraints.txt): " + ("all installed versions match" if not off else "differs: " + ", ".join(off))]

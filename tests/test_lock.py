@@ -5,14 +5,12 @@ on purpose against newer versions, as docs/dependencies.md describes for moving 
 from __future__ import annotations
 
 import tomllib
-from importlib import metadata
-
 import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from conftest import LOCK, ROOT, UNLOCKED, locked
+from conftest import LOCK, ROOT, UNLOCKED, installed, locked
 
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 REQUIREMENTS = [Requirement(r) for r in PROJECT["dependencies"] + PROJECT["optional-dependencies"]["dev"]]
@@ -35,8 +33,8 @@ def test_the_environment_is_the_lock():
     """What a fresh clone's set-up installed: every distribution pinned, at its pinned version (a local label such as
     torch's +cpu aside), and nothing unpinned besides the project and the installer."""
     pins = locked()
-    installed = {canonicalize_name(d.metadata["Name"]): d.version for d in metadata.distributions()}
-    differ = {n: (v, pins[n]) for n, v in installed.items() if n in pins and Version(v).public != pins[n]}
+    found = installed()
+    differ = {n: (v, pins[n]) for n, v in found.items() if n in pins and Version(v).public != pins[n]}
     assert not differ, f"installed (version, lock): {differ}"
-    unpinned = set(installed) - set(pins) - NOT_LOCKED
+    unpinned = set(found) - set(pins) - NOT_LOCKED
     assert not unpinned, f"installed but not locked: {sorted(unpinned)}"
