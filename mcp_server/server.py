@@ -19,6 +19,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import socket
 import sys
 from pathlib import Path
@@ -71,7 +72,7 @@ class ArchsmithServer(MCPServer):
             raise ToolError(f"timeout: {name} did not finish within {self.time_limits[name]:g} s and was abandoned; "
                             "ask for less (a smaller model, fewer items) or try again when the server is less busy") from None
         except ToolError as exc:
-            raise ToolError(one_line(self._explain(name, arguments, exc))) from None
+            raise ToolError(one_line(hide_root(self._explain(name, arguments, exc), self.root))) from None
         finally:
             pool.current_pool.reset(heavy)
             pool.current_client.reset(client)
@@ -99,6 +100,12 @@ class ArchsmithServer(MCPServer):
             log.error("internal error in %s: %s: %s", name, type(crash).__name__, crash, exc_info=crash)
             return f"internal error in {name}: {type(crash).__name__}: {str(crash)[:200]} (a bug in archsmith; the server log has the details)"
         return str(exc).removeprefix(f"Error executing tool {name}: ")
+
+
+def hide_root(text: str, root: Path) -> str:
+    """`text` with paths under the workspace root made relative to it: answers never show the host's layout."""
+    base = str(root).rstrip("/")
+    return re.sub(re.escape(base) + r"(?:/|(?=[\s'\"),:;]|$))", lambda m: "" if m.group(0).endswith("/") else ".", text)
 
 
 def one_line(text: str) -> str:

@@ -515,6 +515,8 @@ def start_training(model_dir: Annotated[str, Field(description="A design directo
     tokenizer, a vocabulary smaller than the tokenizer's, an out_dir that holds another run without resume, resume
     without a checkpoint) are refused here. The run writes metrics.jsonl, checkpoints, final/ (an HF model directory),
     loss.png and report.md into out_dir; follow it with training_status, stop it with stop_training."""
+    from dataclasses import replace
+
     from archsmith.train.background import start
     from archsmith.train.run import RunArgs
 
@@ -524,9 +526,17 @@ def start_training(model_dir: Annotated[str, Field(description="A design directo
                    save_every=save_every, eval_every=eval_every, eval_samples=eval_samples, patience=patience, precision=precision,
                    document_mask=document_mask, field=field, resume=resume, seed=seed, nproc=nproc, strategy=strategy,
                    progress=False)
+    shown = replace(args, model=_relative(Path(args.model)), data=[_relative(Path(d)) for d in args.data], out=out_dir,
+                    tokenizer=_relative(Path(args.tokenizer)) if args.tokenizer else None)
     with _named(model="model_dir", out="out_dir", tokenizer="tokenizer_dir"):
-        started = start(args, cwd=workspace())
-    return {**started, "run_dir": out_dir, "log": f"{out_dir.rstrip('/')}/train.log"}
+        return start(args, workspace(), shown, client=_client())
+
+
+def _client() -> str:
+    """Who calls (the MCP session or client), as training runs record their owner."""
+    from archsmith.mcp_server.pool import current_client
+
+    return repr(current_client.get())
 
 
 def training_status(out_dir: RunDir,
@@ -537,7 +547,20 @@ def training_status(out_dir: RunDir,
     from archsmith.train.background import status
 
     with _named(out="out_dir"):
-        return {**status(_path(out_dir, "out_dir"), rows), "run_dir": out_dir}
+        return _hide_root({**status(_path(out_dir, "out_dir"), rows, client=_client()), "run_dir": out_dir})
+
+
+def _hide_root(value: Any) -> Any:
+    """Every string in `value` with workspace paths made relative (a run's errors and summary name host paths)."""
+    from archsmith.mcp_server.server import hide_root
+
+    if isinstance(value, str):
+        return hide_root(value, workspace())
+    if isinstance(value, dict):
+        return {k: _hide_root(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_hide_root(v) for v in value]
+    return value
 
 
 def stop_training(out_dir: RunDir) -> dict[str, Any]:
@@ -546,7 +569,7 @@ def stop_training(out_dir: RunDir) -> dict[str, Any]:
     from archsmith.train.background import stop
 
     with _named(out="out_dir"):
-        return {**stop(_path(out_dir, "out_dir")), "run_dir": out_dir}
+        return {**stop(_path(out_dir, "out_dir"), client=_client()), "run_dir": out_dir}
 
 
 estimate_config.__doc__ = estimate_config.__doc__.format(families=", ".join(families.NAMES))

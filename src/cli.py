@@ -702,8 +702,9 @@ def train(
     """Train a causal LM from a design or checkpoint on a corpus: checkpoints, metrics.jsonl, loss curve, report."""
     import os
 
+    from archsmith.files import workspace
     from archsmith.train.parallel import under_torchrun
-    from archsmith.train.run import LAUNCHED_ENV, RunArgs, launch
+    from archsmith.train.run import BOUNDARY_ENV, LAUNCHED_ENV, RunArgs, launch
     from archsmith.train.run import train as run_training
 
     args = RunArgs(model=model, data=data, out=out_dir, tokenizer=tokenizer, steps=steps, batch=batch, micro_batch=micro_batch,
@@ -715,7 +716,8 @@ def train(
     try:
         if under_torchrun() and nproc > 1 and nproc != int(os.environ["WORLD_SIZE"]):
             raise ArchsmithError("nproc", f"torchrun started {os.environ['WORLD_SIZE']} processes; leave --nproc out under torchrun")
-        summary = launch(args) if nproc > 1 and not under_torchrun() else run_training(args)
+        with workspace(os.environ.get(BOUNDARY_ENV) or None):  # started by the MCP server: its workspace root
+            summary = launch(args) if nproc > 1 and not under_torchrun() else run_training(args)
     except ArchsmithError as exc:
         _fail(exc)
     if not summary or os.environ.get(LAUNCHED_ENV):  # another rank, or a rank whose launcher reports

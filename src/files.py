@@ -95,6 +95,24 @@ def _start(path: Path, field: str) -> tuple[Path, list[str], bool]:
     return root, list(full.relative_to(root).parts), True
 
 
+_FD_PATH = re.compile(r"/(?:proc/self/fd|dev/fd)/(\d+)(?:/(.*))?", re.S)  # what `fd_path` returns, and paths below it
+
+
+def _held_start(fd: int, rest: str, path: Path, field: str) -> tuple[Path, list[str], bool]:
+    """The walk of a path below a held directory: it starts at that directory, which must lie inside the root."""
+    real = _real_path(fd)
+    try:
+        is_dir = stat.S_ISDIR(os.fstat(fd).st_mode)
+    except OSError:
+        is_dir = False
+    if not is_dir:
+        raise ArchsmithError(field, f"{path} names no open directory")
+    root = _root.get()
+    if root is not None and (real is None or not Path(real).is_relative_to(root)):
+        raise ArchsmithError(field, f"a directory held open now lies outside the workspace root {root}; nothing was written")
+    return Path(real or f"/dev/fd/{fd}"), [p for p in rest.split("/") if p], True
+
+
 def _shown(path: Path) -> str:
     """`path` for a message: from the workspace root when it lies inside it, cut to 120 characters."""
     root = _root.get()
@@ -126,12 +144,16 @@ def _located(path: str | Path, field: str, make_dirs: bool = False) -> Iterator[
     OS errors of the with-block, become ArchsmithError(field).
     """
     path = Path(path)
-    start, pending, bounded = _start(path, field)
+    held = _FD_PATH.fullmatch(str(path))
+    if held:  # a directory held open (`fd_path`): the walk starts at it and may not leave it
+        start, pending, bounded = _held_start(int(held.group(1)), held.group(2) or "", path, field)
+    else:
+        start, pending, bounded = _start(path, field)
     fds: list[int] = []
     names: list[str] = []  # real components below `start`, each a directory
     links = 0
     try:
-        fds.append(os.open(start, _DIR_FLAGS))
+        fds.append(os.dup(int(held.group(1))) if held else os.open(start, _DIR_FLAGS))
         while True:
             while pending and pending[0] in ("", "."):
                 pending.pop(0)
@@ -366,7 +388,7 @@ def _temp_dir(parent: int, name: str, parent_path: Path) -> Iterator[tuple[str, 
                 path = Path(fd_path(fd)) if os.path.isdir("/proc/self/fd") else parent_path / tmp
                 yield tmp, fd, path
         finally:
-            _remove(parent, tmp)
+            remove_entry(parent, tmp)
     finally:
         with _in_flight_lock:
             _in_flight.discard(tmp)
@@ -423,7 +445,7 @@ def _link_tree(src: int, dst: int, keep: Callable[[str], bool] = lambda name: Tr
                     shutil.copyfileobj(fin, fout)
 
 
-def _remove(parent: int, name: str) -> None:
+def remove_entry(parent: int, name: str) -> None:
     """Remove `name` (a tree, a file or a symlink) from directory `parent`, never following a symlink."""
     try:
         mode = os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode
@@ -448,7 +470,7 @@ def _clean_stale(parent: int) -> None:
                 continue
         if pid != os.getpid() and _alive(pid):
             continue
-        _remove(parent, name)
+        remove_entry(parent, name)
 
 
 def _alive(pid: int) -> bool:
@@ -503,3 +525,177 @@ def _place(src_dir: int, src: str, dst_dir: int, dst: str, field: str, out: Path
         if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
             raise
         raise ArchsmithError(field, f"{out} appeared while writing; it was left as it is") from None
+
+
+# ---- a directory held for a long job -------------------------------------------------------------
+
+class HeldDir:
+    """A directory opened once and held for a whole job (a training run).
+
+    Every path below it is walked from the held descriptor one component at a time and never through a symlink
+    (a symlink where a file or directory of the job should be is refused), so swapping one of its directories for
+    a symlink cannot send a write, rename or delete elsewhere. `check()` (called before each write) makes sure the
+    directory is still the one at its path: one renamed away or replaced by a symlink stops the job with one line.
+    Path-taking libraries (torch.save, safetensors, save_pretrained, torch.distributed.checkpoint) get
+    `fd_path(fd)` of a directory opened here, which names the held directory wherever it is.
+    """
+
+    def __init__(self, path: str | Path, field: str = "out", create: bool = True):
+        self.path, self.field = Path(path), field
+        try:
+            with _located(self.path, field, make_dirs=create) as (parent, name, real):
+                if create:
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir(name, 0o777, dir_fd=parent)
+                self.fd = self._open_dir(parent, name, self.path)
+                self.real = real
+        except FileNotFoundError:
+            raise ArchsmithError(field, f"no such directory: {self.path}") from None
+        st = os.fstat(self.fd)
+        self.identity = (st.st_dev, st.st_ino)
+
+    def sub(self, relative: str | Path, create: bool = True) -> "HeldDir":
+        """The directory `relative` below this one, held on its own; its `check` includes this one's."""
+        held = object.__new__(HeldDir)
+        with self.dir(relative, create=create) as fd:
+            held.fd = os.dup(fd)
+        held.path, held.field, held.real = self.path / relative, self.field, self.real / relative
+        st = os.fstat(held.fd)
+        held.identity, held._parent, held._relative = (st.st_dev, st.st_ino), self, Path(relative)
+        return held
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self) -> "HeldDir":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _open_dir(self, parent: int, name: str, shown: Path) -> int:
+        try:
+            return os.open(name, _DIR_FLAGS, dir_fd=parent)
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
+                raise ArchsmithError(self.field, f"{_shown(shown)} is a symlink or not a directory; refusing to follow it") from None
+            raise ArchsmithError(self.field, f"cannot use {_shown(shown)}: {exc.strerror or exc}") from None
+
+    _parent: "HeldDir | None" = None  # set by `sub`: held below another held directory
+    _relative: Path = Path(".")
+
+    def check(self) -> None:
+        """Raise ArchsmithError unless the held directory is still the one at its path."""
+        try:
+            if self._parent is not None:
+                with self._parent.dir(self._relative.parent) as parent:
+                    st = os.stat(self._relative.name, dir_fd=parent, follow_symlinks=False)
+            else:
+                with _located(self.path, self.field) as (parent, name, _):
+                    st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+        except (FileNotFoundError, ArchsmithError):
+            st = None
+        if st is None or not stat.S_ISDIR(st.st_mode) or (st.st_dev, st.st_ino) != self.identity:
+            raise ArchsmithError(self.field, f"{_shown(self.path)} was moved or replaced during the run; stopping "
+                                             "(nothing is written outside it)")
+
+    @contextlib.contextmanager
+    def dir(self, relative: str | Path = ".", create: bool = False) -> Iterator[int]:
+        """An fd on the directory `relative` below the held one (created with `create`), walked without symlinks."""
+        self.check()
+        fd = os.dup(self.fd)
+        try:
+            for part in Path(relative).parts:
+                if part in ("", "."):
+                    continue
+                if part == ".." or "/" in part:
+                    raise ArchsmithError(self.field, f"{relative} leaves the run directory")
+                if create:
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir(part, 0o777, dir_fd=fd)
+                try:
+                    inner = self._open_dir(fd, part, self.path / relative)
+                except FileNotFoundError:
+                    raise ArchsmithError(self.field, f"no such directory: {_shown(self.path / relative)}") from None
+                os.close(fd)
+                fd = inner
+            yield fd
+        finally:
+            os.close(fd)
+
+    def exists(self, relative: str | Path) -> str | None:
+        """'file', 'dir', 'link', 'other' or None for `relative` (never followed)."""
+        relative = Path(relative)
+        try:
+            with self.dir(relative.parent) as parent:
+                mode = os.stat(relative.name, dir_fd=parent, follow_symlinks=False).st_mode
+        except (FileNotFoundError, ArchsmithError):
+            return None
+        return ("dir" if stat.S_ISDIR(mode) else "file" if stat.S_ISREG(mode) else
+                "link" if stat.S_ISLNK(mode) else "other")
+
+    def open(self, relative: str | Path, mode: str = "rb", encoding: str | None = None):
+        """A file below the held directory, opened without following symlinks ("rb", "r", "a", "ab")."""
+        relative = Path(relative)
+        flags = os.O_RDONLY if mode.startswith("r") else os.O_WRONLY | os.O_CREAT | os.O_APPEND
+        with self.dir(relative.parent, create=not mode.startswith("r")) as parent:
+            try:
+                fd = os.open(relative.name, flags | _NOFOLLOW, 0o666, dir_fd=parent)
+            except FileNotFoundError:
+                raise ArchsmithError(self.field, f"no such file: {_shown(self.path / relative)}") from None
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    raise ArchsmithError(self.field, f"{_shown(self.path / relative)} is a symlink; refusing to follow it") from None
+                raise ArchsmithError(self.field, f"cannot open {_shown(self.path / relative)}: {exc.strerror}") from None
+        return os.fdopen(fd, mode, encoding=encoding)
+
+    def write(self, relative: str | Path, content: Content) -> Path:
+        """Replace the file `relative` atomically (a hidden temporary beside it, fsynced, renamed over it)."""
+        relative = Path(relative)
+        with self.dir(relative.parent, create=True) as parent:
+            tmp = f".{relative.name[:64]}.archsmith-{os.getpid()}-{secrets.token_hex(4)}"
+            try:
+                if callable(content):
+                    content(Path(fd_path(parent)) / tmp)
+                else:
+                    _write(parent, tmp, content, Path(fd_path(parent)))
+                if not stat.S_ISREG(os.stat(tmp, dir_fd=parent, follow_symlinks=False).st_mode):
+                    raise ArchsmithError(self.field, f"{relative} was not written as a regular file")
+                self.check()
+                os.rename(tmp, relative.name, src_dir_fd=parent, dst_dir_fd=parent)
+            finally:
+                remove_entry(parent, tmp)
+        return self.path / relative
+
+    def listdir(self, relative: str | Path = ".") -> list[tuple[str, str]]:
+        """(name, 'file' | 'dir' | 'link' | 'other') of the entries of `relative`; [] when it does not exist."""
+        try:
+            with self.dir(relative) as fd, os.scandir(fd) as entries:
+                out = []
+                for entry in entries:
+                    mode = entry.stat(follow_symlinks=False).st_mode
+                    out.append((entry.name, "dir" if stat.S_ISDIR(mode) else "file" if stat.S_ISREG(mode) else
+                                "link" if stat.S_ISLNK(mode) else "other"))
+                return sorted(out)
+        except ArchsmithError:
+            if self.exists(relative) is None:
+                return []
+            raise
+
+    def remove(self, relative: str | Path) -> None:
+        """Remove `relative` (a tree, a file or a symlink itself) without following any symlink."""
+        relative = Path(relative)
+        with self.dir(relative.parent) as parent:
+            remove_entry(parent, relative.name)
+
+    def rename(self, src: str | Path, dst: str | Path) -> None:
+        """Rename `src` to `dst` (both below the held directory), replacing a file or an empty directory at `dst`."""
+        src, dst = Path(src), Path(dst)
+        with self.dir(src.parent) as a, self.dir(dst.parent, create=True) as b:
+            self.check()
+            os.rename(src.name, dst.name, src_dir_fd=a, dst_dir_fd=b)
+            os.fsync(b)

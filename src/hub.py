@@ -54,6 +54,8 @@ AUTO_CLASSES = {
 
 
 CARD_CHARS = 1 << 20  # a model card is read up to 1 MiB: its metadata and the sections we report sit near the top
+CARD_BYTES = 16 << 20  # a README.md larger than this is not downloaded at all
+JSON_BYTES = 16 << 20  # config.json, tokenizer_config.json, index files: real ones are KiB (a 671B index: ~9 MiB)
 CARD_YAML_CHARS = 64 << 10  # card metadata (YAML front matter) beyond 64 KiB is not read; real ones are a few KiB
 CARD_SECTIONS = 64  # headings kept from one card
 SECTION_CHARS = 2000  # characters kept from one card section
@@ -535,7 +537,12 @@ def _read_json(path, problems: list[str]) -> dict[str, Any] | None:
     if path is None:
         return None
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        with open(path, "rb") as fh:
+            raw = fh.read(JSON_BYTES + 1)
+        if len(raw) > JSON_BYTES:
+            problems.append(f"{path.name} in the local HF cache is over the {JSON_BYTES:,}-byte cap; not read")
+            return None
+        data = json.loads(raw.decode("utf-8"))
     except (ValueError, OSError) as exc:
         problems.append(f"{path.name} in the local HF cache is not valid JSON: {exc}")
         return None
@@ -586,13 +593,31 @@ def _cached_params(model: ModelMetadata, files: dict[str, Any]) -> None:
 
 # ---- evaluate one model -------------------------------------------------------------------------
 
+def download(client, repo_id: str, filename: str, cap: int) -> str:
+    """hf_hub_download of one small file, refused (HubError naming the file and the cap) when the Hub says it is
+    larger than `cap` bytes; the caller reads at most `cap` bytes of what lands (a server may lie about the size)."""
+    from huggingface_hub import hf_hub_url
+
+    if not offline():
+        meta = call(client.get_hf_file_metadata, url=hf_hub_url(repo_id, filename, endpoint=client.endpoint),
+                    timeout=TIMEOUT_S, what=repo_id)
+        if meta.size is not None and meta.size > cap:
+            raise HubError(filename, f"{repo_id}/{filename} is {meta.size:,} bytes, over the {cap:,}-byte cap archsmith "
+                                     "reads from the Hub; not downloaded")
+    return call(client.hf_hub_download, repo_id, filename, what=repo_id)
+
+
 def fetch_json(client, repo_id: str, filename: str) -> dict[str, Any]:
-    """Download one small JSON file (cached by huggingface_hub) and parse it."""
+    """Download one small JSON file (cached by huggingface_hub; at most JSON_BYTES) and parse it."""
     from archsmith.errors import ConfigError
 
-    path = call(client.hf_hub_download, repo_id, filename, what=repo_id)
+    path = download(client, repo_id, filename, JSON_BYTES)
+    with open(path, "rb") as fh:
+        raw = fh.read(JSON_BYTES + 1)
+    if len(raw) > JSON_BYTES:
+        raise ConfigError(filename, f"{repo_id}/{filename} is over the {JSON_BYTES:,}-byte cap on JSON read from the Hub")
     try:
-        data = json.loads(open(path, encoding="utf-8").read())
+        data = json.loads(raw.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(filename, f"{repo_id}/{filename} is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
@@ -706,7 +731,7 @@ def _hub_model(model_id: str, endpoint: str | None, token: str | bool | None) ->
         except ArchsmithError as exc:
             model.problems.append(str(exc))
     try:
-        with open(call(client.hf_hub_download, model_id, "README.md", what=model_id), encoding="utf-8", errors="replace") as fh:
+        with open(download(client, model_id, "README.md", CARD_BYTES), encoding="utf-8", errors="replace") as fh:
             model.readme = fh.read(CARD_CHARS)
     except ArchsmithError as exc:
         model.problems.append(str(exc))

@@ -89,7 +89,7 @@ def test_a_resumed_distillation_continues_where_it_stopped(pair, tmp_path):
     settings = {**FAST, "steps": 10}
     distill(teacher, student, [STORIES], tmp_path / "run", **settings)
     report = distill(teacher, student, [STORIES], tmp_path / "run", **{**settings, "steps": 16}, resume=True)
-    rows = [r["step"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "train"]
+    rows = [r["step"] for r in read_metrics(tmp_path / "run") if r["kind"] == "train"]
     assert rows == list(range(1, 17)) and report["training"]["steps"] == 16
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step_000010", "step_000016"]
 

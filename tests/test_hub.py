@@ -340,3 +340,17 @@ def test_cli_session_never_prints_the_token(fake, tmp_path):
     assert missing.returncode == 2 and "acme/nope: not found on the Hub" in missing.stderr
     for result in (found, evaluated, configured, estimated, missing):
         assert "hf_good" not in result.stdout + result.stderr
+
+
+def test_json_from_the_hub_is_size_capped_before_download(fake, monkeypatch):
+    """A config.json larger than the cap is refused from the Hub's HEAD, never downloaded or parsed; a card too."""
+    big = json.dumps({"model_type": "llama", "padding": "x" * 5000}).encode()
+    fake.add(Repo("acme/huge-config", {"pipeline_tag": "text-generation"}, {"config.json": big, "README.md": card("mit") * 200}))
+    monkeypatch.setattr(hub, "JSON_BYTES", 4096)
+    monkeypatch.setattr(hub, "CARD_BYTES", 8192)
+    with pytest.raises(hub.HubError, match=r"config.json: acme/huge-config/config.json is 5,\d+ bytes, over the 4,096-byte cap"):
+        hub.spec_for("acme/huge-config")
+    report = hub.evaluate("acme/huge-config")
+    assert any("README.md is" in p and "8,192-byte cap" in p for p in report["problems"])
+    fetched = {r.path.rsplit("/", 1)[-1] for r in fake.find("GET", "/acme/huge-config/resolve/")}
+    assert fetched == set()  # HEAD only: nothing over the cap came down

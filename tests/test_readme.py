@@ -56,7 +56,7 @@ def shell(line: str, cwd: Path) -> None:
 def train_losses(run: Path) -> dict[int, float]:
     from archsmith.train.metrics import read_metrics
 
-    return {r["step"]: r["loss"] for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "train"}
+    return {r["step"]: r["loss"] for r in read_metrics(run) if r["kind"] == "train"}
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ def test_train_from_scratch_as_written(scratch, monkeypatch, capsys):
     run = scratch / "runs" / "5m-train"
     summary = json.loads((run / "summary.json").read_text())
     assert 4_000_000 <= summary["model"]["parameters"] <= 6_000_000 and summary["steps"] == 20
-    evals = [r["loss"] for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "eval"]
+    evals = [r["loss"] for r in read_metrics(run) if r["kind"] == "eval"]
     counts = np.bincount(TokenFile.read(run / "data").array()).astype(float)
     p = counts[counts > 0] / counts.sum()
     unigram_entropy = float(-(p * np.log(p)).sum())  # nats/token of the best model that ignores context

@@ -28,7 +28,7 @@ def cli(*args) -> str:
 
 
 def losses(run_dir: Path) -> dict[int, float]:
-    return {r["step"]: r["loss"] for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "train"}
+    return {r["step"]: r["loss"] for r in read_metrics(run_dir) if r["kind"] == "train"}
 
 
 def weights(directory: Path) -> dict[str, torch.Tensor]:
@@ -49,7 +49,8 @@ import os, signal, sys
 from archsmith.train import checkpoint
 write = checkpoint._save_pt
 def dying_write(obj, path):
-    if path.name == "trainer.pt" and path.parent.name == ".step_000006.tmp":  # the model files of step 6 are on disk
+    held = os.path.basename(os.path.realpath(path.parent))  # the checkpoint is written through its held directory
+    if path.name == "trainer.pt" and held == ".step_000006.tmp":  # the model files of step 6 are on disk
         os.kill(os.getpid(), signal.SIGKILL)
     write(obj, path)
 checkpoint._save_pt = dying_write
@@ -257,7 +258,7 @@ def test_loop_trains_any_module_with_extra_modules(tmp_path):
         fit(tmp_path / "cut", 8, crash_at=13)  # micro-step 13: inside step 7, after the step-6 checkpoint
     assert json.loads((tmp_path / "cut" / "status.json").read_text())["state"] == "failed"
     fit(tmp_path / "cut", 8, resume=True)
-    whole, cut = (without_timing(read_metrics(tmp_path / name / "metrics.jsonl")) for name in ("whole", "cut"))
+    whole, cut = (without_timing(read_metrics(tmp_path / name)) for name in ("whole", "cut"))
     assert whole == cut  # dropout included: the RNG states came back with the checkpoint
     train_rows = [r for r in whole if r["kind"] == "train"]
     assert len(train_rows) == 8 and {"mse", "nll", "grad_norm"} <= set(train_rows[0])
@@ -419,7 +420,7 @@ def test_training_options(tmp_path, tiny_lm):
     _, masked = train("mask", "--document-mask")
     assert masked[1] != reference[1] and abs(masked[1] - reference[1]) < 0.5  # other attention, same task
     _, wsd = train("wsd", "--schedule", "wsd", "--warmup", 1)
-    lrs = [r["lr"] for r in read_metrics(tmp_path / "wsd" / "metrics.jsonl")]
+    lrs = [r["lr"] for r in read_metrics(tmp_path / "wsd")]
     assert lrs[0] == lrs[1] == 3e-3 and lrs[2] < 3e-3  # warmup 1, stable, then the decay
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import os
 import random
 import re
-import shutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -29,6 +28,7 @@ import torch
 from torch import nn
 
 from archsmith.errors import ArchsmithError
+from archsmith.files import HeldDir, fd_path, remove_entry
 from archsmith.train.parallel import Dist, barrier
 
 CHECKPOINTS = "checkpoints"
@@ -40,20 +40,18 @@ SaveModel = Callable[[nn.Module, dict[str, torch.Tensor], Path], None]
 LoadModel = Callable[[nn.Module, Path], None]
 
 
-def step_dir(root: Path, step: int) -> Path:
-    return root / f"step_{step:06d}"
+def step_name(step: int) -> str:
+    return f"step_{step:06d}"
 
 
-def complete(root: Path) -> list[tuple[int, Path]]:
-    """(step, directory) of every complete checkpoint under `root`, oldest first."""
-    if not root.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := STEP_DIR.fullmatch(p.name))]
-    return sorted(found)
+def complete(run: HeldDir) -> list[tuple[int, str]]:
+    """(step, name) of every complete checkpoint in RUN/checkpoints, oldest first (real directories only)."""
+    return sorted((int(m.group(1)), name) for name, kind in run.listdir(CHECKPOINTS)
+                  if kind == "dir" and (m := STEP_DIR.fullmatch(name)))
 
 
-def latest(root: Path) -> Path | None:
-    found = complete(root)
+def latest(run: HeldDir) -> str | None:
+    found = complete(run)
     return found[-1][1] if found else None
 
 
@@ -135,71 +133,132 @@ def full_model_state(modules: nn.Module, sharded: bool) -> dict[str, torch.Tenso
     return {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
 
 
-def save(root: Path, step: int, trainer_state: dict[str, Any], modules: nn.Module, optimizer: torch.optim.Optimizer,
-         d: Dist, sharded: bool, save_hook: SaveModel, keep: int) -> Path:
-    """Write checkpoint `step` atomically (every rank calls this); keep the newest `keep`."""
-    final, tmp = step_dir(root, step), root / f".step_{step:06d}.tmp"
+def save(run: HeldDir, step: int, trainer_state: dict[str, Any], modules: nn.Module, optimizer: torch.optim.Optimizer,
+         d: Dist, sharded: bool, save_hook: SaveModel, keep: int) -> str:
+    """Write checkpoint `step` atomically into RUN/checkpoints (every rank calls this); keep the newest `keep`.
+
+    Every step goes through the held run directory: a `checkpoints` swapped for a symlink is refused, and the
+    rotation deletes only real `step_*` directories inside it."""
+    name, tmp = step_name(step), f".{step_name(step)}.tmp"
     if d.main:
-        shutil.rmtree(tmp, ignore_errors=True)  # left by a run killed mid-write
-        tmp.mkdir(parents=True)
+        with run.dir(CHECKPOINTS, create=True) as root:
+            remove_entry(root, tmp)  # left by a run killed mid-write
+            os.mkdir(tmp, 0o777, dir_fd=root)
     barrier(d)
     state = dict(trainer_state)
-    if sharded:
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_state_dict
+    with run.dir(f"{CHECKPOINTS}/{tmp}") as fd:
+        where = Path(fd_path(fd))  # the held temporary directory, wherever its path leads now
+        if sharded:
+            import torch.distributed.checkpoint as dcp
+            from torch.distributed.checkpoint.state_dict import get_state_dict
 
-        model_sd, optim_sd = get_state_dict(modules, optimizer)
-        dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=str(tmp / "dcp"))
-    elif d.main:
-        save_hook(modules.model, full_model_state(modules, False), tmp / "model")
-        extra = {k: v for k, v in modules.state_dict().items() if not k.startswith("model.")}
-        if extra:
-            from safetensors.torch import save_file
+            model_sd, optim_sd = get_state_dict(modules, optimizer)
+            dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=str(where / "dcp"))
+        elif d.main:
+            save_hook(modules.model, full_model_state(modules, False), where / "model")
+            extra = {k: v for k, v in modules.state_dict().items() if not k.startswith("model.")}
+            if extra:
+                from safetensors.torch import save_file
 
-            save_file(_distinct(extra), str(tmp / EXTRA_FILE), metadata={"format": "pt"})
-        state["optimizer"] = optimizer.state_dict()
-    if d.main:
-        _save_pt(state, tmp / TRAINER_FILE)
-    _save_pt(rng_state(), tmp / f"rng_rank{d.rank}.pt")
+                save_file(_distinct(extra), str(where / EXTRA_FILE), metadata={"format": "pt"})
+            state["optimizer"] = optimizer.state_dict()
+        if d.main:
+            _save_pt(state, where / TRAINER_FILE)
+        _save_pt(rng_state(), where / f"rng_rank{d.rank}.pt")
     barrier(d)
     if d.main:
-        if final.exists():  # the same step saved by an earlier, interrupted attempt
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _fsync_dir(root)
-        for _, old in complete(root)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+        with run.dir(CHECKPOINTS) as root:
+            remove_entry(root, name)  # the same step saved by an earlier, interrupted attempt
+            run.check()
+            os.rename(tmp, name, src_dir_fd=root, dst_dir_fd=root)
+            os.fsync(root)
+            for _, old in complete(run)[:-keep]:
+                remove_entry(root, old)
     barrier(d)
-    return final
+    return f"{CHECKPOINTS}/{name}"
 
 
-def load(path: Path, modules: nn.Module, optimizer: torch.optim.Optimizer, d: Dist, sharded: bool,
-         load_hook: LoadModel) -> dict[str, Any]:
-    """Restore modules, optimizer and this rank's RNG from checkpoint `path`; returns the trainer state."""
-    state = torch.load(path / TRAINER_FILE, map_location="cpu", weights_only=True)
-    if sharded:
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+def read(run: HeldDir, name: str, rank: int) -> dict[str, Any]:
+    """What checkpoint `name` holds for this rank, read and checked before anything is restored: {"trainer": the
+    trainer state, "rng": this rank's RNG states or None, "extra": extra modules' tensors or None, "kinds": its
+    entries}; every model safetensors file is read whole once. Raises ArchsmithError naming the file when one is
+    torn, unreadable or holds pickled objects."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
 
-        if not (path / "dcp").is_dir():
-            raise ArchsmithError("resume", f"{path} was written without FSDP; resume it with --strategy ddp")
-        model_sd, optim_sd = get_state_dict(modules, optimizer)
-        loaded = {"model": model_sd, "optimizer": optim_sd}
-        dcp.load(loaded, checkpoint_id=str(path / "dcp"))
-        set_state_dict(modules, optimizer, model_state_dict=loaded["model"], optim_state_dict=loaded["optimizer"])
-    else:
-        if not (path / "model").is_dir():
-            raise ArchsmithError("resume", f"{path} holds sharded FSDP state; resume it with --strategy fsdp")
-        load_hook(modules.model, path / "model")
-        if (path / EXTRA_FILE).is_file():
-            from safetensors.torch import load_file
+    shown = f"{CHECKPOINTS}/{name}"
+    with run.dir(shown) as fd:
+        where = Path(fd_path(fd))
+        files = dict(run.listdir(shown))
+        out: dict[str, Any] = {"trainer": _load_pt(where / TRAINER_FILE, f"{shown}/{TRAINER_FILE}")}
+        rng = f"rng_rank{rank}.pt"
+        out["rng"] = _load_pt(where / rng, f"{shown}/{rng}") if files.get(rng) == "file" else None
+        out["extra"] = None
+        if files.get(EXTRA_FILE) == "file":
+            try:
+                out["extra"] = load_file(str(where / EXTRA_FILE))
+            except (SafetensorError, OSError, ValueError) as exc:
+                raise ArchsmithError("resume", f"{shown}/{EXTRA_FILE} is torn or not safetensors ({_first_line(exc)})") from None
+        for file in sorted(run.listdir(f"{shown}/model") if files.get("model") == "dir" else []):
+            if file[0].endswith(".safetensors"):
+                try:
+                    load_file(str(where / "model" / file[0]))  # readable whole: header and every tensor
+                except (SafetensorError, OSError, ValueError) as exc:
+                    raise ArchsmithError("resume", f"{shown}/model/{file[0]} is torn or not safetensors ({_first_line(exc)})") from None
+        out["kinds"] = files
+    return out
 
-            modules.load_state_dict(load_file(str(path / EXTRA_FILE)), strict=False)
-        optimizer.load_state_dict(state.pop("optimizer"))
-    rng = path / f"rng_rank{d.rank}.pt"
-    if rng.is_file():  # a run resumed on more ranks than it saved: new ranks keep their seeded state
-        set_rng_state(torch.load(rng, map_location="cpu", weights_only=True))
+
+def load(run: HeldDir, name: str, modules: nn.Module, optimizer: torch.optim.Optimizer, d: Dist, sharded: bool,
+         load_hook: LoadModel, saved: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Restore modules, optimizer and this rank's RNG from checkpoint `name` (`saved`: what `read` returned for it);
+    returns the trainer state."""
+    saved = saved or read(run, name, d.rank)
+    state, kinds, shown = saved["trainer"], saved["kinds"], f"{CHECKPOINTS}/{name}"
+    with run.dir(shown) as fd:
+        where = Path(fd_path(fd))
+        if sharded:
+            import torch.distributed.checkpoint as dcp
+            from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+            if kinds.get("dcp") != "dir":
+                raise ArchsmithError("resume", f"{shown} was written without FSDP; resume it with --strategy ddp")
+            model_sd, optim_sd = get_state_dict(modules, optimizer)
+            loaded = {"model": model_sd, "optimizer": optim_sd}
+            dcp.load(loaded, checkpoint_id=str(where / "dcp"))
+            set_state_dict(modules, optimizer, model_state_dict=loaded["model"], optim_state_dict=loaded["optimizer"])
+        else:
+            if kinds.get("model") != "dir":
+                raise ArchsmithError("resume", f"{shown} holds sharded FSDP state; resume it with --strategy fsdp")
+            load_hook(modules.model, where / "model")
+            if saved["extra"] is not None:
+                modules.load_state_dict(saved["extra"], strict=False)
+            optimizer.load_state_dict(state.pop("optimizer"))
+    if saved["rng"] is not None:  # a run resumed on more ranks than it saved: new ranks keep their seeded state
+        set_rng_state(saved["rng"])
     return state
+
+
+def _load_pt(path: Path, shown: str) -> Any:
+    """A .pt file of tensors and plain values (weights_only); one line naming the file when it is anything else."""
+    import pickle
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ArchsmithError("resume", f"{shown} is missing") from None
+    except pickle.UnpicklingError as exc:
+        if "unsupported global" not in str(exc).lower():  # not a class or function: garbage pickle opcodes
+            raise ArchsmithError("resume", f"{shown} is torn or not a checkpoint file ({_first_line(exc)})") from None
+        raise ArchsmithError("resume", f"{shown} holds objects other than tensors and plain values; refused "
+                                       "(archsmith never unpickles code)") from None
+    except Exception as exc:  # torch's safe unpickler fails on garbage in many ways (EOF, IndexError, KeyError, ...)
+        raise ArchsmithError("resume", f"{shown} is torn or not a checkpoint file ({type(exc).__name__}: "
+                                       f"{_first_line(exc)})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
 
 
 def _save_pt(obj: Any, path: Path) -> None:
@@ -207,11 +266,3 @@ def _save_pt(obj: Any, path: Path) -> None:
         torch.save(obj, fh)
         fh.flush()
         os.fsync(fh.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -22,13 +22,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
 from archsmith.errors import ArchsmithError
+from archsmith.files import HeldDir
 
 TEXT_SUFFIXES = (".txt", ".text", ".md")
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
@@ -41,33 +43,59 @@ IGNORE_INDEX = -100  # the label value cross-entropy skips (padding of the last 
 # ---- corpus -------------------------------------------------------------------------------------
 
 def corpus_files(paths: Sequence[str | Path], field: str = "data") -> list[Path]:
-    """Files named or found (recursively) in `paths`; a directory contributes its text and JSONL files."""
+    """Files named or found (recursively) in `paths`; a directory contributes its text and JSONL files.
+
+    Directories are walked through the workspace boundary without following symlinks: a symlink found inside
+    one is skipped (named on stderr), never read. A file named directly is opened through the boundary."""
+    from archsmith import files as fs
+
     if isinstance(paths, (str, Path)):
         paths = [paths]
     if not paths:
         raise ArchsmithError(field, "give at least one corpus file or directory")
-    files: list[Path] = []
+    found_files: list[Path] = []
     for raw in paths:
         path = Path(raw)
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES + JSONL_SUFFIXES
-                           and not any(part.startswith(".") for part in p.relative_to(path).parts))
+        what = fs.kind(path, field)
+        if what == "dir":
+            skipped: list[str] = []
+            with fs.HeldDir(path, field, create=False) as held:
+                found = sorted(path / rel for rel in _walk(held, Path("."), skipped)
+                               if rel.suffix.lower() in TEXT_SUFFIXES + JSONL_SUFFIXES)
+            for name in skipped[:5]:
+                print(f"archsmith: skipped {path / name}: a symlink inside a corpus directory is never followed", file=sys.stderr)
             if not found:
                 raise ArchsmithError(field, f"{path} holds no {', '.join(TEXT_SUFFIXES + JSONL_SUFFIXES)} files")
-            files.extend(found)
-        elif path.is_file():
-            files.append(path)
+            found_files.extend(found)
+        elif what == "file":
+            found_files.append(path)
         else:
             raise ArchsmithError(field, f"no such file or directory: {path}")
-    return files
+    return found_files
+
+
+def _walk(held, relative: Path, skipped: list[str]) -> Iterator[Path]:
+    """Regular files below `relative` of a held directory, hidden names and symlinks left out (symlinks noted)."""
+    for name, kind in held.listdir(relative):
+        if name.startswith("."):
+            continue
+        if kind == "dir":
+            yield from _walk(held, relative / name, skipped)
+        elif kind == "file":
+            yield relative / name
+        elif kind == "link":
+            skipped.append(str(relative / name))
 
 
 def documents(files: Sequence[Path], text_field: str = "text", on_bytes: Callable[[int], None] | None = None,
               field: str = "data") -> Iterator[str]:
-    """Yield the documents of `files` in order (empty ones skipped); `on_bytes(n)` reports bytes read."""
+    """Yield the documents of `files` in order (empty ones skipped); `on_bytes(n)` reports bytes read.
+    Each file is opened through the workspace boundary (archsmith.files)."""
+    from archsmith.files import open_file
+
     for path in files:
         jsonl = path.suffix.lower() in JSONL_SUFFIXES
-        with open(path, "rb") as fh:
+        with open_file(path, field) as fh:
             reader = _jsonl_documents if jsonl else _text_documents
             yield from reader(fh, path, text_field, on_bytes or (lambda n: None), field)
 
@@ -135,47 +163,69 @@ class TokenFile:
     dtype: str
     eos_id: int
     fingerprint: str
+    tokens_map: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     def array(self) -> np.ndarray:
         """All tokens as a read-only memory map, shape (tokens,)."""
-        return np.memmap(self.directory / TOKENS_FILE, dtype=np.dtype(self.dtype), mode="r", shape=(self.tokens,))
+        if self.tokens_map is not None:
+            return self.tokens_map
+        with HeldDir(self.directory, "data", create=False) as held:
+            return _map(held, self.dtype, self.tokens)
 
     @classmethod
-    def read(cls, directory: str | Path) -> "TokenFile | None":
-        meta = Path(directory) / META_FILE
-        if not meta.is_file() or not (Path(directory) / TOKENS_FILE).is_file():
+    def read(cls, directory: str | Path | HeldDir) -> "TokenFile | None":
+        """The token file in `directory` (a held directory is read without following symlinks); None if absent."""
+        if not isinstance(directory, HeldDir):
+            if not Path(directory).is_dir():
+                return None
+            with HeldDir(directory, "data", create=False) as held:
+                return cls.read(held)
+        if directory.exists(META_FILE) != "file" or directory.exists(TOKENS_FILE) != "file":
             return None
-        data = json.loads(meta.read_text())
-        return cls(Path(directory), data["tokens"], data["documents"], data["dtype"], data["eos_id"], data["fingerprint"])
+        with directory.open(META_FILE, "r", encoding="utf-8") as fh:
+            data = json.load(fh)
+        return cls(directory.path, data["tokens"], data["documents"], data["dtype"], data["eos_id"], data["fingerprint"],
+                   _map(directory, data["dtype"], data["tokens"]))
 
 
-def tokenize(files: Sequence[Path], tokenizer_json: str | Path, out: str | Path, eos_id: int, text_field: str = "text",
+def _map(held: HeldDir, dtype: str, tokens: int) -> np.ndarray:
+    with held.open(TOKENS_FILE, "rb") as fh:  # the map outlives the file object
+        return np.memmap(fh, dtype=np.dtype(dtype), mode="r", shape=(tokens,))
+
+
+def tokenize(files: Sequence[Path], tokenizer_json: str | Path, out: str | Path | HeldDir, eos_id: int, text_field: str = "text",
              progress: bool = True, reuse_only: bool = False) -> TokenFile:
     """Encode every document of `files` (each followed by `eos_id`) into `out`/tokens.bin, streaming.
 
     Reuses an existing token file with the same fingerprint (`reuse_only`: refuses to make another, as a
     resumed run must see the data it started with). Writes under temporary names and renames
-    `tokens.json` last, so a killed run never leaves a token file that looks complete.
+    `tokens.json` last, so a killed run never leaves a token file that looks complete. `out` may be a held
+    directory (a training run's RUN/data): then nothing below it is reached through a symlink.
     """
+    if not isinstance(out, HeldDir):
+        with HeldDir(out, "data") as held:
+            return tokenize(files, tokenizer_json, held, eos_id, text_field, progress, reuse_only)
     from tokenizers import Tokenizer
 
-    out = Path(out)
-    tok = Tokenizer.from_file(str(tokenizer_json))
+    from archsmith.files import read_bytes
+
+    raw = read_bytes(tokenizer_json, "tokenizer")
+    tok = Tokenizer.from_str(raw.decode("utf-8"))
     vocab = tok.get_vocab_size(with_added_tokens=True)
     dtype = "<u2" if vocab <= 1 << 16 else "<u4"
-    digest = hashlib.sha256(Path(tokenizer_json).read_bytes()).hexdigest()
+    digest = hashlib.sha256(raw).hexdigest()
     stamp = fingerprint(files, {"tokenizer": digest, "eos_id": eos_id, "field": text_field, "dtype": dtype})
     existing = TokenFile.read(out)
     if existing is not None and existing.fingerprint == stamp:
         return existing
     if reuse_only:
-        raise ArchsmithError("data", f"the corpus or tokenizer changed since the run in {out.parent} started "
+        raise ArchsmithError("data", f"the corpus or tokenizer changed since the run in {out.path.parent} started "
                                      "(files, sizes or modification times differ); resume with the same data")
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".{TOKENS_FILE}.tmp"
+    tmp = f".{TOKENS_FILE}.tmp"
+    out.remove(tmp)
     total_bytes = sum(p.stat().st_size for p in files)
     count = docs = 0
-    with progress_bar(progress, "tokenizing", total_bytes) as advance, open(tmp, "wb") as sink:
+    with progress_bar(progress, "tokenizing", total_bytes) as advance, out.open(tmp, "ab") as sink:
         batch: list[str] = []
         chars = 0
 
@@ -198,16 +248,14 @@ def tokenize(files: Sequence[Path], tokenizer_json: str | Path, out: str | Path,
         sink.flush()
         os.fsync(sink.fileno())
     if docs == 0:
-        tmp.unlink()
+        out.remove(tmp)
         raise ArchsmithError("data", f"the corpus ({', '.join(str(p) for p in files[:3])}{', ...' if len(files) > 3 else ''}) "
                                      "holds no text (0 documents)")
-    os.replace(tmp, out / TOKENS_FILE)
+    out.rename(tmp, TOKENS_FILE)
     meta = {"tokens": count, "documents": docs, "dtype": dtype, "eos_id": eos_id, "fingerprint": stamp,
             "files": [str(p) for p in files], "tokenizer_sha256": digest, "field": text_field}
-    from archsmith.files import write_file
-
-    write_file(out / META_FILE, json.dumps(meta, indent=2) + "\n", overwrite=True, field="data")
-    return TokenFile(out, count, docs, dtype, eos_id, stamp)
+    out.write(META_FILE, json.dumps(meta, indent=2) + "\n")
+    return TokenFile(out.path, count, docs, dtype, eos_id, stamp, _map(out, dtype, count))
 
 
 class progress_bar:

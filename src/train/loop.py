@@ -53,7 +53,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -64,12 +66,14 @@ import torch
 from torch import nn
 
 from archsmith.errors import ArchsmithError
+from archsmith.files import HeldDir, fd_path, remove_entry
 from archsmith.train import checkpoint as ckpt
 from archsmith.train import parallel
 from archsmith.train.data import Order, rank_slice
 from archsmith.train.metrics import MetricsLog, write_status
 
 SCHEDULES = ("cosine", "linear", "wsd")
+FINAL = "final"  # RUN/final: the trained model as a Hugging Face model directory
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 Objective = Callable[[nn.Module, Any], "tuple[torch.Tensor, dict[str, Any]]"]
@@ -196,11 +200,12 @@ class Trainer:
     """Runs `config.steps` optimizer steps of `objective` over `train`; see the module docstring."""
 
     def __init__(self, model: nn.Module, objective: Objective, train: Sequence, collate: Callable[[list], Any],
-                 out: str | Path, config: TrainConfig, eval_data: Sequence | None = None, extra: dict[str, nn.Module] | None = None,
+                 out: str | Path | HeldDir, config: TrainConfig, eval_data: Sequence | None = None, extra: dict[str, nn.Module] | None = None,
                  save_model: ckpt.SaveModel = ckpt.save_model, load_model: ckpt.LoadModel = ckpt.load_model,
                  count_tokens: Callable[[Any], int] = count_tokens):
         self.model, self.objective, self.train_data, self.collate = model, objective, train, collate
-        self.out, self.config, self.extra = Path(out), config, dict(extra or {})
+        self.out, self.config, self.extra = out, config, dict(extra or {})
+        self.notes: list[str] = []  # what the run should tell its user (a torn checkpoint skipped on resume)
         self.eval_data = eval_data if eval_data is not None and len(eval_data) > 0 else None
         self.save_hook, self.load_hook, self.count_tokens = save_model, load_model, count_tokens
         self._stop_signal = False
@@ -263,21 +268,35 @@ class Trainer:
     # ---- the loop -----------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> dict[str, Any]:
         """Train to `config.steps` (or an early stop / SIGTERM); returns the run summary (also in summary.json)."""
-        self._prepare()
-        d, cfg, out = self.d, self.config, self.out
-        root = out / ckpt.CHECKPOINTS
-        previous = signal.signal(signal.SIGTERM, self._on_sigterm) if _main_thread() else None
+        owned = not isinstance(self.out, HeldDir)
+        self.run = HeldDir(self.out, "out") if owned else self.out
         try:
-            state = self._resume(root) if resume else _State()
-            if not resume and ((out / "metrics.jsonl").exists() or root.exists()):
-                raise ArchsmithError("out", f"{out} holds another run; pass --resume to continue it or choose a new directory")
-            parallel.barrier(d)  # every rank has looked before rank 0 writes
-            log = MetricsLog(out / "metrics.jsonl", enabled=d.main, truncate_after=state.step if resume else 0)
+            return self._fit(resume)
+        finally:
+            if owned:
+                self.run.close()
+
+    def _fit(self, resume: bool) -> dict[str, Any]:
+        self._prepare()
+        d, cfg, run = self.d, self.config, self.run
+        previous = signal.signal(signal.SIGTERM, self._on_sigterm) if _main_thread() else None
+        state = _State()
+        try:
             try:
-                write_status(out, d, "running", state.step, cfg.steps)
-                self._loop(state, log, root)
+                if resume:
+                    state = self._resume()
+                elif run.exists("metrics.jsonl") or run.exists(ckpt.CHECKPOINTS):
+                    raise ArchsmithError("out", f"{run.path} holds another run; pass --resume to continue it or choose a new directory")
             except BaseException as exc:
-                write_status(out, d, "failed", state.step, cfg.steps, error=f"{type(exc).__name__}: {exc}")
+                _failed(run, d, state.step, cfg.steps, exc)
+                raise
+            parallel.barrier(d)  # every rank has looked before rank 0 writes
+            log = MetricsLog(run, enabled=d.main, truncate_after=state.step if resume else 0)
+            try:
+                write_status(run, d, "running", state.step, cfg.steps, notes=self.notes)
+                self._loop(state, log)
+            except BaseException as exc:
+                _failed(run, d, state.step, cfg.steps, exc, self.notes)
                 raise
             finally:
                 log.close()
@@ -289,19 +308,36 @@ class Trainer:
         parallel.teardown(d)
         return summary
 
-    def _resume(self, root: Path) -> _State:
-        """Restore the newest complete checkpoint under `root`; returns the loop state saved with it."""
-        path = ckpt.latest(root)
-        if path is None:
-            raise ArchsmithError("resume", f"no complete checkpoint in {root}; start without --resume")
-        saved = ckpt.load(path, self.modules, self.optimizer, self.d, self.sharded, self.load_hook)
+    def _resume(self) -> _State:
+        """Restore the newest checkpoint every rank can read whole; a torn or unreadable newer one is named in
+        `notes` and skipped. Returns the loop state saved with the one restored."""
+        found = ckpt.complete(self.run)
+        if not found:
+            raise ArchsmithError("resume", f"no complete checkpoint in {self.run.path / ckpt.CHECKPOINTS}; start without --resume")
+        skipped = []
+        for _, name in reversed(found):
+            try:
+                saved, problem = ckpt.read(self.run, name, self.d.rank), None
+            except ArchsmithError as exc:
+                saved, problem = None, str(exc).split(": ", 1)[-1]
+            bad = parallel.all_reduce_sum(torch.tensor([float(problem is not None)], device=self.d.device), self.d)
+            if bad.item() == 0:
+                break
+            skipped.append(problem or f"{ckpt.CHECKPOINTS}/{name} is unreadable on another rank")
+        else:
+            raise ArchsmithError("resume", "no checkpoint can be read whole: " + "; ".join(skipped))
+        if skipped:
+            self.notes.append("; ".join(skipped) + f"; resumed from {ckpt.CHECKPOINTS}/{name}")
+            if self.d.main:
+                print(f"archsmith: {self.notes[-1]}", file=sys.stderr, flush=True)
+        saved = ckpt.load(self.run, name, self.modules, self.optimizer, self.d, self.sharded, self.load_hook, saved)
         self._check_resumable(saved)
         self.scheduler.load_state_dict(saved["scheduler"])
         if self.scaler is not None and saved.get("scaler"):
             self.scaler.load_state_dict(saved["scaler"])
         return _State(**{**saved["state"], "stop_reason": "steps"})
 
-    def _loop(self, state: _State, log: "MetricsLog", root: Path) -> None:
+    def _loop(self, state: _State, log: "MetricsLog") -> None:
         d, cfg = self.d, self.config
         if self.eval_data is not None and state.step == 0:
             self._evaluate(state, log)
@@ -321,7 +357,7 @@ class Trainer:
                 if stop and state.stop_reason == "steps":
                     state.stop_reason = "stopped by SIGTERM"
                 if (cfg.save_every and state.step % cfg.save_every == 0) or done or stop:
-                    self._save(state, root)
+                    self._save(state)
                 if stop:
                     break
                 self._clock += time.perf_counter() - pause
@@ -421,12 +457,12 @@ class Trainer:
         return cfg.patience is not None and state.bad_evals >= cfg.patience
 
     # ---- checkpoints and the end --------------------------------------------------------------
-    def _save(self, state: _State, root: Path) -> None:
+    def _save(self, state: _State) -> None:
         trainer_state = {"scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict() if self.scaler else None,
                          "state": asdict(state), "config": asdict(self.config), "world": self.d.world}
-        ckpt.save(root, state.step, trainer_state, self.modules, self.optimizer, self.d, self.sharded, self.save_hook,
+        ckpt.save(self.run, state.step, trainer_state, self.modules, self.optimizer, self.d, self.sharded, self.save_hook,
                   self.config.keep)
-        write_status(self.out, self.d, "running", state.step, self.config.steps)
+        write_status(self.run, self.d, "running", state.step, self.config.steps, notes=self.notes)
 
     def _check_resumable(self, saved: dict[str, Any]) -> None:
         """The saved run must have had the same global batch, seed and schedule shape (data and LR are functions of them)."""
@@ -436,20 +472,24 @@ class Trainer:
                 raise ArchsmithError(name, f"the checkpoint was trained with {name}={old[name]}; resume with the same value")
 
     def _finish(self, state: _State) -> dict[str, Any]:
-        d, out = self.d, self.out
+        d, run = self.d, self.run
         full = ckpt.full_model_state(self.modules, self.sharded)  # collective under FSDP
         summary: dict[str, Any] = {}
         if d.main:
-            import shutil
-
-            from archsmith.files import write_file
             from archsmith.train.metrics import loss_curve, read_metrics
 
-            final = out / "final"
-            shutil.rmtree(final, ignore_errors=True)
-            self.save_hook(self.model, full, final)
-            rows = read_metrics(out / "metrics.jsonl")
-            write_file(out / "loss.png", loss_curve(rows), overwrite=True)
+            final = run.path / FINAL
+            with run.dir(".") as top:  # written beside, then renamed into place: never half a final/
+                tmp = f".{FINAL}.tmp"
+                remove_entry(top, tmp)
+                os.mkdir(tmp, 0o777, dir_fd=top)
+                with run.dir(tmp) as fd:
+                    self.save_hook(self.model, full, Path(fd_path(fd)) / FINAL)
+                run.remove(FINAL)
+                run.rename(f"{tmp}/{FINAL}", FINAL)
+                remove_entry(top, tmp)
+            rows = read_metrics(run)
+            run.write("loss.png", loss_curve(rows))
             train_rows = [r for r in rows if r["kind"] == "train"]
             first, last = (train_rows[0], train_rows[-1]) if train_rows else ({}, {})
             # steady state: steps after the first (which pays for allocations and compilation)
@@ -461,14 +501,29 @@ class Trainer:
                 "elapsed_s": round(state.elapsed, 3), "world": d.world, "strategy": self.config.strategy if d.world > 1 else "single",
                 "precision": str(self.dtype).replace("torch.", "") if self.dtype else "float32",
                 "micro_batch": self.micro, "accumulation": self.accum,
-                "checkpoints": [p.name for _, p in ckpt.complete(out / ckpt.CHECKPOINTS)], "final": str(final),
+                "checkpoints": [name for _, name in ckpt.complete(run)], "final": str(final), "notes": self.notes,
             }
-            write_file(out / "summary.json", json.dumps(summary, indent=2) + "\n", overwrite=True)
-        write_status(out, d, "stopped" if state.stop_reason.startswith("stopped") else "finished", state.step, self.config.steps)
+            run.write("summary.json", json.dumps(summary, indent=2) + "\n")
+        write_status(run, d, "stopped" if state.stop_reason.startswith("stopped") else "finished", state.step, self.config.steps,
+                     notes=self.notes)
         return summary
 
     def _on_sigterm(self, signum, frame) -> None:
         self._stop_signal = True
+
+
+def _failed(run: HeldDir, d, step: int, steps: int, exc: BaseException, notes: list[str] | None = None) -> None:
+    """status.json says failed, with the one-line error; nothing when the run directory itself is what failed."""
+    try:
+        write_status(run, d, "failed", step, steps, error=_one_line(exc), notes=notes)
+    except ArchsmithError:
+        pass
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception as status.json's one-line error: an ArchsmithError as it reads, anything else with its type."""
+    text = (str(exc).strip().splitlines() or [""])[0][:300]
+    return text if isinstance(exc, ArchsmithError) else f"{type(exc).__name__}: {text}"
 
 
 def _main_thread() -> bool:

@@ -9,27 +9,30 @@ import time
 from pathlib import Path
 from typing import Any
 
-STATUS_FILE = "status.json"
+from archsmith.files import HeldDir
+
+STATUS_FILE, METRICS_FILE = "status.json", "metrics.jsonl"
+ROW_BYTES = 512  # more than a metrics row takes: status reads this many bytes per row it returns
 
 
 class MetricsLog:
-    """Appends one JSON object per line to `path` (rank 0 only). `truncate_after`: on resume, rows of later
-    steps (logged after the checkpoint by the interrupted run) are dropped first, so each step appears once."""
+    """Appends one JSON object per line to RUN/metrics.jsonl (rank 0 only), through the held run directory.
+    `truncate_after`: on resume, rows of later steps (logged after the checkpoint by the interrupted run) are
+    dropped first, so each step appears once."""
 
-    def __init__(self, path: Path, enabled: bool, truncate_after: int = 0):
-        self.fh = None
+    def __init__(self, run: HeldDir, enabled: bool, truncate_after: int = 0):
+        self.fh, self.run = None, run
         if not enabled:
             return
-        if truncate_after and path.exists():
-            from archsmith.files import write_file
-
-            kept = [line for line in path.read_text().splitlines(keepends=True) if _step(line) <= truncate_after]
-            write_file(path, "".join(kept), overwrite=True)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.fh = open(path, "a", encoding="utf-8")
+        if truncate_after and run.exists(METRICS_FILE):
+            with run.open(METRICS_FILE, "r", encoding="utf-8") as fh:
+                kept = [line for line in fh.read().splitlines(keepends=True) if _step(line) <= truncate_after]
+            run.write(METRICS_FILE, "".join(kept))
+        self.fh = run.open(METRICS_FILE, "a", encoding="utf-8")
 
     def write(self, row: dict[str, Any]) -> None:
         if self.fh is not None:
+            self.run.check()  # the open file moves with its directory: never append to one moved away
             self.fh.write(json.dumps({k: v for k, v in row.items() if not k.startswith("_")}) + "\n")
             self.fh.flush()  # a killed run keeps every row it logged
 
@@ -46,27 +49,36 @@ def _step(line: str) -> float:
         return float("inf")
 
 
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """The rows of a metrics.jsonl (a last line cut short by a kill is skipped)."""
+def read_metrics(run: HeldDir | str | Path, limit: int | None = None) -> list[dict[str, Any]]:
+    """The rows of RUN/metrics.jsonl (a last line cut short by a kill is skipped); `run` is the held run directory
+    or its path. `limit`: only the last bytes that hold about that many rows are read (status of a long run)."""
+    if not isinstance(run, HeldDir):
+        with HeldDir(run, "out", create=False) as held:
+            return read_metrics(held, limit)
+    if run.exists(METRICS_FILE) != "file":
+        return []
+    with run.open(METRICS_FILE, "rb") as fh:
+        if limit is not None:
+            size = os.fstat(fh.fileno()).st_size
+            fh.seek(max(0, size - limit * ROW_BYTES))
+        text = fh.read().decode("utf-8", errors="replace")
     rows = []
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                continue
+    for line in text.splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
     return rows
 
 
-def write_status(out: Path, d, state: str, step: int, steps: int, error: str | None = None) -> None:
-    """RUN/status.json (rank 0): state (running, finished, stopped, failed), step, steps, pid, time, error."""
+def write_status(run: HeldDir, d, state: str, step: int, steps: int, error: str | None = None,
+                 notes: list[str] | None = None) -> None:
+    """RUN/status.json (rank 0): state (running, finished, stopped, failed), step, steps, pid, time, error, notes."""
     if not d.main:
         return
-    from archsmith.files import write_file
-
     status = {"state": state, "step": step, "steps": steps, "pid": os.getpid(), "world": d.world,
-              "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "error": error}
-    write_file(out / STATUS_FILE, json.dumps(status, indent=2) + "\n", overwrite=True)
+              "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "error": error, "notes": list(notes or [])}
+    run.write(STATUS_FILE, json.dumps(status, indent=2) + "\n")
 
 
 def loss_curve(rows: list[dict[str, Any]]) -> bytes:

@@ -31,6 +31,7 @@ from archsmith.errors import ArchsmithError
 
 RUN_FILE = "run.json"
 DATA_DIR = "data"
+BOUNDARY_ENV = "ARCHSMITH_BOUNDARY"  # a workspace root: the run reads and writes only below it (set by the MCP server)
 LAUNCHED_ENV = "ARCHSMITH_TRAIN_LAUNCHED"  # set by `--nproc` for its torchrun children: the launcher reports
 DEFAULT_SAVE_EVERY = 1000  # steps between checkpoints: minutes of GPU work at risk, little time spent writing
 MAX_WARMUP = 2000  # default warmup is 5% of steps, capped here (GPT-3 / Llama warm up for 375M-2000 steps' tokens)
@@ -77,10 +78,10 @@ class RunArgs:
 
     def resolved(self) -> "RunArgs":
         """Defaults that depend on other fields, filled in (a resumed run keeps the warmup it started with)."""
-        saved = Path(self.out) / RUN_FILE
+        saved = _saved(Path(self.out))
         warmup = self.warmup
-        if warmup is None and self.resume and saved.is_file():
-            warmup = json.loads(saved.read_text())["settings"]["warmup"]
+        if warmup is None and self.resume and saved is not None:
+            warmup = saved["settings"]["warmup"]
         if warmup is None:
             warmup = min(MAX_WARMUP, self.steps // 20)
         eval_every = self.eval_every if self.eval_every is not None else self.save_every
@@ -122,6 +123,7 @@ class Plan:
 
 def check(args: RunArgs) -> Plan:
     """Validate everything before any work; raises ArchsmithError naming the field. Writes nothing."""
+    from archsmith.files import kind
     from archsmith.hfconfig import load_spec
     from archsmith.tokenizer import read_tokenizer
     from archsmith.train.data import corpus_files
@@ -131,13 +133,16 @@ def check(args: RunArgs) -> Plan:
     if not 0 <= args.eval_fraction < 1:
         raise ArchsmithError("eval_fraction", f"must be in [0, 1), got {args.eval_fraction}")
     source = Path(args.model)
-    config_path = source if source.is_file() else source / "config.json"
-    if not config_path.is_file():
+    what = kind(source, "model")
+    config_path = source if what == "file" else source / "config.json"
+    if kind(config_path, "model") != "file":
         raise ArchsmithError("model", f"{source} is neither a config.json nor a directory holding one")
     spec = load_spec(config_path)
-    weights = source.is_dir() and any(source.glob("*.safetensors"))
+    weights = what == "dir" and any(source.glob("*.safetensors"))
+    for file in sorted(source.glob("*.safetensors")) if weights else []:
+        _check_safetensors(file)
     tok_dir = Path(args.tokenizer) if args.tokenizer else (source if source.is_dir() else source.parent)
-    if not (tok_dir / "tokenizer.json").is_file() and not args.tokenizer:
+    if kind(tok_dir / "tokenizer.json", "tokenizer") != "file" and not args.tokenizer:
         raise ArchsmithError("tokenizer", f"{tok_dir} has no tokenizer.json; pass --tokenizer DIR "
                                           "(train one with `archsmith tokenizer train`)")
     tok = read_tokenizer(tok_dir)
@@ -155,6 +160,22 @@ def check(args: RunArgs) -> Plan:
     files = corpus_files(args.data, "data")
     _check_out(args)
     return Plan(args, config_path, weights, spec, tok, files, seq)
+
+
+def _check_safetensors(path: Path) -> None:
+    """Refuse, naming the file, weights whose safetensors header cannot be read (torn, or not safetensors at all)."""
+    from safetensors import SafetensorError, safe_open
+
+    from archsmith.files import kind
+
+    if kind(path, "model") != "file":
+        raise ArchsmithError("model", f"{path} is not a regular file")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            fh.keys()
+    except (SafetensorError, OSError, ValueError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise ArchsmithError("model", f"{path} is not a readable safetensors file ({reason})") from None
 
 
 def train_config(args: RunArgs):
@@ -177,22 +198,40 @@ def _settings(args: RunArgs) -> dict[str, Any]:
     return settings
 
 
+def _saved(out: Path) -> dict[str, Any] | None:
+    """RUN/run.json read through the workspace boundary; None when there is none."""
+    from archsmith.files import kind, read_text
+
+    if kind(out / RUN_FILE, "out") != "file":
+        return None
+    try:
+        return json.loads(read_text(out / RUN_FILE, "out"))
+    except ValueError:
+        raise ArchsmithError("out", f"{out / RUN_FILE} is not the JSON archsmith writes; choose a new directory") from None
+
+
 def _check_out(args: RunArgs) -> None:
     """A new or empty --out; one prepared with the same settings; or, with --resume, a run that has a checkpoint."""
     from archsmith.train.checkpoint import CHECKPOINTS, latest
 
+    from archsmith.files import HeldDir, kind
+
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
+    what = kind(out, "out")
+    if what not in (None, "dir"):
         raise ArchsmithError("out", f"{out} exists and is not a directory")
-    empty = not out.exists() or not any(out.iterdir())
-    saved = json.loads((out / RUN_FILE).read_text())["settings"] if (out / RUN_FILE).is_file() else None
+    entries, checkpoint = {}, None
+    if what == "dir":
+        with HeldDir(out, "out", create=False) as run:
+            entries, checkpoint = dict(run.listdir()), latest(run)
+    saved = (_saved(out) or {}).get("settings")
     if args.resume:
-        if saved is None or latest(out / CHECKPOINTS) is None:
+        if saved is None or checkpoint is None:
             raise ArchsmithError("resume", f"no complete checkpoint in {out / CHECKPOINTS}; start without --resume")
-    elif not empty:
+    elif entries:
         if saved is None:
             raise ArchsmithError("out", f"{out} exists and holds files that are not an archsmith run; choose a new directory")
-        if (out / "metrics.jsonl").exists() or (out / CHECKPOINTS).exists():
+        if "metrics.jsonl" in entries or CHECKPOINTS in entries:
             raise ArchsmithError("out", f"{out} holds another run; pass --resume to continue it or choose a new directory")
     if saved is not None:
         for key, value in _settings(args).items():
@@ -206,27 +245,47 @@ def record(plan: Plan) -> None:
     from archsmith.files import write_file
 
     out = Path(plan.args.out)
-    if not (out / RUN_FILE).is_file():
+    if _saved(out) is None:
         saved = {"settings": _settings(plan.args), "args": dataclasses.asdict(plan.args)}
         write_file(out / RUN_FILE, json.dumps(saved, indent=2) + "\n", field="out")
 
 
-def prepare(plan: Plan) -> Any:
-    """run.json, then the corpus tokenized into RUN/data (reused when unchanged); returns the TokenFile."""
-    import shutil
-
+def prepare(plan: Plan, hold: bool = False) -> Any:
+    """run.json, then the corpus tokenized into RUN/data (reused when unchanged); returns the TokenFile, or with
+    `hold` (TokenFile, the held run directory) for a training process that holds it for the whole run."""
+    from archsmith.files import HeldDir, kind
     from archsmith.train.data import tokenize
 
     out = Path(plan.args.out)
-    created = not out.exists()
+    created = kind(out, "out") is None
+    run = None
     try:
         record(plan)
-        return tokenize(plan.files, Path(plan.tokenizer.path) / "tokenizer.json", out / DATA_DIR, plan.tokenizer.eos_token_id,
-                        plan.args.field, progress=plan.args.progress, reuse_only=plan.args.resume)
+        run = HeldDir(out, "out")
+        with run.sub(DATA_DIR) as data:
+            tokens = tokenize(plan.files, Path(plan.tokenizer.path) / "tokenizer.json", data, plan.tokenizer.eos_token_id,
+                              plan.args.field, progress=plan.args.progress, reuse_only=plan.args.resume)
+        if hold:
+            return tokens, run
+        run.close()
+        return tokens
     except BaseException:
-        if created:  # bad data (no text, not UTF-8): leave nothing behind
-            shutil.rmtree(out, ignore_errors=True)
+        if run is not None:
+            run.close()
+        if created:  # bad data (no text, not UTF-8), a stop before the first step: leave nothing behind
+            _remove_new(out)
         raise
+
+
+def _remove_new(out: Path) -> None:
+    """Remove the run directory this call created, through the boundary (a symlink put there is only unlinked)."""
+    from archsmith.files import _located, remove_entry
+
+    try:
+        with _located(out, "out") as (parent, name, _):
+            remove_entry(parent, name)
+    except (FileNotFoundError, ArchsmithError):
+        pass
 
 
 def causal_lm_objective(modules, batch: dict[str, Any]):
@@ -253,6 +312,7 @@ def train(args: RunArgs) -> dict[str, Any]:
     """Run (this process's part of) the training; returns the summary on rank 0, {} elsewhere."""
     import torch
 
+    from archsmith.files import HeldDir
     from archsmith.network import CausalLM
     from archsmith.train import parallel
     from archsmith.train.data import TokenFile, lm_batch, split_windows
@@ -260,14 +320,17 @@ def train(args: RunArgs) -> dict[str, Any]:
 
     args = args.resolved()
     d = parallel.setup()
+    run = None
     try:
         if d.main:
             plan = check(args)
-            prepare(plan)
+            _, run = prepare(plan, hold=True)
         parallel.barrier(d)
         if not d.main:
             plan = check(args)
-        tokens = TokenFile.read(Path(args.out) / DATA_DIR)
+            run = HeldDir(args.out, "out", create=False)
+        with run.sub(DATA_DIR, create=False) as data:
+            tokens = TokenFile.read(data)
         train_windows, eval_windows = split_windows(tokens.array(), plan.seq, args.eval_fraction)
         if plan.weights:
             model = CausalLM.from_pretrained(Path(args.model), dtype=torch.float32)
@@ -277,13 +340,15 @@ def train(args: RunArgs) -> dict[str, Any]:
         pad = plan.tokenizer.pad_token_id if plan.tokenizer.pad_token_id is not None else tokens.eos_id
         trainer = Trainer(model, causal_lm_objective, train_windows, partial(lm_batch, pad_id=pad, eos_id=tokens.eos_id,
                                                                               document_mask=args.document_mask),
-                          args.out, train_config(args), eval_data=eval_windows, save_model=partial(_save_with_tokenizer, plan.tokenizer.path))
+                          run, train_config(args), eval_data=eval_windows, save_model=partial(_save_with_tokenizer, plan.tokenizer.path))
         summary = trainer.fit(resume=args.resume)
         if d.main:
             summary = {**summary, **_describe(plan, tokens, len(train_windows), len(eval_windows) if eval_windows else 0, model)}
-            _write_report(args, summary)
+            _write_report(run, args, summary)
         return summary
     finally:
+        if run is not None:
+            run.close()
         parallel.teardown(d)
 
 
@@ -302,14 +367,13 @@ def _describe(plan: Plan, tokens, train_windows: int, eval_windows: int, model) 
     }
 
 
-def _write_report(args: RunArgs, summary: dict[str, Any]) -> None:
-    """report.md and the full summary.json (the loop's plus the model, tokenizer and data)."""
-    from archsmith.files import write_file
+def _write_report(run: Any, args: RunArgs, summary: dict[str, Any]) -> None:
+    """report.md and the full summary.json (the loop's plus the model, tokenizer and data), into the held run."""
     from archsmith.report import render_template
 
     text = render_template("train_report.md.j2", {"s": summary, "argv": args.argv()})
-    write_file(Path(args.out) / "report.md", text, overwrite=True)
-    write_file(Path(args.out) / "summary.json", json.dumps(summary, indent=2) + "\n", overwrite=True)
+    run.write("report.md", text)
+    run.write("summary.json", json.dumps(summary, indent=2) + "\n")
 
 
 def launch(args: RunArgs) -> dict[str, Any]:
@@ -321,7 +385,7 @@ def launch(args: RunArgs) -> dict[str, Any]:
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.nproc)))  # cores shared by the processes
     if sys.platform.startswith("linux"):
         env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # one machine: gloo talks over loopback only
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(args.nproc),
+    command = [sys.executable, "-I", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(args.nproc),
                "-m", "archsmith.train", *args.argv()]
     proc = subprocess.Popen(command, env=env, stdout=2)  # the ranks print to stderr (fd 2): stdout carries --json
     # SIGTERM here reaches torchrun, which passes it to the ranks: they finish the step, save and exit
@@ -333,4 +397,6 @@ def launch(args: RunArgs) -> dict[str, Any]:
     if code != 0:
         raise ArchsmithError("train", f"torchrun exited with code {code} (the ranks' errors are above; "
                                       f"--resume continues from the last checkpoint in {args.out})")
-    return json.loads((Path(args.out) / "summary.json").read_text())
+    from archsmith.files import read_text
+
+    return json.loads(read_text(Path(args.out) / "summary.json", "out"))
