@@ -373,18 +373,63 @@ def test_mcp_failed_resume_reads_as_failed_not_stopped(tmp_path, tiny_lm):
             kill_group(pid)
 
 
-def test_corpus_directories_never_follow_a_planted_symlink(tmp_path, tiny_lm):
-    from archsmith.mcp_server.server import build_server
+def test_stdio_checkpoints_swapped_mid_run_stop_it_and_nothing_outside_changes(tmp_path, tiny_lm):
+    ws, outside = make_workspace(tmp_path, tiny_lm), tmp_path / "outside"
+    for name in ("step_000001", "step_000003"):
+        (outside / name).mkdir(parents=True)
+        (outside / name / "trainer.pt").write_text("decoy")
+    before = snapshot(outside)
+    params = StdioServerParameters(command=SERVER, args=["serve", "--root", str(ws)], env=server_env(ws), cwd=str(ws))
+    pids = []
 
+    async def main():
+        async with Client(params) as client:
+            started = await call(client, "start_training", {**RUN, "save_every": 2, "eval_every": 100000})
+            pids.append(started["pid"])
+            await wait_for(client, "run", lambda s: s["checkpoints"])  # between checkpoints: the first one is on disk
+            (ws / "run" / "checkpoints").rename(ws / "run" / "aside")
+            (ws / "run" / "checkpoints").symlink_to(outside)
+            failed = await wait_for(client, "run", lambda s: not s["alive"] and s["state"] != "starting")
+            assert failed["state"] == "failed" and "\n" not in failed["error"] and str(ws) not in json.dumps(failed)
+            assert failed["error"].startswith("out: 'run/checkpoints' is a symlink")
+
+    try:
+        anyio.run(main)
+    finally:
+        for pid in pids:
+            kill_group(pid)
+    assert snapshot(outside) == before
+
+
+def test_stdio_a_hub_config_over_the_cap_is_never_downloaded(tmp_path, tiny_lm):
+    from hubserver import FakeHub, Repo
+
+    ws = make_workspace(tmp_path, tiny_lm)
+    big = b'{"model_type": "llama", "pad": "' + b"x" * (17 << 20) + b'"}'  # 17 MiB, over the 16 MiB cap
+    with FakeHub([Repo("acme/huge", {"pipeline_tag": "text-generation"}, {"config.json": big, "README.md": b"# card"})]) as hub:
+        env = server_env(ws, HF_ENDPOINT=hub.url, HF_HUB_OFFLINE="0", HF_HUB_DISABLE_TELEMETRY="1")
+        params = StdioServerParameters(command=SERVER, args=["serve", "--root", str(ws)], env=env, cwd=str(ws))
+
+        async def main():
+            async with Client(params) as client:
+                report = await call(client, "evaluate_model", {"model_id": "acme/huge"})
+                assert any("config.json is 17,825,8" in p and "16,777,216-byte cap" in p for p in report["problems"])
+
+        anyio.run(main)
+        assert not hub.find("GET", "/acme/huge/resolve/main/config.json")
+
+
+def test_stdio_corpus_directories_never_follow_a_planted_symlink(tmp_path, tiny_lm):
     ws, outside = tmp_path / "ws", tmp_path / "outside"
     (ws / "corpus").mkdir(parents=True)
     outside.mkdir()
     shutil.copy(tiny_lm["corpus"], ws / "corpus" / "stories.txt")
     (outside / "secret.txt").write_text("zqxjvortexsecret " * 2000)
     (ws / "corpus" / "planted.txt").symlink_to(outside / "secret.txt")
+    params = StdioServerParameters(command=SERVER, args=["serve", "--root", str(ws)], env=server_env(ws), cwd=str(ws))
 
     async def main():
-        async with Client(build_server(ws)) as client:
+        async with Client(params) as client:
             report = await call(client, "train_tokenizer", {"corpus": ["corpus"], "out_dir": "tok", "vocab": 400})
             assert report["files"][0] == "tok/tokenizer.json"
             text = await refused(client, "train_tokenizer", {"corpus": ["corpus/planted.txt"], "out_dir": "tok2", "vocab": 400})
