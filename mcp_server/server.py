@@ -321,7 +321,10 @@ def serve(http_port: int | None = None, host: str = "127.0.0.1", root: str | Pat
     """Run until the client closes stdin (stdio) or the process is stopped (HTTP). Raises ArchsmithError before serving."""
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if http_port is None:
-        build_server(root).run("stdio")
+        server = build_server(root)
+        print(f"archsmith MCP server on stdio (workspace {server.root}): waiting for an MCP client on stdin; "
+              "Ctrl-C or end of input stops it", file=sys.stderr, flush=True)  # stdout carries the protocol only
+        server.run("stdio")
         return
     token = read_token(token_file)
     check_http(host, http_port, token, list(allow_hosts))

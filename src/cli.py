@@ -731,8 +731,16 @@ def train(
     line = f"loss {summary['first_loss']:.4f} -> {summary['last_loss']:.4f}"
     if len(evals) > 1:
         line += f"; held-out {evals[0]['loss']:.4f} -> {evals[-1]['loss']:.4f} (perplexity {evals[-1]['perplexity']:.2f})"
-    out.print(line + f"; {summary['stop_reason']}")
+    reason = summary["stop_reason"]
+    out.print(line + "; " + (f"all {summary['steps']} steps done" if reason == "steps" else reason))
     out.print(f"wrote {summary['final']} (model + tokenizer), report.md, loss.png, metrics.jsonl, checkpoints in {out_dir}", highlight=False)
+    if reason.startswith("stopped"):
+        from archsmith.train.run import resume_command
+
+        err.print(f"stopped at step {summary['steps']} with a checkpoint; continue with: {resume_command(args)}", highlight=False,
+                  soft_wrap=True)  # one line: a command to copy
+        if reason.endswith("SIGINT"):
+            raise typer.Exit(130)
 
 
 def main() -> None:

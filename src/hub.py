@@ -878,12 +878,16 @@ def spec_and_source(source: str, endpoint: str | None = None, token: str | bool 
     from archsmith.files import kind
     from archsmith.hfconfig import load_spec, spec_from_hf
 
-    if kind(source, "config") is not None or not re.fullmatch(r"[\w.-]+/[\w.-]+", source):
+    looks_local = source.endswith(".json") or kind(source.split("/", 1)[0], "config") == "dir"  # runs/nope: a typo
+    if looks_local or kind(source, "config") is not None or not re.fullmatch(r"[\w.-]+/[\w.-]+", source):
         return load_spec(source), str(source)
     _check_id(source)
     if not offline():
         client = api(endpoint, token)
-        return spec_from_hf(fetch_json(client, source, "config.json")), f"config.json from the Hub ({client.endpoint})"
+        try:
+            return spec_from_hf(fetch_json(client, source, "config.json")), f"config.json from the Hub ({client.endpoint})"
+        except HubError as exc:  # say that it was taken for a Hub id because no such local path exists
+            raise HubError(exc.field, f"{str(exc).split(': ', 1)[-1]} (no local path {source} either)") from None
     model = local_model(source)
     if model.config is None:
         raise HubError(source, f"offline, and config.json is not in the {CACHE}")

@@ -114,3 +114,11 @@ def test_compute_and_memory_budgets(tmp_path):
 def test_help_does_not_import_torch():
     code = "import sys; from archsmith.cli import app; assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_a_mistyped_local_path_is_a_missing_path_not_a_hub_failure(tmp_path):
+    (tmp_path / "runs").mkdir()
+    typo = run("estimate", "runs/nope", cwd=tmp_path)
+    assert typo.returncode == 2 and typo.stderr.strip() == "error: config: no such file: runs/nope"
+    json_typo = run("estimate", "nope/config.json", cwd=tmp_path)
+    assert json_typo.returncode == 2 and "no such file: nope/config.json" in json_typo.stderr and "Hub" not in json_typo.stderr

@@ -312,11 +312,12 @@ def test_no_network_fails_at_once_with_one_line(tmp_path):
            "HF_HOME": str(tmp_path / "hf"), "HF_HUB_DISABLE_TELEMETRY": "1"}
     exe = str(Path(sys.executable).parent / "archsmith")
     try:
-        for args, what in ((["search", "llama"], "search"), (["estimate", "acme/x"], "acme/x"), (["evaluate", "acme/x"], "acme/x")):
-            done = subprocess.run([exe, *args], env=env, capture_output=True, text=True, timeout=120)
+        for args, what, tail in ((["search", "llama"], "search", ""), (["estimate", "acme/x"], "acme/x", " (no local path acme/x either)"),
+                                 (["evaluate", "acme/x"], "acme/x", "")):
+            done = subprocess.run([exe, *args], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
             assert done.returncode == 2 and done.stdout == ""
             assert done.stderr == (f"error: {what}: cannot reach the Hub (no network?); set HF_HUB_OFFLINE=1 to use the "
-                                   "local HF cache and the reference architectures\n")
+                                   f"local HF cache and the reference architectures{tail}\n")
     finally:
         closed.close()
 

@@ -371,3 +371,14 @@ def test_fuzz_designs_that_get_written(fuzz_client, params, gpu, gpus, context, 
     args = {"params": params, "gpu": gpu, "gpus": gpus, "context": context, "vocab": vocab, "tokens": tokens}
     check_answer(portal, client, "design_architecture", args)
     check_answer(portal, client, "write_design", {**args, "out_dir": out_dir, "overwrite": True})
+
+
+def test_stdio_says_on_stderr_that_it_waits_and_stdout_stays_protocol_only(tmp_path):
+    """In a terminal a silent server looks hung: one line on stderr; stdout carries nothing but MCP messages."""
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "archsmith"), "serve", "--root", str(tmp_path)],
+                            env=server_env(tmp_path), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    first = proc.stderr.readline()
+    assert first.startswith(f"archsmith MCP server on stdio (workspace {tmp_path}): waiting for an MCP client on stdin")
+    stdout, _ = proc.communicate("", timeout=60)  # end of input: the server stops
+    assert proc.returncode == 0 and stdout == ""

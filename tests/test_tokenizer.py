@@ -63,6 +63,7 @@ def test_design_uses_tokenizer(tmp_path):
     assert (cfg["bos_token_id"], cfg["eos_token_id"], cfg["pad_token_id"]) == (1, 2, 0)
     report = (out / "architecture_report.md").read_text()
     assert "model_max_length is 2048, shorter than the context 4096" in report
+    assert "config.json carries bos 1, eos 2, pad 0 (unk 3 is the tokenizer's own" in report and "unk_token_id" not in cfg
 
 
 # ---- training -----------------------------------------------------------------------------------

@@ -44,6 +44,35 @@ def common(tiny_lm) -> list:
 
 # ---- kill and resume ----------------------------------------------------------------------------
 
+def test_ctrl_c_saves_a_checkpoint_says_how_to_resume_and_reads_as_stopped(tmp_path, tiny_lm):
+    import time
+
+    run = tmp_path / "run"
+    args = [*map(str, common(tiny_lm)), "--steps", "100000", "--save-every", "100000", "--out", str(run)]
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "archsmith"), "train", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (run / "metrics.jsonl").exists() or len((run / "metrics.jsonl").read_text().splitlines()) < 3:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)  # polling another process's progress
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 130, stderr
+    status = json.loads((run / "status.json").read_text())
+    step = status["step"]
+    assert status["state"] == "stopped" and (run / "checkpoints" / f"step_{step:06d}").is_dir()
+    assert f"stopped at step {step} with a checkpoint; continue with: archsmith train " in stderr
+    hint = stderr.split("continue with: ", 1)[1].strip()
+    assert hint.endswith("--resume") and hint.count("--steps") == 1 and "stopped by SIGINT" in " ".join(stdout.split())
+    report = (run / "report.md").read_text()
+    assert report.count("--resume --steps N") == 1 and report.split("Continue this run")[1].count("--steps") == 1
+    resumed = subprocess.run(["bash", "-c", hint.replace("archsmith train", f"{Path(sys.executable).parent}/archsmith train", 1)
+                              .replace("--steps 100000", f"--steps {step + 1}")], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((run / "status.json").read_text())["state"] == "finished"
+    assert f"all {step + 1} steps done" in " ".join(resumed.stdout.split())
+
+
 KILL_DURING_THIRD_CHECKPOINT = """
 import os, signal, sys
 from archsmith.train import checkpoint

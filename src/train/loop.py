@@ -38,8 +38,8 @@ biases, embeddings); linear warmup then cosine / linear / WSD decay to `min_lr_r
 gradient clipping; bf16 autocast (fp16 + GradScaler) where supported (FSDP: a mixed-precision
 policy); optional activation checkpointing and torch.compile; evaluation every `eval_every`
 steps with early stopping after `patience` evaluations without improvement; checkpoints every
-`save_every` steps (atomic, keep-last-N, `fit(resume=True)` continues from the newest); SIGTERM
-stops after the current step with a checkpoint. It writes into `out`:
+`save_every` steps (atomic, keep-last-N, `fit(resume=True)` continues from the newest); SIGTERM or
+SIGINT (Ctrl-C) stops after the current step with a checkpoint. It writes into `out`:
 
     metrics.jsonl    one JSON object per optimizer step: kind "train", step, loss, lr, tokens
                      (seen so far), tokens_per_s, grad_norm, elapsed_s, the objective's metrics;
@@ -74,6 +74,7 @@ from archsmith.train.metrics import MetricsLog, write_status
 
 SCHEDULES = ("cosine", "linear", "wsd")
 FINAL = "final"  # RUN/final: the trained model as a Hugging Face model directory
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # each ends the run after the current step, with a checkpoint
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 Objective = Callable[[nn.Module, Any], "tuple[torch.Tensor, dict[str, Any]]"]
@@ -208,7 +209,7 @@ class Trainer:
         self.notes: list[str] = []  # what the run should tell its user (a torn checkpoint skipped on resume)
         self.eval_data = eval_data if eval_data is not None and len(eval_data) > 0 else None
         self.save_hook, self.load_hook, self.count_tokens = save_model, load_model, count_tokens
-        self._stop_signal = False
+        self._stop_signal = 0  # the signal asking to stop (SIGTERM, SIGINT), 0 while none did
 
     # ---- set-up -------------------------------------------------------------------------------
     def _precision(self, device: torch.device) -> tuple[torch.dtype | None, bool]:
@@ -279,7 +280,7 @@ class Trainer:
     def _fit(self, resume: bool) -> dict[str, Any]:
         self._prepare()
         d, cfg, run = self.d, self.config, self.run
-        previous = signal.signal(signal.SIGTERM, self._on_sigterm) if _main_thread() else None
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS} if _main_thread() else {}
         state = _State()
         try:
             try:
@@ -301,8 +302,8 @@ class Trainer:
             finally:
                 log.close()
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
             torch.use_deterministic_algorithms(self._was_deterministic)
         summary = self._finish(state)
         parallel.teardown(d)
@@ -355,7 +356,8 @@ class Trainer:
                     if self._evaluate(state, log):
                         state.stop_reason, stop = f"early stop: no improvement in {cfg.patience} evaluations", True
                 if stop and state.stop_reason == "steps":
-                    state.stop_reason = "stopped by SIGTERM"
+                    state.stop_reason = (f"stopped by {signal.Signals(self._stop_signal).name}" if self._stop_signal
+                                         else "stopped by a signal to another process")
                 if (cfg.save_every and state.step % cfg.save_every == 0) or done or stop:
                     self._save(state)
                 if stop:
@@ -508,8 +510,8 @@ class Trainer:
                      notes=self.notes)
         return summary
 
-    def _on_sigterm(self, signum, frame) -> None:
-        self._stop_signal = True
+    def _on_signal(self, signum, frame) -> None:
+        self._stop_signal = signum  # the step ends, a checkpoint is written, the loop stops
 
 
 def _failed(run: HeldDir, d, step: int, steps: int, exc: BaseException, notes: list[str] | None = None) -> None:

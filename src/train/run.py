@@ -367,11 +367,24 @@ def _describe(plan: Plan, tokens, train_windows: int, eval_windows: int, model) 
     }
 
 
+def resume_command(args: RunArgs, steps: str | None = None) -> str:
+    """The shell command that continues this run; `steps`: a new --steps value in its place (e.g. "N")."""
+    import shlex
+
+    argv = [a for a in args.argv() if a != "--resume"]
+    if steps is not None and "--steps" in argv:
+        at = argv.index("--steps")
+        del argv[at:at + 2]
+    argv += ["--nproc", str(args.nproc)] if args.nproc > 1 else []
+    argv += ["--resume"] + (["--steps", steps] if steps is not None else [])
+    return shlex.join(["archsmith", "train", *argv])
+
+
 def _write_report(run: Any, args: RunArgs, summary: dict[str, Any]) -> None:
     """report.md and the full summary.json (the loop's plus the model, tokenizer and data), into the held run."""
     from archsmith.report import render_template
 
-    text = render_template("train_report.md.j2", {"s": summary, "argv": args.argv()})
+    text = render_template("train_report.md.j2", {"s": summary, "resume": resume_command(args, steps="N")})
     run.write("report.md", text)
     run.write("summary.json", json.dumps(summary, indent=2) + "\n")
 
