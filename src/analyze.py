@@ -332,6 +332,23 @@ def count_flops(module, args: tuple = (), kwargs: dict | None = None) -> int:
     return counter.get_total_flops()
 
 
+@contextlib.contextmanager
+def silent_stderr():
+    """File descriptor 2 to /dev/null inside the block: the profiler's C++ side prints `USDT: ... profiler_start`
+    lines there that no logging setting reaches."""
+    import sys
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def median_ms(fn: Callable[[], Any], repeats: int = 5, warmup: int = 2) -> float:
     """Median wall-clock milliseconds of `fn()` over `repeats` calls after `warmup` calls."""
     for _ in range(warmup):
@@ -462,7 +479,8 @@ def _profile_shares(module, args, kwargs, repeats: int) -> tuple[dict[str, float
     try:
         warmup = 2  # profiled but discarded: the first passes carry one-off costs (allocations, profiler start)
         schedule = torch.profiler.schedule(wait=0, warmup=warmup, active=repeats, repeat=1)
-        with torch.no_grad(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], schedule=schedule) as prof:
+        with torch.no_grad(), silent_stderr(), \
+                torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], schedule=schedule) as prof:
             for _ in range(warmup + repeats):
                 module(*args, **kwargs)
                 prof.step()

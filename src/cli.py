@@ -6,12 +6,13 @@ stderr naming the field, exit code 2, nothing written.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any, NamedTuple, Optional
+from typing import Any, Callable, Iterator, NamedTuple, Optional
 
 import typer
 from rich.cells import cell_len
@@ -52,8 +53,9 @@ def _flags_take_no_value(params: list) -> None:
             param.metavar = ""
 
 
+# rich_markup_mode=None: click's help, which wraps only at spaces and moves help text under a long option at 80 columns
 app = typer.Typer(cls=_Commands, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  context_settings={"help_option_names": ["-h", "--help"]},
+                  rich_markup_mode=None, context_settings={"help_option_names": ["-h", "--help"]},
                   help="Model-architecture specialists: designs, estimates and configs that are computed, not guessed.")
 err = Console(stderr=True)
 out = Console()
@@ -91,9 +93,12 @@ def show_table(title: str | None, columns: list[Column], rows: list[list[str]], 
     console = console or out
     keep = list(range(len(columns)))
 
+    def word(i: int) -> int:  # the longest word of a text column: wrapped at spaces, never inside a word
+        return max((cell_len(w) for r in rows for w in r[i].split()), default=1)
+
     def width(i: int) -> int:
         cells = [cell_len(r[i]) for r in rows] + [cell_len(w) for w in columns[i].header.split()]
-        return max(cells, default=1) if columns[i].number else min(max(cells, default=1), TEXT_MIN)
+        return max(cells, default=1) if columns[i].number else max(min(max(cells, default=1), TEXT_MIN), word(i))
 
     while sum(width(i) + 3 for i in keep) + 1 > console.width and any(columns[i].optional for i in keep):
         keep.remove(max(i for i in keep if columns[i].optional))
@@ -104,7 +109,7 @@ def show_table(title: str | None, columns: list[Column], rows: list[list[str]], 
             if c.number:
                 table.add_column("\n".join(textwrap.wrap(c.header, width(i))), justify="right", no_wrap=True)
             else:
-                table.add_column(c.header, overflow="fold")
+                table.add_column(c.header, overflow="fold", min_width=word(i))
         for r in rows:
             table.add_row(*(r[i] for i in keep))
         console.print(table)
@@ -123,6 +128,19 @@ def show_table(title: str | None, columns: list[Column], rows: list[list[str]], 
         for i, (c, cell) in enumerate(zip(columns, r)):
             table.add_row(c.header, Text(cell, style="bold") if i == 0 else cell, end_section=i == len(r) - 1)
     console.print(table)
+
+
+@contextlib.contextmanager
+def stages(first: str, bar_inside: bool = False) -> Iterator[Callable[[str], None]]:
+    """The stages of a long command on stderr; the value says the next one. A spinner on a terminal; plain lines when
+    piped, or when a progress bar of its own runs inside (distill's training), so the two never share a line."""
+    if err.is_terminal and not bar_inside:
+        with err.status(first) as status:
+            yield lambda message: status.update(message)
+        return
+    say = lambda message: err.print(message, highlight=False, soft_wrap=True)  # noqa: E731
+    say(first)
+    yield say
 
 
 def _fail(exc: Exception) -> None:
@@ -450,7 +468,7 @@ def analyze(
         if chart is not None and chart.exists() and not overwrite:
             raise ArchsmithError("chart", f"{chart} exists; pass --overwrite to replace it")
         shapes = [analyzer.parse_shape(s) for s in input_shape] if input_shape else None
-        with err.status(f"analysing {model}"):
+        with stages(f"analysing {model}"):
             result = analyzer.run(model, batch=batch, seq=seq, input_shapes=shapes, meta=meta, repeats=repeats, top=top)
         if chart is not None:
             result["chart"] = str(write_file(chart, analyzer.chart(result), overwrite, "chart"))
@@ -506,9 +524,9 @@ def compress(
     from archsmith.compress import compress as run
 
     try:
-        with err.status("compressing") as status:
+        with stages("compressing") as say:
             report = run(model, reduction, out_dir, strategy=strategy, v2=v2, kv_heads=kv_heads, calibration=calibration,
-                         heldout=heldout, repeats=repeats, overwrite=overwrite, progress=status.update)
+                         heldout=heldout, repeats=repeats, overwrite=overwrite, progress=say)
     except ArchsmithError as exc:
         _fail(exc)
     if as_json:
@@ -551,10 +569,10 @@ def distill(
     from archsmith.distill import distill as run
 
     try:
-        with err.status("distilling") as status:
+        with stages("distilling", bar_inside=not as_json) as say:
             report = run(teacher, student, data, out_dir, steps=steps, temperature=temperature, alpha=alpha,
                          hidden_weight=hidden_weight, attention_weight=attention_weight, lr=lr, batch=batch, seq=seq,
-                         heldout=heldout, resume=resume, progress=not as_json, say=status.update)
+                         heldout=heldout, resume=resume, progress=not as_json, say=say)
     except ArchsmithError as exc:
         _fail(exc)
     if as_json:
@@ -583,8 +601,8 @@ def export(
     from archsmith.export import export as run
 
     try:
-        with err.status("exporting") as status:
-            report = run(model, fmt, out_dir, quantize=quantize, overwrite=overwrite, repeats=repeats, progress=status.update)
+        with stages("exporting") as say:
+            report = run(model, fmt, out_dir, quantize=quantize, overwrite=overwrite, repeats=repeats, progress=say)
     except ArchsmithError as exc:
         _fail(exc)
     if as_json:
@@ -624,7 +642,7 @@ def serve(
         pass
 
 
-tokenizer_app = typer.Typer(no_args_is_help=True, help="Tokenizers: train one on a corpus (the design and train steps read it).")
+tokenizer_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Tokenizers: train one on a corpus (the design and train steps read it).")
 app.add_typer(tokenizer_app, name="tokenizer")
 
 

@@ -171,3 +171,14 @@ def test_count_flops_through_modules_kernels_wraps_and_keeps_requires_grad():
     ids = torch.randint(3, spec.vocab_size, (2, 48), generator=torch.Generator().manual_seed(0))
     assert count_flops(model, kwargs={"input_ids": ids}) == forward_flops(spec, 2, 48, causal=False)["total"]
     assert all(p.requires_grad for p in model.parameters())
+
+
+def test_piped_analyze_names_its_stage_and_no_profiler_noise(tmp_path):
+    """Piped, a spinner says nothing: the stage is a plain line; the profiler's C++ `USDT: ...` lines never appear."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([str(Path(sys.executable).parent / "archsmith"), "analyze", f"{FACTORIES}:cnn", "--json"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == f"analysing {FACTORIES}:cnn\n" and json.loads(done.stdout)["totals"]["params"] > 0

@@ -53,6 +53,7 @@ def test_design_table_keeps_every_number_whole(run, tmp_path, args):
     numbers = []
     for c in data["candidates"]:
         numbers += [f"{c['params']:,}", c["shape"], human_duration(c["train_time_seconds"]), human_bytes(c["memory_per_gpu_bytes"])]
+        numbers.append(c["name"])  # names wrap at spaces, never inside a word ("balanced-lean-kv")
     assert_whole(table_part(result.stdout), numbers)
     for line in data["assumptions"]:  # the assumptions follow the table
         assert " ".join(line.split()) in " ".join(result.stdout.split())
@@ -164,3 +165,23 @@ def test_bad_options_are_one_line_errors(run, tmp_path, args, field, says, never
     assert line.startswith(f"error: {field}: ") and "\n" not in line and says in line, line
     assert never is None or never not in line
     assert not out.exists()
+
+
+@pytest.mark.parametrize("command", [[], *([c] for c in COMMANDS), ["tokenizer", "train"]], ids=lambda c: " ".join(c) or "archsmith")
+def test_help_at_80_columns_never_splits_a_word(command):
+    """Every option name and every word of every help text appears whole; no line passes 80 columns."""
+    import click
+
+    result = CliRunner().invoke(cli.app, [*command, "--help"], terminal_width=80, env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    assert max(len(line) for line in result.output.splitlines()) <= 80
+    tokens = set(result.output.split())
+    group = get_command(cli.app)
+    target = group
+    for name in command:
+        target = target.commands[name] if isinstance(target, click.Group) else target
+    for param in [p for p in target.params if p.name != "version"]:  # --version is the top command's
+        for name in [*getattr(param, "opts", []), *getattr(param, "secondary_opts", [])]:
+            assert any(name in t for t in tokens), name
+        for word in (getattr(param, "help", None) or "").split():
+            assert word in tokens or any(word in t for t in tokens), (param.name, word)

@@ -44,6 +44,62 @@ def common(tiny_lm) -> list:
 
 # ---- kill and resume ----------------------------------------------------------------------------
 
+def test_piped_train_prints_plain_progress_lines(tmp_path, tiny_lm):
+    """Piped to a file a bar is silent: plain lines instead (every ARCHSMITH_PROGRESS_EVERY_S, here every step)."""
+    run = tmp_path / "run"
+    env = {**os.environ, "ARCHSMITH_PROGRESS_EVERY_S": "0"}
+    args = [*map(str, common(tiny_lm))][:-1] + ["--steps", "4", "--save-every", "100000", "--out", str(run)]
+    done = subprocess.run([str(Path(sys.executable).parent / "archsmith"), "train", *args], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.startswith("training: ")]
+    assert [line.split()[1] for line in lines[:4]] == ["1/4", "2/4", "3/4", "4/4"] and "loss " in lines[0]
+    assert any(line.startswith("tokenizing: ") and "MiB" in line for line in done.stderr.splitlines())
+    quiet = subprocess.run([str(Path(sys.executable).parent / "archsmith"), "train", *args[:-1], str(tmp_path / "quiet"),
+                            "--no-progress"], env=env, capture_output=True, text=True, timeout=300)
+    assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
+
+
+def test_status_follows_the_steps_between_checkpoints(tmp_path, tiny_lm):
+    import time
+
+    run = tmp_path / "run"
+    args = [*map(str, common(tiny_lm)), "--steps", "100000", "--save-every", "100000", "--out", str(run)]
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "archsmith"), "train", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "ARCHSMITH_PROGRESS_EVERY_S": "0"})
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            status = json.loads((run / "status.json").read_text()) if (run / "status.json").exists() else {}
+            if status.get("step", 0) >= 3:
+                break
+            assert proc.poll() is None and time.monotonic() < deadline, status
+            time.sleep(0.05)  # polling another process's progress
+        assert status["state"] == "running" and not any((run / "checkpoints").glob("step_*"))
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_run_killed_before_its_first_checkpoint_blocks_no_corrected_retry(tmp_path, tiny_lm):
+    import time
+
+    run = tmp_path / "run"
+    args = [*map(str, common(tiny_lm)), "--save-every", "100000", "--out", str(run)]
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "archsmith"), "train", *args, "--steps", "100000"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while not (run / "metrics.jsonl").exists() or not (run / "metrics.jsonl").read_text().strip():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)  # polling another process's progress
+    proc.kill()
+    proc.wait()
+    assert (run / "run.json").is_file() and not any((run / "checkpoints").glob("step_*"))
+    retry = cli("train", *args[:args.index("--lr")], "--lr", "1e-3", *args[args.index("--lr") + 2:], "--steps", 3, "--json")
+    assert json.loads(retry)["steps"] == 3 and json.loads((run / "run.json").read_text())["settings"]["lr"] == 1e-3
+    assert [r["step"] for r in read_metrics(run) if r["kind"] == "train"] == [1, 2, 3]  # the killed start's rows are gone
+
+
 def test_ctrl_c_saves_a_checkpoint_says_how_to_resume_and_reads_as_stopped(tmp_path, tiny_lm):
     import time
 

@@ -258,27 +258,18 @@ def tokenize(files: Sequence[Path], tokenizer_json: str | Path, out: str | Path 
     return TokenFile(out.path, count, docs, dtype, eos_id, stamp, _map(out, dtype, count))
 
 
-class progress_bar:
-    """A rich progress bar over bytes on stderr, or nothing; the context value is `advance(n)`."""
+def progress_bar(enabled: bool, what: str, total: int):
+    """A byte-progress context whose value is `advance(n)` (archsmith.progress: a bar, or plain lines when piped)."""
+    import contextlib
 
-    def __init__(self, enabled: bool, what: str, total: int):
-        self.enabled, self.what, self.total = enabled, what, total
+    from archsmith.progress import Progress
 
-    def __enter__(self) -> Callable[[int], None]:
-        if not self.enabled:
-            return lambda n: None
-        from rich.console import Console
-        from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+    @contextlib.contextmanager
+    def bar():
+        with Progress(what, total, unit="bytes", enabled=enabled, transient=True) as progress:
+            yield progress.advance
 
-        self.bar = Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-                            TransferSpeedColumn(), TimeRemainingColumn(), console=Console(stderr=True), transient=True)
-        self.bar.start()
-        task = self.bar.add_task(self.what, total=self.total)
-        return lambda n: self.bar.advance(task, n)
-
-    def __exit__(self, *exc) -> None:
-        if self.enabled:
-            self.bar.stop()
+    return bar()
 
 
 # ---- packing, split, order ----------------------------------------------------------------------

@@ -67,6 +67,7 @@ from torch import nn
 
 from archsmith.errors import ArchsmithError
 from archsmith.files import HeldDir, fd_path, remove_entry
+from archsmith.progress import EVERY_S, Progress
 from archsmith.train import checkpoint as ckpt
 from archsmith.train import parallel
 from archsmith.train.data import Order, rank_slice
@@ -74,6 +75,7 @@ from archsmith.train.metrics import MetricsLog, write_status
 
 SCHEDULES = ("cosine", "linear", "wsd")
 FINAL = "final"  # RUN/final: the trained model as a Hugging Face model directory
+STATUS_EVERY_S = EVERY_S  # status.json is rewritten at most this often between checkpoints
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # each ends the run after the current step, with a checkpoint
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -210,6 +212,7 @@ class Trainer:
         self.eval_data = eval_data if eval_data is not None and len(eval_data) > 0 else None
         self.save_hook, self.load_hook, self.count_tokens = save_model, load_model, count_tokens
         self._stop_signal = 0  # the signal asking to stop (SIGTERM, SIGINT), 0 while none did
+        self._status_at = time.monotonic()  # when status.json was last written
 
     # ---- set-up -------------------------------------------------------------------------------
     def _precision(self, device: torch.device) -> tuple[torch.dtype | None, bool]:
@@ -286,8 +289,10 @@ class Trainer:
             try:
                 if resume:
                     state = self._resume()
-                elif run.exists("metrics.jsonl") or run.exists(ckpt.CHECKPOINTS):
+                elif ckpt.complete(run):
                     raise ArchsmithError("out", f"{run.path} holds another run; pass --resume to continue it or choose a new directory")
+                elif d.main:  # a start that stopped before its first checkpoint: its rows are not this run's
+                    run.remove("metrics.jsonl")
             except BaseException as exc:
                 _failed(run, d, state.step, cfg.steps, exc)
                 raise
@@ -342,13 +347,15 @@ class Trainer:
         d, cfg = self.d, self.config
         if self.eval_data is not None and state.step == 0:
             self._evaluate(state, log)
-        progress = _Progress(cfg.progress and d.main, state.step, cfg.steps)
         self._clock = time.perf_counter()  # a step's time runs from the previous step's end: logging counts, evaluations do not
-        try:
+        with Progress("training", cfg.steps, enabled=cfg.progress and d.main, done=state.step) as progress:
             while state.step < cfg.steps:
                 row = self._step(state)
                 log.write(row)
-                progress.update(state.step, row)
+                progress.update(state.step, f"loss {row['loss']:.4f}  lr {row['lr']:.2e}  {row['tokens_per_s']:,.0f} tok/s")
+                if time.monotonic() - self._status_at >= STATUS_EVERY_S:  # watchers see the step between checkpoints
+                    write_status(self.run, d, "running", state.step, cfg.steps, notes=self.notes)
+                    self._status_at = time.monotonic()
                 pause = time.perf_counter()
                 stop = bool(row.pop("_stop"))
                 done = state.step == cfg.steps
@@ -363,8 +370,6 @@ class Trainer:
                 if stop:
                     break
                 self._clock += time.perf_counter() - pause
-        finally:
-            progress.close()
 
     def _step(self, state: _State) -> dict[str, Any]:
         d, cfg = self.d, self.config
@@ -532,29 +537,3 @@ def _main_thread() -> bool:
     import threading
 
     return threading.current_thread() is threading.main_thread()
-
-
-class _Progress:
-    """A rich progress bar on stderr (rank 0): step / steps, loss, lr, tokens/s."""
-
-    def __init__(self, enabled: bool, done: int, total: int):
-        self.bar = None
-        if not enabled:
-            return
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
-
-        self.bar = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), "{task.fields[info]}",
-                            TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True))
-        self.task = self.bar.add_task("training", total=total, completed=done, info="")
-        self.bar.start()
-
-    def update(self, step: int, row: dict[str, Any]) -> None:
-        if self.bar is not None:
-            info = f"loss {row['loss']:.4f}  lr {row['lr']:.2e}  {row['tokens_per_s']:,.0f} tok/s"
-            self.bar.update(self.task, completed=step, info=info)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-

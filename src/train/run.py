@@ -211,10 +211,10 @@ def _saved(out: Path) -> dict[str, Any] | None:
 
 
 def _check_out(args: RunArgs) -> None:
-    """A new or empty --out; one prepared with the same settings; or, with --resume, a run that has a checkpoint."""
-    from archsmith.train.checkpoint import CHECKPOINTS, latest
-
+    """A new or empty --out; a run that stopped before its first checkpoint (started again, with any settings); or,
+    with --resume, a run that has a checkpoint."""
     from archsmith.files import HeldDir, kind
+    from archsmith.train.checkpoint import CHECKPOINTS, latest
 
     out = Path(args.out)
     what = kind(out, "out")
@@ -231,8 +231,9 @@ def _check_out(args: RunArgs) -> None:
     elif entries:
         if saved is None:
             raise ArchsmithError("out", f"{out} exists and holds files that are not an archsmith run; choose a new directory")
-        if "metrics.jsonl" in entries or CHECKPOINTS in entries:
+        if checkpoint is not None:
             raise ArchsmithError("out", f"{out} holds another run; pass --resume to continue it or choose a new directory")
+        return  # no checkpoint: nothing to lose, the run starts again with these settings
     if saved is not None:
         for key, value in _settings(args).items():
             if saved.get(key) != value:
@@ -241,13 +242,13 @@ def _check_out(args: RunArgs) -> None:
 
 
 def record(plan: Plan) -> None:
-    """Write RUN/run.json (the settings a resume must match) unless it is there."""
+    """Write RUN/run.json (the settings a resume must match); a resumed run keeps the one it started with."""
     from archsmith.files import write_file
 
     out = Path(plan.args.out)
-    if _saved(out) is None:
+    if not plan.args.resume or _saved(out) is None:
         saved = {"settings": _settings(plan.args), "args": dataclasses.asdict(plan.args)}
-        write_file(out / RUN_FILE, json.dumps(saved, indent=2) + "\n", field="out")
+        write_file(out / RUN_FILE, json.dumps(saved, indent=2) + "\n", overwrite=True, field="out")
 
 
 def prepare(plan: Plan, hold: bool = False) -> Any:

@@ -1,0 +1,64 @@
+"""Progress of long work on stderr: a rich bar on a terminal, a plain line every few seconds when piped.
+
+    with Progress("training", total=1000, unit="steps") as bar:
+        bar.update(step, "loss 3.21  lr 3.0e-04  12,345 tok/s")
+
+Piped to a file or another program, a bar would be silent until the end (or fill the log with redraws), so
+there it prints `training: 40/1000 steps, loss 3.21 ... (12 s)` at most every `EVERY_S` seconds
+($ARCHSMITH_PROGRESS_EVERY_S), and once at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any
+
+EVERY_S = float(os.environ.get("ARCHSMITH_PROGRESS_EVERY_S", "10"))
+
+
+class Progress:
+    """Work of `total` units (steps, or bytes with unit="bytes"); nothing at all when not `enabled`."""
+
+    def __init__(self, what: str, total: int, unit: str = "steps", enabled: bool = True, done: int = 0,
+                 transient: bool = False):
+        self.what, self.total, self.unit, self.enabled, self.done = what, total, unit, enabled, done
+        self.transient, self.info, self.bar = transient, "", None
+        self.started = self.printed = time.monotonic()
+
+    def __enter__(self) -> "Progress":
+        if self.enabled and sys.stderr.isatty():
+            from rich.console import Console
+            from rich import progress as rp
+
+            columns: list[Any] = ["[progress.description]{task.description}", rp.BarColumn()]
+            columns += ([rp.DownloadColumn(), rp.TransferSpeedColumn()] if self.unit == "bytes" else
+                        [rp.MofNCompleteColumn(), "{task.fields[info]}", rp.TimeElapsedColumn()])
+            self.bar = rp.Progress(*columns, rp.TimeRemainingColumn(), console=Console(stderr=True), transient=self.transient)
+            self.task = self.bar.add_task(self.what, total=self.total, completed=self.done, info="")
+            self.bar.start()
+        return self
+
+    def update(self, done: int, info: str = "") -> None:
+        self.done, self.info = done, info
+        if self.bar is not None:
+            self.bar.update(self.task, completed=done, info=info)
+        elif self.enabled and time.monotonic() - self.printed >= EVERY_S:
+            self._line()
+
+    def advance(self, n: int) -> None:
+        self.update(self.done + n, self.info)
+
+    def _line(self) -> None:
+        self.printed = time.monotonic()
+        count = (f"{self.done / 2**20:,.1f}/{self.total / 2**20:,.1f} MiB" if self.unit == "bytes" else
+                 f"{self.done:,}/{self.total:,} {self.unit}")
+        info = f", {self.info}" if self.info else ""
+        print(f"{self.what}: {count}{info} ({self.printed - self.started:.0f} s)", file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+        elif self.enabled and self.done:
+            self._line()
