@@ -669,6 +669,8 @@ def tokenizer_train(
         written = write_files(out_dir, files, overwrite)
     except ArchsmithError as exc:
         _fail(exc)
+    for warning in report["warnings"]:
+        err.print(f"[yellow]warning:[/yellow] {warning}", highlight=False, soft_wrap=True)
     if as_json:
         _json({**report, "files": [str(p) for p in written]})
         return

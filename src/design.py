@@ -177,6 +177,7 @@ def _summarise(c: Candidate, tokens: int | None, gpu: dict[str, Any], mfu: float
         "shape": f"{spec.hidden_size} x {spec.num_layers}",
         "aspect": round(spec.hidden_size / spec.num_layers, 1),
         "train_tokens": train_tokens,
+        "tokens_source": "given" if tokens else "Chinchilla, 20 per parameter",
         "tokens_per_param": round(train_tokens / counts["total"], 1),
         "train_flops": f["training_per_token"] * train_tokens,
         "train_time": est.training_time(f["training_per_token"] * train_tokens, gpu, setup["gpus"], mfu),

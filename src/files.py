@@ -397,6 +397,7 @@ def _temp_dir(parent: int, name: str, parent_path: Path) -> Iterator[tuple[str, 
 def _write(dir_fd: int, name: str, content: Content, dir_path: Path) -> None:
     if callable(content):
         content(dir_path / name)
+        usual_modes(dir_fd, name)  # writers such as safetensors create their files 0600
         return
     data = content.encode("utf-8") if isinstance(content, str) else bytes(content)
     fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o666, dir_fd=dir_fd)  # the umask applies
@@ -404,6 +405,30 @@ def _write(dir_fd: int, name: str, content: Content, dir_path: Path) -> None:
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def usual_modes(dir_fd: int, name: str = ".", mode: int | None = None) -> None:
+    """Give the file `name` of directory `dir_fd` (a directory: every regular file below it) the mode a new file
+    gets here, 0666 less the umask (writers such as safetensors create theirs 0600)."""
+    if mode is None:  # what the umask makes of 0666, read by making a file (the umask cannot be read without a race)
+        probe = f".archsmith-mode-{os.getpid()}-{secrets.token_hex(4)}"
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o666, dir_fd=dir_fd)
+        mode = stat.S_IMODE(os.fstat(fd).st_mode)
+        os.close(fd)
+        os.unlink(probe, dir_fd=dir_fd)
+    try:
+        fd = os.open(name, os.O_RDONLY | _NOFOLLOW, dir_fd=dir_fd)
+    except OSError:  # gone, or a symlink: left as it is
+        return
+    try:
+        kind_ = os.fstat(fd).st_mode
+        if stat.S_ISREG(kind_):
+            os.fchmod(fd, mode)
+        elif stat.S_ISDIR(kind_):
+            for entry in os.listdir(fd):
+                usual_modes(fd, entry, mode)
+    finally:
+        os.close(fd)
 
 
 def _verify(parent: int, tmp: str, tmp_fd: int, names: Iterable[str], field: str, out: Path) -> None:
@@ -661,6 +686,7 @@ class HeldDir:
             try:
                 if callable(content):
                     content(Path(fd_path(parent)) / tmp)
+                    usual_modes(parent, tmp)
                 else:
                     _write(parent, tmp, content, Path(fd_path(parent)))
                 if not stat.S_ISREG(os.stat(tmp, dir_fd=parent, follow_symlinks=False).st_mode):

@@ -15,6 +15,8 @@ import sys
 import time
 from typing import Any
 
+from archsmith.units import human_bytes
+
 EVERY_S = float(os.environ.get("ARCHSMITH_PROGRESS_EVERY_S", "10"))
 
 
@@ -52,7 +54,7 @@ class Progress:
 
     def _line(self) -> None:
         self.printed = time.monotonic()
-        count = (f"{self.done / 2**20:,.1f}/{self.total / 2**20:,.1f} MiB" if self.unit == "bytes" else
+        count = (f"{human_bytes(self.done)} of {human_bytes(self.total)}" if self.unit == "bytes" else
                  f"{self.done:,}/{self.total:,} {self.unit}")
         info = f", {self.info}" if self.info else ""
         print(f"{self.what}: {count}{info} ({self.printed - self.started:.0f} s)", file=sys.stderr, flush=True)

@@ -225,7 +225,11 @@ def train_tokenizer(corpus: list[str | Path], vocab: int, kind: str = "bpe", spe
                             "max": int(max(lengths)), "mean": round(float(np.mean(lengths)), 2)},
         "training_seconds": round(seconds, 3),
         "training_mb_per_s": round(total / 1e6 / seconds, 3) if seconds > 0 else None,
+        "warnings": [],
     }
+    if report["vocab_size"] < vocab:  # a small corpus has fewer distinct pieces than asked for
+        report["warnings"].append(f"asked for {vocab:,} tokens, the corpus yields {report['vocab_size']:,} ({kind}): "
+                                  "a larger corpus gives the full vocabulary; design with this tokenizer's size")
     files_out = {
         "tokenizer.json": tok.to_str(pretty=True),
         "tokenizer_config.json": json.dumps(config, indent=2) + "\n",

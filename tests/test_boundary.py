@@ -227,6 +227,34 @@ def test_written_files_keep_the_users_umask(tmp_path):
     assert (tmp_path / "d").stat().st_mode & 0o777 == 0o750
 
 
+def test_weights_and_checkpoints_keep_the_users_umask(tmp_path):
+    """safetensors creates its files 0600: weights, checkpoints and final/ still read like the user's other files."""
+    import torch
+    from conftest import TINY_LM
+
+    from archsmith.network import CausalLM
+    from archsmith.spec import ArchitectureSpec
+    from archsmith.train.data import lm_batch, split_windows
+    from archsmith.train.loop import Trainer, TrainConfig
+    from archsmith.train.run import causal_lm_objective
+
+    model = CausalLM.from_spec(ArchitectureSpec(**TINY_LM))
+    train, _ = split_windows(torch.arange(2048).remainder(512).numpy(), 32, 0.0)
+    old = os.umask(0o022)
+    try:
+        model.save_pretrained(tmp_path / "saved")
+        Trainer(model, causal_lm_objective, train, lambda w: lm_batch(w, 0, 2), tmp_path / "run",
+                TrainConfig(steps=2, global_batch=2, save_every=1, progress=False)).fit()
+    finally:
+        os.umask(old)
+    weights = [tmp_path / "saved" / "model.safetensors", tmp_path / "run" / "final" / "model.safetensors",
+               *(tmp_path / "run" / "checkpoints").glob("step_*/model/model.safetensors"),
+               *(tmp_path / "run" / "checkpoints").glob("step_*/trainer.pt")]
+    assert len(weights) == 6
+    for path in weights:
+        assert path.stat().st_mode & 0o777 == 0o644, path
+
+
 # ---- hostile Hub data ----------------------------------------------------------------------------------
 
 def alias_bomb(depth: int = 6, width: int = 9) -> bytes:

@@ -106,3 +106,18 @@ def test_fsdp_run_as_written(scratch):
     assert one.keys() == two.keys()
     assert max(abs(one[s] - two[s]) for s in range(1, 6)) <= 1e-5  # before rounding differences grow
     assert max(abs(one[s] - two[s]) for s in one) <= 1e-3
+
+
+def test_what_you_get_runs_as_written(tmp_path):
+    """The first example: a tokenizer, then a 1B design that reads it (nothing is assumed to exist beforehand)."""
+    import json
+    import sys
+
+    (tmp_path / ".venv").symlink_to(Path(sys.prefix))
+    (tmp_path / "tests").symlink_to(README.parent / "tests")
+    block = re.search(r"```bash\n(.*?)```", readme_section("## What you get"), re.S).group(1)
+    for line in block.strip().splitlines():
+        shell(line, tmp_path)
+    config = json.loads((tmp_path / "runs" / "1b" / "config.json").read_text())
+    assert config["vocab_size"] == 768 and (config["bos_token_id"], config["eos_token_id"]) == (1, 2)
+    assert (tmp_path / "runs" / "1b" / "tokenizer.json").is_file()

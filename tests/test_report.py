@@ -101,3 +101,10 @@ def test_report_words_match_the_numbers(rendered):
     path = markdown_table(report, "template")
     assert [row[0] for row in path] == [s["template"] for s in result["scaling_path"]]
     assert [row[1] for row in path] == [s["shape"] for s in result["scaling_path"]]
+
+
+def test_the_tokens_row_says_where_its_tokens_come_from():
+    given = render_design(design_from_text(params="125M", tokens="10B"))["architecture_report.md"]
+    assert "| training tokens (given) | 10B |" in given and "\n| Chinchilla tokens |" not in given  # (the scaling path keeps its own)
+    default = render_design(design_from_text(params="125M"))["architecture_report.md"]
+    assert "| training tokens (Chinchilla, 20 per parameter) |" in default

@@ -164,3 +164,19 @@ def test_training_refuses_bad_input(tmp_path):
     (tmp_path / "taken" / "tokenizer.json").write_text("{}")
     refused(STORIES, "--vocab", 300, "--out", tmp_path / "taken", field="out")
     assert (tmp_path / "taken" / "tokenizer.json").read_text() == "{}"
+
+
+def test_a_vocabulary_smaller_than_asked_is_a_warning(tmp_path):
+    """Unigram on a small corpus yields fewer pieces than asked: the report and the CLI say so."""
+    from archsmith.tokenizer import train_tokenizer
+
+    corpus = tmp_path / "small.txt"
+    corpus.write_text("the cat sat on the mat.\n\nthe dog sat on the log.\n\n" * 20)
+    files, report = train_tokenizer([corpus], 500, kind="unigram", progress=False)
+    assert report["vocab_size"] < 500 and report["warnings"] == [
+        f"asked for 500 tokens, the corpus yields {report['vocab_size']:,} (unigram): a larger corpus gives the full "
+        "vocabulary; design with this tokenizer's size"]
+    done = subprocess.run([sys.executable, "-m", "archsmith.cli", "tokenizer", "train", str(corpus), "--vocab", "500",
+                           "--kind", "unigram", "--out", str(tmp_path / "tok")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "\nwarning: asked for 500 tokens, the corpus yields" in "\n" + done.stderr, done.stderr
+    assert train_tokenizer([STORIES], 400, progress=False)[1]["warnings"] == []

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from archsmith.errors import ArchsmithError
-from archsmith.files import HeldDir, fd_path, remove_entry
+from archsmith.files import HeldDir, fd_path, remove_entry, usual_modes
 from archsmith.train.parallel import Dist, barrier
 
 CHECKPOINTS = "checkpoints"
@@ -165,6 +165,7 @@ def save(run: HeldDir, step: int, trainer_state: dict[str, Any], modules: nn.Mod
         if d.main:
             _save_pt(state, where / TRAINER_FILE)
         _save_pt(rng_state(), where / f"rng_rank{d.rank}.pt")
+        usual_modes(fd)  # safetensors writes 0600; a checkpoint reads like the user's other files
     barrier(d)
     if d.main:
         with run.dir(CHECKPOINTS) as root:

@@ -66,7 +66,7 @@ import torch
 from torch import nn
 
 from archsmith.errors import ArchsmithError
-from archsmith.files import HeldDir, fd_path, remove_entry
+from archsmith.files import HeldDir, fd_path, remove_entry, usual_modes
 from archsmith.progress import EVERY_S, Progress
 from archsmith.train import checkpoint as ckpt
 from archsmith.train import parallel
@@ -492,6 +492,7 @@ class Trainer:
                 os.mkdir(tmp, 0o777, dir_fd=top)
                 with run.dir(tmp) as fd:
                     self.save_hook(self.model, full, Path(fd_path(fd)) / FINAL)
+                    usual_modes(fd)
                 run.remove(FINAL)
                 run.rename(f"{tmp}/{FINAL}", FINAL)
                 remove_entry(top, tmp)
