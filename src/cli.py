@@ -133,14 +133,19 @@ def show_table(title: str | None, columns: list[Column], rows: list[list[str]], 
 @contextlib.contextmanager
 def stages(first: str, bar_inside: bool = False) -> Iterator[Callable[[str], None]]:
     """The stages of a long command on stderr; the value says the next one. A spinner on a terminal; plain lines when
-    piped, or when a progress bar of its own runs inside (distill's training), so the two never share a line."""
+    piped, or when a progress bar of its own runs inside (distill's training), so the two never share a line (a
+    stage shows once it has run a moment: bad input stays one line)."""
     if err.is_terminal and not bar_inside:
         with err.status(first) as status:
             yield lambda message: status.update(message)
         return
-    say = lambda message: err.print(message, highlight=False, soft_wrap=True)  # noqa: E731
-    say(first)
-    yield say
+    from archsmith.progress import Stages
+
+    lines = Stages(first)
+    try:
+        yield lines.say
+    finally:
+        lines.close()
 
 
 def _fail(exc: Exception) -> None:

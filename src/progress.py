@@ -5,7 +5,8 @@
 
 Piped to a file or another program, a bar would be silent until the end (or fill the log with redraws), so
 there it prints `training: 40/1000 steps, loss 3.21 ... (12 s)` at most every `EVERY_S` seconds
-($ARCHSMITH_PROGRESS_EVERY_S), and once at the end.
+($ARCHSMITH_PROGRESS_EVERY_S), and once at the end of work that took that long; quick work and failures
+print nothing more than their result or their one-line error.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 from archsmith.units import human_bytes
 
 EVERY_S = float(os.environ.get("ARCHSMITH_PROGRESS_EVERY_S", "10"))
+STAGE_DELAY_S = min(3.0, EVERY_S)  # a stage line appears once the stage has run this long
 
 
 class Progress:
@@ -59,8 +61,32 @@ class Progress:
         info = f", {self.info}" if self.info else ""
         print(f"{self.what}: {count}{info} ({self.printed - self.started:.0f} s)", file=sys.stderr, flush=True)
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, kind, *exc) -> None:
         if self.bar is not None:
             self.bar.stop()
-        elif self.enabled and self.done:
-            self._line()
+        elif self.enabled and self.done and kind is None and time.monotonic() - self.started >= EVERY_S:
+            self._line()  # work that took a while ends with its total; a quick one, or a failure, adds no line
+
+
+class Stages:
+    """The stages of a long command as plain lines on stderr (for pipes): a stage is printed only once it has run
+    `STAGE_DELAY_S`, so quick work and bad input (one error line) print nothing more."""
+
+    def __init__(self, first: str):
+        import threading
+
+        self._lock, self._timer, self._threading = threading.Lock(), None, threading
+        self.say(first)
+
+    def say(self, message: str) -> None:
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self._threading.Timer(STAGE_DELAY_S, lambda: print(message, file=sys.stderr, flush=True))
+            self._timer.daemon = True
+            self._timer.start()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()

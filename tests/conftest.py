@@ -200,3 +200,28 @@ def tiny_lm(tmp_path_factory) -> dict[str, Path]:
     config = json.dumps(hf_from_spec(ArchitectureSpec(**TINY_LM)), indent=2)
     write_files(root / "model", {**files, "config.json": config})
     return {"tokenizer": root / "tok", "model": root / "model", "corpus": STORIES}
+
+
+def serve_http(root: Path, env: dict[str, str], port: int | None = None):
+    """`archsmith serve --http` on a free loopback port, started the way a user starts it; returns (process, URL)
+    once the port accepts connections."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    if port is None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "archsmith"), "serve", "--http", str(port), "--root", str(root)],
+                            env=env, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while True:  # ready when the port accepts connections
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return proc, f"http://127.0.0.1:{port}/mcp"
+        except OSError:
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.05)  # polling a port another process opens

@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import anyio
@@ -22,6 +20,7 @@ from archsmith import families
 from archsmith.catalog import reference_config
 from archsmith.mcp_server.server import build_server
 from archsmith.mcp_server.tools import TOOLS
+from conftest import serve_http
 
 ROOT = Path(__file__).resolve().parents[1]
 LLAMA = reference_config("meta-llama__Llama-3.2-1B")
@@ -140,21 +139,8 @@ async def fifty_concurrent_estimates(client: Client) -> None:
 
 @pytest.fixture
 def http_server(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "archsmith"), "serve", "--http", str(port), "--root", str(tmp_path)],
-                            env=server_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 30
-    while True:  # ready when the port accepts connections
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            assert proc.poll() is None, proc.stderr.read().decode()
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/mcp", tmp_path
+    proc, url = serve_http(tmp_path, server_env(tmp_path))
+    yield url, tmp_path
     proc.terminate()
     proc.wait(timeout=10)
 

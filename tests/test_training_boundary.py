@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,7 +27,7 @@ from mcp.types import Implementation
 
 from archsmith import files
 from archsmith.errors import ArchsmithError
-from conftest import TINY_LM
+from conftest import TINY_LM, serve_http
 
 SERVER = str(Path(sys.executable).parent / "archsmith")
 PLANTED = ("archsmith/__init__.py", "yaml.py", "numpy.py", "safetensors.py", "torch.py", "sitecustomize.py")
@@ -147,22 +146,8 @@ def test_stdio_status_never_follows_a_planted_symlink(tmp_path, tiny_lm):
 @pytest.fixture
 def http_server(tmp_path, tiny_lm):
     ws = make_workspace(tmp_path, tiny_lm)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = server_env(ws, ARCHSMITH_MAX_RUNS_PER_CLIENT="1", ARCHSMITH_MAX_TRAIN_PROCS="2")
-    proc = subprocess.Popen([SERVER, "serve", "--http", str(port), "--root", str(ws)], env=env, cwd=ws,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
-    while True:  # ready when the port accepts connections
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            assert proc.poll() is None, proc.stderr.read().decode()
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/mcp", ws
+    proc, url = serve_http(ws, server_env(ws, ARCHSMITH_MAX_RUNS_PER_CLIENT="1", ARCHSMITH_MAX_TRAIN_PROCS="2"))
+    yield url, ws
     proc.terminate()
     proc.wait(timeout=30)
 
