@@ -308,14 +308,15 @@ def test_resume_falls_back_from_torn_and_pickled_checkpoints(tmp_path, tiny_lm):
     first = CliRunner().invoke(app, ["train", *base, "--steps", "6"])
     assert first.exit_code == 0, first.output
     ckpts = tmp_path / "run" / "checkpoints"
-    trainer = ckpts / "step_000006" / "trainer.pt"
-    trainer.write_bytes(trainer.read_bytes()[:100])  # torn
+    weights = ckpts / "step_000006" / "model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-4096])  # torn
     torch.save({"namespace": argparse.Namespace(x=1)}, ckpts / "step_000004" / "trainer.pt")  # pickled objects
     resumed = CliRunner().invoke(app, ["train", *base, "--steps", "8", "--resume", "--json"])
     assert resumed.exit_code == 0, resumed.output
     summary = json.loads(resumed.stdout)
     (note,) = summary["notes"]
-    assert "checkpoints/step_000006/trainer.pt is torn" in note and "checkpoints/step_000004/trainer.pt holds objects" in note
+    assert "checkpoints/step_000006/model/model.safetensors is torn" in note
+    assert "checkpoints/step_000004/trainer.pt holds objects" in note
     assert note.endswith("resumed from checkpoints/step_000002") and "weights_only=False" not in note
     assert summary["steps"] == 8
     for step in (6, 8):  # the newest two now; both readable again

@@ -182,9 +182,9 @@ def save(run: HeldDir, step: int, trainer_state: dict[str, Any], modules: nn.Mod
 def read(run: HeldDir, name: str, rank: int) -> dict[str, Any]:
     """What checkpoint `name` holds for this rank, read and checked before anything is restored: {"trainer": the
     trainer state, "rng": this rank's RNG states or None, "extra": extra modules' tensors or None, "kinds": its
-    entries}; every model safetensors file is read whole once. Raises ArchsmithError naming the file when one is
-    torn, unreadable or holds pickled objects."""
-    from safetensors import SafetensorError
+    entries}; every model safetensors file's header is checked against its size (the load hook reads the tensors).
+    Raises ArchsmithError naming the file when one is torn, unreadable or holds pickled objects."""
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     shown = f"{CHECKPOINTS}/{name}"
@@ -200,12 +200,13 @@ def read(run: HeldDir, name: str, rank: int) -> dict[str, Any]:
                 out["extra"] = load_file(str(where / EXTRA_FILE))
             except (SafetensorError, OSError, ValueError) as exc:
                 raise ArchsmithError("resume", f"{shown}/{EXTRA_FILE} is torn or not safetensors ({_first_line(exc)})") from None
-        for file in sorted(run.listdir(f"{shown}/model") if files.get("model") == "dir" else []):
-            if file[0].endswith(".safetensors"):
-                try:
-                    load_file(str(where / "model" / file[0]))  # readable whole: header and every tensor
+        for name, _ in run.listdir(f"{shown}/model") if files.get("model") == "dir" else []:
+            if name.endswith(".safetensors"):
+                try:  # the header, and every tensor's offsets inside the file's size: a cut file fails here
+                    with safe_open(str(where / "model" / name), framework="pt") as fh:
+                        fh.keys()
                 except (SafetensorError, OSError, ValueError) as exc:
-                    raise ArchsmithError("resume", f"{shown}/model/{file[0]} is torn or not safetensors ({_first_line(exc)})") from None
+                    raise ArchsmithError("resume", f"{shown}/model/{name} is torn or not safetensors ({_first_line(exc)})") from None
         out["kinds"] = files
     return out
 
