@@ -537,9 +537,8 @@ def _read_json(path, problems: list[str]) -> dict[str, Any] | None:
     if path is None:
         return None
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read(JSON_BYTES + 1)
-        if len(raw) > JSON_BYTES:
+        raw = capped_bytes(path, JSON_BYTES)
+        if raw is None:
             problems.append(f"{path.name} in the local HF cache is over the {JSON_BYTES:,}-byte cap; not read")
             return None
         data = json.loads(raw.decode("utf-8"))
@@ -607,14 +606,19 @@ def download(client, repo_id: str, filename: str, cap: int) -> str:
     return call(client.hf_hub_download, repo_id, filename, what=repo_id)
 
 
+def capped_bytes(path, cap: int) -> bytes | None:
+    """The bytes of `path`, None when it holds more than `cap` (never read past cap + 1)."""
+    with open(path, "rb") as fh:
+        raw = fh.read(cap + 1)
+    return raw if len(raw) <= cap else None
+
+
 def fetch_json(client, repo_id: str, filename: str) -> dict[str, Any]:
     """Download one small JSON file (cached by huggingface_hub; at most JSON_BYTES) and parse it."""
     from archsmith.errors import ConfigError
 
-    path = download(client, repo_id, filename, JSON_BYTES)
-    with open(path, "rb") as fh:
-        raw = fh.read(JSON_BYTES + 1)
-    if len(raw) > JSON_BYTES:
+    raw = capped_bytes(download(client, repo_id, filename, JSON_BYTES), JSON_BYTES)
+    if raw is None:
         raise ConfigError(filename, f"{repo_id}/{filename} is over the {JSON_BYTES:,}-byte cap on JSON read from the Hub")
     try:
         data = json.loads(raw.decode("utf-8"))

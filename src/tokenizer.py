@@ -143,7 +143,8 @@ def train_tokenizer(corpus: list[str | Path], vocab: int, kind: str = "bpe", spe
     import numpy as np
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    from archsmith.train.data import corpus_files, documents, progress_bar
+    from archsmith.progress import Progress
+    from archsmith.train.data import corpus_files, documents
 
     if kind not in KINDS:
         raise ConfigError("kind", f"must be one of {', '.join(KINDS)}; got {kind!r}")
@@ -186,9 +187,9 @@ def train_tokenizer(corpus: list[str | Path], vocab: int, kind: str = "bpe", spe
 
     total = sum(p.stat().st_size for p in files)
     start = time.perf_counter()
-    with progress_bar(progress, "training tokenizer", total) as advance:
+    with Progress("training tokenizer", total, unit="bytes", enabled=progress, transient=True) as bar:
         try:
-            tok.train_from_iterator(training_documents(advance), trainer)
+            tok.train_from_iterator(training_documents(bar.advance), trainer)
         except ArchsmithError:
             raise
         except Exception as exc:  # tokenizers raises bare Exceptions, e.g. a Unigram vocabulary the corpus cannot fill

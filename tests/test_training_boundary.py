@@ -84,6 +84,23 @@ def kill_group(pid: int) -> None:
         pass
 
 
+def run_reaping(main, pids: list[int]) -> None:
+    """anyio.run(main), then kill every training process group it started, whatever failed."""
+    try:
+        anyio.run(main)
+    finally:
+        for pid in pids:
+            kill_group(pid)
+
+
+async def stop_and_wait(client, out: str) -> dict:
+    """stop_training, then the status once the process has ended: stopped, and the caller's own run."""
+    await call(client, "stop_training", {"out_dir": out})
+    stopped = await wait_for(client, out, lambda s: not s["alive"])
+    assert stopped["state"] == "stopped" and stopped["owner"] == "you", stopped
+    return stopped
+
+
 def test_stdio_the_child_imports_nothing_planted_and_gets_no_secrets(tmp_path, tiny_lm):
     ws = make_workspace(tmp_path, tiny_lm)
     params = StdioServerParameters(command=SERVER, args=["serve", "--root", str(ws)], env=server_env(ws), cwd=str(ws))
@@ -99,17 +116,10 @@ def test_stdio_the_child_imports_nothing_planted_and_gets_no_secrets(tmp_path, t
             environ = dict(line.split("=", 1) for line in
                            Path(f"/proc/{started['pid']}/environ").read_bytes().decode().split("\0") if "=" in line)
             assert not set(SECRETS) & set(environ) and "PYTHONPATH" not in environ
-            cwd = Path(os.readlink(f"/proc/{started['pid']}/cwd"))
-            assert not cwd.is_relative_to(ws) and not any(cwd.iterdir())  # the server's own empty directory
-            await call(client, "stop_training", {"out_dir": "run"})
-            stopped = await wait_for(client, "run", lambda s: not s["alive"])
-            assert stopped["state"] == "stopped" and stopped["owner"] == "you"
+            assert os.readlink(f"/proc/{started['pid']}/cwd") == "/"  # not the workspace; nothing made outside for it
+            await stop_and_wait(client, "run")
 
-    try:
-        anyio.run(main)
-    finally:
-        for pid in pids:
-            kill_group(pid)
+    run_reaping(main, pids)
     assert sorted(p.name for p in ws.glob("PWNED-*")) == []
     assert (ws / "run" / "final" / "model.safetensors").is_file()
 
@@ -176,15 +186,11 @@ def test_http_runs_are_their_clients_bounded_and_only_provably_theirs_are_signal
             assert "not a run this server started" in text and decoy.poll() is None
             assert (await call(a, "training_status", {"out_dir": "forged"}))["owner"] == "unknown"
             await wait_for(a, "run", lambda s: s["step"] >= 1)
-            await call(a, "stop_training", {"out_dir": "run"})
-            stopped = await wait_for(a, "run", lambda s: not s["alive"])
-            assert stopped["state"] == "stopped" and stopped["owner"] == "you"
+            await stop_and_wait(a, "run")
 
     try:
-        anyio.run(main)
+        run_reaping(main, pids)
     finally:
-        for pid in pids:
-            kill_group(pid)
         decoy.kill()
         decoy.wait()
 
@@ -352,11 +358,7 @@ def test_mcp_failed_resume_reads_as_failed_not_stopped(tmp_path, tiny_lm):
             assert failed["state"] == "failed" and failed["error"].startswith("resume: no checkpoint can be read whole")
             assert str(ws) not in json.dumps(failed)
 
-    try:
-        anyio.run(main)
-    finally:
-        for pid in pids:
-            kill_group(pid)
+    run_reaping(main, pids)
 
 
 def test_stdio_checkpoints_swapped_mid_run_stop_it_and_nothing_outside_changes(tmp_path, tiny_lm):
@@ -379,11 +381,7 @@ def test_stdio_checkpoints_swapped_mid_run_stop_it_and_nothing_outside_changes(t
             assert failed["state"] == "failed" and "\n" not in failed["error"] and str(ws) not in json.dumps(failed)
             assert failed["error"].startswith("out: 'run/checkpoints' is a symlink")
 
-    try:
-        anyio.run(main)
-    finally:
-        for pid in pids:
-            kill_group(pid)
+    run_reaping(main, pids)
     assert snapshot(outside) == before
 
 

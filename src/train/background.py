@@ -3,9 +3,10 @@
 The server owns what it starts, whole:
 
 - **The child imports nothing from the workspace.** It runs `python -I -m archsmith.cli train …` (isolated mode:
-  no PYTHON* variables, no user site, neither the working directory nor a script's directory on `sys.path`) in
-  an empty private directory of the server's, with an environment filtered to what training needs (no API keys,
-  Hub tokens or other secrets: training never reaches the Hub) plus PYTHONSAFEPATH=1 for torchrun's ranks.
+  no PYTHON* variables, no user site, neither the working directory nor a script's directory on `sys.path`) with
+  `/` as its working directory (nothing is created outside the workspace for it), an environment filtered to what
+  training needs (no API keys, Hub tokens or other secrets: training never reaches the Hub) and PYTHONSAFEPATH=1
+  for torchrun's ranks.
 - **The boundary holds in the child for the whole run.** It gets the workspace root (BOUNDARY_ENV) and opens
   RUN once (`archsmith.files.HeldDir`): every later write, rename, rotation and delete is relative to that
   descriptor and never crosses a symlink; a run directory moved or swapped stops the run with one line.
@@ -28,7 +29,6 @@ import re
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -48,6 +48,7 @@ MAX_RUNS = int(os.environ.get("ARCHSMITH_MAX_RUNS", "4"))
 MAX_RUNS_PER_CLIENT = int(os.environ.get("ARCHSMITH_MAX_RUNS_PER_CLIENT", "2"))
 MAX_PROCS = int(os.environ.get("ARCHSMITH_MAX_TRAIN_PROCS", str(max(2, os.cpu_count() or 2))))
 SERVER_ID = uuid.uuid4().hex[:12]  # this server instance
+CHILD_CWD = "/"  # the training process's working directory: never the workspace, and nothing is created for it
 # Environment variables a training process keeps (names, or prefixes ending in "_"); everything else is dropped.
 KEEP_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TERM", "LC_", "OMP_NUM_THREADS",
             "MKL_", "OPENBLAS_", "CUDA_", "NVIDIA_", "HIP_", "ROCR_", "PYTORCH_", "TORCH_", "NCCL_", "GLOO_", "TORCHINDUCTOR_",
@@ -71,7 +72,6 @@ class Launch:
 
 _runs: dict[str, Launch] = {}
 _lock = threading.Lock()
-_cwd: Path | None = None
 
 
 def child_environment() -> dict[str, str]:
@@ -79,14 +79,6 @@ def child_environment() -> dict[str, str]:
     keep = {k: v for k, v in os.environ.items()
             if any(k == name or (name.endswith("_") and k.startswith(name)) for name in KEEP_ENV) and not SECRET.search(k)}
     return {**keep, "PYTHONSAFEPATH": "1", "PYTHONNOUSERSITE": "1"}
-
-
-def child_cwd() -> Path:
-    """An empty directory only this server uses, as the training processes' working directory."""
-    global _cwd
-    if _cwd is None or not _cwd.is_dir():
-        _cwd = Path(tempfile.mkdtemp(prefix=f"archsmith-{SERVER_ID}-"))
-    return _cwd
 
 
 def _identity(pid: int) -> tuple[int, int] | None:
@@ -153,7 +145,7 @@ def start(args: RunArgs, root: Path, shown: RunArgs, client: str = "local") -> d
     from archsmith.files import HeldDir
 
     with HeldDir(args.out, "out_dir", create=False) as run, run.open(LOG_FILE, "ab") as log:
-        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=child_cwd(),
+        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=CHILD_CWD,
                                 env=env, start_new_session=True, close_fds=True)
     ident = _identity(proc.pid) or (0, proc.pid)
     launch = Launch(real, shown.out, proc.pid, ident[0], ident[1], args.nproc, client, proc)

@@ -31,6 +31,7 @@ import numpy as np
 
 from archsmith.errors import ArchsmithError
 from archsmith.files import HeldDir
+from archsmith.progress import Progress
 
 TEXT_SUFFIXES = (".txt", ".text", ".md")
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
@@ -225,7 +226,8 @@ def tokenize(files: Sequence[Path], tokenizer_json: str | Path, out: str | Path 
     out.remove(tmp)
     total_bytes = sum(p.stat().st_size for p in files)
     count = docs = 0
-    with progress_bar(progress, "tokenizing", total_bytes) as advance, out.open(tmp, "ab") as sink:
+    bar = Progress("tokenizing", total_bytes, unit="bytes", enabled=progress, transient=True)
+    with bar, out.open(tmp, "ab") as sink:
         batch: list[str] = []
         chars = 0
 
@@ -236,7 +238,7 @@ def tokenize(files: Sequence[Path], tokenizer_json: str | Path, out: str | Path 
             sink.write(ids.tobytes())
             return len(ids)
 
-        for doc in documents(files, text_field, advance):
+        for doc in documents(files, text_field, bar.advance):
             batch.append(doc)
             chars += len(doc)
             docs += 1
@@ -256,20 +258,6 @@ def tokenize(files: Sequence[Path], tokenizer_json: str | Path, out: str | Path 
             "files": [str(p) for p in files], "tokenizer_sha256": digest, "field": text_field}
     out.write(META_FILE, json.dumps(meta, indent=2) + "\n")
     return TokenFile(out.path, count, docs, dtype, eos_id, stamp, _map(out, dtype, count))
-
-
-def progress_bar(enabled: bool, what: str, total: int):
-    """A byte-progress context whose value is `advance(n)` (archsmith.progress: a bar, or plain lines when piped)."""
-    import contextlib
-
-    from archsmith.progress import Progress
-
-    @contextlib.contextmanager
-    def bar():
-        with Progress(what, total, unit="bytes", enabled=enabled, transient=True) as progress:
-            yield progress.advance
-
-    return bar()
 
 
 # ---- packing, split, order ----------------------------------------------------------------------
