@@ -196,15 +196,19 @@ def estimate_config(config: ConfigDict = None, config_path: ConfigPath = None,
                     dtype: Annotated[Literal["fp32", "bf16", "fp16"], Field(description="Training precision; bf16/fp16 keep fp32 master weights.")] = "bf16",
                     optimizer: Literal["adamw", "adamw8bit", "sgd", "adafactor"] = "adamw",
                     checkpointing: Annotated[bool, Field(description="Activation checkpointing per decoder layer.")] = False,
-                    attention: Annotated[Literal["sdpa", "eager"] | None, Field(description="Attention kernel (default: the one transformers uses for the family).")] = None) -> dict[str, Any]:
+                    attention: Annotated[Literal["sdpa", "eager"] | None, Field(description="Attention kernel (default: the one transformers uses for the family).")] = None,
+                    compile: Annotated[bool, Field(description="The training peak of a run with torch.compile (not yet modelled: the eager peak).")] = False) -> dict[str, Any]:
     """Parameters (total, embedding, per layer, per component, active), FLOPs per token and memory (weights,
     gradients, fp32 master + optimizer state, activations, logits, KV cache; training and inference totals) of a
     Hugging Face config.json, in closed form; memory.activations_exact is false (with activations_note) where the
-    activation estimate is not yet calibrated. Model types: {families}."""
+    activation estimate is not yet calibrated. memory.training_peak_bytes is the peak of one step of archsmith train
+    (training_reserved_bytes with the allocator's headroom; peak_exact false with peak_note where not yet held to 5%).
+    Model types: {families}."""
     from archsmith.estimate import estimate
 
     spec = _spec(config, config_path)
-    result = estimate(spec, batch=batch, seq=seq, dtype=dtype, optimizer=optimizer, checkpointing=checkpointing, attention=attention)
+    result = estimate(spec, batch=batch, seq=seq, dtype=dtype, optimizer=optimizer, checkpointing=checkpointing, attention=attention,
+                      compile=compile)
     return {**result, "spec": spec.to_dict()}
 
 

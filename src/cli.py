@@ -232,6 +232,7 @@ def estimate(
     dtype: str = typer.Option("bf16", "--dtype", help="fp32, bf16 or fp16 (bf16/fp16 imply fp32 master weights)."),
     optimizer: str = typer.Option("adamw", "--optimizer", help="adamw, adamw8bit, sgd or adafactor."),
     checkpointing: bool = typer.Option(False, "--checkpointing", help="Activation checkpointing per decoder layer."),
+    compile: bool = typer.Option(False, "--compile", help="The training peak of a run with --compile (not yet modelled: the eager peak)."),
     attention: Optional[str] = typer.Option(None, "--attention", help="sdpa (fused/flash) or eager (default: what transformers uses for the family)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
@@ -241,7 +242,8 @@ def estimate(
 
     try:
         spec, source = spec_and_source(config)
-        result = est.estimate(spec, batch=batch, seq=seq, dtype=dtype, optimizer=optimizer, checkpointing=checkpointing, attention=attention)
+        result = est.estimate(spec, batch=batch, seq=seq, dtype=dtype, optimizer=optimizer, checkpointing=checkpointing,
+                              attention=attention, compile=compile)
     except ArchsmithError as exc:
         _fail(exc)
     result["spec"], result["source"] = spec.to_dict(), source
@@ -258,12 +260,18 @@ def estimate(
         ["weights", human_bytes(m["weights_bytes"])], ["gradients", human_bytes(m["gradients_bytes"])],
         ["optimizer (incl. fp32 master)", human_bytes(m["optimizer_bytes"])], ["activations", human_bytes(m["activations_bytes"])],
         ["logits", human_bytes(m["logits_bytes"])], ["training total", human_bytes(m["training_total_bytes"])],
+        ["training peak (archsmith train)", human_bytes(m["training_peak_bytes"])],
+        ["  reserved (+allocator)", human_bytes(m["training_reserved_bytes"])],
         ["KV cache", human_bytes(m["kv_cache_bytes"])], ["inference total", human_bytes(m["inference_total_bytes"])],
     ]
     show_table(f"{config} ({spec.model_type}, {spec.hidden_size} x {spec.num_layers})", [Column("what"), Column("value", True)], rows)
     out.print(f"source: {source}", highlight=False)
     if not m["activations_exact"]:
         out.print(f"activations: an estimate, not yet calibrated to 5% ({m['activations_note']})", highlight=False)
+    peak = m["training_peak"]
+    out.print(f"training peak: one step of archsmith train ({peak['recipe']}), in its {peak['at']} phase", highlight=False)
+    if not m["peak_exact"]:
+        out.print(f"training peak: an estimate, not yet held to 5% ({m['peak_note']})", highlight=False)
 
 
 @app.command()

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from archsmith import estimate as est
-from archsmith import scaling
+from archsmith import peak, scaling
 from archsmith.errors import ArchsmithError
 from archsmith.gpus import get_gpu, memory_bytes
 from archsmith.spec import MAX_CONTEXT, ArchitectureSpec
@@ -121,9 +121,11 @@ def usable_memory(gpu: dict[str, Any], budget: int | None = None) -> dict[str, A
 
 def memory_per_gpu(spec: ArchitectureSpec, strategy: str, checkpointing: bool, gpus: int, micro_batch: int,
                    seq: int) -> dict[str, Any]:
-    """Training memory per GPU (bf16 mixed precision, AdamW) under one data-parallel strategy: `sharded_memory`."""
+    """Training memory per GPU (bf16 mixed precision, AdamW) under one data-parallel strategy: the sharded state of
+    `sharded_memory` and what one step of archsmith train holds above it at its peak (`peak.per_gpu`)."""
     train = est.training_memory(spec, micro_batch, seq, TRAINING_DTYPE, TRAINING_OPTIMIZER, checkpointing=checkpointing)
-    return est.sharded_memory(train, spec, strategy, gpus)
+    step = peak.training_peak(spec, micro_batch, seq, TRAINING_DTYPE, checkpointing)
+    return peak.per_gpu(step, train, est.sharded_memory(train, spec, strategy, gpus))
 
 
 def choose_training(spec: ArchitectureSpec, gpus: int, micro_batch: int, seq: int, strategy: str,

@@ -202,7 +202,7 @@ def model_tensors(spec: ArchitectureSpec) -> list[Tensor]:
     return head + layers + tail
 
 
-def _layer_kinds(spec: ArchitectureSpec) -> dict[tuple[str, bool], list[int]]:
+def layer_kinds(spec: ArchitectureSpec) -> dict[tuple[str, bool], list[int]]:
     """Layers grouped by (token mixer, MoE or dense): layers of one group have the same tensors."""
     if spec.linear_attention is None and (spec.moe is None or spec.moe.layers is None):  # one kind of layer
         return {("attention", spec.moe is not None): list(range(spec.num_layers))}
@@ -216,14 +216,14 @@ def _layer_kinds(spec: ArchitectureSpec) -> dict[tuple[str, bool], list[int]]:
 def _counted_tensors(spec: ArchitectureSpec) -> list[tuple[Tensor, int]]:
     """Every parameter tensor once per layer kind, with how many copies the model has (fast for deep models)."""
     head, tail = _outer_tensors(spec)
-    layers = [(t, len(group)) for group in _layer_kinds(spec).values() for t in layer_tensors(spec, group[0])]
+    layers = [(t, len(group)) for group in layer_kinds(spec).values() for t in layer_tensors(spec, group[0])]
     return [(t, 1) for t in head] + layers + [(t, 1) for t in tail]
 
 
 def count_params(spec: ArchitectureSpec) -> dict[str, Any]:
     """Parameter counts: total, embedding, lm_head, per layer (the largest layer), per component, non-embedding, active."""
     groups = []
-    for (mixer, moe), layers in _layer_kinds(spec).items():
+    for (mixer, moe), layers in layer_kinds(spec).items():
         tensors = layer_tensors(spec, layers[0])
         params = sum(t.numel for t in tensors)
         routed = sum(t.numel for t in tensors if t.routed)
@@ -739,12 +739,17 @@ def checkpoint_sizes(spec: ArchitectureSpec, optimizer: str = "adamw") -> dict[s
 
 
 def estimate(spec: ArchitectureSpec, batch: int = 1, seq: int | None = None, dtype: str = "bf16", optimizer: str = "adamw",
-             checkpointing: bool = False, attention: str | None = None, kv_batch: int | None = None) -> dict[str, Any]:
+             checkpointing: bool = False, attention: str | None = None, kv_batch: int | None = None,
+             compile: bool = False) -> dict[str, Any]:
     """Everything `archsmith estimate --json` prints (the CLI contract in docs/architecture.md).
 
     attention None picks the family's default kernel (`default_attention`). `memory.activations_exact`
     is False where the activation estimate is not yet held to 5% of measurement; `activations_note` says why.
+    `memory.training_peak_bytes` is the peak of one step of `archsmith train` (`archsmith.peak`: its recipe, the
+    phase, the allocator's headroom, and `peak_exact` / `peak_note` where the layout is not yet held to 5%).
     """
+    from archsmith.peak import training_peak
+
     seq = spec.context_length if seq is None else seq
     _positive("batch", batch)
     if isinstance(seq, bool) or not isinstance(seq, int) or not 1 <= seq <= spec.context_length:
@@ -752,6 +757,7 @@ def estimate(spec: ArchitectureSpec, batch: int = 1, seq: int | None = None, dty
     params = count_params(spec)
     train = training_memory(spec, batch, seq, dtype, optimizer, checkpointing, attention)
     infer = inference_memory(spec, kv_batch or batch, seq, dtype)
+    peak = training_peak(spec, batch, seq, dtype, checkpointing, compile)
     return {
         "params": params,
         "flops": flops(spec, seq, checkpointing),
@@ -763,6 +769,11 @@ def estimate(spec: ArchitectureSpec, batch: int = 1, seq: int | None = None, dty
             "logits_bytes": train["logits_bytes"],
             "kv_cache_bytes": infer["kv_cache_bytes"],
             "training_total_bytes": train["total_bytes"],
+            "training_peak_bytes": peak["peak_bytes"],
+            "training_reserved_bytes": peak["reserved_bytes"],
+            "peak_exact": peak["exact"],
+            "peak_note": "; ".join(peak["not_calibrated"]) or None,
+            "training_peak": peak,
             "inference_total_bytes": infer["total_bytes"],
             "weights_by_dtype": {d: weights_bytes(spec, d)["bytes"] for d in ("fp32", "bf16", "int8", "int4")},
             "checkpoint": checkpoint_sizes(spec, optimizer),
@@ -772,7 +783,7 @@ def estimate(spec: ArchitectureSpec, batch: int = 1, seq: int | None = None, dty
             "inference": infer,
         },
         "settings": {"batch": batch, "seq": seq, "dtype": train["dtype"], "optimizer": optimizer,
-                     "checkpointing": checkpointing, "attention": train["activations"]["attention"],
+                     "checkpointing": checkpointing, "compile": compile, "attention": train["activations"]["attention"],
                      "transformers": families.TRANSFORMERS},  # whose code the activation figures follow
     }
 

@@ -17,6 +17,7 @@ from typing import Any
 from archsmith import estimate as est
 from archsmith.design import capacity_plan
 from archsmith.hfconfig import hf_from_spec
+from archsmith.peak import ALLOCATOR_HEADROOM
 from archsmith.train.parallel import launch_plan
 from archsmith.units import human_bytes, human_count, human_duration
 
@@ -25,7 +26,7 @@ MEMORY_COLUMNS = (  # (key in `sharded_memory`, column header): every memory tab
     ("gradients_bytes", "gradients (bf16)"),
     ("optimizer_bytes", "fp32 master + AdamW m, v"),
     ("communication_buffers_bytes", "buffers"),
-    ("activations_bytes", "activations + logits"),
+    ("activations_bytes", "activations + step peak"),
 )
 LIMIT_IN_RANGE = 1.5  # draw the limit line when it is at most 1.5x the tallest bar; higher, it would squash the bars
 
@@ -173,6 +174,7 @@ def render_design(result: dict[str, Any], out_dir: str | None = None) -> dict[st
         "memory_columns": MEMORY_COLUMNS,
         "memory_tables": memory_tables(result, plan),
         "setting": design_setting(result["training"]),
+        "headroom": ALLOCATOR_HEADROOM,
     }
     files = {
         "config.json": json.dumps(config, indent=2) + "\n",

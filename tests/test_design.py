@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from archsmith import estimate as est
+from archsmith import peak
 from archsmith.design import AUTO_STRATEGIES, capacity_plan, design, design_from_text, summary
 from archsmith.errors import ArchsmithError
 from archsmith.gpus import get_gpu
@@ -14,9 +15,20 @@ from conftest import meta_model, param_count
 
 
 def plan_bytes(spec, strategy: str, checkpointing: bool, gpus: int, batch: int, seq: int) -> int:
-    """Training memory per GPU straight from the estimator (bf16 mixed precision, AdamW)."""
+    """Training memory per GPU straight from the estimator: the sharded state and the step's peak above it."""
     train = est.training_memory(spec, batch, seq, "bf16", "adamw", checkpointing=checkpointing)
-    return est.sharded_memory(train, spec, strategy, gpus)["total_bytes"]
+    step = peak.training_peak(spec, batch, seq, "bf16", checkpointing)
+    return peak.per_gpu(step, train, est.sharded_memory(train, spec, strategy, gpus))["total_bytes"]
+
+
+def test_one_gpu_plans_hold_the_step_peak_of_archsmith_train():
+    result = design_from_text(memory="24GB", gpus=1, batch=4, seq=2048)
+    rec, training = result["recommended"], result["training"]
+    step = peak.training_peak(rec.spec, 4, 2048, "bf16", training["checkpointing"])
+    per = rec.summary["memory_per_gpu"]
+    assert per["total_bytes"] == step["peak_bytes"] <= result["limit"]["bytes"] == 24e9
+    assert sum(per[k] for k in ("weights_bytes", "gradients_bytes", "optimizer_bytes", "communication_buffers_bytes",
+                                "activations_bytes")) == per["total_bytes"]
 
 
 @pytest.mark.parametrize("budget,gpu,gpus", [("24GB", "h100", 8), ("100GB", "rtx4090", 1), ("24GB", "h100", 1), ("2GiB", "l4", 2)])

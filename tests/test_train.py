@@ -14,6 +14,7 @@ import torch
 
 from archsmith.train.loop import lr_factor, param_groups
 from archsmith.train.metrics import read_metrics
+from archsmith.units import human_bytes
 
 
 def cli(*args) -> str:
@@ -122,6 +123,9 @@ def test_ctrl_c_saves_a_checkpoint_says_how_to_resume_and_reads_as_stopped(tmp_p
     assert hint.endswith("--resume") and hint.count("--steps") == 1 and "stopped by SIGINT" in " ".join(stdout.split())
     report = (run / "report.md").read_text()
     assert report.count("--resume --steps N") == 1 and report.split("Continue this run")[1].count("--steps") == 1
+    planned = json.loads((run / "summary.json").read_text())["plan"]  # the step's planned peak, beside what a GPU measures
+    assert f"Planned peak of one step on one device: **{human_bytes(planned['peak_bytes'])}**" in report
+    assert "Not measured: the allocator's peaks are CUDA figures and this run used cpu." in report
     resumed = subprocess.run(["bash", "-c", hint.replace("archsmith train", f"{Path(sys.executable).parent}/archsmith train", 1)
                               .replace("--steps 100000", f"--steps {step + 1}")], capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr

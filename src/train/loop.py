@@ -43,7 +43,8 @@ SIGINT (Ctrl-C) stops after the current step with a checkpoint. It writes into `
 
     metrics.jsonl    one JSON object per optimizer step: kind "train", step, loss, lr, tokens
                      (seen so far), tokens_per_s, grad_norm, elapsed_s, the objective's metrics;
-                     evaluation rows have kind "eval", step, loss (+ perplexity)
+                     on CUDA peak_allocated_bytes and peak_reserved_bytes (the allocator's peaks over
+                     the step); evaluation rows have kind "eval", step, loss (+ perplexity)
     checkpoints/     see `archsmith.train.checkpoint`
     final/           the model at the end, through `save_model` (FSDP: consolidated on rank 0)
     loss.png         the loss curve; status.json: state (running, finished, stopped, failed), step
@@ -71,6 +72,7 @@ from archsmith.progress import EVERY_S, Progress
 from archsmith.train import checkpoint as ckpt
 from archsmith.train import parallel
 from archsmith.train.data import Order, rank_slice
+from archsmith.train.memory import device_peaks
 from archsmith.train.metrics import MetricsLog, write_status
 
 SCHEDULES = ("cosine", "linear", "wsd")
@@ -213,6 +215,7 @@ class Trainer:
         self.save_hook, self.load_hook, self.count_tokens = save_model, load_model, count_tokens
         self._stop_signal = 0  # the signal asking to stop (SIGTERM, SIGINT), 0 while none did
         self._status_at = time.monotonic()  # when status.json was last written
+        self.peaks: dict[str, int] | None = None  # CUDA: the largest allocated and reserved bytes of any step (this rank)
 
     # ---- set-up -------------------------------------------------------------------------------
     def _precision(self, device: torch.device) -> tuple[torch.dtype | None, bool]:
@@ -247,7 +250,8 @@ class Trainer:
             for block in parallel.blocks(model) or [model]:
                 block.compile()
         self.wrapped = parallel.wrap(self.modules, cfg.strategy, d, self.dtype if self.sharded else None, cfg.unused_parameters)
-        fused = d.device.type == "cuda"  # the fused CUDA kernel; foreach on CPU
+        # the fused kernel (CUDA, CPU): no model-sized temporaries in the step, the recipe archsmith.peak models
+        fused = d.device.type == "cuda" or (d.device.type == "cpu" and not self.sharded)
         self.optimizer = torch.optim.AdamW(param_groups(self.modules, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas,
                                            eps=cfg.eps, fused=fused or None)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, partial(
@@ -401,6 +405,9 @@ class Trainer:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
+        peaks = device_peaks(d.device)  # CUDA: the allocator's peaks over this step, then reset
+        if peaks:
+            self.peaks = {k: max(v, (self.peaks or {}).get(k, 0)) for k, v in peaks.items()}
         names = sorted(metric_sums)
         synced = torch.stack([loss_sum / self.accum, *[metric_sums[k] / self.accum for k in names],
                               torch.tensor(float(tokens), device=d.device), torch.tensor(float(self._stop_signal), device=d.device)])
@@ -415,6 +422,7 @@ class Trainer:
         row = {"kind": "train", "step": state.step, "loss": values[0] / d.world, "lr": lr, "tokens": state.tokens,
                "tokens_per_s": round(step_tokens / seconds, 1), "grad_norm": norm, "elapsed_s": round(state.elapsed, 3)}
         row.update({k: values[1 + i] / d.world for i, k in enumerate(names) if k != "loss"})
+        row.update(peaks or {})
         row["_stop"] = stop
         return row
 
@@ -508,7 +516,9 @@ class Trainer:
                 "best_eval_loss": state.best_eval, "tokens_per_s": round(steady, 1) if steady else first.get("tokens_per_s"),
                 "elapsed_s": round(state.elapsed, 3), "world": d.world, "strategy": self.config.strategy if d.world > 1 else "single",
                 "precision": str(self.dtype).replace("torch.", "") if self.dtype else "float32",
-                "micro_batch": self.micro, "accumulation": self.accum,
+                "micro_batch": self.micro, "accumulation": self.accum, "device": str(d.device),
+                "peak_allocated_bytes": (self.peaks or {}).get("peak_allocated_bytes"),
+                "peak_reserved_bytes": (self.peaks or {}).get("peak_reserved_bytes"),
                 "checkpoints": [name for _, name in ckpt.complete(run)], "final": str(final), "notes": self.notes,
             }
             run.write("summary.json", json.dumps(summary, indent=2) + "\n")

@@ -315,7 +315,7 @@ def train(args: RunArgs) -> dict[str, Any]:
 
     from archsmith.files import HeldDir
     from archsmith.network import CausalLM
-    from archsmith.train import parallel
+    from archsmith.train import memory, parallel
     from archsmith.train.data import TokenFile, lm_batch, split_windows
     from archsmith.train.loop import Trainer
 
@@ -325,10 +325,12 @@ def train(args: RunArgs) -> dict[str, Any]:
     try:
         if d.main:
             plan = check(args)
+            planned = check_memory(plan, d.world, memory.free_bytes(d.device))  # before anything is allocated
             _, run = prepare(plan, hold=True)
         parallel.barrier(d)
         if not d.main:
             plan = check(args)
+            planned = check_memory(plan, d.world, memory.free_bytes(d.device))
             run = HeldDir(args.out, "out", create=False)
         with run.sub(DATA_DIR, create=False) as data:
             tokens = TokenFile.read(data)
@@ -344,13 +346,40 @@ def train(args: RunArgs) -> dict[str, Any]:
                           run, train_config(args), eval_data=eval_windows, save_model=partial(_save_with_tokenizer, plan.tokenizer.path))
         summary = trainer.fit(resume=args.resume)
         if d.main:
-            summary = {**summary, **_describe(plan, tokens, len(train_windows), len(eval_windows) if eval_windows else 0, model)}
+            summary = {**summary, **_describe(plan, tokens, len(train_windows), len(eval_windows) if eval_windows else 0, model),
+                       "plan": planned}
             _write_report(run, args, summary)
         return summary
     finally:
         if run is not None:
             run.close()
         parallel.teardown(d)
+
+
+def planned_peak(plan: Plan, world: int, micro_batch: int | None = None, checkpointing: bool | None = None) -> dict[str, Any]:
+    """`archsmith.peak.training_peak` of this run's step on one device (bf16 autocast unless --precision fp32)."""
+    from archsmith.peak import training_peak
+
+    args = plan.args
+    micro = micro_batch or args.micro_batch or max(1, args.batch // world)
+    dtype = "fp32" if args.precision == "fp32" else "fp16" if args.precision == "fp16" else "bf16"
+    return training_peak(plan.spec, micro, plan.seq, dtype, args.checkpointing if checkpointing is None else checkpointing, args.compile)
+
+
+def check_memory(plan: Plan, world: int, free: int | None) -> dict[str, Any]:
+    """The plan's peak; a one-line error naming a micro-batch that fits when its reserved bytes exceed `free` (the
+    device's free memory; None off CUDA: nothing to check). FSDP over several processes shards the state: not checked."""
+    from archsmith.train.memory import refuse_unless_fits
+
+    planned = planned_peak(plan, world)
+    args = plan.args
+    if free is None or (args.strategy == "fsdp" and world > 1):
+        return planned
+    per_process = max(1, args.batch // world)
+    divisors = [m for m in range(1, per_process + 1) if per_process % m == 0]
+    micro = args.micro_batch or per_process
+    refuse_unless_fits(planned, free, micro, plan.seq, divisors, lambda m, c: planned_peak(plan, world, m, c), args.checkpointing)
+    return planned
 
 
 def _describe(plan: Plan, tokens, train_windows: int, eval_windows: int, model) -> dict[str, Any]:
