@@ -34,7 +34,7 @@ GPU_CASES = [
     ("1B, 256k vocabulary, checkpointing", 1_000_000_000, 2, 2048, {"vocab": 262_144, "checkpointing": True}),
     ("3B, checkpointing", 3_000_000_000, 4, 2048, {"checkpointing": True}),
     ("1B, --compile", 1_000_000_000, 4, 2048, {"compile": True}),
-    ("MoE 8x, top-2 (qwen3_moe)", 350_000_000, 4, 2048, {"moe": True}),
+    ("MoE: Qwen3-30B-A3B cut to 6 layers", 0, 2, 2048, {"moe": "Qwen__Qwen3-30B-A3B.json", "layers": 6}),
 ]
 CPU_CASES = [  # bf16 matmuls are slow on CPU: small bf16 cases, the larger ones in fp32
     ("10M", 10_000_000, 2, 256, {}),
@@ -46,14 +46,17 @@ CPU_CASES = [  # bf16 matmuls are slow on CPU: small bf16 cases, the larger ones
 
 
 def case_spec(params: int, changes: dict):
-    from archsmith.design import design
-    from archsmith.spec import MoESpec
+    from importlib import resources
 
+    from archsmith.design import design
+    from archsmith.hfconfig import load_spec
+
+    if changes.get("moe"):  # a published MoE config, fewer layers
+        path = resources.files("archsmith.data").joinpath("reference_architectures", changes["moe"])
+        return dataclasses.replace(load_spec(str(path)), num_layers=changes["layers"])
     spec = design(params=params, context=2048)["recommended"].spec
     if "vocab" in changes:
         spec = dataclasses.replace(spec, vocab_size=changes["vocab"])
-    if changes.get("moe"):
-        spec = dataclasses.replace(spec, model_type="qwen3_moe", moe=MoESpec(num_experts=8, top_k=2, expert_ffn_size=spec.ffn_size // 2))
     return spec
 
 

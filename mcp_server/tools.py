@@ -197,7 +197,8 @@ def estimate_config(config: ConfigDict = None, config_path: ConfigPath = None,
                     optimizer: Literal["adamw", "adamw8bit", "sgd", "adafactor"] = "adamw",
                     checkpointing: Annotated[bool, Field(description="Activation checkpointing per decoder layer.")] = False,
                     attention: Annotated[Literal["sdpa", "eager"] | None, Field(description="Attention kernel (default: the one transformers uses for the family).")] = None,
-                    compile: Annotated[bool, Field(description="The training peak of a run with torch.compile (not yet modelled: the eager peak).")] = False) -> dict[str, Any]:
+                    compile: Annotated[bool, Field(description="The training peak of a run with torch.compile (not yet modelled: the eager peak).")] = False,
+                    device: Annotated[Literal["cuda", "cpu"], Field(description="Whose kernels the activation figures describe.")] = "cuda") -> dict[str, Any]:
     """Parameters (total, embedding, per layer, per component, active), FLOPs per token and memory (weights,
     gradients, fp32 master + optimizer state, activations, logits, KV cache; training and inference totals) of a
     Hugging Face config.json, in closed form; memory.activations_exact is false (with activations_note) where the
@@ -208,7 +209,7 @@ def estimate_config(config: ConfigDict = None, config_path: ConfigPath = None,
 
     spec = _spec(config, config_path)
     result = estimate(spec, batch=batch, seq=seq, dtype=dtype, optimizer=optimizer, checkpointing=checkpointing, attention=attention,
-                      compile=compile)
+                      compile=compile, device=device)
     return {**result, "spec": spec.to_dict()}
 
 

@@ -233,6 +233,7 @@ def estimate(
     optimizer: str = typer.Option("adamw", "--optimizer", help="adamw, adamw8bit, sgd or adafactor."),
     checkpointing: bool = typer.Option(False, "--checkpointing", help="Activation checkpointing per decoder layer."),
     compile: bool = typer.Option(False, "--compile", help="The training peak of a run with --compile (not yet modelled: the eager peak)."),
+    device: str = typer.Option("cuda", "--device", help="cuda or cpu: whose kernels the activation figures describe."),
     attention: Optional[str] = typer.Option(None, "--attention", help="sdpa (fused/flash) or eager (default: what transformers uses for the family)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
@@ -243,7 +244,7 @@ def estimate(
     try:
         spec, source = spec_and_source(config)
         result = est.estimate(spec, batch=batch, seq=seq, dtype=dtype, optimizer=optimizer, checkpointing=checkpointing,
-                              attention=attention, compile=compile)
+                              attention=attention, compile=compile, device=device)
     except ArchsmithError as exc:
         _fail(exc)
     result["spec"], result["source"] = spec.to_dict(), source
@@ -262,7 +263,9 @@ def estimate(
         ["logits", human_bytes(m["logits_bytes"])], ["training total", human_bytes(m["training_total_bytes"])],
         ["training peak (archsmith train)", human_bytes(m["training_peak_bytes"])],
         ["  reserved (+allocator)", human_bytes(m["training_reserved_bytes"])],
-        ["KV cache", human_bytes(m["kv_cache_bytes"])], ["inference total", human_bytes(m["inference_total_bytes"])],
+        ["KV cache (decoding)", human_bytes(m["kv_cache_bytes"])],
+        ["  right after the prefill", human_bytes(m["kv_cache_after_prefill_bytes"])],
+        ["inference total", human_bytes(m["inference_total_bytes"])],
     ]
     show_table(f"{config} ({spec.model_type}, {spec.hidden_size} x {spec.num_layers})", [Column("what"), Column("value", True)], rows)
     out.print(f"source: {source}", highlight=False)
@@ -295,9 +298,10 @@ def search(
     from archsmith.units import parse_count
 
     try:
-        result = hub_search(query, task=task, library=library, author=author, language=language, license=license, gpu=gpu,
-                            use=use, max_params=parse_count(max_params, "max_params", 1, 10**13) if max_params else None, sort=sort, limit=limit,
-                            include_rejected=include_rejected)
+        with stages("searching") as say:
+            result = hub_search(query, task=task, library=library, author=author, language=language, license=license, gpu=gpu,
+                                use=use, max_params=parse_count(max_params, "max_params", 1, 10**13) if max_params else None, sort=sort,
+                                limit=limit, include_rejected=include_rejected, progress=say)
     except ArchsmithError as exc:
         _fail(exc)
     if as_json:
@@ -330,7 +334,8 @@ def evaluate(
     from archsmith.hub import evaluate as hub_evaluate
 
     try:
-        result = hub_evaluate(model_id, gpu=gpu)
+        with stages(f"reading {model_id}: config, tokenizer, card and safetensors header"):
+            result = hub_evaluate(model_id, gpu=gpu)
     except ArchsmithError as exc:
         _fail(exc)
     if as_json:

@@ -31,6 +31,7 @@ TRAIN_DTYPES = ("fp32", "bf16", "fp16")
 OPTIMIZERS = ("adamw", "adamw8bit", "sgd", "adafactor")
 STRATEGIES = ("ddp", "zero1", "zero2", "zero3", "fsdp")
 ATTENTION_IMPLS = ("sdpa", "eager")
+DEVICES = ("cuda", "cpu")  # whose kernels the activation figures describe
 
 FP32 = 4  # bytes of an fp32 value: master weights, optimizer moments, norm statistics
 INT64 = 8  # bytes of a token id (torch.long), saved by the embedding and the loss
@@ -407,7 +408,7 @@ def _norm_saved(spec: ArchitectureSpec, width: int, b: int, groups: int = 1) -> 
     return (FP32 if fam.norm_upcast else b) * width + 2 * FP32 * groups
 
 
-def activations_calibration(spec: ArchitectureSpec, attention: str, dtype: str = "bf16") -> list[str]:
+def activations_calibration(spec: ArchitectureSpec, attention: str, dtype: str = "bf16", device: str = "cuda") -> list[str]:
     """Why `activation_bytes` is not held to 5% of measurement for this spec (empty: it is).
 
     Measured (tests/test_memory.py at tiny widths, docs/benchmarks.md at real widths): every family's default
@@ -423,6 +424,9 @@ def activations_calibration(spec: ArchitectureSpec, attention: str, dtype: str =
         reasons.append("the gated delta-net recurrence in fp32 saves copies that depend on tensor strides, measured up to 11% off")
     if attention not in fam.attention_kernels:
         reasons.append(f"transformers does not run {spec.model_type} with {attention} attention")
+    if device == "cpu" and any(_dropout(spec, site) for site in ("embedding", "residual", "attention")):
+        reasons.append("on CPU, dropout keeps masks in the activations' dtype and attention dropout runs SDPA's math kernel "
+                       "(every head's weights): the figures are CUDA's")
     return reasons
 
 
@@ -542,6 +546,10 @@ def _ffn_saved(spec: ArchitectureSpec, b: int, moe: bool) -> int:
         return FP32 * m.num_experts + INT64 * m.top_k + rows + shared
     if fam.router_topk_softmax:  # top-k indices, softmax over the k logits in dtype; routing weights in dtype
         router, weight = (INT64 + b) * m.top_k, b
+    elif fam.router_scaled_topk:  # fp32 probabilities and top-k indices; group-limited: group maxima, kept groups, mask
+        router, weight = FP32 * m.num_experts + INT64 * m.top_k, FP32
+        if families.setting(spec, "topk_method", "greedy") == "group_limited_greedy":
+            router += INT64 * (int(families.setting(spec, "n_group", 1)) + int(families.setting(spec, "topk_group", 1))) + MASK * m.num_experts
     else:  # fp32 probabilities, top-k indices, normalised top-k weights and their sum
         router, weight = FP32 * m.num_experts + (INT64 + FP32) * m.top_k + FP32, FP32
     if fam.router_fp32 and b != FP32:
@@ -559,7 +567,7 @@ def _dropout(spec: ArchitectureSpec, site: str) -> bool:
 
 
 def activation_bytes(spec: ArchitectureSpec, batch: int, seq: int, dtype: str = "bf16", attention: str | None = None,
-                     checkpointing: bool = False) -> dict[str, Any]:
+                     checkpointing: bool = False, device: str = "cuda") -> dict[str, Any]:
     """Bytes of tensors autograd saves for backward in one forward of batch x seq tokens.
 
     Modelled tensor by tensor on transformers' code for each family, as CUDA runs it (SDPA's fused kernels,
@@ -608,7 +616,9 @@ def activation_bytes(spec: ArchitectureSpec, batch: int, seq: int, dtype: str = 
     if checkpointing:
         layers_total = spec.num_layers * T * b * h  # each layer keeps only its input
         rope = 0
-    reasons = activations_calibration(spec, attention, dtype)
+    if device not in DEVICES:
+        raise ArchsmithError("device", f"must be one of {', '.join(DEVICES)}; got {device!r}")
+    reasons = activations_calibration(spec, attention, dtype, device)
     return {
         "total": layers_total + rope + head + loss + embedding,
         "layers": layers_total,
@@ -619,6 +629,7 @@ def activation_bytes(spec: ArchitectureSpec, batch: int, seq: int, dtype: str = 
         "embedding": embedding,
         "recompute_peak": largest if checkpointing else 0,
         "attention": attention,
+        "device": device,
         "exact": not reasons,
         "not_calibrated": reasons,
     }
@@ -629,10 +640,19 @@ def default_attention(spec: ArchitectureSpec) -> str:
     return "sdpa" if "sdpa" in families.get(spec.model_type).attention_kernels else "eager"
 
 
-def kv_cache_bytes(spec: ArchitectureSpec, batch: int, context: int, dtype: str = "bf16") -> int:
-    """What transformers' cache holds: K and V per attention layer (sliding and chunked layers keep the last
-    `window - 1` positions, as its sliding cache does: the incoming token completes the window; MLA keeps the
-    compressed latent and the shared rope key), fixed conv and fp32 recurrent states per linear-attention layer."""
+CACHE_MOMENTS = ("decode", "prefill")
+
+
+def kv_cache_bytes(spec: ArchitectureSpec, batch: int, context: int, dtype: str = "bf16", after: str = "decode") -> int:
+    """The memory transformers' cache holds: K and V per attention layer (MLA keeps the compressed latent and the
+    shared rope key), fixed conv and fp32 recurrent states per linear-attention layer.
+
+    after="decode": while decoding at `context` tokens; sliding and chunked layers hold the last `window` positions
+    (the incoming token's concatenation, of which the cache shows window - 1). after="prefill": right after one
+    prefill of `context` tokens, when sliding layers still hold views over the prefill's full-length K and V.
+    """
+    if after not in CACHE_MOMENTS:
+        raise ArchsmithError("after", f"must be one of {', '.join(CACHE_MOMENTS)}; got {after!r}")
     b = DTYPE_BYTES[norm_dtype(dtype)]
     total = 0.0
     for kind in spec.resolved_layer_types:
@@ -642,14 +662,15 @@ def kv_cache_bytes(spec: ArchitectureSpec, batch: int, context: int, dtype: str 
             total += conv_dim * lin.conv_kernel * b + lin.num_value_heads * lin.key_head_dim * lin.value_head_dim * FP32
             continue
         window = {"sliding_attention": spec.sliding_window, "chunked_attention": spec.attention_chunk_size}.get(kind)
-        kept = min(context, window - 1) if window else context
+        kept = min(context, window) if window and after == "decode" else context
         per_position = spec.mla.kv_lora_rank + spec.mla.qk_rope_head_dim if spec.mla else 2 * spec.kv_dim
         total += per_position * kept * b
     return int(total * batch)
 
 
 def training_memory(spec: ArchitectureSpec, batch: int, seq: int, dtype: str = "bf16", optimizer: str = "adamw",
-                    checkpointing: bool = False, attention: str | None = None, master_weights: bool | None = None) -> dict[str, Any]:
+                    checkpointing: bool = False, attention: str | None = None, master_weights: bool | None = None,
+                    device: str = "cuda") -> dict[str, Any]:
     """Memory of one training step on one device, unsharded.
 
     Mixed precision (dtype bf16/fp16, master_weights default on): weights and gradients in
@@ -668,7 +689,7 @@ def training_memory(spec: ArchitectureSpec, batch: int, seq: int, dtype: str = "
     master = n * FP32 if master_weights else 0
     state_bytes = FP32 if master_weights else b  # moments follow the fp32 master copy under mixed precision
     opt_state = optimizer_bytes(spec, optimizer, state_bytes)
-    acts = activation_bytes(spec, batch, seq, dtype, attention, checkpointing)
+    acts = activation_bytes(spec, batch, seq, dtype, attention, checkpointing, device)
     logits = batch * seq * spec.vocab_size * b  # the logits the forward returns, alive until backward
     total = weights + gradients + master + opt_state + acts["total"] + logits
     return {
@@ -718,13 +739,17 @@ def sharded_memory(train: dict[str, Any], spec: ArchitectureSpec, strategy: str,
 
 
 def inference_memory(spec: ArchitectureSpec, batch: int, context: int, dtype: str = "bf16", kv_dtype: str | None = None) -> dict[str, int]:
-    """Weights + KV cache + the largest transient of a prefill (one layer's MLP, last-position logits)."""
+    """Weights + the KV cache right after a prefill of `context` tokens (sliding layers still hold all of them) + the
+    largest transient of that prefill (one layer's MLP, last-position logits). `decode_kv_cache_bytes`: what the
+    cache holds once decoding runs."""
     weights = weights_bytes(spec, dtype)["bytes"]
-    kv = kv_cache_bytes(spec, batch, context, kv_dtype or ("bf16" if norm_dtype(dtype) in ("int8", "int4", "fp8") else dtype))
+    kv_dtype = kv_dtype or ("bf16" if norm_dtype(dtype) in ("int8", "int4", "fp8") else dtype)
+    kv = kv_cache_bytes(spec, batch, context, kv_dtype, after="prefill")
     act_b = 2 if norm_dtype(dtype) != "fp32" else 4  # compute runs in bf16 for quantised weights
     ffn = spec.moe.expert_ffn_size * spec.moe.top_k if spec.moe else spec.ffn_size
     transient = batch * context * act_b * (2 * ffn + spec.hidden_size) + batch * spec.vocab_size * FP32
-    return {"weights_bytes": weights, "kv_cache_bytes": kv, "activations_bytes": transient, "total_bytes": weights + kv + transient}
+    return {"weights_bytes": weights, "kv_cache_bytes": kv, "decode_kv_cache_bytes": kv_cache_bytes(spec, batch, context, kv_dtype),
+            "activations_bytes": transient, "total_bytes": weights + kv + transient}
 
 
 def checkpoint_sizes(spec: ArchitectureSpec, optimizer: str = "adamw") -> dict[str, int]:
@@ -740,7 +765,7 @@ def checkpoint_sizes(spec: ArchitectureSpec, optimizer: str = "adamw") -> dict[s
 
 def estimate(spec: ArchitectureSpec, batch: int = 1, seq: int | None = None, dtype: str = "bf16", optimizer: str = "adamw",
              checkpointing: bool = False, attention: str | None = None, kv_batch: int | None = None,
-             compile: bool = False) -> dict[str, Any]:
+             compile: bool = False, device: str = "cuda") -> dict[str, Any]:
     """Everything `archsmith estimate --json` prints (the CLI contract in docs/architecture.md).
 
     attention None picks the family's default kernel (`default_attention`). `memory.activations_exact`
@@ -755,7 +780,7 @@ def estimate(spec: ArchitectureSpec, batch: int = 1, seq: int | None = None, dty
     if isinstance(seq, bool) or not isinstance(seq, int) or not 1 <= seq <= spec.context_length:
         raise ArchsmithError("seq", f"must be an integer in [1, {spec.context_length}] (the model's context_length), got {seq!r}")
     params = count_params(spec)
-    train = training_memory(spec, batch, seq, dtype, optimizer, checkpointing, attention)
+    train = training_memory(spec, batch, seq, dtype, optimizer, checkpointing, attention, device=device)
     infer = inference_memory(spec, kv_batch or batch, seq, dtype)
     peak = training_peak(spec, batch, seq, dtype, checkpointing, compile)
     return {
@@ -767,7 +792,8 @@ def estimate(spec: ArchitectureSpec, batch: int = 1, seq: int | None = None, dty
             "optimizer_bytes": train["optimizer_bytes"],
             "activations_bytes": train["activations_bytes"],
             "logits_bytes": train["logits_bytes"],
-            "kv_cache_bytes": infer["kv_cache_bytes"],
+            "kv_cache_bytes": infer["decode_kv_cache_bytes"],
+            "kv_cache_after_prefill_bytes": infer["kv_cache_bytes"],
             "training_total_bytes": train["total_bytes"],
             "training_peak_bytes": peak["peak_bytes"],
             "training_reserved_bytes": peak["reserved_bytes"],
@@ -784,6 +810,7 @@ def estimate(spec: ArchitectureSpec, batch: int = 1, seq: int | None = None, dty
         },
         "settings": {"batch": batch, "seq": seq, "dtype": train["dtype"], "optimizer": optimizer,
                      "checkpointing": checkpointing, "compile": compile, "attention": train["activations"]["attention"],
+                     "device": device,
                      "transformers": families.TRANSFORMERS},  # whose code the activation figures follow
     }
 

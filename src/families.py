@@ -64,8 +64,9 @@ class Extra:
     bounds. `feature` names what network.py must compute for it when its value is not null.
     """
 
-    kind: Literal["number", "int", "bool"]
+    kind: Literal["number", "int", "bool", "choice"]
     default: Any = None  # transformers' value when config.json omits the key
+    choices: tuple[str, ...] = ()  # kind choice: the strings transformers accepts
     minimum: float | None = None  # inclusive lower bound
     above: float | None = None  # exclusive lower bound (must be > above)
     maximum: float | None = None
@@ -146,6 +147,9 @@ class Family:
     eager_softmax_fp32: bool = True  # eager attention's softmax runs in fp32 and is cast back (else: in dtype)
     router_fp32: bool = False  # the MoE router multiplies an fp32 copy of its input (DeepSeek-style sigmoid routing)
     router_topk_softmax: bool = False  # softmax over the top-k logits only, in dtype (gpt-oss): no fp32 probabilities
+    # fp32 softmax over all experts, top-k scaled and not renormalised (DeepSeek-V2); group-limited greedy top-k
+    # (topk_method) also saves the groups' maxima indices, the kept groups and the expert mask
+    router_scaled_topk: bool = False
     expert_glu_saved: int = 4  # expert-width tensors a routed row's gated activation saves (gate|up output, act, product)
     rope_in_fp32: bool = False  # rotary cos/sin stay fp32 under bf16
     # estimator rules that changed with the family's transformers code: (first transformers version, fields), oldest
@@ -426,6 +430,23 @@ ROWS: tuple[Family, ...] = (
                   "n_group": Extra("int", 8, minimum=1), "topk_group": Extra("int", 4, minimum=1),
                   "rope_interleave": Extra("bool", True, feature=INTERLEAVED_ROPE)},
            router_fp32=True),
+    # DeepSeek-V2 / V2-Lite: V3's MLA and MoE layout with a softmax router (greedy or group-limited top-k, scaled, not
+    # renormalised) and complex-number RoPE on adjacent pairs; network.py has neither router nor that RoPE: parity none
+    Family("deepseek_v2", "DeepseekV2ForCausalLM",
+           keys={**ATTENTION_BIAS, "head_dim": None, **ROUTER, "moe.num_experts": "n_routed_experts",
+                 "moe.expert_ffn_size": "moe_intermediate_size", "moe.shared_experts": "n_shared_experts",
+                 "moe.shared_ffn_size": "moe_intermediate_size", "mla.q_lora_rank": "q_lora_rank",
+                 "mla.kv_lora_rank": "kv_lora_rank", "mla.qk_nope_head_dim": "qk_nope_head_dim",
+                 "mla.qk_rope_head_dim": "qk_rope_head_dim", "mla.v_head_dim": "v_head_dim"},
+           moe_layers="first_k_dense",
+           defaults={"max_position_embeddings": 2048, "rms_norm_eps": 1e-6, "n_shared_experts": 2, "first_k_dense_replace": 0,
+                     "q_lora_rank": 1536, "kv_lora_rank": 512, "n_routed_experts": 64, "moe_intermediate_size": 1407,
+                     "qk_nope_head_dim": 128, "qk_rope_head_dim": 64, "v_head_dim": 128},
+           latent_norm_eps=1e-6, expert_names=PER_EXPERT, rope_interleaved=True,
+           extra={"routed_scaling_factor": Extra("number", 1.0, above=0.0), "n_group": Extra("int", None, minimum=1, nullable=True),
+                  "topk_group": Extra("int", None, minimum=1, nullable=True), "norm_topk_prob": Extra("bool", False),
+                  "topk_method": Extra("choice", "greedy", choices=("greedy", "group_limited_greedy"))},
+           router_fp32=True, router_scaled_topk=True),
     Family("glm4_moe", "Glm4MoeForCausalLM", parity="both",
            keys={"qkv_bias": "attention_bias", **ROUTER, "moe.num_experts": "n_routed_experts",
                  "moe.expert_ffn_size": "moe_intermediate_size", "moe.shared_experts": "n_shared_experts",
@@ -532,6 +553,10 @@ def _check_value(name: str, value: Any, rule: Extra) -> None:
     if rule.kind == "bool":
         if not isinstance(value, bool):
             raise SpecError(name, f"must be true or false, got {value!r:.60}")
+        return
+    if rule.kind == "choice":
+        if value not in rule.choices:
+            raise SpecError(name, f"must be one of {', '.join(rule.choices)}; got {value!r:.60}")
         return
     types = (int,) if rule.kind == "int" else (int, float)
     if isinstance(value, bool) or not isinstance(value, types) or value != value:  # value != value: NaN

@@ -46,7 +46,7 @@ def spec_from_hf(cfg: dict[str, Any]) -> ArchitectureSpec:
     if not isinstance(cfg, dict):
         raise ConfigError("config.json", f"must be a JSON object, got {type(cfg).__name__}")
     cfg = _language_model(cfg)
-    fam = _family(cfg.get("model_type"))
+    fam = _family(read_as(cfg)[0])
     cfg = {**{new: cfg[old] for old, new in fam.aliases.items() if old in cfg and new not in cfg}, **cfg}
     _check_rope_types(cfg)
     values: dict[str, Any] = dict(fam.fixed)
@@ -77,12 +77,34 @@ def spec_from_hf(cfg: dict[str, Any]) -> ArchitectureSpec:
     return _build(values, fam.model_type)
 
 
+def read_as(cfg: dict[str, Any]) -> tuple[Any, str | None]:
+    """(the model_type whose layout `cfg` is read with, a note when that is not the config's own model_type).
+
+    A model_type we do not know whose `architectures` names exactly one family's transformers class is that family's
+    layout under another name (Kimi-K2's "kimi_k2" is DeepseekV3ForCausalLM); its fields are then read and checked
+    as that family's. Anything else is the config's own model_type (refused by `_family` when unknown)."""
+    model_type = cfg.get("model_type")
+    classes = cfg.get("architectures")
+    if model_type in families.FAMILIES or not isinstance(classes, list):
+        return model_type, None
+    found = [f.model_type for f in families.FAMILIES.values() if f.architecture in classes]
+    if len(found) != 1:
+        return model_type, None
+    return found[0], (f"model_type {model_type!r:.40} is read as {found[0]}: its architectures name "
+                      f"{families.FAMILIES[found[0]].architecture}, and every field read is that layout's")
+
+
 def _language_model(cfg: dict[str, Any]) -> dict[str, Any]:
     """The text model of a multimodal wrapper (its `text_config`), else cfg itself."""
     inner = cfg.get("text_config")
-    if cfg.get("model_type") not in families.FAMILIES and isinstance(inner, dict) and inner.get("model_type") in families.FAMILIES:
+    if cfg.get("model_type") not in families.FAMILIES and isinstance(inner, dict) and read_as(inner)[0] in families.FAMILIES:
         return inner
     return cfg
+
+
+def read_note(cfg: Any) -> str | None:
+    """How `spec_from_hf` reads `cfg` when not by its own model_type (`read_as`), else None."""
+    return read_as(_language_model(cfg))[1] if isinstance(cfg, dict) else None
 
 
 def _read(cfg: dict[str, Any], fam: Family, key: str, field: str) -> Any:

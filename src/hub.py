@@ -273,8 +273,10 @@ def resolve_licenses(license: str | list[str] | None) -> tuple[str, ...] | None:
 def search(query: str | None = None, task: str | None = None, library: str | None = None, author: str | None = None,
            language: str | None = None, license: str | list[str] | None = None, sort: str = "downloads", limit: int = 20,
            gpu: str | None = None, use: str = "run_fp16", max_params: int | None = None, include_rejected: bool = False,
-           endpoint: str | None = None, token: str | bool | None = None) -> dict[str, Any]:
+           endpoint: str | None = None, token: str | bool | None = None,
+           progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Models that meet every given constraint, ranked by popularity; `include_rejected` adds the others, labelled.
+    `progress(message)` hears how far the search is (the listing, then each hit read).
 
     Online, `limit` models are fetched (the Hub applies task, library, language, author and a single license) and each
     hit is checked again against every constraint; offline, the local HF cache and the shipped reference architectures
@@ -302,11 +304,16 @@ def search(query: str | None = None, task: str | None = None, library: str | Non
         client = api(endpoint, token)
         # the Hub lists libraries, languages and licenses as plain tags; an allow-list of several cannot be one filter
         tags = [f for f in (library, language, f"license:{allowed[0]}" if allowed and len(allowed) == 1 else None) if f]
+        say = progress or (lambda message: None)
+        say(f"listing models on {client.endpoint}")
         listing = call(lambda: list(client.list_models(search=query or None, pipeline_tag=task, author=author,
                                                        filter=tags or None, sort=SORTS[sort], limit=limit, expand=EXPAND)),
                        what="search")
+        hits = []
         with ThreadPoolExecutor(max_workers=ENRICH_WORKERS) as pool:
-            hits = list(pool.map(lambda info: _hit(client, info, device), listing))
+            for hit in pool.map(lambda info: _hit(client, info, device), listing):
+                hits.append(hit)
+                say(f"reading configs and cards: {len(hits)}/{len(listing)} models")
         source = f"the Hub ({client.endpoint})"
     ranked = rank(hits, given, use)
     kept = [h for h in ranked if h.meets_constraints]
@@ -880,19 +887,28 @@ def spec_for(source: str, endpoint: str | None = None, token: str | bool | None 
 def spec_and_source(source: str, endpoint: str | None = None, token: str | bool | None = None):
     """(ArchitectureSpec, where its config.json came from): a path, the Hub, or offline the local HF cache or catalog."""
     from archsmith.files import kind
-    from archsmith.hfconfig import load_spec, spec_from_hf
+    from archsmith.hfconfig import read_config
 
     looks_local = source.endswith(".json") or kind(source.split("/", 1)[0], "config") == "dir"  # runs/nope: a typo
     if looks_local or kind(source, "config") is not None or not re.fullmatch(r"[\w.-]+/[\w.-]+", source):
-        return load_spec(source), str(source)
+        return _noted(read_config(source), str(source))
     _check_id(source)
     if not offline():
         client = api(endpoint, token)
         try:
-            return spec_from_hf(fetch_json(client, source, "config.json")), f"config.json from the Hub ({client.endpoint})"
+            return _noted(fetch_json(client, source, "config.json"), f"config.json from the Hub ({client.endpoint})")
         except HubError as exc:  # say that it was taken for a Hub id because no such local path exists
             raise HubError(exc.field, f"{str(exc).split(': ', 1)[-1]} (no local path {source} either)") from None
     model = local_model(source)
     if model.config is None:
         raise HubError(source, f"offline, and config.json is not in the {CACHE}")
-    return spec_from_hf(model.config), f"config.json from the {model.source}"
+    return _noted(model.config, f"config.json from the {model.source}")
+
+
+def _noted(config: Any, source: str):
+    """(spec, source) of a config read, the source followed by how it was read when that is not by its model_type."""
+    from archsmith.hfconfig import read_note, spec_from_hf
+
+    spec = spec_from_hf(config)
+    note = read_note(config)
+    return spec, f"{source} ({note})" if note else source

@@ -82,6 +82,9 @@ class Stages:
         with self._lock:
             if self._timer is not None:
                 self._timer.cancel()
+            if STAGE_DELAY_S <= 0:  # every stage at once (ARCHSMITH_PROGRESS_EVERY_S=0)
+                print(message, file=sys.stderr, flush=True)
+                return
             self._timer = self._threading.Timer(STAGE_DELAY_S, lambda: print(message, file=sys.stderr, flush=True))
             self._timer.daemon = True
             self._timer.start()

@@ -111,6 +111,9 @@ TINY_FAMILIES = {
     "deepseek_v3": {**TINY, **MOE, "model_type": "deepseek_v3", "num_key_value_heads": 4, "q_lora_rank": 32, "kv_lora_rank": 16,
                     "qk_nope_head_dim": 16, "qk_rope_head_dim": 8, "v_head_dim": 16, "n_routed_experts": 4, "n_shared_experts": 2,
                     "first_k_dense_replace": 1, "n_group": 2, "topk_group": 1},
+    "deepseek_v2": {**TINY, **MOE, "model_type": "deepseek_v2", "num_key_value_heads": 4, "q_lora_rank": 32, "kv_lora_rank": 16,
+                    "qk_nope_head_dim": 16, "qk_rope_head_dim": 8, "v_head_dim": 16, "n_routed_experts": 4, "n_shared_experts": 2,
+                    "first_k_dense_replace": 1, "topk_method": "group_limited_greedy", "n_group": 2, "topk_group": 1},
     "gpt_oss": {**TINY, "model_type": "gpt_oss", "head_dim": 16, "intermediate_size": 48, "num_local_experts": 4,
                 "num_experts_per_tok": 2, "sliding_window": 24},
     "qwen2_moe": {**TINY, **MOE, "model_type": "qwen2_moe", "num_experts": 4, "shared_expert_intermediate_size": 48,
@@ -142,6 +145,8 @@ TINY_VARIANTS = {
     "phi-qk-layernorm": {**TINY_FAMILIES["phi"], "qk_layernorm": True},
     "cohere-qk-norm": {**TINY_FAMILIES["cohere"], "use_qk_norm": True},
     "deepseek_v3-no-q-lora": {**TINY_FAMILIES["deepseek_v3"], "q_lora_rank": None},
+    "deepseek_v2-lite": {**TINY_FAMILIES["deepseek_v2"], "q_lora_rank": None, "topk_method": "greedy", "n_group": None,
+                         "topk_group": None},
     "qwen3_next-all-moe": {**TINY_FAMILIES["qwen3_next"], "num_hidden_layers": 3, "full_attention_interval": 3},
 }
 TINY_CONFIGS = {**TINY_FAMILIES, **TINY_VARIANTS}

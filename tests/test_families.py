@@ -76,18 +76,39 @@ def test_forward_flops_and_cache_equal_transformers(name):
     ids = torch.randint(3, spec.vocab_size, (3, 40), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         cache = model(input_ids=ids, use_cache=True).past_key_values
-    assert kv_cache_bytes(spec, 3, 40, "fp32") == cache_bytes(cache)
+        assert kv_cache_bytes(spec, 3, 40, "fp32", after="prefill") == cache_bytes(cache)
+        cache = model(input_ids=ids[:, :1], past_key_values=cache, use_cache=True).past_key_values
+    assert kv_cache_bytes(spec, 3, 41, "fp32") == cache_bytes(cache)
 
 
 def cache_bytes(cache) -> int:
-    """Bytes of every tensor a transformers cache holds (keys/values, conv and recurrent states)."""
-    total = 0
+    """Bytes of memory a transformers cache holds: the storages under its keys/values, conv and recurrent states
+    (a sliding layer's view over a longer tensor holds all of it)."""
+    storages = {}
     for layer in cache.layers:
         tensors = [getattr(layer, "keys", None), getattr(layer, "values", None)]
         for states in (getattr(layer, "conv_states", None), getattr(layer, "recurrent_states", None)):
             tensors += list(states.values()) if isinstance(states, dict) else []
-        total += sum(t.numel() * t.element_size() for t in tensors if torch.is_tensor(t))
-    return total
+        storages.update({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors if torch.is_tensor(t)})
+    return sum(storages.values())
+
+
+def test_sliding_caches_hold_the_whole_prefill_until_the_next_token():
+    """After a prefill longer than the window transformers' sliding layers keep views over the full K and V."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    config = MistralConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                           vocab_size=100, sliding_window=16, max_position_embeddings=256)
+    model = MistralForCausalLM(config).eval()
+    spec = spec_from_hf(config.to_dict())
+    with torch.no_grad():
+        cache = model(input_ids=torch.randint(0, 100, (1, 64)), use_cache=True).past_key_values
+        prefill = cache_bytes(cache)
+        decode = cache_bytes(model(input_ids=torch.randint(0, 100, (1, 1)), past_key_values=cache, use_cache=True).past_key_values)
+    assert kv_cache_bytes(spec, 1, 64, "fp32", after="prefill") == prefill == 4 * decode
+    assert kv_cache_bytes(spec, 1, 65, "fp32") == decode
+    memory = estimate(spec, batch=1, seq=64, dtype="fp32")["memory"]
+    assert memory["kv_cache_after_prefill_bytes"] == prefill and memory["inference"]["kv_cache_bytes"] == prefill
 
 
 # transformers' Falcon before 5.25 expands K/V to every head before caching in the new decoder architecture; the
@@ -414,3 +435,31 @@ def test_the_grep_rule_catches_what_it_forbids():
     tree = ast.parse('"""A Llama-style block."""\nFAMILIES = ("llama", "gpt2")\ndef _gpt2_from_hf(): return "meta-llama__Llama-3"\n')
     texts = [t for _, _, t in code_names(tree)]
     assert "llama" in texts and "_gpt2_from_hf" in texts and "A Llama-style block." not in texts
+
+
+def test_a_known_layout_under_another_model_type_is_read_as_that_layout(tmp_path):
+    """Kimi-K2's config says model_type kimi_k2 and DeepseekV3ForCausalLM: read as deepseek_v3, with a note."""
+    import json
+    from importlib import resources
+
+    from typer.testing import CliRunner
+
+    from archsmith.cli import app
+    from archsmith.errors import ConfigError
+
+    v3 = json.loads(resources.files("archsmith.data").joinpath("reference_architectures/deepseek-ai__DeepSeek-V3.json").read_text())
+    kimi = {**v3, "model_type": "kimi_k2", "n_routed_experts": 384, "num_attention_heads": 64, "num_key_value_heads": 64, "n_group": 1, "topk_group": 1,
+            "vocab_size": 163840, "auto_map": {"AutoModelForCausalLM": "modeling_deepseek.DeepseekV3ForCausalLM"}}
+    (tmp_path / "config.json").write_text(json.dumps(kimi))
+    shown = CliRunner().invoke(app, ["estimate", str(tmp_path / "config.json"), "--json"])
+    assert shown.exit_code == 0, shown.output
+    result = json.loads(shown.stdout)
+    assert "model_type 'kimi_k2' is read as deepseek_v3: its architectures name DeepseekV3ForCausalLM" in result["source"]
+    assert result["spec"]["model_type"] == "deepseek_v3"
+    same = spec_from_hf({**kimi, "model_type": "deepseek_v3"})
+    as_v3 = json.loads(json.dumps({**kimi, "model_type": "deepseek_v3"}))  # transformers edits the dicts it is given
+    assert result["params"]["total"] == count_params(same)["total"] == param_count(meta_model(as_v3))
+    wrapped = {"model_type": "kimi_k25", "text_config": kimi}  # a multimodal wrapper around it
+    assert spec_from_hf(wrapped) == same
+    with pytest.raises(ConfigError, match="unsupported model_type 'kimi_k2'"):
+        spec_from_hf({**kimi, "architectures": ["SomethingElseForCausalLM"]})

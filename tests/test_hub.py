@@ -341,6 +341,12 @@ def test_cli_session_never_prints_the_token(fake, tmp_path):
     assert missing.returncode == 2 and "acme/nope: not found on the Hub" in missing.stderr
     for result in (found, evaluated, configured, estimated, missing):
         assert "hf_good" not in result.stdout + result.stderr
+    env["ARCHSMITH_PROGRESS_EVERY_S"] = "0"  # piped: every stage as a plain line on stderr
+    talking = run("search", "--task", "text-classification", "--json")
+    lines = talking.stderr.splitlines()
+    assert lines[:2] == ["searching", f"listing models on {fake.url}"] and json.loads(talking.stdout)["considered"] == 4
+    assert lines[2:] == [f"reading configs and cards: {n}/4 models" for n in range(1, 5)]
+    assert run("evaluate", "acme/tiny-llama-es").stderr == "reading acme/tiny-llama-es: config, tokenizer, card and safetensors header\n"
 
 
 def test_json_from_the_hub_is_size_capped_before_download(fake, monkeypatch):

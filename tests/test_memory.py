@@ -123,3 +123,28 @@ def test_checkpointing_saves_memory():
     ckpt = activation_bytes(spec, 4, 128, "bf16", checkpointing=True)
     assert ckpt["total"] < plain["total"]
     assert ckpt["recompute_peak"] == plain["per_layer"]
+
+
+def test_the_estimate_names_its_device_and_flags_cpu_dropout():
+    """CUDA's fused dropout and attention kernels are what the figures model; on CPU dropout saves more: flagged."""
+    from archsmith.errors import ArchsmithError
+    from archsmith.estimate import estimate
+    from archsmith.hfconfig import load_spec
+    from importlib import resources
+
+    path = resources.files("archsmith.data").joinpath("reference_architectures/bigcode__starcoder2-3b.json")
+    spec = load_spec(str(path))
+    cuda = estimate(spec, batch=1, seq=512)
+    assert cuda["settings"]["device"] == "cuda" and cuda["memory"]["activations_exact"]
+    cpu = estimate(spec, batch=1, seq=512, device="cpu")
+    assert not cpu["memory"]["activations_exact"] and "on CPU, dropout" in cpu["memory"]["activations_note"]
+    no_dropout = spec_from_hf({**json_of(path), "attention_dropout": 0.0, "residual_dropout": 0.0, "embedding_dropout": 0.0})
+    assert estimate(no_dropout, batch=1, seq=512, device="cpu")["memory"]["activations_exact"]
+    with pytest.raises(ArchsmithError, match="must be one of cuda, cpu"):
+        estimate(spec, device="tpu")
+
+
+def json_of(path) -> dict:
+    import json
+
+    return json.loads(path.read_text())
