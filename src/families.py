@@ -255,6 +255,12 @@ def dropout(default: float, **sites: str) -> dict[str, Extra]:
     return {key: Extra("number", default, minimum=0.0, maximum=1.0, dropout=site) for site, key in sites.items()}
 
 QK_NORM_FLAG = ("use_qk_norm",)
+# DeepSeek's MLA and MoE config keys (V2 and V3 name them alike)
+DEEPSEEK_KEYS = {**ATTENTION_BIAS, "head_dim": None, **ROUTER, "moe.num_experts": "n_routed_experts",
+                 "moe.expert_ffn_size": "moe_intermediate_size", "moe.shared_experts": "n_shared_experts",
+                 "moe.shared_ffn_size": "moe_intermediate_size", "mla.q_lora_rank": "q_lora_rank",
+                 "mla.kv_lora_rank": "kv_lora_rank", "mla.qk_nope_head_dim": "qk_nope_head_dim",
+                 "mla.qk_rope_head_dim": "qk_rope_head_dim", "mla.v_head_dim": "v_head_dim"}
 PER_EXPERT = ("gate_proj", "up_proj", "down_proj")  # per-expert checkpoint tensors of the Qwen-MoE / DeepSeek layout
 
 ROWS: tuple[Family, ...] = (
@@ -416,11 +422,7 @@ ROWS: tuple[Family, ...] = (
            extra={**AUX_LOSS, "norm_topk_prob": Extra("bool", True)}, **GEMMA_NORM, rope_concat=True,
            attention_kernels=("sdpa", "eager", "flash_attention_2")),
     Family("deepseek_v3", "DeepseekV3ForCausalLM", parity="both",
-           keys={**ATTENTION_BIAS, "head_dim": None, **ROUTER, "moe.num_experts": "n_routed_experts",
-                 "moe.expert_ffn_size": "moe_intermediate_size", "moe.shared_experts": "n_shared_experts",
-                 "moe.shared_ffn_size": "moe_intermediate_size", "mla.q_lora_rank": "q_lora_rank",
-                 "mla.kv_lora_rank": "kv_lora_rank", "mla.qk_nope_head_dim": "qk_nope_head_dim",
-                 "mla.qk_rope_head_dim": "qk_rope_head_dim", "mla.v_head_dim": "v_head_dim"},
+           keys=DEEPSEEK_KEYS,
            moe_layers="first_k_dense",
            defaults={"max_position_embeddings": 4096, "rms_norm_eps": 1e-6, "n_shared_experts": 1, "first_k_dense_replace": 3,
                      "q_lora_rank": 1536},
@@ -433,11 +435,7 @@ ROWS: tuple[Family, ...] = (
     # DeepSeek-V2 / V2-Lite: V3's MLA and MoE layout with a softmax router (greedy or group-limited top-k, scaled, not
     # renormalised) and complex-number RoPE on adjacent pairs; network.py has neither router nor that RoPE: parity none
     Family("deepseek_v2", "DeepseekV2ForCausalLM",
-           keys={**ATTENTION_BIAS, "head_dim": None, **ROUTER, "moe.num_experts": "n_routed_experts",
-                 "moe.expert_ffn_size": "moe_intermediate_size", "moe.shared_experts": "n_shared_experts",
-                 "moe.shared_ffn_size": "moe_intermediate_size", "mla.q_lora_rank": "q_lora_rank",
-                 "mla.kv_lora_rank": "kv_lora_rank", "mla.qk_nope_head_dim": "qk_nope_head_dim",
-                 "mla.qk_rope_head_dim": "qk_rope_head_dim", "mla.v_head_dim": "v_head_dim"},
+           keys=DEEPSEEK_KEYS,
            moe_layers="first_k_dense",
            defaults={"max_position_embeddings": 2048, "rms_norm_eps": 1e-6, "n_shared_experts": 2, "first_k_dense_replace": 0,
                      "q_lora_rank": 1536, "kv_lora_rank": 512, "n_routed_experts": 64, "moe_intermediate_size": 1407,

@@ -356,13 +356,16 @@ def train(args: RunArgs) -> dict[str, Any]:
         parallel.teardown(d)
 
 
-def planned_peak(plan: Plan, world: int, micro_batch: int | None = None, checkpointing: bool | None = None) -> dict[str, Any]:
-    """`archsmith.peak.training_peak` of this run's step on one device (bf16 autocast unless --precision fp32)."""
+def planned_peak(plan: Plan, world: int, micro_batch: int | None = None, checkpointing: bool | None = None,
+                 cuda: bool = True) -> dict[str, Any]:
+    """`archsmith.peak.training_peak` of this run's step on one device: bf16 (or fp16) autocast, or fp32 as --precision
+    says (auto: autocast on a GPU, fp32 elsewhere)."""
     from archsmith.peak import training_peak
 
     args = plan.args
     micro = micro_batch or args.micro_batch or max(1, args.batch // world)
-    dtype = "fp32" if args.precision == "fp32" else "fp16" if args.precision == "fp16" else "bf16"
+    fp32 = args.precision == "fp32" or (args.precision == "auto" and not cuda)
+    dtype = "fp32" if fp32 else "fp16" if args.precision == "fp16" else "bf16"
     return training_peak(plan.spec, micro, plan.seq, dtype, args.checkpointing if checkpointing is None else checkpointing, args.compile)
 
 
@@ -371,7 +374,7 @@ def check_memory(plan: Plan, world: int, free: int | None) -> dict[str, Any]:
     device's free memory; None off CUDA: nothing to check). FSDP over several processes shards the state: not checked."""
     from archsmith.train.memory import refuse_unless_fits
 
-    planned = planned_peak(plan, world)
+    planned = planned_peak(plan, world, cuda=free is not None)
     args = plan.args
     if free is None or (args.strategy == "fsdp" and world > 1):
         return planned
