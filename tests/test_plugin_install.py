@@ -288,6 +288,9 @@ def test_fresh_home_installs_the_environment_with_pip_and_answers(claude, tmp_pa
                                       work, [ESTIMATE, STATUS, "WaitForMcpServers"], timeout=900)
     first_session = time.time() - started
     api_calls = api.messages()
+    offers = [{t["name"] for t in m["tools"] if t["name"].startswith(PREFIX)} for m in api_calls]
+    arrived = next(i for i, names in enumerate(offers) if ESTIMATE in names)  # the tools came in this same session
+    assert offers[arrived] == {PREFIX + fn.__name__ for fn in TOOLS} and all(o == {STATUS} for o in offers[:arrived])
     hook = next(e for e in events if e.get("subtype") == "hook_response")
     assert "Python environment ready" in json.loads(hook["stdout"])["systemMessage"]
     result = results_by_id(api.messages()[-1])[ESTIMATE_ID]
@@ -309,5 +312,6 @@ def test_fresh_home_installs_the_environment_with_pip_and_answers(claude, tmp_pa
         again = claude_code.headless(claude, "hi", claude_code.with_api(env, api.url), work, [ESTIMATE])
     assert not [e for e in again if e.get("subtype") == "hook_response" and e.get("stdout", "").strip()]  # silent
     assert (data / "install.log").stat().st_size == log_size  # same stamp: nothing re-installed
-    print(f"first session with the install: {first_session:.0f} s, {len(api_calls)} API calls")
+    print(f"first session with the install: {first_session:.0f} s, {len(api_calls)} API calls, "
+          f"the tools offered from request {arrived + 1}")
     shutil.rmtree(data / "envs")  # about 1.8 GB
