@@ -579,6 +579,8 @@ def activation_bytes(spec: ArchitectureSpec, batch: int, seq: int, dtype: str = 
     attention = attention or default_attention(spec)
     if attention not in ATTENTION_IMPLS:
         raise ArchsmithError("attention", f"must be one of {', '.join(ATTENTION_IMPLS)}; got {attention!r}")
+    if device not in DEVICES:
+        raise ArchsmithError("device", f"must be one of {', '.join(DEVICES)}; got {device!r}")
     b = int(DTYPE_BYTES[norm_dtype(dtype)])
     h = spec.hidden_size
     T = batch * seq
@@ -616,8 +618,6 @@ def activation_bytes(spec: ArchitectureSpec, batch: int, seq: int, dtype: str = 
     if checkpointing:
         layers_total = spec.num_layers * T * b * h  # each layer keeps only its input
         rope = 0
-    if device not in DEVICES:
-        raise ArchsmithError("device", f"must be one of {', '.join(DEVICES)}; got {device!r}")
     reasons = activations_calibration(spec, attention, dtype, device)
     return {
         "total": layers_total + rope + head + loss + embedding,

@@ -42,8 +42,8 @@ RECIPES = {"autocast": "bf16 autocast over fp32 weights, fp32 loss, fused AdamW,
 
 def not_calibrated(spec: ArchitectureSpec, compile: bool = False) -> list[str]:
     """Why the peak of this layout is not yet held to 5% of a measurement (empty: it is)."""
-    reasons = []
-    if families.get(spec.model_type).parity == "none":
+    reasons, fam = [], families.get(spec.model_type)
+    if fam.parity == "none":
         reasons.append(f"archsmith train does not build {spec.model_type} models: the figure is a llama-style step of these sizes")
     if compile:
         reasons.append("under torch.compile fewer tensors are saved: the figure is the eager step's peak (an upper bound)")
@@ -58,7 +58,6 @@ def not_calibrated(spec: ArchitectureSpec, compile: bool = False) -> list[str]:
     if (spec.sliding_window or spec.position == "alibi" or families.setting(spec, "attn_logit_softcapping", None)
             or any(kind != "full_attention" for kind in spec.resolved_layer_types)):
         reasons.append("masked or eager attention (sliding windows, ALiBi, soft-capping) is not yet modelled")
-    fam = families.get(spec.model_type)
     if (fam.embed_scale != "none" or families.setting(spec, "logits_scaling", 1.0) != 1.0 or families.setting(spec, "logit_scale", 1.0) != 1.0
             or families.setting(spec, "final_logit_softcapping", None) or families.setting(spec, "embedding_multiplier", 1.0) != 1.0):
         reasons.append("scaled or soft-capped embeddings and logits add transients not yet modelled")

@@ -84,13 +84,14 @@ def test_forward_flops_and_cache_equal_transformers(name):
 def cache_bytes(cache) -> int:
     """Bytes of memory a transformers cache holds: the storages under its keys/values, conv and recurrent states
     (a sliding layer's view over a longer tensor holds all of it)."""
-    storages = {}
+    from archsmith.train.memory import resident_bytes
+
+    tensors = []
     for layer in cache.layers:
-        tensors = [getattr(layer, "keys", None), getattr(layer, "values", None)]
+        tensors += [getattr(layer, "keys", None), getattr(layer, "values", None)]
         for states in (getattr(layer, "conv_states", None), getattr(layer, "recurrent_states", None)):
             tensors += list(states.values()) if isinstance(states, dict) else []
-        storages.update({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors if torch.is_tensor(t)})
-    return sum(storages.values())
+    return resident_bytes(tensors)
 
 
 def test_sliding_caches_hold_the_whole_prefill_until_the_next_token():

@@ -67,7 +67,9 @@ def profiled_peak(fn: Callable[[], Any]) -> int:
     """The most bytes `fn` holds above what was allocated before it (CPU allocations, from torch.profiler's memory events)."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    from archsmith.analyze import silent_stderr
+
+    with silent_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"), key=lambda e: e.start_ns())
     live = peak = 0
