@@ -20,9 +20,11 @@ pip runs with the user's own configuration (PIP_CONSTRAINT, PIP_INDEX_URL, pip.c
 detached from Claude Code, whose time limits (30 s for an MCP server to answer `initialize`, the hook's timeout)
 would otherwise kill it; its output goes to ${CLAUDE_PLUGIN_DATA}/install.log.
 
-Until the environment is ready, `serve` answers Claude Code itself (the server shows as connected at once) with
-one `setup_status` tool. When the install finishes it starts the real server, hands the session over to it and
-sends `notifications/tools/list_changed`, so the archsmith tools appear in the same session.
+Until the environment is ready, `serve` answers Claude Code itself (the server shows as connected at once). It
+lists the real server's tools from hooks/tools.json (written by scripts/tool_list.py) plus `setup_status`, so the
+first request of the install's own session already offers them; a call made before the install is done waits
+for it (up to CALL_WAIT_S). When the install finishes it starts the real server, hands the session over to it
+(with the calls that waited) and sends `notifications/tools/list_changed`.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ CANDIDATES = ("python3.13", "python3.12", "python3.11", "python3")  # searched o
 POLL_S = 0.5  # how often a waiter looks at the installer's progress
 HOOK_WAIT_S = 840  # the hook waits this long (its timeout in hooks.json is 900 s); the install goes on after
 STATUS_WAIT_S = 50  # setup_status waits at most this long, so the model can tell the user how it goes
+CALL_WAIT_S = 300  # a tool called during the install waits this long for it, then answers that it is installing
+TOOL_LIST = "tools.json"  # beside this file: the real server's tools/list, offered while the install runs
 SKIP_COPY = {".git", ".venv", ".cache", "__pycache__", "runs", "build", "dist", ".pytest_cache", ".hypothesis",
              "node_modules"}  # never part of the package: caches, environments, outputs
 RUN_WAIT_S = 100  # bin/archsmith waits this long for an install (below the Bash tool's 120 s default timeout)
@@ -355,6 +359,15 @@ def run_program(root: Path, layout: Layout, program: str, args: list[str]) -> in
 
 # ---- the MCP server command ---------------------------------------------------------------------------------------
 
+def listed_tools() -> list[dict]:
+    """The real server's tools as hooks/tools.json lists them; none if the file is missing or malformed."""
+    try:
+        tools = json.loads((Path(__file__).resolve().parent / TOOL_LIST).read_text(encoding="utf-8"))["tools"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    return [t for t in tools if isinstance(t, dict) and isinstance(t.get("name"), str)] if isinstance(tools, list) else []
+
+
 class Shim:
     """A minimal MCP server over stdio that stands in while the install runs, then hands over to the real one."""
 
@@ -364,6 +377,8 @@ class Shim:
         self.init: dict | None = None  # the client's initialize request, replayed to the real server
         self.initialized = False
         self.waiting: list[tuple[float, object]] = []  # setup_status calls waiting for the install: (deadline, id)
+        self.tools = listed_tools()
+        self.held: list[tuple[float, object, bytes]] = []  # real tools' calls waiting: (deadline, id, the raw line)
 
     def send(self, message: dict) -> None:
         data = json.dumps(message, separators=(",", ":")) + "\n"
@@ -380,7 +395,7 @@ class Shim:
             line = "archsmith: ready; its tools are listed now (tools/list_changed was sent)."
         return {"content": [{"type": "text", "text": line}], "isError": state == "failed"}
 
-    def handle(self, message: dict, state: str) -> None:
+    def handle(self, message: dict, state: str, line: bytes) -> None:
         method, id_ = message.get("method"), message.get("id")
         if method is None or id_ is None:  # a notification, or a response to a request we never sent
             self.initialized = self.initialized or method == "notifications/initialized"
@@ -390,12 +405,12 @@ class Shim:
             version = (message.get("params") or {}).get("protocolVersion") or "2025-06-18"
             self.result(id_, {"protocolVersion": version, "serverInfo": {"name": "archsmith", "version": plugin_version(self.job.root)},
                               "capabilities": {name: {"listChanged": True} for name in ("tools", "resources", "prompts")},
-                              "instructions": "archsmith is installing its Python environment; its tools appear when it "
-                                              "is ready. setup_status reports progress and waits for it."})
+                              "instructions": "archsmith is installing its Python environment; a tool called before it "
+                                              "is ready waits for it. setup_status reports progress."})
         elif method == "ping":
             self.result(id_, {})
         elif method == "tools/list":
-            self.result(id_, {"tools": [{
+            self.result(id_, {"tools": self.tools + [{
                 "name": "setup_status",
                 "description": "archsmith's tools appear when its Python environment is installed (first use). This "
                                "reports the install's progress, waiting up to wait_seconds for it to finish.",
@@ -406,7 +421,10 @@ class Shim:
             wait = (message["params"].get("arguments") or {}).get("wait_seconds", 30)
             wait = min(max(int(wait), 0), STATUS_WAIT_S) if isinstance(wait, (int, float)) else 30
             self.waiting.append((time.time() + wait, id_))
-        elif method == "tools/call":  # a tool of the real server, called before it runs: say why it is missing
+        elif method == "tools/call" and state == "installing" and any(
+                t["name"] == (message.get("params") or {}).get("name") for t in self.tools):
+            self.held.append((time.time() + CALL_WAIT_S, id_, line))  # the real server answers it when it starts
+        elif method == "tools/call":  # the install failed, or no such tool: say why
             self.result(id_, {"content": [{"type": "text", "text": self.job.line(state)}], "isError": True})
         elif method in ("resources/list", "resources/templates/list", "prompts/list"):
             key = {"resources/list": "resources", "resources/templates/list": "resourceTemplates"}.get(method, "prompts")
@@ -420,9 +438,13 @@ class Shim:
         for entry in due:
             self.waiting.remove(entry)
             self.result(entry[1], self.status_result(state))
+        for held in [h for h in self.held if state == "failed" or (state == "installing" and h[0] <= now)]:
+            self.held.remove(held)
+            self.result(held[1], {"content": [{"type": "text", "text": self.job.line(state)}], "isError": True})
 
     def hand_over(self, server: Path, incoming: queue.Queue) -> int:
-        """Start the real server, replay the handshake, announce the new lists, then copy messages both ways."""
+        """Start the real server, replay the handshake and the calls that waited, announce the new lists, then copy
+        messages both ways."""
         child = subprocess.Popen([str(server)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         if self.init is not None:  # the client's own initialize; the answer (already given by us) is dropped
             child.stdin.write((json.dumps({**self.init, "id": HANDOVER_ID}) + "\n").encode())
@@ -445,6 +467,9 @@ class Shim:
         if self.init is not None:
             for kind in ("tools", "resources", "prompts"):
                 self.send({"jsonrpc": "2.0", "method": f"notifications/{kind}/list_changed"})
+        for _, _, line in self.held:
+            child.stdin.write(line)
+        child.stdin.flush()
         while (line := incoming.get()) is not None:
             child.stdin.write(line)
             child.stdin.flush()
@@ -481,7 +506,7 @@ class Shim:
             except ValueError:
                 continue
             if isinstance(message, dict):
-                self.handle(message, state)
+                self.handle(message, state, line if line.endswith(b"\n") else line + b"\n")
 
 
 def serve(root: Path, layout: Layout, args: list[str]) -> int:
