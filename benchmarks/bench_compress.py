@@ -54,7 +54,7 @@ def main() -> None:
     import transformers
     from transformers import AutoModel, AutoTokenizer
 
-    from archsmith import compress as comp
+    from archsmith.compress import text as comp
     from archsmith.export import _ort_runner, _ort_session, export
 
     torch.set_num_threads(args.threads)  # onnxruntime sessions take the same count (export._ort_session)

@@ -42,7 +42,8 @@ import threading
 import time
 from pathlib import Path
 
-SCHEME = 2  # bump when the install recipe changes, so every stamp changes with it
+SCHEME = 3  # bump when the install recipe changes, so every stamp changes with it
+EXTRAS = "students"  # pyproject.toml's extras the plugin installs: the ml-architecture-designer's students of any nn.Module
 LOCK = "constraints.txt"  # the tested, locked versions (pip -c)
 MIN_PYTHON = (3, 11)  # pyproject.toml's requires-python
 CANDIDATES = ("python3.13", "python3.12", "python3.11", "python3")  # searched on PATH when ARCHSMITH_PYTHON is unset
@@ -246,7 +247,7 @@ def install(root: Path, layout: Layout) -> int:
             run([python, "-m", "venv", str(env)], "creating the virtual environment")
             with tempfile.TemporaryDirectory(dir=layout.data, prefix="build-") as tmp:
                 source = copy_sources(root, Path(tmp))
-                pip = [str(env / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check", str(source)]
+                pip = [str(env / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check", f"{source}[{EXTRAS}]"]
                 try:  # the versions the suite passed with; another Python or OS may lack some of those wheels
                     run([*pip, "-c", str(source / LOCK)], f"pip install (locked versions, {LOCK})")
                 except InstallError:

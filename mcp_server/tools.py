@@ -371,6 +371,26 @@ def _model(model: str, hub: bool = False) -> tuple[str, bool]:
     return str(_path(model, "model")), False
 
 
+def _code_ref(ref: str | None, field: str) -> str | None:
+    """A file.py:fn reference resolved under the workspace; refused unless the server allows code."""
+    from archsmith.analyze import FACTORY
+    from archsmith.errors import ArchsmithError
+
+    if ref is None:
+        return None
+    match = FACTORY.match(ref)
+    if not match:
+        raise ArchsmithError(field, f"must be file.py:function, got {ref!r:.120}")
+    if os.environ.get(ALLOW_CODE_ENV) != "1":
+        raise ArchsmithError(field, "file.py:function runs Python code, which this server refuses; start it with "
+                                    f"{ALLOW_CODE_ENV}=1 to allow code under the workspace root, or use the CLI")
+    return f"{_path(match['file'], field)}:{match['name']}"
+
+
+CodeRef = Annotated[str | None, Field(description="file.py:function relative to the workspace root (needs a server started "
+                                                  f"with {ALLOW_CODE_ENV}=1).", max_length=1024)]
+
+
 @heavy(timeout_s=900)  # profiling a large model takes minutes on a CPU
 async def analyze_model(model: Annotated[str, Field(description="A model directory, config.json or archsmith spec JSON relative to the workspace root, "
                                                                   "a Hub id 'org/name' (config.json only), or file.py:factory when the server allows code.",
@@ -412,25 +432,32 @@ async def compress_model(model: ModelRef, out_dir: RelPath,
                          kv_heads: Annotated[int | None, Field(description="With v2, KV heads of a decoder student (1 = MQA).", ge=1, le=1024)] = None,
                          calibration: Annotated[str | None, Field(description="Calibration text file (one sample per line), relative to the workspace root.", max_length=1024)] = None,
                          heldout: Annotated[str | None, Field(description="Held-out text file for the fidelity report.", max_length=1024)] = None,
+                         inputs: CodeRef = None, data: CodeRef = None,
+                         invariance: Annotated[list[Literal["permutation", "rotation"]], Field(max_length=2)] = [],
+                         route: Literal["auto", "knobs", "prune"] = "auto",
                          overwrite: bool = False, ctx: Context = None) -> dict[str, Any]:
-    """Make a smaller student of a BERT-style encoder or a decoder ({decoders}; blocks of the Llama layout: no MoE,
-    latent attention, fused projections or non-pre norms), initialised from the teacher
-    (layer selection that reduces later layers more, width and head pruning by activation importance on calibration text;
-    v2 adds mean-pooled GQA/MQA for decoders), and write it to out_dir as config.json + model.safetensors that
-    AutoModel / AutoModelForCausalLM load, with the tokenizer, compression.json and comparison.png. Returns parameters,
-    FLOPs, memory and measured latency of teacher vs student, the fidelity before distillation, and the kept layers.
+    """Make a smaller student initialised from the teacher and write it to out_dir. Text models: a BERT-style encoder or
+    a decoder ({decoders}; Llama-layout blocks) get layer selection that reduces later layers more, width and head
+    pruning by activation importance on calibration text (v2: mean-pooled GQA/MQA for decoders), saved as
+    config.json + model.safetensors for AutoModel / AutoModelForCausalLM. Any other nn.Module (a model directory such as
+    ResNet or ViT, or file.py:factory when the server allows code; inputs / data: file.py:fn giving one batch / batches)
+    goes by its factory's size knobs (route knobs) or torch-pruning of blocks, channels and heads (route prune); v2
+    rewrites operations (tanh-GELU, depthwise-separable convolutions, lower lmax); invariance permutation / rotation
+    is measured on teacher and student and a student breaking one is refused. Returns parameters, FLOPs, saved
+    activations and measured CPU latency of teacher vs student, the fidelity before distillation and the decisions.
     An unreachable reduction is refused with the nearest feasible ones."""
     from archsmith.compress import compress
     from archsmith.files import check_out_dir
 
-    ref, _ = _model(model)
+    ref, allow = _model(model)
     out = _path(out_dir, "out_dir")
     check_out_dir(out, overwrite)
     calibration_file = _path(calibration, "calibration") if calibration else None
     heldout_file = _path(heldout, "heldout") if heldout else None
     await ctx.report_progress(0, 1, "compressing")
     report = await run_heavy(compress, ref, reduction, out, strategy=strategy, v2=v2, kv_heads=kv_heads, calibration=calibration_file,
-                             heldout=heldout_file, overwrite=overwrite)
+                             heldout=heldout_file, inputs=_code_ref(inputs, "inputs"), data=_code_ref(data, "data"),
+                             invariance=list(invariance), route=route, allow_code=allow, overwrite=overwrite)
     report["files"] = [_relative(Path(p)) for p in report["files"]]
     await ctx.report_progress(1, 1, "done")
     return report

@@ -526,29 +526,37 @@ def analyze(
 
 @app.command()
 def compress(
-    model: str = typer.Argument(..., help="Teacher: a BERT-style encoder or a Llama-layout decoder directory (config.json + safetensors)."),
+    model: str = typer.Argument(..., help="Teacher: a text model directory (BERT-style encoder, Llama-layout decoder), another model directory (config.json + safetensors: ResNet, ViT, ...) or file.py:factory (its integer keyword arguments are size knobs)."),
     reduction: float = typer.Option(..., "--reduction", help="Share of parameters to remove, in (0, 1): 0.5 halves the model."),
     out_dir: Path = typer.Option(..., "--out", help="Directory for the student (must not exist unless --overwrite)."),
-    strategy: str = typer.Option("both", "--strategy", help="depth (drop layers), width (narrow them) or both."),
-    v2: bool = typer.Option(False, "--v2", help="Operational efficiency: GQA/MQA with mean-pooled KV heads (decoders), tanh-GELU (encoders)."),
+    strategy: str = typer.Option("both", "--strategy", help="depth (drop layers / blocks), width (narrow them) or both."),
+    v2: bool = typer.Option(False, "--v2", help="Cheaper operations: GQA/MQA (decoders), tanh-GELU (encoders, any module), depthwise-separable convolutions, a lower lmax (size knobs)."),
     kv_heads: Optional[int] = typer.Option(None, "--kv-heads", help="With --v2, KV heads of a decoder student (1 = MQA; default heads / 4)."),
-    calibration: Optional[Path] = typer.Option(None, "--calibration", help="Text file, one sample per line, for activation importance (default: shipped English text)."),
-    heldout: Optional[Path] = typer.Option(None, "--heldout", help="Text file for the fidelity report (default: shipped English sentences)."),
+    calibration: Optional[Path] = typer.Option(None, "--calibration", help="Text models: a text file, one sample per line, for activation importance (default: shipped English text)."),
+    heldout: Optional[Path] = typer.Option(None, "--heldout", help="Text models: a text file for the fidelity report (default: shipped English sentences)."),
+    inputs: Optional[str] = typer.Option(None, "--inputs", help="Other modules: file.py:fn returning one example batch (a tensor, tuple or dict of tensors)."),
+    data: Optional[str] = typer.Option(None, "--data", help="Other modules: file.py:fn returning batches for calibration and held-out fidelity (default: the example batch redrawn)."),
+    invariance: list[str] = typer.Option([], "--invariance", help="permutation or rotation (repeatable): measured on teacher and student; a student that breaks one the teacher keeps is refused."),
+    route: str = typer.Option("auto", "--route", help="Other modules: knobs (search the factory's size knobs), prune (torch-pruning) or auto (knobs when the factory has them)."),
     repeats: int = typer.Option(5, "--repeats", help="Timed forward passes per latency point."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace files in an existing --out directory."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
-    """Design a smaller student initialised from the teacher; write it as an HF model directory with a comparison."""
+    """Design a smaller student initialised from the teacher; write it with its weights, code and a comparison."""
     from archsmith.compress import compress as run
 
     try:
         with stages("compressing") as say:
             report = run(model, reduction, out_dir, strategy=strategy, v2=v2, kv_heads=kv_heads, calibration=calibration,
-                         heldout=heldout, repeats=repeats, overwrite=overwrite, progress=say)
+                         heldout=heldout, inputs=inputs, data=data, invariance=invariance, route=route, repeats=repeats,
+                         overwrite=overwrite, progress=say)
     except ArchsmithError as exc:
         _fail(exc)
     if as_json:
         _json(report)
+        return
+    if "route" in report:
+        _show_module_student(report, out_dir)
         return
     cmp = report["comparison"]
     rows = [[key, f"{cmp['teacher'][key]:,}", f"{cmp['student'][key]:,}"]
@@ -562,6 +570,29 @@ def compress(
               f"fidelity before distillation: " + ", ".join(f"{k} {v}" for k, v in fid.items() if k not in ("kind", "texts")))
     for note in report["notes"]:
         out.print(f"note: {note}", highlight=False)
+    out.print("wrote " + ", ".join(report["files"]), highlight=False)
+
+
+def _show_module_student(report: dict, out_dir: Path) -> None:
+    """compress's summary for a student of any nn.Module."""
+    cmp = report["comparison"]
+    labels = {"params": "parameters", "forward_flops": "forward FLOPs", "activation_bytes": "saved activations (B)",
+              "latency_ms": "CPU latency (ms)"}
+    rows = [[label, f"{cmp['teacher'][k]:,}", f"{cmp['student'][k]:,}", "-" if cmp["ratios"][k] is None else f"{cmp['ratios'][k]:.3f}"]
+            for k, label in labels.items()]
+    show_table(f"{report['teacher']} -> {out_dir} ({report['version']}, {report['route']}, {report['strategy']})",
+               [Column(""), Column("teacher", True), Column("student", True), Column("ratio", True)], rows)
+    fid = report["fidelity"]["teacher_vs_student"]
+    out.print(f"reduction {report['achieved_reduction']:.1%} (asked {report['target_reduction']:.0%}); speed-up "
+              f"{cmp['speedup']:.2f}x on CPU; fidelity before distillation: "
+              + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in fid.items()), highlight=False)
+    def errors(value) -> str:
+        return ", ".join(f"{k} {v:.1e}" for k, v in value.items() if v is not None) if isinstance(value, dict) else f"{value:.1e}"
+
+    for kind, teacher in report["symmetry"]["teacher"].items():
+        out.print(f"{kind} error: teacher {errors(teacher)}; student {errors(report['symmetry']['student'][kind])}", highlight=False)
+    for decision in report["decisions"]:
+        out.print(f"decision: {decision}", highlight=False)
     out.print("wrote " + ", ".join(report["files"]), highlight=False)
 
 

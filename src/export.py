@@ -99,6 +99,8 @@ def load_exportable(model: str, allow_code: bool = True, latency_grid=LATENCY_GR
         cases = [("example inputs", example), ("fresh inputs, same shapes", fresh)]
         return Exportable(target.module.eval(), names, example, dynamic, cases, cases[:1], [None, None], "output", target.name)
     path = Path(model)
+    if (path / "student.json").is_file():
+        return _student_exportable(path)
     if not path.is_dir() or not any(path.glob("*.safetensors")):
         raise ArchsmithError("model", f"must be a model directory with config.json and safetensors weights, or file.py:factory; got {model!r:.120}")
     from archsmith.hfconfig import read_config
@@ -124,6 +126,32 @@ def load_exportable(model: str, allow_code: bool = True, latency_grid=LATENCY_GR
     latency = [(f"batch {b}, seq {min(s, context)}", _text_inputs(vocab, b, min(s, context), pad=False, seed=99)) for b, s in latency_grid]
     return Exportable(TextModel(hf, causal).eval(), ["input_ids", "attention_mask"], _text_inputs(vocab, *EXAMPLE, pad=True, seed=7),
                       dynamic, cases, latency, masks, "logits" if causal else "last_hidden_state", str(model))
+
+
+class Positional(torch.nn.Module):
+    """A module taking a batch (dict: by `names`; else positional) as forward(*tensors), for the exporters."""
+
+    def __init__(self, module, names: list[str] | None):
+        super().__init__()
+        self.module, self.names = module, names
+
+    def forward(self, *tensors):
+        return self.module(**dict(zip(self.names, tensors))) if self.names else self.module(*tensors)
+
+
+def _student_exportable(path: Path) -> Exportable:
+    """A compress student of any nn.Module: load_student, checked on its example batch and a redrawn one."""
+    from archsmith.compress.modules import variant
+    from archsmith.compress.student import load_inputs, load_student
+
+    module, example = load_student(path), load_inputs(path)
+    names = list(example) if isinstance(example, dict) else [f"input_{i}" for i in range(len(example))]
+    module = Positional(module, names if isinstance(example, dict) else None)
+    args = tuple(example.values()) if isinstance(example, dict) else tuple(example)
+    fresh = variant(args, seed=1)
+    dynamic = (tuple({d: torch.export.Dim.AUTO for d in range(t.dim())} for t in args),)  # forward(*tensors): one group
+    cases = [("example inputs", args), ("fresh inputs, same shapes", fresh)]
+    return Exportable(module.eval(), names, args, dynamic, cases, cases[:1], [None, None], "output", str(path))
 
 
 # ---- one artifact per format ----------------------------------------------------------------------

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from archsmith import compress as comp
+from archsmith.compress import text as comp
 from archsmith.cli import app
 from archsmith.errors import ArchsmithError
 from conftest import TINY_FAMILIES, minilm_path

@@ -13,7 +13,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from archsmith import compress as comp
+from archsmith.compress import text as comp
 from archsmith.cli import app
 from archsmith.distill import distill
 from archsmith.errors import ArchsmithError

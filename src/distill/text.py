@@ -32,7 +32,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from archsmith import compress as comp
+from archsmith.compress import text as comp
 from archsmith.errors import ArchsmithError
 
 TEMPERATURE = 2.0  # DistilBERT's softening of the teacher's distribution
