@@ -609,8 +609,8 @@ build_model.__doc__ = build_model.__doc__.format(buildable=", ".join(families.wi
 compress_model.__doc__ = compress_model.__doc__.format(decoders=", ".join(families.with_parity("both")))
 
 @heavy(timeout_s=3600)  # a training run: minutes on a CPU for a small student
-async def distill_model(teacher: Annotated[str, Field(description="Teacher model directory (config.json + safetensors + tokenizer), relative to the workspace root.", min_length=1, max_length=1024)],
-                        student: Annotated[str, Field(description="Student model directory of the same kind and vocabulary, e.g. what compress_model wrote.", min_length=1, max_length=1024)],
+async def distill_model(teacher: Annotated[str, Field(description="Teacher: a model directory (config.json + safetensors; text models with their tokenizer) relative to the workspace root, or file.py:factory when the server allows code.", min_length=1, max_length=1024)],
+                        student: Annotated[str, Field(description="Student directory, what compress_model wrote (text models: same kind and vocabulary).", min_length=1, max_length=1024)],
                         data: CorpusPaths, out_dir: RunDir,
                         steps: Annotated[int, Field(description="Optimizer steps.", ge=1, le=1_000_000)] = 200,
                         temperature: Annotated[float, Field(description="Softening of the teacher's logits (LMs); the KL is scaled by T^2.", ge=0.1, le=100)] = TEMPERATURE,
@@ -621,6 +621,8 @@ async def distill_model(teacher: Annotated[str, Field(description="Teacher model
                         batch: Annotated[int, Field(description="Samples per optimizer step.", ge=1, le=4096)] = 16,
                         seq: Annotated[int, Field(description="Tokens per sample (encoders: at most; LMs: packed windows).", ge=8, le=8192)] = 128,
                         heldout: Annotated[str | None, Field(description="Held-out text file for the fidelity report (default: shipped English sentences).", max_length=1024)] = None,
+                        loss: Annotated[Literal["auto", "mse", "kl"], Field(description="Students of other modules: output loss (auto: KL for a transformers model's logits, else relative squared error).")] = "auto",
+                        feature_weight: Annotated[float, Field(description="Students of other modules: weight of matching the blocks both keep.", ge=0, le=100)] = 1.0,
                         resume: bool = False, ctx: Context = None) -> dict[str, Any]:
     """Distil a teacher into a student (a BERT-style encoder, or a causal LM of the families network.py matches) on a
     corpus, with the training loop of start_training: temperature-softened KL x T^2 plus next-token loss for LMs, the
@@ -628,16 +630,25 @@ async def distill_model(teacher: Annotated[str, Field(description="Teacher model
     layers compress_model kept, optional attention transfer. Writes out_dir/final (the distilled student: AutoModel /
     AutoModelForCausalLM load it), checkpoints (resume continues them), metrics.jsonl, loss.png, distillation.json and
     fidelity.png. Returns the fidelity on held-out text before and after (similarity agreement for encoders; KL to the
-    teacher and perplexity for LMs) and the training summary."""
-    from archsmith.distill import distill
+    teacher and perplexity for LMs) and the training summary. A student of any other nn.Module (compress_model's
+    student.json) learns on data = [file.py:fn] (its batches; the server must allow code) by output matching plus
+    the blocks both keep; final/ is a student directory again."""
+    from archsmith.distill import distill, is_module_student
 
-    paths = [str(_path(d, "data")) for d in data]
-    heldout_file = _path(heldout, "heldout") if heldout else None
+    student_dir, out = _path(student, "student"), _path(out_dir, "out_dir")
     await ctx.report_progress(0, 1, "distilling")
-    report = await run_heavy(distill, _path(teacher, "teacher"), _path(student, "student"), paths, _path(out_dir, "out_dir"),
-                             steps=steps, temperature=temperature, alpha=alpha, hidden_weight=hidden_weight,
-                             attention_weight=attention_weight, lr=lr, batch=batch, seq=seq, heldout=heldout_file, resume=resume,
-                             progress=False)
+    if is_module_student(student_dir):
+        ref, _ = _model(teacher)  # _model and _code_ref refuse code unless the server allows it
+        report = await run_heavy(distill, ref, student_dir, [_code_ref(d, "data") for d in data], out, steps=steps, lr=lr,
+                                 loss=loss, temperature=temperature, feature_weight=feature_weight, resume=resume,
+                                 progress=False)
+    else:
+        paths = [str(_path(d, "data")) for d in data]
+        heldout_file = _path(heldout, "heldout") if heldout else None
+        report = await run_heavy(distill, _path(teacher, "teacher"), student_dir, paths, out,
+                                 steps=steps, temperature=temperature, alpha=alpha, hidden_weight=hidden_weight,
+                                 attention_weight=attention_weight, lr=lr, batch=batch, seq=seq, heldout=heldout_file,
+                                 resume=resume, progress=False)
     report["files"] = [_relative(Path(p)) for p in report["files"]]
     report["final"] = _relative(Path(report["final"]))
     await ctx.report_progress(1, 1, "done")

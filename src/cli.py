@@ -598,9 +598,9 @@ def _show_module_student(report: dict, out_dir: Path) -> None:
 
 @app.command()
 def distill(
-    teacher: Path = typer.Argument(..., help="Teacher model directory (config.json + safetensors + tokenizer)."),
-    student: Path = typer.Argument(..., help="Student model directory of the same kind and vocabulary (e.g. what compress wrote)."),
-    data: list[str] = typer.Option(..., "--data", help="Corpus: text files (encoders: one sentence per line), JSONL files or directories (repeatable)."),
+    teacher: str = typer.Argument(..., help="Teacher: a model directory (config.json + safetensors; text models with their tokenizer) or file.py:factory."),
+    student: Path = typer.Argument(..., help="Student directory: what compress wrote (text models: same kind and vocabulary)."),
+    data: list[str] = typer.Option(..., "--data", help="Text models: text files (encoders: one sentence per line), JSONL files or directories (repeatable). Other modules: file.py:fn returning batches."),
     out_dir: Path = typer.Option(..., "--out", help="Run directory (must be new, unless --resume): final/ is the distilled student."),
     steps: int = typer.Option(200, "--steps", help="Optimizer steps."),
     temperature: float = typer.Option(TEMPERATURE, "--temperature", help="Softening of the teacher's logits (LMs); the KL is scaled by T^2."),
@@ -611,21 +611,35 @@ def distill(
     batch: int = typer.Option(16, "--batch", help="Samples per optimizer step."),
     seq: int = typer.Option(128, "--seq", help="Tokens per sample (encoders: at most; LMs: packed windows)."),
     heldout: Optional[Path] = typer.Option(None, "--heldout", help="Text file for the fidelity report (default: the shipped English sentences compress uses)."),
+    loss: str = typer.Option("auto", "--loss", help="Other modules: mse (relative squared error of the outputs), kl (logits, with --temperature) or auto."),
+    feature_weight: float = typer.Option(1.0, "--feature-weight", help="Other modules: weight of matching the blocks both keep, through learned projections; 0 disables."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
-    """Distil a teacher into a student on a corpus; fidelity on held-out text before and after."""
+    """Distil a teacher into a student; fidelity on held-out text or batches before and after."""
     from archsmith.distill import distill as run
+    from archsmith.distill import is_module_student
 
+    module = is_module_student(student)
+    options = dict(steps=steps, lr=lr, loss=loss, temperature=temperature, feature_weight=feature_weight) if module else dict(
+        steps=steps, temperature=temperature, alpha=alpha, hidden_weight=hidden_weight, attention_weight=attention_weight,
+        lr=lr, batch=batch, seq=seq, heldout=heldout)
     try:
         with stages("distilling", bar_inside=not as_json) as say:
-            report = run(teacher, student, data, out_dir, steps=steps, temperature=temperature, alpha=alpha,
-                         hidden_weight=hidden_weight, attention_weight=attention_weight, lr=lr, batch=batch, seq=seq,
-                         heldout=heldout, resume=resume, progress=not as_json, say=say)
+            report = run(teacher, student, data, out_dir, resume=resume, progress=not as_json, say=say, **options)
     except ArchsmithError as exc:
         _fail(exc)
     if as_json:
         _json(report)
+        return
+    if module:
+        before, after = report["fidelity"]["before"], report["fidelity"]["after"]
+        keys = [k for k in before if k != "batches"]
+        show_table(f"fidelity to the teacher on {before['batches']} held-out batches",
+                   [Column(""), Column("before", True), Column("after", True)], [[k.replace("_", " "), f"{before[k]}", f"{after[k]}"] for k in keys])
+        t = report["training"]
+        out.print(f"{t['steps']} steps, loss {t['first_loss']:.4f} -> {t['last_loss']:.4f}; objective: {report['objective']}", highlight=False)
+        out.print("wrote " + ", ".join(report["files"]), highlight=False)
         return
     before, after = report["fidelity"]["before"], report["fidelity"]["after"]
     keys = [k for k in before if k not in ("kind", "texts", "pairs", "tokens")]

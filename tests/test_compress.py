@@ -87,6 +87,11 @@ def test_readme_distillation_brings_the_student_closer_to_the_teacher(readme_run
     assert report["projection"] and report["layer_map"] == json.loads((half / "compression.json").read_text())["kept_layers"]
     distilled, undistilled = AutoModel.from_pretrained(run / "final"), AutoModel.from_pretrained(half)
     assert sum(p.numel() for p in distilled.parameters()) == sum(p.numel() for p in undistilled.parameters())
+    from archsmith.compress import load_student
+
+    for directory, reference in ((run, distilled), (half, undistilled)):  # a distill run and a compress output alike
+        loaded = load_student(directory)
+        assert type(loaded) is type(reference) and all(torch.equal(a, b) for a, b in zip(loaded.parameters(), reference.parameters()))
     assert any((a - b).abs().max() > 0 for a, b in zip(distilled.parameters(), undistilled.parameters()))
     assert f"{after['spearman']}" in printed and (run / "fidelity.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -183,6 +188,10 @@ def test_decoder_v2_student_is_mqa_initialised_from_the_teacher(decoder_teacher,
     assert fid["kl_to_teacher"] > 0 and fid["teacher_perplexity"] > 1 and fid["tokens"] > 100
     hf = AutoModelForCausalLM.from_pretrained(tmp_path / "student").eval()
     ours = CausalLM.from_pretrained(tmp_path / "student").eval()
+    from archsmith.compress import load_student
+
+    loaded = load_student(tmp_path / "student")
+    assert type(loaded) is type(hf) and all(torch.equal(a, b) for a, b in zip(loaded.parameters(), hf.parameters()))
     x = torch.randint(0, 512, (2, 24))
     with torch.no_grad():
         assert (hf(x).logits - ours(x).logits).abs().max().item() <= 1e-5
@@ -234,6 +243,10 @@ def test_every_decoder_family_compresses_or_is_refused_by_name(name, tmp_path):
     assert spec.moe is None and not comp._layout_gaps(spec) and abs(report["achieved_reduction"] - 0.3) <= comp.TOLERANCE
     hf = AutoModelForCausalLM.from_pretrained(tmp_path / "student").eval()
     ours = CausalLM.from_pretrained(tmp_path / "student").eval()
+    from archsmith.compress import load_student
+
+    loaded = load_student(tmp_path / "student")
+    assert type(loaded) is type(hf) and all(torch.equal(a, b) for a, b in zip(loaded.parameters(), hf.parameters()))
     assert sum(p.numel() for p in hf.parameters()) == report["student_params"]
     x = torch.randint(0, spec.vocab_size, (2, 12))
     with torch.no_grad():

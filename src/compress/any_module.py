@@ -196,7 +196,7 @@ def compress_module(model: str, reduction: float, out: str | Path, strategy: str
             say("measuring which repeated blocks matter least")
             scores = mod.block_importance(student, mod.repeated_blocks(student), calibration)
             share = 1.0 if strategy == "depth" else mod.DEPTH_SHARE
-            removed = mod.choose_blocks(student, scores, round(share * (teacher_params - target)))
+            removed = mod.choose_blocks(student, scores, round(share * (mod.param_count(student) - target)))
             mod.drop_blocks(student, removed)
             decisions.append(f"depth: dropped {len(removed)} of {len(scores)} droppable blocks, least output change first: "
                              + (", ".join(f"{c}[{i}]" for c, i in removed) or "none"))

@@ -298,7 +298,7 @@ def search_knobs(source: Source, reduction: float, strategy: str, teacher_params
             return best[1], count(best[1])
     below = max((t for t in tried if t[0] < reduction), default=None, key=lambda t: t[0])
     above = min((t for t in tried if t[0] > reduction), default=None, key=lambda t: t[0])
-    near = " or ".join(f"{r:.0%} ({', '.join(f'{k}={v}' for k, v in c.items())})" for r, c in (below, above) if c)
+    near = " or ".join(f"{r:.0%} ({', '.join(f'{k}={v}' for k, v in c.items())})" for r, c in filter(None, (below, above)))
     raise ArchsmithError("reduction", f"{reduction:.0%} is not reachable within {TOLERANCE:.0%} by the size knobs with "
                                       f"strategy {strategy!r}; nearest feasible: {near or 'none'}")
 

@@ -209,7 +209,10 @@ def distill_module(teacher: str, student: str | Path, data: str, out: str | Path
     from archsmith.files import write_file
     from archsmith.train.loop import Trainer, TrainConfig
 
+    from archsmith.distill.text import check_settings
+
     say = say or (lambda message: None)
+    check_settings(steps=steps, lr=lr, temperature=temperature, hidden_weight=feature_weight)
     if loss not in LOSSES:
         raise ArchsmithError("loss", f"must be one of {', '.join(LOSSES)}; got {loss!r}")
     out = Path(out)
