@@ -74,5 +74,5 @@ def structures(seed: int = 0, atoms: int = 12) -> dict:
 
 
 def many() -> list:
-    """32 pairs of structures for calibration, distillation and held-out fidelity."""
-    return [structures(seed) for seed in range(1, 33)]
+    """128 pairs of structures for calibration, distillation and held-out fidelity."""
+    return [structures(seed) for seed in range(1, 129)]

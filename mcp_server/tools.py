@@ -387,6 +387,25 @@ def _code_ref(ref: str | None, field: str) -> str | None:
     return f"{_path(match['file'], field)}:{match['name']}"
 
 
+def _student_code(directory: Path, field: str) -> bool:
+    """Whether loading the student in `directory` may run code: a student of a file.py:factory runs that factory, so
+    it needs a server that allows code and a factory under the workspace root."""
+    import json
+
+    record = directory / "student.json"
+    if not record.is_file():
+        return False
+    try:
+        source = json.loads(record.read_text())["source"]
+        kind, ref = source["kind"], source["ref"]
+    except (ValueError, KeyError, TypeError):
+        return False  # load_student names the broken file
+    if kind != "factory":
+        return False
+    _code_ref(ref, field)
+    return True
+
+
 CodeRef = Annotated[str | None, Field(description="file.py:function relative to the workspace root (needs a server started "
                                                   f"with {ALLOW_CODE_ENV}=1).", max_length=1024)]
 
@@ -475,6 +494,7 @@ async def export_model(model: ModelRef, out_dir: RelPath, format: Literal["onnx"
     from archsmith.files import check_out_dir
 
     ref, allow = _model(model)
+    allow = allow or _student_code(Path(ref), "model")
     out = _path(out_dir, "out_dir")
     check_out_dir(out, overwrite)
     await ctx.report_progress(0, 1, "exporting")
@@ -638,7 +658,8 @@ async def distill_model(teacher: Annotated[str, Field(description="Teacher: a mo
     student_dir, out = _path(student, "student"), _path(out_dir, "out_dir")
     await ctx.report_progress(0, 1, "distilling")
     if is_module_student(student_dir):
-        ref, _ = _model(teacher)  # _model and _code_ref refuse code unless the server allows it
+        ref, _ = _model(teacher)  # _model, _code_ref and _student_code refuse code unless the server allows it
+        _student_code(student_dir, "student")
         report = await run_heavy(distill, ref, student_dir, [_code_ref(d, "data") for d in data], out, steps=steps, lr=lr,
                                  loss=loss, temperature=temperature, feature_weight=feature_weight, resume=resume,
                                  progress=False)

@@ -100,7 +100,7 @@ def load_exportable(model: str, allow_code: bool = True, latency_grid=LATENCY_GR
         return Exportable(target.module.eval(), names, example, dynamic, cases, cases[:1], [None, None], "output", target.name)
     path = Path(model)
     if (path / "student.json").is_file():
-        return _student_exportable(path)
+        return _student_exportable(path, allow_code)
     if not path.is_dir() or not any(path.glob("*.safetensors")):
         raise ArchsmithError("model", f"must be a model directory with config.json and safetensors weights, or file.py:factory; got {model!r:.120}")
     from archsmith.hfconfig import read_config
@@ -139,12 +139,12 @@ class Positional(torch.nn.Module):
         return self.module(**dict(zip(self.names, tensors))) if self.names else self.module(*tensors)
 
 
-def _student_exportable(path: Path) -> Exportable:
+def _student_exportable(path: Path, allow_code: bool) -> Exportable:
     """A compress student of any nn.Module: load_student, checked on its example batch and a redrawn one."""
     from archsmith.compress.modules import variant
     from archsmith.compress.student import load_inputs, load_student
 
-    module, example = load_student(path), load_inputs(path)
+    module, example = load_student(path, allow_code), load_inputs(path)
     names = list(example) if isinstance(example, dict) else [f"input_{i}" for i in range(len(example))]
     module = Positional(module, names if isinstance(example, dict) else None)
     args = tuple(example.values()) if isinstance(example, dict) else tuple(example)

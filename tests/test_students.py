@@ -196,18 +196,32 @@ def test_vision_students_are_exact_to_the_target_reload_and_export(vision, tmp_p
     assert all(r["ok"] for r in exported["validation"])
 
 
-def test_vision_student_distils_closer_with_kl(vision, tmp_path):
+@pytest.mark.parametrize("name", ["resnet", "vit"])
+def test_vision_students_distil_closer_with_kl(vision, tmp_path, name):
     from archsmith.distill import distill
 
     (tmp_path / "images.py").write_text(
         "import torch\n\n\ndef images():\n    g = torch.Generator().manual_seed(0)\n"
         "    return [{'pixel_values': torch.randn(4, 3, 32, 32, generator=g)} for _ in range(16)]\n")
-    compress(vision / "resnet", 0.5, tmp_path / "s", data=f"{tmp_path / 'images.py'}:images", repeats=2)
-    report = distill(str(vision / "resnet"), tmp_path / "s", f"{tmp_path / 'images.py'}:images", tmp_path / "d",
+    compress(vision / name, 0.5, tmp_path / "s", data=f"{tmp_path / 'images.py'}:images", repeats=2)
+    report = distill(str(vision / name), tmp_path / "s", f"{tmp_path / 'images.py'}:images", tmp_path / "d",
                      steps=40, lr=1e-3, progress=False)
     assert report["settings"]["loss"] == "kl"
     assert report["fidelity"]["after"]["relative_error"] < report["fidelity"]["before"]["relative_error"]
     assert mod.param_count(load_student(tmp_path / "d")) == mod.param_count(load_student(tmp_path / "s"))
+
+
+def test_potential_student_distils_closer_and_stays_equivariant(tmp_path):
+    from archsmith.distill import distill
+
+    compress(f"{POTENTIAL}:potential", 0.5, tmp_path / "s", data=f"{POTENTIAL}:many", repeats=2)
+    report = distill(f"{POTENTIAL}:potential", tmp_path / "s", f"{POTENTIAL}:many", tmp_path / "d", steps=100,
+                     lr=1e-3, progress=False)
+    assert report["settings"]["loss"] == "mse" and "forces" in report["objective"]  # energies and forces: regression
+    before, after = report["fidelity"]["before"], report["fidelity"]["after"]
+    assert after["relative_error"] < before["relative_error"] and after["forces_relative_error"] < before["forces_relative_error"]
+    errors = symmetry.measure(load_student(tmp_path / "d"), [code_module(POTENTIAL).structures(7)], ["rotation"])
+    assert errors["rotation"]["forces"] <= symmetry.SYMMETRY_TOL
 
 
 def test_v2_on_the_potential_lowers_lmax_and_keeps_its_symmetries(tmp_path):
@@ -263,3 +277,16 @@ def test_mcp_refuses_code_references_unless_allowed(vision, tmp_path, monkeypatc
     done = anyio.run(call, {"model": "resnet", "out_dir": "s", "reduction": 0.5})
     assert not done.is_error and abs(done.structured_content["achieved_reduction"] - 0.5) <= TOLERANCE
     assert mod.param_count(load_student(tmp_path / "s")) == done.structured_content["student_params"]
+
+    (tmp_path / "net.py").write_text(STUDENT_BREAKS)  # a factory's student: loading it runs the factory
+    compress(f"{tmp_path / 'net.py'}:net", 0.5, tmp_path / "net-half", repeats=1)
+
+    async def export(tool: str, arguments: dict):
+        async with Client(build_server(tmp_path)) as client:
+            return await client.call_tool(tool, arguments)
+
+    refused = anyio.run(export, "export_model", {"model": "net-half", "out_dir": "onnx"})
+    assert refused.is_error and "ARCHSMITH_ALLOW_CODE" in refused.content[0].text and not (tmp_path / "onnx").exists()
+    monkeypatch.setenv("ARCHSMITH_ALLOW_CODE", "1")
+    exported = anyio.run(export, "export_model", {"model": "net-half", "out_dir": "onnx"})
+    assert not exported.is_error and all(r["ok"] for r in exported.structured_content["validation"])

@@ -20,19 +20,25 @@ LATENCY_REPEATS = 10
 
 def fidelity(teacher, student, batches: list) -> dict[str, float]:
     """On held-out batches: relative squared error of the outputs (sum over batches of ||s - t||^2 over the sum of
-    ||t||^2); for 2-D outputs with classes, top-1 agreement."""
+    ||t||^2), of the forces -d output / d pos for batches with positions, and top-1 agreement for 2-D outputs."""
     import torch
 
-    num, den, agree, total = 0.0, 0.0, 0, 0
-    with torch.no_grad():
-        for batch in batches:
+    num, den, agree, total, force_num, force_den = 0.0, 0.0, 0, 0, 0.0, 0.0
+    for batch in batches:
+        with torch.no_grad():
             t, s = mod.outputs(mod.run(teacher, batch)), mod.outputs(mod.run(student, batch))
-            num += sum(float((b - a).pow(2).sum()) for a, b in zip(t, s))
-            den += sum(float(a.pow(2).sum()) for a in t)
+        num += sum(float((b - a).pow(2).sum()) for a, b in zip(t, s))
+        den += sum(float(a.pow(2).sum()) for a in t)
+        if mod.has_forces(batch, t):
+            (_, t_forces), (_, s_forces) = (mod.outputs_and_forces(m, batch, create_graph=False) for m in (teacher, student))
+            force_num += float((s_forces - t_forces).pow(2).sum())
+            force_den += float(t_forces.pow(2).sum())
             if t[0].dim() == 2 and t[0].shape[1] > 1:
                 agree += int((t[0].argmax(-1) == s[0].argmax(-1)).sum())
                 total += t[0].shape[0]
     found = {"relative_error": round(num / max(den, 1e-30), 6), "batches": len(batches)}
+    if force_den:
+        found["forces_relative_error"] = round(force_num / force_den, 6)
     if total:
         found["top1_agreement"] = round(agree / total, 4)
     return found
@@ -155,9 +161,11 @@ def compress_module(model: str, reduction: float, out: str | Path, strategy: str
     teacher, example = source.build(weights=True)
     if inputs is not None:
         example = mod.check_batch(mod.call(mod.import_callable(inputs, "inputs", allow_code), "inputs"), "inputs")
+    batches = mod.batches_from(data, example, allow_code) if data is not None or example is not None else None
+    if example is None and batches:
+        example = batches[0]  # the data's first batch stands for the example
     if example is None:
-        raise ArchsmithError("inputs", "the factory returned no example inputs: give --inputs file.py:fn returning one batch")
-    batches = mod.batches_from(data, example, allow_code)
+        raise ArchsmithError("inputs", f"no example inputs for {model}: give --inputs file.py:fn returning one batch")
     calibration, held = mod.split(batches)
     try:
         with torch.no_grad():

@@ -35,12 +35,13 @@ from archsmith.errors import ArchsmithError
 TOLERANCE = 0.05  # a student lands within 5 points of the reduction asked for, or the nearest feasible are named
 ROUND_TO = 8  # widths found by pruning or knob search are multiples of this
 EARLY, LATE = 0.6, 1.4  # per-layer pruning ratio multiplier at the first and at the last prunable layer
-DEPTH_SHARE = 1 / 3  # strategy "both": the share of the removed parameters taken by dropping blocks
+DEPTH_SHARE = 0.5  # strategy "both": the share of the removed parameters taken by dropping blocks (half each way)
 HEAD_ATTRS = ("num_heads", "num_attention_heads", "n_heads")  # a module holding attention heads names its count so
 HEAD_PROJECTION = re.compile(r"(^|_)(q|k|v|qkv|query|key|value)(_proj)?$")  # ... and its projections into heads so
 MAX_SEARCH = 400  # factory instantiations a knob search may make
 CALIBRATION_BATCHES = 8  # batches for importance; held-out batches are the data's last quarter (at least 2)
 ROUTES = ("auto", "knobs", "prune")
+IMAGE_SIZE = 224  # example images for a transformers image model whose config names no size
 
 
 # ---- user code and batches ------------------------------------------------------------------------
@@ -115,6 +116,26 @@ def outputs(value) -> list:
     return []
 
 
+def has_forces(batch, first_outputs: list) -> bool:
+    """Batches with positions `pos` (N, 3) and scalar outputs (energies): forces -dE/dpos are matched too."""
+    import torch
+
+    pos = batch.get("pos") if isinstance(batch, dict) else None
+    return (isinstance(pos, torch.Tensor) and pos.is_floating_point() and pos.dim() == 2 and pos.shape[1] == 3
+            and all(not (o.dim() and o.shape[-1] == 3) for o in first_outputs))
+
+
+def outputs_and_forces(model, batch: dict, create_graph: bool):
+    """(output tensors, forces -d(sum of outputs)/d pos); without `create_graph` both are detached (the teacher)."""
+    import torch
+
+    pos = batch["pos"].detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        outs = outputs(run(model, {**batch, "pos": pos}))
+        (grad,) = torch.autograd.grad(sum(o.sum() for o in outs), pos, create_graph=create_graph)
+    return (outs, -grad) if create_graph else ([o.detach() for o in outs], -grad.detach())
+
+
 def variant(batch: dict | tuple, seed: int) -> dict | tuple:
     """The batch with its float tensors redrawn (same mean and spread), integer tensors (indices, edges) kept."""
     import torch
@@ -129,15 +150,11 @@ def variant(batch: dict | tuple, seed: int) -> dict | tuple:
     return {k: redraw(v) for k, v in batch.items()} if isinstance(batch, dict) else tuple(redraw(v) for v in batch)
 
 
-class Outputs:
-    """Marker base for wrapped transformers models (see `HFOutputs`)."""
-
-
 def hf_outputs(model):
     """A transformers model as forward(**batch) -> logits (else last_hidden_state): one tensor, as export wants."""
     import torch
 
-    class HFOutputs(torch.nn.Module, Outputs):
+    class HFOutputs(torch.nn.Module):
         def __init__(self, inner):
             super().__init__()
             self.model = inner
@@ -159,12 +176,13 @@ class Source:
     ref: str  # "/abs/path/file.py:name" or the model directory (absolute)
     knobs: dict[str, int] = field(default_factory=dict)  # the factory's integer keyword arguments, as called
 
-    def build(self, knobs: dict[str, int] | None = None, weights: bool = False):
-        """(module, example batch or None): a fresh module (random init; `weights` loads a transformers model's)."""
+    def build(self, knobs: dict[str, int] | None = None, weights: bool = False, allow_code: bool = True):
+        """(module, example batch or None): a fresh module (random init; `weights` loads a transformers model's).
+        A factory runs the user's code: refused unless `allow_code`."""
         import torch
 
         if self.kind == "factory":
-            result = call(import_callable(self.ref, "model"), "model", **{**self.knobs, **(knobs or {})})
+            result = call(import_callable(self.ref, "model", allow_code), "model", **{**self.knobs, **(knobs or {})})
             module, example = result if isinstance(result, tuple) and len(result) == 2 else (result, None)
             if not isinstance(module, torch.nn.Module):
                 raise ArchsmithError("model", f"{self.ref} must return an nn.Module or (nn.Module, example_inputs)")
@@ -182,8 +200,9 @@ class Source:
             model = cls._from_config(AutoConfig.from_pretrained(self.ref), dtype=torch.float32)
         config = model.config
         example = None
-        if getattr(config, "image_size", None) and getattr(config, "num_channels", None):
-            size = config.image_size if isinstance(config.image_size, int) else config.image_size[0]
+        if getattr(config, "num_channels", None):  # an image model: two images at its size (CNNs name none: 224)
+            size = getattr(config, "image_size", None) or IMAGE_SIZE
+            size = size if isinstance(size, int) else size[0]
             gen = torch.Generator().manual_seed(0)
             example = {"pixel_values": torch.randn(2, config.num_channels, size, size, generator=gen)}
         return hf_outputs(model).eval(), example
@@ -400,8 +419,8 @@ def head_groups(module) -> dict:
     return groups
 
 
-def output_layers(module, batch) -> list:
-    """The last Linear / Conv to run: it sets the output's width, so it is never pruned."""
+def run_order(module, batch) -> list:
+    """The Linear / Conv calls of one forward on `batch`, in order (a shared module once per call)."""
     import torch
 
     ran = []
@@ -413,25 +432,17 @@ def output_layers(module, batch) -> list:
     finally:
         for h in hooks:
             h.remove()
-    return ran[-1:]
+    return ran
 
 
 def _pruner(module, batch, ratio: float, importance):
-    """torch-pruning's MetaPruner at base `ratio`, scaled from EARLY to LATE over the prunable layers in run order."""
-    import torch
+    """torch-pruning's MetaPruner at base `ratio`, scaled from EARLY to LATE over the prunable layers in run order;
+    the last layer to run sets the output's width, so it is never pruned."""
     import torch_pruning as tp
 
-    ignored = output_layers(module, batch)
-    ran = []
-    hooks = [m.register_forward_hook(lambda m, i, o: ran.append(m)) for m in module.modules()
-             if isinstance(m, (torch.nn.Linear, torch.nn.modules.conv._ConvNd)) and m not in ignored]
-    try:
-        with torch.no_grad():
-            run(module, batch)
-    finally:
-        for h in hooks:
-            h.remove()
-    order = list(dict.fromkeys(ran))
+    calls = run_order(module, batch)
+    ignored = calls[-1:]
+    order = [m for m in dict.fromkeys(calls) if m not in ignored]
     ratios = {m: min(0.95, ratio * (EARLY + (LATE - EARLY) * i / max(1, len(order) - 1))) for i, m in enumerate(order)}
     heads = head_groups(module)
     forward = (lambda m, b: m(**b)) if isinstance(batch, dict) else (lambda m, b: m(*b))

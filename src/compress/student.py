@@ -49,7 +49,7 @@ def load_inputs(directory: str | Path) -> dict | tuple:
 
 
 def state_writer(module):
-    """model.safetensors writer: the state dict, shared tensors stored once each name (safetensors refuses aliases)."""
+    """model.safetensors writer: the state dict, each tensor copied (safetensors refuses tensors sharing storage)."""
     def write(path: Path) -> None:
         from safetensors.torch import save_file
 
@@ -67,13 +67,13 @@ def replace(module, applied: list[dict]) -> None:
         replace_at(module, rows[entry["name"]], entry["sites"])
 
 
-def rebuild(record: dict[str, Any], weights: dict) -> Any:
+def rebuild(record: dict[str, Any], weights: dict, allow_code: bool = True) -> Any:
     """The student module of a student.json record, with `weights` (a state dict) loaded, in eval mode."""
     source = Source(**record["source"])
     if record["route"] == "knobs":
-        module, _ = source.build(record["knobs"])
+        module, _ = source.build(record["knobs"], allow_code=allow_code)
     else:
-        module, _ = source.build()
+        module, _ = source.build(allow_code=allow_code)
         replace(module, record["rewrites"])
         apply_structure(module, record["removed"], record["attributes"], {k: list(v.shape) for k, v in weights.items()})
     module.load_state_dict(weights, strict=True)
@@ -115,11 +115,26 @@ def student_code(record: dict[str, Any], summary: str) -> str:
         "    return module.eval()\n")
 
 
-def load_student(directory: str | Path):
+def check_record(record: Any, path: Path) -> dict[str, Any]:
+    """student.json is data: its layout is checked before anything is built from it."""
+    source = record.get("source") if isinstance(record, dict) else None
+    ok = (isinstance(source, dict) and source.get("kind") in ("factory", "transformers") and isinstance(source.get("ref"), str)
+          and isinstance(source.get("knobs", {}), dict) and record.get("route") in ("knobs", "prune")
+          and isinstance(record.get("removed", []), list) and isinstance(record.get("attributes", {}), dict)
+          and isinstance(record.get("rewrites", []), list))
+    if not ok:
+        raise ArchsmithError("directory", f"{path} is not a student.json archsmith wrote (source, route, removed, attributes)")
+    if record.get("format") != FORMAT:
+        raise ArchsmithError("directory", f"{path} has format {record.get('format')!r}; this archsmith reads {FORMAT}")
+    return record
+
+
+def load_student(directory: str | Path, allow_code: bool = True):
     """The student `nn.Module` with its weights, from a `compress` or a `distill` output directory.
 
-    Any-module students rebuild from student.json; text students (config.json) load with transformers'
-    AutoModel / AutoModelForCausalLM; a distill directory gives its `final/` student.
+    Any-module students rebuild from student.json (a factory's student runs the factory's code: refused unless
+    `allow_code`); text students (config.json) load with transformers' AutoModel / AutoModelForCausalLM; a
+    distill directory gives its `final/` student.
     """
     import torch
 
@@ -133,9 +148,8 @@ def load_student(directory: str | Path):
             record = json.loads((path / "student.json").read_text())
         except ValueError as exc:
             raise ArchsmithError("directory", f"{path / 'student.json'} is not JSON: {exc}") from None
-        if record.get("format") != FORMAT:
-            raise ArchsmithError("directory", f"{path / 'student.json'} has format {record.get('format')!r}; this archsmith reads {FORMAT}")
-        return rebuild(record, load_file(str(path / "model.safetensors")))
+        check_record(record, path / "student.json")
+        return rebuild(record, load_file(str(path / "model.safetensors")), allow_code)
     if (path / "config.json").is_file():
         import transformers
 

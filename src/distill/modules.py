@@ -6,9 +6,10 @@ The student is a `compress` output directory (student.json); the teacher is what
 (`file.py:factory` returning the trained teacher, or a model directory). Batches come from `--data file.py:fn`;
 the last quarter is held out for the fidelity report, as in compress. The objective, per batch:
 
-- outputs: relative squared error ||s - t||^2 / ||t||^2 (regression: energies, forces, embeddings), or for
-  classifier logits `T^2 x KL(softmax(t / T) || softmax(s / T))`; `loss="auto"` takes KL for a transformers model's
-  2-D logits and the relative error otherwise;
+- outputs: relative squared error ||s - t||^2 / ||t||^2 (regression: energies, embeddings), or for classifier
+  logits `T^2 x KL(softmax(t / T) || softmax(s / T))`; `loss="auto"` takes KL for a transformers model's 2-D logits
+  and the relative error otherwise; batches with positions `pos` (N, 3) and scalar outputs also match the forces
+  -d(output)/d pos by relative squared error (an interatomic potential learns its forces, not only energies);
 - features: `feature_weight x` the mean relative squared error between the outputs of the blocks both models keep
   (same names; a depth-pruned student's blocks mapped to the teacher blocks they came from), the student's mapped to
   the teacher's width by a learned linear projection (started at the ridge least-squares fit on the first batch) where
@@ -77,19 +78,25 @@ class Objective:
     """Trainer objective(modules, batch) -> (loss, metrics); see the module docstring."""
 
     def __init__(self, teacher, pairs: dict[str, str], s_hooks: Features, t_hooks: Features, loss: str,
-                 temperature: float, feature_weight: float):
+                 temperature: float, feature_weight: float, forces: bool):
         self.teacher, self.pairs, self.s_hooks, self.t_hooks = teacher, pairs, s_hooks, t_hooks
-        self.loss, self.temperature, self.feature_weight = loss, temperature, feature_weight
+        self.loss, self.temperature, self.feature_weight, self.forces = loss, temperature, feature_weight, forces
 
     def __call__(self, modules, batch: dict):
         import torch
         import torch.nn.functional as F
 
         inputs = unpack(batch)
-        with torch.no_grad():
-            t_out = mod.outputs(mod.run(self.teacher, inputs))
-        s_out = mod.outputs(mod.run(modules.model, inputs))
         metrics: dict[str, Any] = {}
+        if self.forces:  # energies and their forces -dE/dpos: the student's forces need a graph for backward
+            t_out, t_forces = mod.outputs_and_forces(self.teacher, inputs, create_graph=False)
+            s_out, s_forces = mod.outputs_and_forces(modules.model, inputs, create_graph=True)
+            force_loss = relative_sq(s_forces, t_forces.detach())
+            metrics["force_rel_sq"] = force_loss.detach()
+        else:
+            with torch.no_grad():
+                t_out = mod.outputs(mod.run(self.teacher, inputs))
+            s_out = mod.outputs(mod.run(modules.model, inputs))
         if self.loss == "kl":
             T = self.temperature
             out_loss = F.kl_div((s_out[0] / T).log_softmax(-1), (t_out[0] / T).log_softmax(-1), log_target=True,
@@ -98,7 +105,7 @@ class Objective:
         else:
             out_loss = sum(relative_sq(s, t) for s, t in zip(s_out, t_out)) / len(t_out)
             metrics["output_rel_sq"] = out_loss.detach()
-        loss = out_loss
+        loss = out_loss + force_loss if self.forces else out_loss
         if self.feature_weight > 0 and self.pairs:
             projections = getattr(modules, "proj", None)
             terms = []
@@ -166,12 +173,12 @@ def fidelity_chart(before: dict[str, Any], after: dict[str, Any]) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = [k for k in ("relative_error", "top1_agreement") if k in before]
+    keys = [k for k in ("relative_error", "forces_relative_error", "top1_agreement") if k in before]
     fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3.2), squeeze=False)
     for ax, key in zip(axes[0], keys):
         bars = ax.bar(["before", "after"], [before[key], after[key]], color=["#c44e52", "#55a868"])
         ax.bar_label(bars, fmt="%.4g")
-        ax.set_title(key.replace("_", " ") + (" (lower is closer)" if key == "relative_error" else ""), fontsize=9)
+        ax.set_title(key.replace("_", " ") + (" (lower is closer)" if key.endswith("relative_error") else ""), fontsize=9)
     fig.suptitle("student vs teacher on held-out batches", fontsize=9)
     fig.tight_layout()
     buf = io.BytesIO()
@@ -228,7 +235,7 @@ def distill_module(teacher: str, student: str | Path, data: str, out: str | Path
     source = mod.load_source(teacher, allow_code)
     t_model, _ = source.build(weights=True)
     t_model.eval().requires_grad_(False)
-    s_model = load_student(student_dir)
+    s_model = load_student(student_dir, allow_code)
     batches = mod.batches_from(data, None, allow_code)
     train, held = mod.split(batches)
     if mod.param_count(s_model) >= mod.param_count(t_model):
@@ -250,7 +257,8 @@ def distill_module(teacher: str, student: str | Path, data: str, out: str | Path
     projections = fit_projections(s_model, t_model, pairs, s_hooks, t_hooks, train[0]) if feature_weight > 0 else None
     if projections is not None:
         extra["proj"] = projections
-    objective = Objective(t_model, pairs, s_hooks, t_hooks, chosen, temperature, feature_weight)
+    forces = chosen == "mse" and mod.has_forces(train[0], t_first)
+    objective = Objective(t_model, pairs, s_hooks, t_hooks, chosen, temperature, feature_weight, forces)
     config = TrainConfig(steps=steps, global_batch=1, lr=lr, warmup=max(1, steps // 20), seed=seed, weight_decay=0.0,
                          progress=progress, unused_parameters=True)
     say(f"distilling: {steps} steps over {len(train)} batches")
@@ -266,6 +274,7 @@ def distill_module(teacher: str, student: str | Path, data: str, out: str | Path
         "settings": {"steps": steps, "lr": lr, "loss": chosen, "temperature": temperature, "feature_weight": feature_weight,
                      "seed": seed},
         "objective": ("T^2 KL of logits" if chosen == "kl" else "output relative squared error")
+                     + (" + forces (-d output / d pos) relative squared error" if forces else "")
                      + (f" + {feature_weight:g} x feature relative squared error over {len(pairs)} blocks" if feature_weight > 0 and pairs else ""),
         "feature_pairs": pairs, "projection": projections is not None, "train_batches": len(train), "heldout_batches": len(held),
         "fidelity": {"before": before, "after": after},
