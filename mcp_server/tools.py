@@ -461,7 +461,7 @@ async def compress_model(model: ModelRef, out_dir: RelPath,
     config.json + model.safetensors for AutoModel / AutoModelForCausalLM. Any other nn.Module (a model directory such as
     ResNet or ViT, or file.py:factory when the server allows code; inputs / data: file.py:fn giving one batch / batches)
     goes by its factory's size knobs (route knobs) or torch-pruning of blocks, channels and heads (route prune); v2
-    rewrites operations (tanh-GELU, depthwise-separable convolutions, lower lmax); invariance permutation / rotation
+    rewrites operations (linear attention, tanh-GELU, depthwise-separable convolutions, lower lmax); invariance permutation / rotation
     is measured on teacher and student and a student breaking one is refused. Returns parameters, FLOPs, saved
     activations and measured CPU latency of teacher vs student, the fidelity before distillation and the decisions.
     An unreachable reduction is refused with the nearest feasible ones."""

@@ -530,7 +530,7 @@ def compress(
     reduction: float = typer.Option(..., "--reduction", help="Share of parameters to remove, in (0, 1): 0.5 halves the model."),
     out_dir: Path = typer.Option(..., "--out", help="Directory for the student (must not exist unless --overwrite)."),
     strategy: str = typer.Option("both", "--strategy", help="depth (drop layers / blocks), width (narrow them) or both."),
-    v2: bool = typer.Option(False, "--v2", help="Cheaper operations: GQA/MQA (decoders), tanh-GELU (encoders, any module), depthwise-separable convolutions, a lower lmax (size knobs)."),
+    v2: bool = typer.Option(False, "--v2", help="Cheaper operations: GQA/MQA (decoders), tanh-GELU, linear attention (vision encoders), depthwise-separable convolutions, a lower lmax (size knobs)."),
     kv_heads: Optional[int] = typer.Option(None, "--kv-heads", help="With --v2, KV heads of a decoder student (1 = MQA; default heads / 4)."),
     calibration: Optional[Path] = typer.Option(None, "--calibration", help="Text models: a text file, one sample per line, for activation importance (default: shipped English text)."),
     heldout: Optional[Path] = typer.Option(None, "--heldout", help="Text models: a text file for the fidelity report (default: shipped English sentences)."),

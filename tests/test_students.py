@@ -173,7 +173,7 @@ def vision(tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize("name,v2", [("resnet", False), ("resnet", True), ("vit", False)])
+@pytest.mark.parametrize("name,v2", [("resnet", False), ("resnet", True), ("vit", False), ("vit", True)])
 def test_vision_students_are_exact_to_the_target_reload_and_export(vision, tmp_path, name, v2):
     from archsmith.export import export
 
@@ -184,10 +184,14 @@ def test_vision_students_are_exact_to_the_target_reload_and_export(vision, tmp_p
     assert mod.param_count(student) == report["student_params"]
     example = load_inputs(out)
     assert same_outputs(student, code_module(out / f"student_{'v2' if v2 else 'v1'}.py").build(), example)
-    if v2:
+    if v2 and name == "resnet":
         assert [r["name"] for r in report["rewrites"]] == ["depthwise-separable"] and report["rewrites"][0]["sites"]
         assert any(isinstance(m, torch.nn.Conv2d) and m.groups == m.in_channels > 1 for m in student.modules())
         assert report["int8_audit"]
+    if v2 and name == "vit":  # linear attention, and transformers' erf-GELU made tanh-GELU
+        assert [r["name"] for r in report["rewrites"]] == ["linear-attention", "tanh-gelu"]
+        assert student.model.config._attn_implementation == "archsmith_linear"
+        assert any(isinstance(m, torch.nn.GELU) and m.approximate == "tanh" for m in student.modules())
     if name == "vit":
         heads = [m.num_attention_heads for m in student.modules() if hasattr(m, "q_proj")]
         q = [m.q_proj.out_features // m.head_dim for m in student.modules() if hasattr(m, "q_proj")]

@@ -38,6 +38,7 @@ EARLY, LATE = 0.6, 1.4  # per-layer pruning ratio multiplier at the first and at
 DEPTH_SHARE = 0.5  # strategy "both": the share of the removed parameters taken by dropping blocks (half each way)
 HEAD_ATTRS = ("num_heads", "num_attention_heads", "n_heads")  # a module holding attention heads names its count so
 HEAD_PROJECTION = re.compile(r"(^|_)(q|k|v|qkv|query|key|value)(_proj)?$")  # ... and its projections into heads so
+BISECTIONS = 11  # halvings of the pruning-ratio interval: 0.95 / 2^11 < 0.0005
 MAX_SEARCH = 400  # factory instantiations a knob search may make
 CALIBRATION_BATCHES = 8  # batches for importance; held-out batches are the data's last quarter (at least 2)
 ROUTES = ("auto", "knobs", "prune")
@@ -481,7 +482,7 @@ def prune_width(module, batch, ratio: float, calibration: list | None = None):
 def width_ratio(module, batch, target: int) -> tuple[float, int]:
     """The base ratio whose pruned parameter count is nearest `target` (bisection, magnitude importance)."""
     low, high, best = 0.0, 0.95, (0.0, param_count(module))
-    for _ in range(14):
+    for _ in range(BISECTIONS):
         mid = (low + high) / 2
         trial = copy.deepcopy(module)
         prune_width(trial, batch, mid)

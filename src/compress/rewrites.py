@@ -2,7 +2,8 @@
 
 Rewrites replace modules by type, so the same rows applied to a freshly built teacher rebuild the student's layout
 (student.json lists them). `compress --v2` applies them before v1 reaches the parameter target, and measures each
-one's effect on CPU latency where it is applied.
+one's effect on CPU latency where it is applied. Message passing needs no row: PyG 2.x already aggregates with
+torch's native scatter / index_add.
 """
 
 from __future__ import annotations
@@ -60,7 +61,52 @@ def _separable(conv):
     return torch.nn.Sequential(depthwise, pointwise)
 
 
+LINEAR_ATTENTION = "archsmith_linear"  # the name our linear attention is registered under in transformers
+
+
+def linear_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
+    """Linear attention (Katharopoulos et al. 2020) as a transformers attention function: phi(q) (phi(k)^T v) /
+    (phi(q) . sum_s phi(k)), phi = elu + 1; O(seq x head_dim^2) instead of O(seq^2 x head_dim).
+    query, key, value: (batch, heads, seq, head_dim) -> ((batch, seq, heads, head_dim), no weights)."""
+    import torch
+    import torch.nn.functional as F
+
+    from archsmith.errors import ArchsmithError
+
+    if attention_mask is not None or kwargs.get("is_causal") or getattr(module, "is_causal", False):
+        raise ArchsmithError("v2", "linear attention replaces unmasked, bidirectional attention (vision encoders); this "
+                                   "model masks or is causal")
+    if key.shape[1] != query.shape[1]:  # grouped KV heads
+        key = key.repeat_interleave(query.shape[1] // key.shape[1], dim=1)
+        value = value.repeat_interleave(query.shape[1] // value.shape[1], dim=1)
+    q, k = F.elu(query) + 1, F.elu(key) + 1
+    kv = torch.einsum("bhsd,bhse->bhde", k, value)
+    norm = torch.einsum("bhsd,bhd->bhs", q, k.sum(2)).clamp_min(1e-6)
+    out = torch.einsum("bhsd,bhde->bhse", q, kv) / norm.unsqueeze(-1)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _uses_attention_interface(m) -> bool:
+    """A transformers model with attention modules that dispatch through its AttentionInterface."""
+    from archsmith.compress.modules import HEAD_ATTRS
+
+    can = getattr(m, "_can_set_attn_implementation", None)
+    return (callable(can) and can() and getattr(m.config, "_attn_implementation", None) != LINEAR_ATTENTION
+            and any(isinstance(getattr(sub, a, None), int) for sub in m.modules() for a in HEAD_ATTRS))
+
+
+def _linear(model):
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(LINEAR_ATTENTION, linear_attention)
+    model.set_attn_implementation(LINEAR_ATTENTION)
+    return model
+
+
 REWRITES = (
+    Rewrite("linear-attention", "softmax attention -> linear attention (elu + 1 features) through transformers' "
+            "AttentionInterface: cost linear in the sequence length, projections kept; needs distillation",
+            _uses_attention_interface, _linear),
     Rewrite("tanh-gelu", "erf-GELU -> tanh-GELU: one fused op in ONNX Runtime and cheaper on CPU; within 1e-3 of erf",
             _is_erf_gelu, _tanh_gelu),
     Rewrite("depthwise-separable", f"dense k x k convolutions (>= {SEPARABLE_MIN_CHANNELS} channels) -> depthwise k x k + "
@@ -78,9 +124,14 @@ INT8_RISKS = {  # module class name fragment -> why int8 hurts it
 
 
 def sites(module, row: Rewrite) -> list[str]:
-    """Qualified names of the modules `row` replaces, the largest (by parameters) first."""
+    """Qualified names of the modules `row` replaces, the largest (by parameters) first; a module inside one already
+    listed is left to it (a transformers model sets its submodels' attention)."""
     found = [(name, sum(p.numel() for p in m.parameters())) for name, m in module.named_modules() if name and row.matches(m)]
-    return [name for name, _ in sorted(found, key=lambda f: -f[1])]
+    names: list[str] = []
+    for name, _ in sorted(found, key=lambda f: -f[1]):
+        if not any(name.startswith(outer + ".") for outer in names):
+            names.append(name)
+    return names
 
 
 def replace_at(module, row: Rewrite, names: list[str]) -> None:

@@ -100,7 +100,10 @@ def load_teacher(path: str | Path) -> Teacher:
     elif family in DECODERS:
         from archsmith.network import CausalLM
 
-        model = CausalLM.from_pretrained(path, dtype=torch.float32)
+        try:
+            model = CausalLM.from_pretrained(path, dtype=torch.float32)
+        except ArchsmithError as exc:  # missing or mismatched weights: the teacher directory is what is wrong
+            raise ArchsmithError("model", str(exc).split(": ", 1)[-1]) from None
         s = model.spec
         if s.moe is not None:
             raise ArchsmithError("model", "mixture-of-experts teachers are not compressed (prune experts first)")
