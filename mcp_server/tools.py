@@ -443,6 +443,38 @@ async def analyze_model(model: Annotated[str, Field(description="A model directo
     return result
 
 
+@heavy(timeout_s=900)  # several forwards, a backward, dynamo and torch.export on a CPU
+async def prove_module(model: Annotated[str, Field(description="file.py:factory when the server allows code, an HF model directory, or an "
+                                                                 "archsmith spec / design config, relative to the workspace root.",
+                                                     min_length=1, max_length=1024)],
+                       inputs: CodeRef = None,
+                       invariance: Annotated[list[Literal["permutation", "rotation"]], Field(max_length=2)] = [],
+                       chart_path: Annotated[str | None, Field(description="PNG to write (activation and gradient scale by depth), relative to the workspace root.", max_length=1024)] = None,
+                       overwrite: bool = False, ctx: Context = None) -> dict[str, Any]:
+    """Prove any nn.Module sound by running it: forward at 1, 2 and 3 copies of the batch (graphs as disjoint unions),
+    exact parameters by component, gradients of the mean squared output (parameters without one, RMS by depth),
+    activation scale by depth at initialisation, bf16 vs fp32 drift, initialisation reproducible under a seed,
+    torch.compile graph breaks with dynamo's reasons, torch.export readiness and declared symmetries. Returns every
+    measurement and `findings` ({code, module, detail}; codes no_gradient, vanishing_gradients,
+    exploding_activations, bf16_drift, nondeterministic_init, graph_break, not_exportable, breaks_invariance); a
+    healthy model has none."""
+    from archsmith import proof
+    from archsmith.files import kind, write_file
+
+    ref, allow = _model(model)
+    chart = _path(chart_path, "chart_path") if chart_path else None
+    if chart is not None and kind(chart, "chart_path") is not None and not overwrite:
+        from archsmith.errors import ArchsmithError
+
+        raise ArchsmithError("chart_path", f"{chart_path} exists; pass overwrite to replace it")
+    await ctx.report_progress(0, 1, "proving")
+    report = await run_heavy(proof.prove, ref, _code_ref(inputs, "inputs"), list(invariance), allow_code=allow or inputs is not None)
+    if chart is not None:
+        report["chart"] = _relative(write_file(chart, proof.chart(report), overwrite, "chart_path"))
+    await ctx.report_progress(1, 1, "done")
+    return report
+
+
 @heavy(timeout_s=1800)  # importance on calibration text + latency sweeps of teacher and student
 async def compress_model(model: ModelRef, out_dir: RelPath,
                          reduction: Annotated[float, Field(description="Share of parameters to remove: 0.5 halves the model.", gt=0, lt=1)] = 0.5,
@@ -678,4 +710,4 @@ async def distill_model(teacher: Annotated[str, Field(description="Teacher: a mo
 
 TOOLS = [design_architecture, write_design, estimate_config, emit_hf_config, compute_optimal_sizing,
          list_scale_templates, list_gpus, build_model, search_models, evaluate_model, plan_finetune,
-         analyze_model, compress_model, distill_model, export_model, train_tokenizer, start_training, training_status, stop_training]
+         analyze_model, prove_module, compress_model, distill_model, export_model, train_tokenizer, start_training, training_status, stop_training]

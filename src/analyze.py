@@ -115,8 +115,10 @@ def _from_factory(file: Path, name: str) -> Target:
         raise
     except Exception as exc:  # the user's code failed: say where, not a traceback
         raise ArchsmithError("model", f"{file}:{name} raised {type(exc).__name__}: {str(exc)[:200]}") from None
+    if isinstance(result, torch.nn.Module):  # a bare module: the caller brings the inputs (prove/compress --inputs)
+        return Target(result, (), {}, f"{file.name}:{name}", "factory", meta=any(p.is_meta for p in result.parameters()))
     if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], torch.nn.Module)):
-        raise ArchsmithError("model", f"{file}:{name}() must return (nn.Module, example_inputs); got {type(result).__name__}")
+        raise ArchsmithError("model", f"{file}:{name}() must return an nn.Module or (nn.Module, example_inputs); got {type(result).__name__}")
     mod, inputs = result
     if isinstance(inputs, torch.Tensor):
         args, kwargs = (inputs,), {}
@@ -627,7 +629,10 @@ def run(model: str, batch: int = 1, seq: int | None = None, input_shapes: list[t
     """load() then analyze(): the CLI's and MCP tool's one call."""
     if not isinstance(repeats, int) or not 1 <= repeats <= 1000:
         raise ArchsmithError("repeats", f"must be an integer in [1, 1000], got {repeats!r}")
-    return analyze(load(model, batch, seq, input_shapes, allow_code, meta), repeats=repeats, top=top)
+    target = load(model, batch, seq, input_shapes, allow_code, meta)
+    if not target.args and not target.kwargs:
+        raise ArchsmithError("model", f"{model} returned a module without example inputs: return (module, example_inputs)")
+    return analyze(target, repeats=repeats, top=top)
 
 
 def parse_shape(text: str) -> tuple[int, ...]:

@@ -525,6 +525,49 @@ def analyze(
 
 
 @app.command()
+def prove(
+    model: str = typer.Argument(..., help="file.py:factory (runs that file's code), an HF model directory or an archsmith spec / design config."),
+    inputs: Optional[str] = typer.Option(None, "--inputs", help="file.py:fn returning one example batch (a tensor, tuple or dict of tensors)."),
+    invariance: list[str] = typer.Option([], "--invariance", help="permutation or rotation (repeatable): checked in float64."),
+    chart: Optional[Path] = typer.Option(None, "--chart", help="Write a PNG of activation and gradient scale by depth here."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --chart file."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+) -> None:
+    """Prove a network sound by running it: batches, gradients, activations, bf16, init, compile, export, symmetries."""
+    from archsmith import proof
+    from archsmith.files import write_file
+
+    try:
+        if chart is not None and chart.exists() and not overwrite:
+            raise ArchsmithError("chart", f"{chart} exists; pass --overwrite to replace it")
+        with stages(f"proving {model}") as say:
+            report = proof.prove(model, inputs, invariance, progress=say)
+        if chart is not None:
+            report["chart"] = str(write_file(chart, proof.chart(report), overwrite, "chart"))
+    except ArchsmithError as exc:
+        _fail(exc)
+    if as_json:
+        _json(report)
+        return
+    grads, bf16, init, comp = report["gradients"], report["bf16"], report["init"], report["compile"]
+    ratio = grads["early_over_late"]
+    rows = [["parameters", f"{report['parameters']['total']:,}"],
+            ["batches (copies)", ", ".join(f"{b['copies']}: {'ok' if b['ok'] else 'fails'}" for b in report["batches"])],
+            ["gradient, early / late RMS", "-" if ratio is None else f"{ratio:.3g}"],
+            ["largest activation RMS", f"{max((a['rms'] for a in report['activations']), default=0):.3g}"],
+            ["bf16 drift (relative L2)", "fails" if bf16["drift"] is None else f"{bf16['drift']:.3g}"],
+            ["init under a seed", "not rebuilt" if not init["checked"] else "reproducible" if not init["differ"] else "differs"],
+            ["torch.compile graph breaks", "-" if comp["graph_breaks"] is None else str(comp["graph_breaks"])],
+            ["torch.export", "ok" if report["export"]["exportable"] else "fails"]]
+    rows += [[f"{kind} error", str(value)] for kind, value in report["symmetry"].items()]
+    show_table(f"{model}: {len(report['findings'])} findings", [Column("check"), Column("result")], rows)
+    for f in report["findings"]:
+        out.print(f"{f['code']} at {f['module']}: {f['detail']}", highlight=False)
+    if "chart" in report:
+        out.print(f"wrote {report['chart']}")
+
+
+@app.command()
 def compress(
     model: str = typer.Argument(..., help="Teacher: a text model directory (BERT-style encoder, Llama-layout decoder), another model directory (config.json + safetensors: ResNet, ViT, ...) or file.py:factory (its integer keyword arguments are size knobs)."),
     reduction: float = typer.Option(..., "--reduction", help="Share of parameters to remove, in (0, 1): 0.5 halves the model."),

@@ -84,6 +84,8 @@ def read_as(cfg: dict[str, Any]) -> tuple[Any, str | None]:
     layout under another name (Kimi-K2's "kimi_k2" is DeepseekV3ForCausalLM); its fields are then read and checked
     as that family's. Anything else is the config's own model_type (refused by `_family` when unknown)."""
     model_type = cfg.get("model_type")
+    if model_type is not None and not isinstance(model_type, str):
+        raise ConfigError("model_type", f"must be a string, got {type(model_type).__name__}")
     classes = cfg.get("architectures")
     if model_type in families.FAMILIES or not isinstance(classes, list):
         return model_type, None
@@ -97,7 +99,7 @@ def read_as(cfg: dict[str, Any]) -> tuple[Any, str | None]:
 def _language_model(cfg: dict[str, Any]) -> dict[str, Any]:
     """The text model of a multimodal wrapper (its `text_config`), else cfg itself."""
     inner = cfg.get("text_config")
-    if cfg.get("model_type") not in families.FAMILIES and isinstance(inner, dict) and read_as(inner)[0] in families.FAMILIES:
+    if read_as(cfg)[0] not in families.FAMILIES and isinstance(inner, dict) and read_as(inner)[0] in families.FAMILIES:
         return inner
     return cfg
 

@@ -885,6 +885,9 @@ class CausalLMOutput:
     aux_loss: Tensor | None = None  # MoE load-balancing loss, mean over layers
 
 
+torch.export.register_dataclass(CausalLMOutput, serialized_type_name="archsmith.network.CausalLMOutput")  # torch.export can return it
+
+
 class CausalLM(nn.Module):
     """The decoder LM: `model` (Decoder) and `lm_head`, tied to the embedding when the spec says so.
 

@@ -105,11 +105,16 @@ def run(module, batch: dict | tuple):
 
 
 def outputs(value) -> list:
-    """The float tensors a forward returned, in order (tensor, tuple/list, dict or transformers ModelOutput)."""
+    """The float tensors a forward returned, in order (tensor, tuple/list, dict, transformers ModelOutput or a
+    dataclass such as network.CausalLMOutput)."""
+    import dataclasses
+
     import torch
 
     if isinstance(value, torch.Tensor):
         return [value] if value.is_floating_point() else []
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = [getattr(value, f.name) for f in dataclasses.fields(value)]
     if isinstance(value, dict):
         value = list(value.values())
     if isinstance(value, (tuple, list)):
