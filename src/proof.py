@@ -38,6 +38,21 @@ BF16_DRIFT = 0.1  # relative L2 distance of bf16 outputs from fp32
 SEED = 0
 
 
+def with_options(module, options: dict):
+    """`module` called with fixed non-tensor keyword arguments (a text model's use_cache=False) besides the batch."""
+    import torch
+
+    class WithOptions(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = module
+
+        def forward(self, *args, **kwargs):
+            return self.model(*args, **kwargs, **options)
+
+    return WithOptions()
+
+
 def finding(code: str, module: str, detail: str) -> dict[str, str]:
     return {"code": code, "module": module or "(root)", "detail": detail}
 
@@ -266,17 +281,22 @@ def prove(model: str, inputs: str | None = None, invariance: list[str] | None = 
     if target.meta:
         raise ArchsmithError("model", "is too large to run here (it would be analysed on the meta device); prove a smaller configuration")
     module = target.module.float().eval()
+    options = {k: v for k, v in target.kwargs.items() if not isinstance(v, torch.Tensor)}  # use_cache=False, ...
+    if options:
+        module = with_options(module, options)
     if inputs is not None:
         batch = mod.check_batch(mod.call(mod.import_callable(inputs, "inputs", allow_code), "inputs"), "inputs")
     else:
-        batch = target.kwargs if target.kwargs else tuple(target.args)
+        batch = {k: v for k, v in target.kwargs.items() if k not in options} if target.kwargs else tuple(target.args)
         if not batch:
             raise ArchsmithError("inputs", f"{model} gave no example inputs: give --inputs file.py:fn returning one batch")
     try:
         with torch.no_grad():
-            _seeded(lambda: mod.run(module, batch))
+            first = mod.outputs(_seeded(lambda: mod.run(module, batch)))
     except Exception as exc:
         raise ArchsmithError("inputs", f"the forward pass on the example batch failed: {type(exc).__name__}: {str(exc)[:200]}") from None
+    if not first:
+        raise ArchsmithError("model", "returns no floating-point tensor: there is nothing to differentiate or compare")
     report: dict[str, Any] = {"model": model, "inputs": {str(k): list(v.shape) for k, v in
                                                         (batch.items() if isinstance(batch, dict) else enumerate(batch))}}
     findings: list[dict] = []
@@ -293,7 +313,12 @@ def prove(model: str, inputs: str | None = None, invariance: list[str] | None = 
              ("symmetry", lambda: check_symmetry(module, batch, kinds))]
     for name, check in steps:
         say(f"checking {name}")
-        report[name], found = check()
+        try:
+            report[name], found = check()
+        except ArchsmithError:
+            raise
+        except Exception as exc:  # the model, not archsmith: say which check it broke
+            raise ArchsmithError("model", f"the {name} check could not run it: {type(exc).__name__}: {str(exc)[:200]}") from None
         findings += found
     report["findings"] = findings
     return report

@@ -42,11 +42,19 @@ def decoder_spec(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.mark.parametrize("name", ["cnn", "vae", "gnn", "decoder"])
-def test_healthy_networks_have_no_findings(name, decoder_spec):
+@pytest.fixture(scope="module")
+def design_dir(tmp_path_factory) -> Path:
+    """What `archsmith design` writes: an HF config.json that transformers builds (its inputs carry use_cache=False)."""
+    out = tmp_path_factory.mktemp("design") / "d"
+    assert CliRunner().invoke(app, ["design", "--params", "10M", "--out", str(out)]).exit_code == 0
+    return out
+
+
+@pytest.mark.parametrize("name", ["cnn", "vae", "gnn", "decoder", "design"])
+def test_healthy_networks_have_no_findings(name, decoder_spec, design_dir):
     model, extra = {"cnn": (f"{MODELS}:cnn", {}), "vae": (f"{MODELS}:vae", {}),
                     "gnn": (f"{GNN}:graph_network", {"inputs": f"{GNN}:graph", "invariance": ["permutation"]}),
-                    "decoder": (str(decoder_spec), {})}[name]
+                    "decoder": (str(decoder_spec), {}), "design": (str(design_dir), {})}[name]
     report = prove(model, **extra)
     assert report["findings"] == [], report["findings"]
     assert all(b["ok"] for b in report["batches"]) and report["export"]["exportable"]
