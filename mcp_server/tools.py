@@ -475,6 +475,32 @@ async def prove_module(model: Annotated[str, Field(description="file.py:factory 
     return report
 
 
+@heavy(timeout_s=900)  # loads and saves a checkpoint
+async def extend_model(model: Annotated[str, Field(description="A checkpoint directory (config.json + safetensors) of a family network.py loads, relative to the workspace root.", min_length=1, max_length=1024)],
+                       out_dir: RelPath,
+                       layers: Annotated[list[Annotated[int, Field(ge=0, le=100_000)]] | None, Field(description="Layer indices to keep, in order: [0, 1, 3] drops 2, [0, 1, 2, 3, 3] repeats 3.", min_length=1, max_length=4096)] = None,
+                       vocab: Annotated[int | None, Field(description="New vocabulary size: new rows start at the mean of the old ones.", ge=1, le=10_000_000)] = None,
+                       context: Annotated[int | None, Field(description="Longer context in tokens (with rope_scaling).", ge=1, le=1 << 22)] = None,
+                       rope_scaling: Literal["linear", "dynamic", "yarn"] | None = None,
+                       overwrite: bool = False, ctx: Context = None) -> dict[str, Any]:
+    """Reshape a pretrained decoder and save it where transformers' AutoModelForCausalLM loads it: keep, drop or
+    repeat layers (each new layer a copy of the one it names), grow or cut the vocabulary (existing rows kept, new
+    ones at the mean: logits of existing tokens unchanged, measured), lengthen the context with RoPE scaling
+    (linear, dynamic, YaRN). Returns the exact parameter delta and the new layers, vocabulary and context."""
+    from archsmith.extend import extend
+    from archsmith.files import check_out_dir
+
+    source = _path(model, "model")
+    out = _path(out_dir, "out_dir")
+    check_out_dir(out, overwrite)
+    await ctx.report_progress(0, 1, "extending")
+    report = await run_heavy(extend, source, out, layers, vocab, context, rope_scaling, overwrite)
+    report["model"], report["out"] = model, out_dir
+    report["files"] = [_relative(Path(p)) for p in report["files"]]
+    await ctx.report_progress(1, 1, "done")
+    return report
+
+
 @heavy(timeout_s=1800)  # importance on calibration text + latency sweeps of teacher and student
 async def compress_model(model: ModelRef, out_dir: RelPath,
                          reduction: Annotated[float, Field(description="Share of parameters to remove: 0.5 halves the model.", gt=0, lt=1)] = 0.5,
@@ -710,4 +736,4 @@ async def distill_model(teacher: Annotated[str, Field(description="Teacher: a mo
 
 TOOLS = [design_architecture, write_design, estimate_config, emit_hf_config, compute_optimal_sizing,
          list_scale_templates, list_gpus, build_model, search_models, evaluate_model, plan_finetune,
-         analyze_model, prove_module, compress_model, distill_model, export_model, train_tokenizer, start_training, training_status, stop_training]
+         analyze_model, prove_module, extend_model, compress_model, distill_model, export_model, train_tokenizer, start_training, training_status, stop_training]

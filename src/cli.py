@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import re
 import sys
 import textwrap
 from pathlib import Path
@@ -565,6 +566,42 @@ def prove(
         out.print(f"{f['code']} at {f['module']}: {f['detail']}", highlight=False)
     if "chart" in report:
         out.print(f"wrote {report['chart']}")
+
+
+@app.command()
+def extend(
+    model: str = typer.Argument(..., help="A checkpoint directory of a family network.py loads (config.json + safetensors)."),
+    out_dir: Path = typer.Option(..., "--out", help="Directory for the new checkpoint (must not exist unless --overwrite)."),
+    layers: Optional[str] = typer.Option(None, "--layers", help="Layer indices to keep, in order, comma-separated: 0,1,3 drops 2; 0,1,2,3,3 repeats 3."),
+    vocab: Optional[int] = typer.Option(None, "--vocab", help="New vocabulary size: new rows start at the mean of the old ones."),
+    context: Optional[int] = typer.Option(None, "--context", help="Longer context, in tokens (with --rope-scaling)."),
+    rope_scaling: Optional[str] = typer.Option(None, "--rope-scaling", help="linear, dynamic or yarn (factor = new / old context)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace files in an existing --out directory."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+) -> None:
+    """Reshape a pretrained decoder: choose layers, grow the vocabulary, lengthen the context; transformers loads it."""
+    from archsmith.extend import extend as run
+
+    try:
+        indices = None
+        if layers is not None:
+            if not re.fullmatch(r"\s*\d+(\s*,\s*\d+)*\s*", layers):
+                raise ArchsmithError("layers", f"must be comma-separated layer indices like 0,1,3; got {layers!r:.60}")
+            indices = [int(i) for i in layers.split(",")]
+        with stages(f"extending {model}"):
+            report = run(model, out_dir, indices, vocab, context, rope_scaling, overwrite)
+    except ArchsmithError as exc:
+        _fail(exc)
+    if as_json:
+        _json(report)
+        return
+    rows = [["parameters", f"{report['params_before']:,}", f"{report['params_after']:,} ({report['params_delta']:+,})"],
+            ["layers", "", ",".join(map(str, report["layers"]))], ["vocabulary", "", f"{report['vocab_size']:,}"],
+            ["context", "", f"{report['context_length']:,}"]]
+    show_table(f"{model} -> {out_dir}", [Column(""), Column("before", True), Column("after", True)], rows)
+    if "max_logit_diff_existing_tokens" in report:
+        out.print(f"logits of existing tokens: max |diff| {report['max_logit_diff_existing_tokens']:.2e}", highlight=False)
+    out.print("wrote " + ", ".join(report["files"]), highlight=False)
 
 
 @app.command()
