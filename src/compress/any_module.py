@@ -33,9 +33,9 @@ def fidelity(teacher, student, batches: list) -> dict[str, float]:
             (_, t_forces), (_, s_forces) = (mod.outputs_and_forces(m, batch, create_graph=False) for m in (teacher, student))
             force_num += float((s_forces - t_forces).pow(2).sum())
             force_den += float(t_forces.pow(2).sum())
-            if t[0].dim() == 2 and t[0].shape[1] > 1:
-                agree += int((t[0].argmax(-1) == s[0].argmax(-1)).sum())
-                total += t[0].shape[0]
+        if t[0].dim() == 2 and t[0].shape[1] > 1:
+            agree += int((t[0].argmax(-1) == s[0].argmax(-1)).sum())
+            total += t[0].shape[0]
     found = {"relative_error": round(num / max(den, 1e-30), 6), "batches": len(batches)}
     if force_den:
         found["forces_relative_error"] = round(force_num / force_den, 6)

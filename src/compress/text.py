@@ -413,7 +413,6 @@ def _rows(heads, head_dim: int):
 
 
 def _bert_student(teacher: Teacher, shape: Shape, state: dict, channels, plans, v2: bool):
-    import torch
     from transformers import AutoConfig, AutoModel
 
     cfg = {k: v for k, v in teacher.config.items() if not k.startswith("_") and k != "transformers_version"}

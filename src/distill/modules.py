@@ -42,7 +42,8 @@ def block_map(record: dict, student) -> dict[str, str]:
     for container, index in record.get("removed", []):
         removed.setdefault(container, []).append(index)
     mapping = {}
-    for container, index in mod.repeated_blocks(student) + [(c, 0) for c, _ in mod.repeated_blocks(student)]:
+    blocks = mod.repeated_blocks(student)  # the first of each kind is not listed there, but it is a block too
+    for container, index in blocks + [(c, 0) for c in dict.fromkeys(c for c, _ in blocks)]:
         teacher_index = index
         for gone in sorted(removed.get(container, [])):
             if gone <= teacher_index:
