@@ -357,15 +357,10 @@ def _model(model: str, hub: bool = False) -> tuple[str, bool]:
     import re
 
     from archsmith.analyze import FACTORY
-    from archsmith.errors import ArchsmithError
     from archsmith.files import kind
 
-    match = FACTORY.match(model)
-    if match:
-        if os.environ.get(ALLOW_CODE_ENV) != "1":
-            raise ArchsmithError("model", "file.py:factory runs Python code, which this server refuses; start it with "
-                                          f"{ALLOW_CODE_ENV}=1 to allow code under the workspace root, or use the CLI")
-        return f"{_path(match['file'], 'model')}:{match['name']}", True
+    if FACTORY.match(model):
+        return _code_ref(model, "model"), True
     if hub and re.fullmatch(r"[\w.-]+/[\w.-]+", model) and kind(workspace() / model, "model") is None:
         return model, False  # a Hub id: only config.json is fetched
     return str(_path(model, "model")), False
@@ -406,6 +401,17 @@ def _student_code(directory: Path, field: str) -> bool:
     return True
 
 
+def _chart(chart_path: str | None, overwrite: bool) -> Path | None:
+    """The chart file under the workspace, refused when it exists and overwrite is off."""
+    from archsmith.errors import ArchsmithError
+    from archsmith.files import kind
+
+    chart = _path(chart_path, "chart_path") if chart_path else None
+    if chart is not None and kind(chart, "chart_path") is not None and not overwrite:
+        raise ArchsmithError("chart_path", f"{chart_path} exists; pass overwrite to replace it")
+    return chart
+
+
 CodeRef = Annotated[str | None, Field(description="file.py:function relative to the workspace root (needs a server started "
                                                   f"with {ALLOW_CODE_ENV}=1).", max_length=1024)]
 
@@ -426,14 +432,10 @@ async def analyze_model(model: Annotated[str, Field(description="A model directo
     arithmetic intensity, the top bottlenecks by time and by FLOPs, and notes on attention kernels, graph/scatter ops,
     custom ops and data-dependent control flow. Models above 2 GiB of weights run on the meta device (no latency)."""
     from archsmith import analyze
-    from archsmith.files import kind, write_file
+    from archsmith.files import write_file
 
     ref, allow = _model(model, hub=True)
-    chart = _path(chart_path, "chart_path") if chart_path else None
-    if chart is not None and kind(chart, "chart_path") is not None and not overwrite:
-        from archsmith.errors import ArchsmithError
-
-        raise ArchsmithError("chart_path", f"{chart_path} exists; pass overwrite to replace it")
+    chart = _chart(chart_path, overwrite)
     await ctx.report_progress(0, 1, "analysing")
     shapes = [analyze.parse_shape(s) for s in input_shape.split(";")] if input_shape else None
     result = await run_heavy(analyze.run, ref, batch=batch, seq=seq, input_shapes=shapes, allow_code=allow, meta=meta, repeats=repeats)
@@ -459,14 +461,10 @@ async def prove_module(model: Annotated[str, Field(description="file.py:factory 
     exploding_activations, bf16_drift, nondeterministic_init, graph_break, not_exportable, breaks_invariance); a
     healthy model has none."""
     from archsmith import proof
-    from archsmith.files import kind, write_file
+    from archsmith.files import write_file
 
     ref, allow = _model(model)
-    chart = _path(chart_path, "chart_path") if chart_path else None
-    if chart is not None and kind(chart, "chart_path") is not None and not overwrite:
-        from archsmith.errors import ArchsmithError
-
-        raise ArchsmithError("chart_path", f"{chart_path} exists; pass overwrite to replace it")
+    chart = _chart(chart_path, overwrite)
     await ctx.report_progress(0, 1, "proving")
     report = await run_heavy(proof.prove, ref, _code_ref(inputs, "inputs"), list(invariance), allow_code=allow or inputs is not None)
     if chart is not None:

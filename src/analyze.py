@@ -70,10 +70,7 @@ def load(model: str, batch: int = 1, seq: int | None = None, input_shapes: list[
             raise ArchsmithError(name, f"must be an integer in [1, {1 << 20}], got {value!r}")
     match = FACTORY.match(model)
     if match:
-        if not allow_code:
-            raise ArchsmithError("model", "file.py:factory runs Python code; this server refuses it "
-                                          "(start it with ARCHSMITH_ALLOW_CODE=1 to allow code under the workspace root)")
-        target = _from_factory(Path(match["file"]), match["name"])
+        target = _from_factory(Path(match["file"]), match["name"], allow_code)
         if input_shapes:
             target.args, target.kwargs = _reshape_inputs(target.args, target.kwargs, input_shapes)
         return target
@@ -96,25 +93,47 @@ def load(model: str, batch: int = 1, seq: int | None = None, input_shapes: list[
     raise ArchsmithError("model", f"{model!r:.120} is neither an existing path, a Hub id (org/name) nor file.py:factory")
 
 
-def _from_factory(file: Path, name: str) -> Target:
+def import_callable(ref: str, field_name: str, allow_code: bool = True) -> Callable:
+    """`file.py:name` -> the function (running the file's top level); errors name `field_name`."""
     import importlib.util
+    import sys
 
-    import torch
-
+    match = FACTORY.match(ref or "")
+    if not match:
+        raise ArchsmithError(field_name, f"must be file.py:function, got {ref!r:.120}")
+    if not allow_code:
+        raise ArchsmithError(field_name, "file.py:function runs Python code; this server refuses it "
+                                         "(start it with ARCHSMITH_ALLOW_CODE=1 to allow code under the workspace root)")
+    file = Path(match["file"]).resolve()
     if not file.is_file():
-        raise ArchsmithError("model", f"no such file: {file}")
-    spec = importlib.util.spec_from_file_location(f"archsmith_user_{file.stem}", file)
+        raise ArchsmithError(field_name, f"no such file: {match['file']}")
+    name = f"archsmith_user_{file.stem}"
+    spec = importlib.util.spec_from_file_location(name, file)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # classes defined there can be found again (deepcopy, pickling by reference)
     try:
         spec.loader.exec_module(module)
-        factory = getattr(module, name, None)
-        if not callable(factory):
-            raise ArchsmithError("model", f"{file} has no function {name!r}")
-        result = factory()
+    except Exception as exc:
+        raise ArchsmithError(field_name, f"{file.name} raised {type(exc).__name__}: {str(exc)[:200]}") from None
+    fn = getattr(module, match["name"], None)
+    if not callable(fn):
+        raise ArchsmithError(field_name, f"{file.name} has no function {match['name']!r}")
+    return fn
+
+
+def call(fn: Callable, field_name: str, **kwargs) -> Any:
+    try:
+        return fn(**kwargs)
     except ArchsmithError:
         raise
     except Exception as exc:  # the user's code failed: say where, not a traceback
-        raise ArchsmithError("model", f"{file}:{name} raised {type(exc).__name__}: {str(exc)[:200]}") from None
+        raise ArchsmithError(field_name, f"{getattr(fn, '__name__', fn)}() raised {type(exc).__name__}: {str(exc)[:200]}") from None
+
+
+def _from_factory(file: Path, name: str, allow_code: bool) -> Target:
+    import torch
+
+    result = call(import_callable(f"{file}:{name}", "model", allow_code), "model")
     if isinstance(result, torch.nn.Module):  # a bare module: the caller brings the inputs (prove/compress --inputs)
         return Target(result, (), {}, f"{file.name}:{name}", "factory", meta=any(p.is_meta for p in result.parameters()))
     if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], torch.nn.Module)):

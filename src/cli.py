@@ -465,6 +465,12 @@ def _stream():
     return listener
 
 
+def _free_chart(chart: Path | None, overwrite: bool) -> None:
+    """Refuse an existing --chart file before any work, unless --overwrite."""
+    if chart is not None and chart.exists() and not overwrite:
+        raise ArchsmithError("chart", f"{chart} exists; pass --overwrite to replace it")
+
+
 @app.command()
 def analyze(
     model: str = typer.Argument(..., help="HF model directory or Hub id (config only), an archsmith spec JSON, or file.py:factory returning (module, example_inputs) - runs that file's code."),
@@ -484,8 +490,7 @@ def analyze(
     from archsmith.files import write_file
 
     try:
-        if chart is not None and chart.exists() and not overwrite:
-            raise ArchsmithError("chart", f"{chart} exists; pass --overwrite to replace it")
+        _free_chart(chart, overwrite)
         shapes = [analyzer.parse_shape(s) for s in input_shape] if input_shape else None
         with stages(f"analysing {model}"):
             result = analyzer.run(model, batch=batch, seq=seq, input_shapes=shapes, meta=meta, repeats=repeats, top=top)
@@ -539,8 +544,7 @@ def prove(
     from archsmith.files import write_file
 
     try:
-        if chart is not None and chart.exists() and not overwrite:
-            raise ArchsmithError("chart", f"{chart} exists; pass --overwrite to replace it")
+        _free_chart(chart, overwrite)
         with stages(f"proving {model}") as say:
             report = proof.prove(model, inputs, invariance, progress=say)
         if chart is not None:

@@ -96,20 +96,17 @@ def _input_rms(batch) -> float:
     return max((_rms(t) for t in floats), default=1.0) or 1.0
 
 
-def run_order(module, batch) -> list[tuple[str, Any]]:
-    """(name, output) of every leaf module in the order one forward runs them."""
-    from archsmith.compress.modules import outputs, run
+def leaf(m) -> bool:
+    return not list(m.children())
+
+
+def run_order(module, batch) -> tuple[Any, list[tuple[str, list]]]:
+    """One seeded forward: (its output, (name, float outputs) of every leaf module in the order it ran)."""
+    from archsmith.compress.modules import forward_calls
 
     names = {m: n for n, m in module.named_modules()}
-    seen: list[tuple[str, Any]] = []
-    hooks = [m.register_forward_hook(lambda m, i, o: seen.append((names[m], outputs(o))))
-             for m in module.modules() if not list(m.children())]
-    try:
-        _seeded(lambda: run(module, batch))
-    finally:
-        for h in hooks:
-            h.remove()
-    return seen
+    out, calls = _seeded(lambda: forward_calls(module, batch, leaf))
+    return out, [(names[m], outs) for m, outs in calls]
 
 
 def check_batches(module, batch) -> list[dict[str, Any]]:
@@ -129,11 +126,12 @@ def check_batches(module, batch) -> list[dict[str, Any]]:
 
 
 def check_gradients(module, batch) -> tuple[dict[str, Any], list[dict]]:
-    from archsmith.compress.modules import outputs, run
+    from archsmith.compress.modules import outputs
 
     module.train()
     module.zero_grad(set_to_none=True)
-    loss = sum(o.float().pow(2).mean() for o in outputs(_seeded(lambda: run(module, batch))))
+    out, calls = run_order(module, batch)
+    loss = sum(o.float().pow(2).mean() for o in outputs(out))
     loss.backward()
     found, missing = [], {}
     for name, p in module.named_parameters():
@@ -142,7 +140,7 @@ def check_gradients(module, batch) -> tuple[dict[str, Any], list[dict]]:
             missing.setdefault(owner, []).append(name.rpartition(".")[2])
     for owner, names in missing.items():
         found.append(finding("no_gradient", owner, f"{', '.join(names)} get no gradient from the output"))
-    order = [name for name, _ in run_order(module, batch)]
+    order = [name for name, _ in calls]
     modules = dict(module.named_modules())
     profile = []
     for name in dict.fromkeys(order):
@@ -169,7 +167,7 @@ def check_activations(module, batch) -> tuple[list[dict], list[dict]]:
 
     base = _input_rms(batch)
     with torch.no_grad():
-        seen = run_order(module, batch)
+        _, seen = run_order(module, batch)
     profile, found = [], []
     for name, outs in seen:
         if not outs:

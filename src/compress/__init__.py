@@ -20,10 +20,11 @@ __all__ = ["compress", "load_student", "is_text_model"]
 def is_text_model(model: str | Path) -> bool:
     """A token model for text.py: a model directory whose config has a vocabulary, or a Hub id."""
     import json
-    import re
+
+    from archsmith.analyze import FACTORY
 
     text = str(model)
-    if re.fullmatch(r".+\.py:[A-Za-z_]\w*", text):
+    if FACTORY.match(text):
         return False
     path = Path(text)
     if path.is_dir() and (path / "config.json").is_file():

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 from archsmith.compress import modules as mod
 from archsmith.compress import rewrites, symmetry
-from archsmith.compress.student import save_inputs, state_writer, structure_record, student_code
+from archsmith.compress.student import save_inputs, structure_record, student_code, tensors_writer
 from archsmith.errors import ArchsmithError
 
 STRATEGIES = ("depth", "width", "both")
@@ -161,11 +161,11 @@ def compress_module(model: str, reduction: float, out: str | Path, strategy: str
     teacher, example = source.build(weights=True)
     if inputs is not None:
         example = mod.check_batch(mod.call(mod.import_callable(inputs, "inputs", allow_code), "inputs"), "inputs")
-    batches = mod.batches_from(data, example, allow_code) if data is not None or example is not None else None
-    if example is None and batches:
-        example = batches[0]  # the data's first batch stands for the example
-    if example is None:
+    if example is None and data is None:
         raise ArchsmithError("inputs", f"no example inputs for {model}: give --inputs file.py:fn returning one batch")
+    batches = mod.batches_from(data, example, allow_code)
+    if example is None:
+        example = batches[0]  # the data's first batch stands for the example
     calibration, held = mod.split(batches)
     try:
         with torch.no_grad():
@@ -185,7 +185,7 @@ def compress_module(model: str, reduction: float, out: str | Path, strategy: str
             if source.knobs.get(LMAX, 0) < 2:
                 raise ArchsmithError("v2", f"on the knobs route v2 lowers the spherical-harmonic order: the factory needs an "
                                            f"integer {LMAX!r} knob of at least 2 (its knobs: {source.knobs})")
-            searched = mod.Source(source.kind, source.ref, {**source.knobs, LMAX: source.knobs[LMAX] - 1})
+            searched = mod.Source(source.kind, source.ref, {**source.knobs, LMAX: source.knobs[LMAX] - 1}, source.factory)
             decisions.append(f"v2: {LMAX} {source.knobs[LMAX]} -> {searched.knobs[LMAX]}: fewer spherical-harmonic orders "
                              "in features and edge filters, so fewer tensor-product paths")
         knobs, _ = mod.search_knobs(searched, reduction, strategy, teacher_params, say)
@@ -248,7 +248,7 @@ def compress_module(model: str, reduction: float, out: str | Path, strategy: str
               "calibration_batches": len(calibration), "heldout_batches": len(held),
               "loads_with": "archsmith.compress.load_student"}
     summary = f"{report['achieved_reduction']:.1%} fewer parameters than {Path(str(model)).name} ({chosen} route)"
-    files = {"model.safetensors": state_writer(student), "student.json": json.dumps(record, indent=2) + "\n",
+    files = {"model.safetensors": tensors_writer(student.state_dict()), "student.json": json.dumps(record, indent=2) + "\n",
              "inputs.safetensors": save_inputs(example), f"student_{version}.py": student_code(record, summary),
              "student_report.md": markdown(report), "compression.json": json.dumps(report, indent=2) + "\n",
              "comparison.png": chart(report)}

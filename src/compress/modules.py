@@ -21,15 +21,14 @@ Two routes to `1 - reduction` of the teacher's parameters:
 from __future__ import annotations
 
 import copy
-import importlib.util
 import inspect
 import math
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from archsmith.analyze import FACTORY, call, import_callable
 from archsmith.errors import ArchsmithError
 
 TOLERANCE = 0.05  # a student lands within 5 points of the reduction asked for, or the nearest feasible are named
@@ -46,40 +45,6 @@ IMAGE_SIZE = 224  # example images for a transformers image model whose config n
 
 
 # ---- user code and batches ------------------------------------------------------------------------
-
-def import_callable(ref: str, field_name: str, allow_code: bool = True) -> Callable:
-    """`file.py:name` -> the function (running the file's top level); errors name `field_name`."""
-    match = re.fullmatch(r"(?P<file>.+\.py):(?P<name>[A-Za-z_]\w*)", ref or "")
-    if not match:
-        raise ArchsmithError(field_name, f"must be file.py:function, got {ref!r:.120}")
-    if not allow_code:
-        raise ArchsmithError(field_name, "file.py:function runs Python code; this server refuses it "
-                                         "(start it with ARCHSMITH_ALLOW_CODE=1 to allow code under the workspace root)")
-    file = Path(match["file"]).resolve()
-    if not file.is_file():
-        raise ArchsmithError(field_name, f"no such file: {match['file']}")
-    name = f"archsmith_user_{file.stem}"
-    spec = importlib.util.spec_from_file_location(name, file)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # classes defined there can be found again (deepcopy, pickling by reference)
-    try:
-        spec.loader.exec_module(module)
-    except Exception as exc:
-        raise ArchsmithError(field_name, f"{file.name} raised {type(exc).__name__}: {str(exc)[:200]}") from None
-    fn = getattr(module, match["name"], None)
-    if not callable(fn):
-        raise ArchsmithError(field_name, f"{file.name} has no function {match['name']!r}")
-    return fn
-
-
-def call(fn: Callable, field_name: str, **kwargs) -> Any:
-    try:
-        return fn(**kwargs)
-    except ArchsmithError:
-        raise
-    except Exception as exc:  # the user's code failed: say where, not a traceback
-        raise ArchsmithError(field_name, f"{getattr(fn, '__name__', fn)}() raised {type(exc).__name__}: {str(exc)[:200]}") from None
-
 
 def check_batch(value: Any, field_name: str) -> dict | tuple:
     """A dict or tuple of tensors (a single tensor becomes a 1-tuple)."""
@@ -181,6 +146,7 @@ class Source:
     kind: str  # "factory" | "transformers"
     ref: str  # "/abs/path/file.py:name" or the model directory (absolute)
     knobs: dict[str, int] = field(default_factory=dict)  # the factory's integer keyword arguments, as called
+    factory: Callable | None = field(default=None, repr=False, compare=False)  # the imported function, once imported
 
     def build(self, knobs: dict[str, int] | None = None, weights: bool = False, allow_code: bool = True):
         """(module, example batch or None): a fresh module (random init; `weights` loads a transformers model's).
@@ -188,7 +154,9 @@ class Source:
         import torch
 
         if self.kind == "factory":
-            result = call(import_callable(self.ref, "model", allow_code), "model", **{**self.knobs, **(knobs or {})})
+            if self.factory is None or not allow_code:  # the file's top level runs once per Source, not once per build
+                self.factory = import_callable(self.ref, "model", allow_code)
+            result = call(self.factory, "model", **{**self.knobs, **(knobs or {})})
             module, example = result if isinstance(result, tuple) and len(result) == 2 else (result, None)
             if not isinstance(module, torch.nn.Module):
                 raise ArchsmithError("model", f"{self.ref} must return an nn.Module or (nn.Module, example_inputs)")
@@ -217,20 +185,19 @@ class Source:
         return {"kind": self.kind, "ref": self.ref, "knobs": dict(self.knobs)}
 
 
-def size_knobs(ref: str) -> dict[str, int]:
+def size_knobs(fn: Callable) -> dict[str, int]:
     """The factory's integer keyword arguments with their defaults: its size knobs."""
-    fn = import_callable(ref, "model")
     return {name: p.default for name, p in inspect.signature(fn).parameters.items()
             if type(p.default) is int and p.default >= 1}
 
 
 def load_source(model: str | Path, allow_code: bool = True) -> Source:
     text = str(model)
-    if re.fullmatch(r".+\.py:[A-Za-z_]\w*", text):
-        file, name = text.rsplit(":", 1)
-        ref = f"{Path(file).resolve()}:{name}"
-        import_callable(ref, "model", allow_code)  # the file exists and has the function
-        return Source("factory", ref, size_knobs(ref))
+    match = FACTORY.match(text)
+    if match:
+        ref = f"{Path(match['file']).resolve()}:{match['name']}"
+        fn = import_callable(ref, "model", allow_code)
+        return Source("factory", ref, size_knobs(fn), fn)
     path = Path(text)
     if path.is_dir() and (path / "config.json").is_file() and any(path.glob("*.safetensors")):
         return Source("transformers", str(path.resolve()))
@@ -425,28 +392,32 @@ def head_groups(module) -> dict:
     return groups
 
 
-def run_order(module, batch) -> list:
-    """The Linear / Conv calls of one forward on `batch`, in order (a shared module once per call)."""
-    import torch
-
-    ran = []
-    hooks = [m.register_forward_hook(lambda m, i, o: ran.append(m)) for m in module.modules()
-             if isinstance(m, (torch.nn.Linear, torch.nn.modules.conv._ConvNd))]
+def forward_calls(module, batch, select: Callable[[Any], bool]) -> tuple[Any, list[tuple[Any, list]]]:
+    """One forward on `batch`: (its output, [(submodule, its float outputs)] for every call of a submodule `select`
+    accepts, in the order they ran; a shared submodule once per call)."""
+    calls: list[tuple[Any, list]] = []
+    hooks = [m.register_forward_hook(lambda m, i, o: calls.append((m, outputs(o)))) for m in module.modules() if select(m)]
     try:
-        with torch.no_grad():
-            run(module, batch)
+        return run(module, batch), calls
     finally:
         for h in hooks:
             h.remove()
-    return ran
+
+
+def prunable(m) -> bool:
+    import torch
+
+    return isinstance(m, (torch.nn.Linear, torch.nn.modules.conv._ConvNd))
 
 
 def _pruner(module, batch, ratio: float, importance):
     """torch-pruning's MetaPruner at base `ratio`, scaled from EARLY to LATE over the prunable layers in run order;
     the last layer to run sets the output's width, so it is never pruned."""
+    import torch
     import torch_pruning as tp
 
-    calls = run_order(module, batch)
+    with torch.no_grad():
+        calls = [m for m, _ in forward_calls(module, batch, prunable)[1]]
     ignored = calls[-1:]
     order = [m for m in dict.fromkeys(calls) if m not in ignored]
     ratios = {m: min(0.95, ratio * (EARLY + (LATE - EARLY) * i / max(1, len(order) - 1))) for i, m in enumerate(order)}

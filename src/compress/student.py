@@ -28,13 +28,7 @@ def structure_record(source: Source, route: str, knobs: dict | None, removed: li
 
 def save_inputs(example: dict | tuple):
     """inputs.safetensors writer for the example batch."""
-    def write(path: Path) -> None:
-        from safetensors.torch import save_file
-
-        named = example if isinstance(example, dict) else {TUPLE_KEY.format(i): t for i, t in enumerate(example)}
-        save_file({k: v.detach().contiguous() for k, v in named.items()}, str(path))
-
-    return write
+    return tensors_writer(example if isinstance(example, dict) else {TUPLE_KEY.format(i): t for i, t in enumerate(example)})
 
 
 def load_inputs(directory: str | Path) -> dict | tuple:
@@ -48,12 +42,13 @@ def load_inputs(directory: str | Path) -> dict | tuple:
     return tuple(tensors[TUPLE_KEY.format(i)] for i in range(record["inputs"]))
 
 
-def state_writer(module):
-    """model.safetensors writer: the state dict, each tensor copied (safetensors refuses tensors sharing storage)."""
+def tensors_writer(tensors: dict):
+    """A safetensors file writer for named tensors (a state dict, a batch), each tensor copied: safetensors refuses
+    tensors that share storage."""
     def write(path: Path) -> None:
         from safetensors.torch import save_file
 
-        save_file({k: v.detach().clone().contiguous() for k, v in module.state_dict().items()}, str(path))
+        save_file({k: v.detach().clone().contiguous() for k, v in tensors.items()}, str(path))
 
     return write
 
@@ -69,7 +64,7 @@ def replace(module, applied: list[dict]) -> None:
 
 def rebuild(record: dict[str, Any], weights: dict, allow_code: bool = True) -> Any:
     """The student module of a student.json record, with `weights` (a state dict) loaded, in eval mode."""
-    source = Source(**record["source"])
+    source = Source(record["source"]["kind"], record["source"]["ref"], record["source"].get("knobs", {}))
     if record["route"] == "knobs":
         module, _ = source.build(record["knobs"], allow_code=allow_code)
     else:

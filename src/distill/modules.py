@@ -190,12 +190,10 @@ def fidelity_chart(before: dict[str, Any], after: dict[str, Any]) -> bytes:
 
 def _save_student(source: Path, model, state_dict, directory: Path) -> None:
     """Save hook: model.safetensors plus the student directory's records (a directory load_student reads)."""
-    from safetensors.torch import save_file
-
+    from archsmith.compress.student import tensors_writer
     from archsmith.files import write_files
 
-    files: dict[str, Any] = {"model.safetensors": lambda path: save_file(
-        {k: v.detach().contiguous() for k, v in state_dict.items()}, str(path))}
+    files: dict[str, Any] = {"model.safetensors": tensors_writer(state_dict)}
     for name in STUDENT_FILES:
         if (source / name).is_file():
             files[name] = partial(lambda src, dst: shutil.copyfile(src, dst), source / name)
