@@ -74,6 +74,14 @@ Seq = Annotated[int | None, Field(description="Sequence length of the training m
 Strategy = Annotated[Literal["auto", "ddp", "zero1", "zero2", "zero3", "fsdp"],
                      Field(description="Data-parallel strategy of the memory plan; auto takes the first that fits: ddp, zero1, zero2, zero3.")]
 Checkpointing = Annotated[bool | None, Field(description="Activation checkpointing in the memory plan; null (default) = auto, only when nothing fits without.")]
+Moe = Annotated[str | None, Field(description="Mixture of experts 'EXPERTS:TOP_K', e.g. '8:2'.", pattern=r"^\d{1,4}:\d{1,4}$")]
+MoeLayers = Annotated[Literal["all", "upper", "lower", "alternate"] | None, Field(description="Which layers are MoE (default all).")]
+Window = Annotated[int | None, Field(description="Sliding-window attention of this many tokens.", ge=16, le=1 << 24)]
+WindowLayers = Annotated[str | None, Field(description="Which layers slide: 'all', 'alternate' (default) or 'N:1'.",
+                                           pattern=r"^(all|alternate|\d{1,2}:1)$")]
+Position = Annotated[Literal["rope", "alibi", "learned"] | None, Field(description="Position encoding (default rope).")]
+NormChoice = Annotated[Literal["rmsnorm", "layernorm"] | None, Field(description="Norm (default rmsnorm).")]
+AttentionChoice = Annotated[Literal["gqa", "mqa", "mha", "mla"] | None, Field(description="Attention (default gqa).")]
 Vocab = Annotated[int | None, Field(description="Vocabulary size when no tokenizer is given (padded to a multiple of 128).", ge=1, le=1 << 22)]
 Gpu = Annotated[str, Field(description="GPU kind from list_gpus, e.g. 'h100', 'a100-80gb', 'l4'.", min_length=1, max_length=64)]
 Gpus = Annotated[int, Field(description="Number of GPUs for training.", ge=1, le=65536)]
@@ -96,6 +104,8 @@ class DesignSummary(TypedDict):
     candidates: list[dict[str, Any]]
     recommended: str
     rationale: list[str]
+    components: dict[str, Any] | None  # asked choices, the family written, each choice's measured cost
+    search: dict[str, Any] | None  # the study behind a searched recommendation (write_design with a corpus)
     scaling_path: list[dict[str, Any]]
 
 
@@ -142,26 +152,39 @@ def _design(tokenizer_dir: str | None, **args: Any) -> dict[str, Any]:
 def design_architecture(params: Count = None, compute: Compute = None, memory: Memory = None, context: Context_ = None,
                         vocab: Vocab = None, gpu: Gpu = "h100", gpus: Gpus = 8, tokens: Count = None, mfu: Mfu = 0.4,
                         tokenizer_dir: TokenizerDir = None, batch: MicroBatch = 1, seq: Seq = None, strategy: Strategy = "auto",
-                        checkpointing: Checkpointing = None) -> DesignSummary:
+                        checkpointing: Checkpointing = None, moe: Moe = None, moe_layers: MoeLayers = None,
+                        window: Window = None, window_layers: WindowLayers = None, position: Position = None,
+                        norm: NormChoice = None, attention: AttentionChoice = None) -> DesignSummary:
     """Design a decoder-only LM for ONE budget: params (e.g. '10M', '1B'), compute (FLOPs, Chinchilla-sized) or memory
     per GPU (the largest model whose training plan fits it on `gpu`). Returns 3-4 candidate shapes with exact parameter
     counts, FLOPs, training time, memory per GPU and KV cache per request, the recommended one with its rationale, the
     training plan behind "memory per GPU" (batch, seq, strategy, checkpointing: given or auto) with its assumptions
-    and warnings, and a scaling path. Writes nothing."""
+    and warnings, and a scaling path. Component choices (moe, window, position, norm, attention) are written as the
+    transformers family that expresses them with the fewest further changes, each costed under `components`. Writes nothing."""
     from archsmith.design import summary
 
     return summary(_design(tokenizer_dir, params=params, compute=compute, memory=memory, context=context, vocab=vocab, gpu=gpu,
-                           gpus=gpus, tokens=tokens, mfu=mfu, batch=batch, seq=seq, strategy=strategy, checkpointing=checkpointing))
+                           gpus=gpus, tokens=tokens, mfu=mfu, batch=batch, seq=seq, strategy=strategy, checkpointing=checkpointing,
+                           moe=moe, moe_layers=moe_layers, window=window, window_layers=window_layers, position=position,
+                           norm=norm, attention=attention))
 
 
-@heavy
+@heavy(timeout_s=3600)  # with a search corpus: proxy training runs
 async def write_design(out_dir: RelPath, params: Count = None, compute: Compute = None, memory: Memory = None,
                        context: Context_ = None, vocab: Vocab = None, gpu: Gpu = "h100", gpus: Gpus = 8, tokens: Count = None,
                        mfu: Mfu = 0.4, tokenizer_dir: TokenizerDir = None, batch: MicroBatch = 1, seq: Seq = None,
-                       strategy: Strategy = "auto", checkpointing: Checkpointing = None, overwrite: bool = False,
-                       ctx: Context = None) -> WrittenDesign:
+                       strategy: Strategy = "auto", checkpointing: Checkpointing = None, moe: Moe = None,
+                       moe_layers: MoeLayers = None, window: Window = None, window_layers: WindowLayers = None,
+                       position: Position = None, norm: NormChoice = None, attention: AttentionChoice = None,
+                       search: Annotated[str | None, Field(description="A corpus (text or JSONL) relative to the workspace root: "
+                                                                  "train proxy runs of widths, KV heads, MoE and windows on it and "
+                                                                  "recommend the lowest held-out loss (needs tokenizer_dir).", max_length=1024)] = None,
+                       trials: Annotated[int | None, Field(description="With search: proxy runs (default 8).", ge=1, le=200)] = None,
+                       steps: Annotated[int | None, Field(description="With search: AdamW steps per run (default 30).", ge=1, le=100_000)] = None,
+                       overwrite: bool = False, ctx: Context = None) -> WrittenDesign:
     """Design as design_architecture does, then write config.json (loads in transformers), architecture_report.md,
-    capacity_plan.md and two memory charts (PNG) into out_dir under the workspace root. An existing non-empty
+    capacity_plan.md and two memory charts (PNG) into out_dir under the workspace root (with search also the
+    study: search.json, search_study.db, search_pareto.png, and the searched shape as the recommendation). An existing non-empty
     out_dir is refused unless overwrite is true; files appear all at once or not at all."""
     import json
 
@@ -172,7 +195,9 @@ async def write_design(out_dir: RelPath, params: Count = None, compute: Compute 
     await ctx.report_progress(0, 3, "designing")
     result = await run_heavy(_design, tokenizer_dir, params=params, compute=compute, memory=memory, context=context, vocab=vocab,
                              gpu=gpu, gpus=gpus, tokens=tokens, mfu=mfu, batch=batch, seq=seq, strategy=strategy,
-                             checkpointing=checkpointing)
+                             checkpointing=checkpointing, moe=moe, moe_layers=moe_layers, window=window,
+                             window_layers=window_layers, position=position, norm=norm, attention=attention,
+                             search=str(_path(search, "search")) if search else None, trials=trials, steps=steps)
     await ctx.report_progress(1, 3, "rendering reports and charts")
 
     def render():
@@ -473,6 +498,44 @@ async def prove_module(model: Annotated[str, Field(description="file.py:factory 
     return report
 
 
+@heavy(timeout_s=3600)  # trains up to `trials` proxy runs on a CPU
+async def search_architecture(model: Annotated[str, Field(description="file.py:factory whose keyword arguments the space names, relative "
+                                                                      "to the workspace root (needs ARCHSMITH_ALLOW_CODE=1).",
+                                                          min_length=1, max_length=1024)],
+                              space: Annotated[str, Field(description="space.yaml relative to the workspace root: model: {name: value | "
+                                                                      "{int: [lo, hi], step} | {float: [lo, hi], log} | {choice: [...]}}, "
+                                                                      "train: {lr, weight_decay}.", min_length=1, max_length=1024)],
+                              data: Annotated[str, Field(description="file.py:fn yielding (inputs, target) batches; the first 2 are held out.",
+                                                         min_length=1, max_length=1024)],
+                              out_dir: RelPath,
+                              loss: Literal["cross_entropy", "mse"] = "cross_entropy",
+                              trials: Annotated[int, Field(description="Trials in the study in all; a resumed study runs the rest.", ge=1, le=10_000)] = 20,
+                              steps: Annotated[int, Field(description="AdamW steps per trial (the proxy run).", ge=1, le=1_000_000)] = 100,
+                              objective: Literal["params", "flops", "latency"] = "params",
+                              max_params: Annotated[int | None, Field(description="Trials with more parameters are pruned before training.", ge=1)] = None,
+                              max_memory: Annotated[int | None, Field(description="Trials whose training memory (bytes) is larger are pruned before training.", ge=1)] = None,
+                              pruner: Literal["hyperband", "halving", "none"] = "hyperband",
+                              seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0,
+                              overwrite: bool = False, ctx: Context = None) -> dict[str, Any]:
+    """Search a factory's design space with Optuna: multi-objective (held-out loss against parameters, forward FLOPs or
+    CPU latency), each trial's size measured exactly on the meta device before training (over max_params / max_memory:
+    pruned, never trained), short proxy runs stopped early by Hyperband / successive halving, the study in
+    out_dir/study.db (run again to resume or extend), the Pareto front and a chart (out_dir/pareto.png). Returns every
+    trial, the front and the recommendation (the front's lowest held-out loss)."""
+    from archsmith.search import search
+
+    ref, data_ref = _code_ref(model, "model"), _code_ref(data, "data")
+    await ctx.report_progress(0, 1, "searching")
+    result = await run_heavy(search, ref, _path(space, "space"), data_ref, _path(out_dir, "out_dir"), loss=loss, trials=trials,
+                             steps=steps, objective=objective, max_params=max_params, max_memory=max_memory, pruner=pruner,
+                             seed=seed, overwrite=overwrite, progress=False)
+    await ctx.report_progress(1, 1, "done")
+    result["study"] = _relative(Path(result["study"]))
+    if "chart" in result:
+        result["chart"] = _relative(Path(result["chart"]))
+    return result
+
+
 @heavy(timeout_s=900)  # loads and saves a checkpoint
 async def extend_model(model: Annotated[str, Field(description="A checkpoint directory (config.json + safetensors) of a family network.py loads, relative to the workspace root.", min_length=1, max_length=1024)],
                        out_dir: RelPath,
@@ -480,11 +543,18 @@ async def extend_model(model: Annotated[str, Field(description="A checkpoint dir
                        vocab: Annotated[int | None, Field(description="New vocabulary size: new rows start at the mean of the old ones.", ge=1, le=10_000_000)] = None,
                        context: Annotated[int | None, Field(description="Longer context in tokens (with rope_scaling).", ge=1, le=1 << 22)] = None,
                        rope_scaling: Literal["linear", "dynamic", "yarn"] | None = None,
+                       window: Window = None, window_layers: WindowLayers = None,
+                       moe: Annotated[str | None, Field(description="Upcycle MLPs into 'EXPERTS:TOP_K' MoE layers whose experts copy the dense MLP.",
+                                                        pattern=r"^\d{1,4}:\d{1,4}$")] = None,
+                       moe_layers: MoeLayers = None,
                        overwrite: bool = False, ctx: Context = None) -> dict[str, Any]:
     """Reshape a pretrained decoder and save it where transformers' AutoModelForCausalLM loads it: keep, drop or
     repeat layers (each new layer a copy of the one it names), grow or cut the vocabulary (existing rows kept, new
     ones at the mean: logits of existing tokens unchanged, measured), lengthen the context with RoPE scaling
-    (linear, dynamic, YaRN). Returns the exact parameter delta and the new layers, vocabulary and context."""
+    (linear, dynamic, YaRN), add sliding windows on a layer pattern or upcycle MLPs into MoE layers (experts copy the
+    dense MLP: the output is unchanged, measured); a layout the family cannot express moves it to the registry family
+    that can (`adopted` lists what that family hard-codes). Returns the exact parameter delta (and active parameters)
+    and the new layers, vocabulary, context, windows and experts."""
     from archsmith.extend import extend
     from archsmith.files import check_out_dir
 
@@ -492,7 +562,8 @@ async def extend_model(model: Annotated[str, Field(description="A checkpoint dir
     out = _path(out_dir, "out_dir")
     check_out_dir(out, overwrite)
     await ctx.report_progress(0, 1, "extending")
-    report = await run_heavy(extend, source, out, layers, vocab, context, rope_scaling, overwrite)
+    report = await run_heavy(extend, source, out, layers, vocab, context, rope_scaling, window=window, window_layers=window_layers,
+                             moe=moe, moe_layers=moe_layers, overwrite=overwrite)
     report["model"], report["out"] = model, out_dir
     report["files"] = [_relative(Path(p)) for p in report["files"]]
     await ctx.report_progress(1, 1, "done")
@@ -734,4 +805,4 @@ async def distill_model(teacher: Annotated[str, Field(description="Teacher: a mo
 
 TOOLS = [design_architecture, write_design, estimate_config, emit_hf_config, compute_optimal_sizing,
          list_scale_templates, list_gpus, build_model, search_models, evaluate_model, plan_finetune,
-         analyze_model, prove_module, extend_model, compress_model, distill_model, export_model, train_tokenizer, start_training, training_status, stop_training]
+         analyze_model, prove_module, search_architecture, extend_model, compress_model, distill_model, export_model, train_tokenizer, start_training, training_status, stop_training]

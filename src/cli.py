@@ -184,10 +184,23 @@ def design(
     strategy: str = typer.Option("auto", "--strategy", help="ddp, zero1, zero2, zero3, fsdp or auto (the first that fits: ddp, then ZeRO-1/2/3)."),
     checkpointing: Optional[bool] = typer.Option(None, "--checkpointing/--no-checkpointing", show_default=False,
                                                  help="Activation checkpointing in the memory plan (default: auto, only when nothing fits without)."),
+    moe: Optional[str] = typer.Option(None, "--moe", help="Mixture of experts EXPERTS:TOP_K, e.g. 8:2 (each expert 1/TOP_K of the dense FFN)."),
+    moe_layers: Optional[str] = typer.Option(None, "--moe-layers", help="Which layers are MoE: all, upper, lower or alternate (default all)."),
+    window: Optional[int] = typer.Option(None, "--window", help="Sliding-window attention of W tokens (16 or more)."),
+    window_layers: Optional[str] = typer.Option(None, "--window-layers", help="Which layers slide: all, alternate (default) or N:1 (N sliding, then one full)."),
+    position: Optional[str] = typer.Option(None, "--position", help="rope (default), alibi or learned."),
+    norm: Optional[str] = typer.Option(None, "--norm", help="rmsnorm (default) or layernorm."),
+    attention: Optional[str] = typer.Option(None, "--attention", help="gqa (default), mqa, mha or mla (multi-head latent attention)."),
+    search_corpus: Optional[str] = typer.Option(None, "--search", help="A corpus (text or JSONL): train proxy runs of widths, KV heads, MoE and windows on it and recommend the lowest held-out loss (needs --tokenizer)."),
+    trials: Optional[int] = typer.Option(None, "--trials", help="With --search: proxy runs (default 8)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="With --search: AdamW steps per proxy run (default 30)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace files in an existing --out directory."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
-    """Design a decoder-only LM for a parameter, compute or memory budget and write config.json + reports."""
+    """Design a decoder-only LM for a parameter, compute or memory budget and write config.json + reports.
+
+    Component choices (--moe, --window, --position, --norm, --attention) are written as the transformers family that
+    expresses them with the fewest further changes; the report costs each one."""
     from archsmith import design as designer
     from archsmith.files import check_out_dir, write_files
     from archsmith.report import render_design
@@ -197,7 +210,9 @@ def design(
         result = designer.design_from_text(params=params, compute=compute, memory=memory, context=context,
                                            tokenizer=str(tokenizer) if tokenizer else None, gpu=gpu, gpus=gpus,
                                            tokens=tokens, mfu=mfu, vocab=vocab, batch=batch, seq=seq, strategy=strategy,
-                                           checkpointing=checkpointing)
+                                           checkpointing=checkpointing, moe=moe, moe_layers=moe_layers, window=window,
+                                           window_layers=window_layers, position=position, norm=norm, attention=attention,
+                                           search=search_corpus, trials=trials, steps=steps, progress=not as_json)
         written = write_files(out_dir, render_design(result, str(out_dir)), overwrite)
     except ArchsmithError as exc:
         _fail(exc)
@@ -220,6 +235,10 @@ def design(
     for warning in result["warnings"]:
         err.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
     out.print(f"recommended: [bold]{rec.name}[/bold] - " + "; ".join(result["rationale"]), highlight=False)
+    if result["components"]:
+        for row in result["components"]["tradeoffs"]:
+            out.print(f"{row['choice']}: {row['params_delta']:+,} parameters ({row['active_delta']:+,} active) - {row['what']}",
+                      highlight=False)
     out.print(f"{result['context_check']}", highlight=False)
     out.print("wrote " + ", ".join(str(p) for p in written), highlight=False)
 
@@ -280,7 +299,7 @@ def estimate(
 
 @app.command()
 def search(
-    query: Optional[str] = typer.Argument(None, help="Free text matched against model ids."),
+    query: Optional[str] = typer.Argument(None, help="Free text matched against model ids; with --space, MODEL: file.py:factory."),
     task: Optional[str] = typer.Option(None, "--task", help="Pipeline tag, e.g. text-classification, text-generation."),
     library: Optional[str] = typer.Option(None, "--library", help="e.g. transformers, sentence-transformers."),
     author: Optional[str] = typer.Option(None, "--author", help="Organisation or user."),
@@ -292,12 +311,39 @@ def search(
     sort: str = typer.Option("downloads", "--sort", help="downloads, likes, trending or recent."),
     limit: int = typer.Option(20, "--limit", help="How many models to fetch (1-200)."),
     include_rejected: bool = typer.Option(False, "--include-rejected", help="Also list the models that break a constraint, labelled."),
+    space: Optional[Path] = typer.Option(None, "--space", help="Architecture search: space.yaml of the factory's keyword arguments (and lr, weight_decay)."),
+    data: Optional[str] = typer.Option(None, "--data", help="With --space: file.py:fn yielding (inputs, target) batches; the first 2 are held out."),
+    loss: str = typer.Option("cross_entropy", "--loss", help="With --space: cross_entropy or mse."),
+    trials: int = typer.Option(20, "--trials", help="With --space: trials in the study in all (a resumed study runs the rest)."),
+    steps: int = typer.Option(100, "--steps", help="With --space: AdamW steps per trial (the proxy run)."),
+    objective: str = typer.Option("params", "--objective", help="With --space: the second objective: params, flops or latency."),
+    max_memory: Optional[str] = typer.Option(None, "--max-memory", help="With --space: largest training memory (weights, gradients, AdamW, saved activations), e.g. 2GB."),
+    pruner: str = typer.Option("hyperband", "--pruner", help="With --space: hyperband, halving or none (stops poor learning curves)."),
+    seed: int = typer.Option(0, "--seed", help="With --space: sampler and initialisation seed."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="With --space: the study directory (study.db, search.json, pareto.png); resumed when it holds one."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="With --space: use an existing --out that holds no study."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
-    """Search the Hub (offline: the local HF cache and the reference architectures) for models that meet every constraint."""
+    """Search the Hub (offline: the local HF cache and the reference architectures) for models that meet every constraint.
+
+    With --space: search MODEL's design space instead (Optuna, multi-objective: held-out loss against size)."""
     from archsmith.hub import search as hub_search
     from archsmith.units import parse_count
 
+    if space is not None:
+        hub_only = {"--task": task, "--library": library, "--author": author, "--language": language, "--license": license,
+                    "--gpu": gpu}
+        given = [name for name, value in hub_only.items() if value is not None]
+        try:
+            if given:
+                raise ArchsmithError(given[0].lstrip("-"), "is a Hub search option; an architecture search (--space) takes none")
+            _architecture_search(query, space, data, out_dir, loss=loss, trials=trials, steps=steps, objective=objective,
+                                 max_params=parse_count(max_params, "max_params", 1, 10**13) if max_params else None,
+                                 max_memory=_bytes_option(max_memory, "max_memory"), pruner=pruner, seed=seed,
+                                 overwrite=overwrite, as_json=as_json)
+        except ArchsmithError as exc:
+            _fail(exc)
+        return
     try:
         with stages("searching") as say:
             result = hub_search(query, task=task, library=library, author=author, language=language, license=license, gpu=gpu,
@@ -323,6 +369,39 @@ def search(
         show_table(f"Models from {result['source']}", columns, rows)
     if result["message"]:
         out.print(result["message"], highlight=False, soft_wrap=True)
+
+
+def _bytes_option(value: str | None, field: str) -> int | None:
+    from archsmith.units import parse_bytes
+
+    return None if value is None else parse_bytes(value, field, 1, 2**50)
+
+
+def _architecture_search(model: str | None, space: Path, data: str | None, out_dir: Path | None, as_json: bool,
+                         **options: Any) -> None:
+    """`archsmith search MODEL --space ...`: the study, its table and the Pareto front."""
+    from archsmith.search import search as study_search
+
+    for name, value in (("model", model), ("data", data), ("out", out_dir)):
+        if value is None:
+            raise ArchsmithError(name, "an architecture search needs MODEL (file.py:factory), --data file.py:fn and --out DIR")
+    result = study_search(model, space, data, out_dir, progress=not as_json, **options)
+    if as_json:
+        _json(result)
+        return
+    from archsmith.units import human_count
+
+    key = {"params": "params", "flops": "flops", "latency": "latency_ms"}[options["objective"]]
+    columns = [Column("trial", True), Column("held-out loss", True), Column(key, True), Column("settings")]
+    rows = [[str(r["trial"]), f"{r['heldout_loss']:.4f}", f"{r[key]:.3g}" if key == "latency_ms" else human_count(r[key]),
+             ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in {**r["model_kwargs"], **r["train"]}.items())]
+            for r in result["pareto_front"]]
+    c = result["counts"]
+    show_table(f"Pareto front: {c['complete']} trained, {result['pruned_by_size']} over the caps (not trained), "
+               f"{c['pruned'] - result['pruned_by_size']} stopped early, {c['fail']} failed", columns, rows)
+    if result["recommended"]:
+        out.print(f"recommended: trial {result['recommended']['trial']} (the front's lowest held-out loss)", highlight=False)
+    out.print(f"study: {result['study']}" + (f"; chart: {result['chart']}" if result.get("chart") else ""), highlight=False)
 
 
 @app.command()
@@ -580,10 +659,15 @@ def extend(
     vocab: Optional[int] = typer.Option(None, "--vocab", help="New vocabulary size: new rows start at the mean of the old ones."),
     context: Optional[int] = typer.Option(None, "--context", help="Longer context, in tokens (with --rope-scaling)."),
     rope_scaling: Optional[str] = typer.Option(None, "--rope-scaling", help="linear, dynamic or yarn (factor = new / old context)."),
+    window: Optional[int] = typer.Option(None, "--window", help="Sliding-window attention of W tokens on --window-layers."),
+    window_layers: Optional[str] = typer.Option(None, "--window-layers", help="all, alternate (default) or N:1 (N sliding, then one full)."),
+    moe: Optional[str] = typer.Option(None, "--moe", help="Upcycle MLPs into EXPERTS:TOP_K MoE layers (experts copy the dense MLP), e.g. 8:2."),
+    moe_layers: Optional[str] = typer.Option(None, "--moe-layers", help="Which layers become MoE: all (default), upper, lower or alternate."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace files in an existing --out directory."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
-    """Reshape a pretrained decoder: choose layers, grow the vocabulary, lengthen the context; transformers loads it."""
+    """Reshape a pretrained decoder: choose layers, grow the vocabulary, lengthen the context, add sliding windows or
+    upcycled MoE layers; transformers loads it."""
     from archsmith.extend import extend as run
 
     try:
@@ -593,7 +677,8 @@ def extend(
                 raise ArchsmithError("layers", f"must be comma-separated layer indices like 0,1,3; got {layers!r:.60}")
             indices = [int(i) for i in layers.split(",")]
         with stages(f"extending {model}"):
-            report = run(model, out_dir, indices, vocab, context, rope_scaling, overwrite)
+            report = run(model, out_dir, indices, vocab, context, rope_scaling, window=window, window_layers=window_layers,
+                         moe=moe, moe_layers=moe_layers, overwrite=overwrite)
     except ArchsmithError as exc:
         _fail(exc)
     if as_json:
@@ -601,10 +686,16 @@ def extend(
         return
     rows = [["parameters", f"{report['params_before']:,}", f"{report['params_after']:,} ({report['params_delta']:+,})"],
             ["layers", "", ",".join(map(str, report["layers"]))], ["vocabulary", "", f"{report['vocab_size']:,}"],
-            ["context", "", f"{report['context_length']:,}"]]
+            ["context", "", f"{report['context_length']:,}"], ["family", "", report["model_type"]]]
+    if report["sliding_window"]:
+        rows.append(["sliding window", "", f"{report['sliding_window']:,} on {report['layer_types'].count('sliding_attention')} layers"])
+    if report["moe"]:
+        rows.append(["active parameters", "", f"{report['active_params_after']:,}"])
     show_table(f"{model} -> {out_dir}", [Column(""), Column("before", True), Column("after", True)], rows)
     if "max_logit_diff_existing_tokens" in report:
         out.print(f"logits of existing tokens: max |diff| {report['max_logit_diff_existing_tokens']:.2e}", highlight=False)
+    for key, value in report["adopted"].items():
+        out.print(f"adopted: {key} = {value} ({report['model_type']} hard-codes it)", highlight=False)
     out.print("wrote " + ", ".join(report["files"]), highlight=False)
 
 

@@ -11,12 +11,13 @@ import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
 from archsmith import estimate as est
 from archsmith import peak, scaling
+from archsmith.components import Components, tradeoffs
 from archsmith.errors import ArchsmithError
 from archsmith.gpus import get_gpu, memory_bytes
 from archsmith.spec import MAX_CONTEXT, ArchitectureSpec
@@ -40,7 +41,8 @@ MAX_MICRO_BATCH = 65536  # sequences per GPU per step; more is a typo
 # parameters (ZeRO-3, the footprint of FSDP full-shard); activation checkpointing (a third more compute) only after.
 AUTO_STRATEGIES = ("ddp", "zero1", "zero2", "zero3")
 STRATEGY_CHOICES = ("auto", *est.STRATEGIES)
-TRAINING_DTYPE, TRAINING_OPTIMIZER = "bf16", "adamw"  # the regime every plan assumes: bf16 mixed precision, AdamW
+TRAINING_DTYPE, TRAINING_OPTIMIZER = "bf16", "adamw"
+MOE_AT_EQUAL_COMPUTE = Components(experts=8, top_k=2)  # the MoE candidate of a compute budget (Mixtral's 8 experts, top-2)  # the regime every plan assumes: bf16 mixed precision, AdamW
 
 
 @lru_cache(maxsize=1)
@@ -69,16 +71,33 @@ def _kv_heads(heads: int, wanted: int) -> int:
 
 
 def shape_spec(tpl: dict[str, Any], hidden: int, params: int, vocab: int, context: int, kv_heads: int | None = None,
-               tokenizer: TokenizerInfo | None = None) -> ArchitectureSpec | None:
-    """A Llama-family spec of width `hidden` whose depth (2 to 256 layers) is solved so the total is closest to
-    `params`; None when no such depth exists."""
+               tokenizer: TokenizerInfo | None = None, components: Components | None = None,
+               by: str = "total") -> ArchitectureSpec | None:
+    """A spec of width `hidden` whose depth (2 to 256 layers) is solved so its `by` parameters (total or active) are
+    closest to `params`; None when no such depth exists. Without components: the Llama family."""
     base = _one_layer(tpl, hidden, vocab, context, kv_heads, tokenizer)
+    if components is not None:
+        return _solve_depth(components.builder(base), params, by)
     counts = est.count_params(base)
     fixed = counts["total"] - counts["per_layer"]
     layers = round((params - fixed) / counts["per_layer"])
     if layers < 2 or layers > 256:
         return None
     return base.replace(num_layers=layers)
+
+
+def _solve_depth(build: Callable[[int], ArchitectureSpec], params: int, by: str) -> ArchitectureSpec | None:
+    """The depth in [2, 256] whose `by` parameter count is closest to `params` (counts grow with depth: bisection)."""
+    def count(layers: int) -> int:
+        return est.count_params(build(layers))[by]
+
+    if params < count(2) - (count(3) - count(2)) / 2 or params > count(256) + (count(256) - count(255)) / 2:
+        return None  # the best depth lies outside [2, 256]
+    low, high = 2, 256
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (mid, high) if count(mid) <= params else (low, mid)
+    return build(min((low, high), key=lambda n: abs(count(n) - params)))
 
 
 def _one_layer(tpl: dict[str, Any], hidden: int, vocab: int, context: int, kv_heads: int | None = None,
@@ -209,6 +228,13 @@ def _tradeoffs(cands: list[Candidate]) -> None:
             c.cons.append(f"GQA group {c.spec.gqa_group} vs {base.spec.gqa_group}: fewer KV heads can cost a little quality (Ainslie et al. 2023)")
         elif abs(kv) > 0.01:
             (c.pros if kv < 0 else c.cons).append(f"KV cache {kv:+.0%} per request at {c.spec.context_length} tokens")
+    for c in cands[1:]:
+        if c.spec.moe is not None and base.spec.moe is None:
+            total, active = c.summary["params"]["total"], c.summary["params"]["active"]
+            c.pros.append(f"{total / base.summary['params']['total']:.1f}x the parameters for {active / base.summary['params']['active']:.2f}x "
+                          "the FLOPs per token: more capacity from the same compute (Switch Transformer, Mixtral)")
+            c.cons.append(f"all {total:,} parameters' weights, gradients and optimizer state are held: "
+                          f"{human_bytes(c.summary['memory_per_gpu']['total_bytes'])} per GPU; the router needs a load-balancing loss")
     base.pros.append(f"aspect {base.summary['aspect']} hidden per layer, in the range where loss is flat in shape (Kaplan et al. 2020)")
     base.pros.append(f"GQA group {base.spec.gqa_group}: KV cache {base.spec.num_kv_heads}/{base.spec.num_heads} of full multi-head attention")
 
@@ -216,8 +242,12 @@ def _tradeoffs(cands: list[Candidate]) -> None:
 def design(params: int | str | None = None, compute: float | None = None, memory: int | None = None,
            context: int | None = None, tokenizer: TokenizerInfo | None = None, gpu: str = "h100", gpus: int = 8,
            tokens: int | None = None, mfu: float = DEFAULT_MFU, vocab: int | None = None, batch: int = 1,
-           seq: int | None = None, strategy: str = "auto", checkpointing: bool | None = None) -> dict[str, Any]:
+           seq: int | None = None, strategy: str = "auto", checkpointing: bool | None = None,
+           components: Components | None = None) -> dict[str, Any]:
     """Design a decoder-only LM. Exactly one of params / compute / memory (bytes per GPU) sets the size.
+
+    `components` (MoE, sliding windows, positions, norms, attention) change the Llama defaults; the design is then
+    written as the registry family that expresses them, each choice and adopted change costed in the report.
 
     `batch` (micro-batch per GPU), `seq` (tokens per sequence; default the context), `strategy` and `checkpointing`
     (None: auto) set the training plan behind "memory per GPU"; a memory budget never yields a design whose plan
@@ -253,7 +283,7 @@ def design(params: int | str | None = None, compute: float | None = None, memory
     if memory is not None:
         if not 2**28 <= memory <= 2**44:
             raise ArchsmithError("memory", f"must be between 256 MiB and 16 TiB per GPU, got {memory:,} bytes")
-        params = _largest_fitting(limit, gpus, batch, seq, strategy, checkpointing, context, tokenizer, vocab)
+        params = _largest_fitting(limit, gpus, batch, seq, strategy, checkpointing, context, tokenizer, vocab, components)
         target.update(memory_bytes=memory, limit_bytes=limit["bytes"])
     params = int(params)
     if not MIN_PARAMS <= params <= MAX_PARAMS:
@@ -265,9 +295,9 @@ def design(params: int | str | None = None, compute: float | None = None, memory
     padded = pad_vocab(raw_vocab)
 
     def make(hidden: int, kv: int | None = None) -> ArchitectureSpec | None:
-        return shape_spec(tpl, hidden, params, padded, context, kv, tokenizer)
+        return shape_spec(tpl, hidden, params, padded, context, kv, tokenizer, components)
 
-    balanced = balanced_shape(tpl, params, padded, context, tokenizer)
+    balanced = balanced_shape(tpl, params, padded, context, tokenizer, components)
     if balanced is None:
         raise ArchsmithError("params", _no_shape_reason(tpl, params, padded, context))
     balanced_h = balanced.hidden_size
@@ -278,8 +308,12 @@ def design(params: int | str | None = None, compute: float | None = None, memory
     if i + 1 < len(HIDDEN_LADDER) and (s := make(HIDDEN_LADDER[i + 1])) is not None:
         cands.append(Candidate("wide-shallow", s))
     base = cands[0].spec
-    if base.num_kv_heads > 1 and (s := make(balanced_h, max(1, base.num_kv_heads // 2))) is not None and s.num_kv_heads != base.num_kv_heads:
+    if (components is None or components.attention == "gqa") and base.num_kv_heads > 1 \
+            and (s := make(balanced_h, max(1, base.num_kv_heads // 2))) is not None and s.num_kv_heads != base.num_kv_heads:
         cands.append(Candidate("balanced-lean-kv", s))
+    if compute is not None and components is None and (s := shape_spec(tpl, balanced_h, params, padded, context, None, tokenizer,
+                                                                        MOE_AT_EQUAL_COMPUTE, by="active")) is not None:
+        cands.append(Candidate("moe-equal-compute", s))  # a compute budget buys active parameters: MoE adds capacity
     setup = choose_training(balanced, gpus, batch, seq or context, strategy, checkpointing, limit["bytes"])
     for c in cands:
         _summarise(c, tokens, device, mfu, setup)
@@ -293,7 +327,10 @@ def design(params: int | str | None = None, compute: float | None = None, memory
         f"{recommended.summary['params']['total']:,} parameters, {100 * abs(recommended.summary['params']['total'] / params - 1):.1f}% from the {params:,} target",
         f"aspect {recommended.summary['aspect']} (hidden / layers): of the ladder's widths, the one whose solved depth comes "
         f"nearest the {tpl['name']} template's target aspect {tpl['aspect']}, like {', '.join(tpl['examples'])}",
-        "GQA + SwiGLU + RoPE + RMSNorm: the Llama-family defaults that transformers, vLLM and every major trainer run fast",
+        "GQA + SwiGLU + RoPE + RMSNorm: the Llama-family defaults that transformers, vLLM and every major trainer run fast"
+        if components is None else
+        f"{components.words()} as asked, on the Llama defaults otherwise; written as {recommended.spec.model_type}, the registry "
+        "family that expresses it with the fewest further changes (each costed under 'component choices')",
     ]
     if memory is not None:
         rationale.append(f"the largest size whose training fits {limit['why']}, with {_setting_words(setup)}")
@@ -307,6 +344,7 @@ def design(params: int | str | None = None, compute: float | None = None, memory
     context_note = _context_check(context, tokenizer)
     return {
         "target": target,
+        "tokens": tokens,  # training tokens given or sized by the compute budget (None: Chinchilla per candidate)
         "template": tpl,
         "vocab": {"given": raw_vocab, "padded": padded, "padding": padded - raw_vocab, "multiple": VOCAB_MULTIPLE},
         "tokenizer": tokenizer.to_dict() if tokenizer else None,
@@ -322,7 +360,11 @@ def design(params: int | str | None = None, compute: float | None = None, memory
         "candidates": cands,
         "recommended": recommended,
         "rationale": rationale,
-        "scaling_path": scaling_path(recommended.spec, tokenizer, padded),
+        "search": None,  # set by design_from_text(search=CORPUS): the study behind a measured recommendation
+        "components": None if components is None else {
+            "asked": components.words(), "family": recommended.spec.model_type,
+            "tradeoffs": tradeoffs(recommended.spec, _one_layer(tpl, balanced_h, padded, context, None, tokenizer), components)},
+        "scaling_path": scaling_path(recommended.spec, tokenizer, padded, components),
     }
 
 
@@ -347,11 +389,11 @@ def _no_shape_reason(tpl: dict[str, Any], params: int, vocab: int, context: int)
     return f"no width from {HIDDEN_LADDER[0]} to {HIDDEN_LADDER[-1]} reaches {params:,} parameters with 2 to 256 layers"
 
 
-def balanced_shape(tpl: dict[str, Any], params: int, vocab: int, context: int,
-                   tokenizer: TokenizerInfo | None = None) -> ArchitectureSpec | None:
+def balanced_shape(tpl: dict[str, Any], params: int, vocab: int, context: int, tokenizer: TokenizerInfo | None = None,
+                   components: Components | None = None) -> ArchitectureSpec | None:
     """The ladder width whose solved depth keeps the template's width-to-depth aspect best (the first on a tie);
     None when no shape of 2 to 256 layers reaches `params`."""
-    shapes = [s for h in HIDDEN_LADDER if (s := shape_spec(tpl, h, params, vocab, context, None, tokenizer)) is not None]
+    shapes = [s for h in HIDDEN_LADDER if (s := shape_spec(tpl, h, params, vocab, context, None, tokenizer, components)) is not None]
     return min(shapes, key=lambda s: _aspect_error(s, tpl["aspect"])) if shapes else None
 
 
@@ -382,7 +424,8 @@ def _context_check_max_length(context: int, tokenizer: TokenizerInfo | None) -> 
     return f"context {context} equals the tokenizer's model_max_length"
 
 
-def scaling_path(spec: ArchitectureSpec, tokenizer: TokenizerInfo | None, vocab: int) -> list[dict[str, Any]]:
+def scaling_path(spec: ArchitectureSpec, tokenizer: TokenizerInfo | None, vocab: int,
+                 components: Components | None = None) -> list[dict[str, Any]]:
     """The same architecture family at each template's nominal size (10M -> 100M -> 350M -> 1B -> 7B), each shaped
     exactly as `design(params=<that size>)` shapes it with this vocabulary."""
     from archsmith.units import parse_count
@@ -390,7 +433,7 @@ def scaling_path(spec: ArchitectureSpec, tokenizer: TokenizerInfo | None, vocab:
     path = []
     for tpl in scale_templates():
         target = parse_count(tpl["name"], "template")
-        shaped = balanced_shape(tpl, target, vocab, spec.context_length, tokenizer)
+        shaped = balanced_shape(tpl, target, vocab, spec.context_length, tokenizer, components)
         if shaped is None:  # the vocabulary alone outgrows this size
             continue
         n = est.count_params(shaped)["total"]
@@ -409,7 +452,8 @@ def scaling_path(spec: ArchitectureSpec, tokenizer: TokenizerInfo | None, vocab:
 
 
 def _largest_fitting(limit: dict[str, Any], gpus: int, micro_batch: int, seq: int | None, strategy: str,
-                     checkpointing: bool | None, context: int | None, tokenizer: TokenizerInfo | None, vocab: int | None) -> int:
+                     checkpointing: bool | None, context: int | None, tokenizer: TokenizerInfo | None, vocab: int | None,
+                     components: Components | None = None) -> int:
     """Largest parameter count whose design (the balanced shape `design` would recommend) trains within `limit` per GPU
     under the allowed strategies and checkpointing. Binary search on a 1% grid; every size it returns was checked."""
 
@@ -417,7 +461,7 @@ def _largest_fitting(limit: dict[str, Any], gpus: int, micro_batch: int, seq: in
         tpl = template_for(n)
         v = pad_vocab(tokenizer.vocab_size if tokenizer else (vocab or tpl["vocab_size"]))
         ctx = _context(context, seq, tpl)
-        s = balanced_shape(tpl, n, v, ctx, tokenizer)
+        s = balanced_shape(tpl, n, v, ctx, tokenizer, components)
         if s is None:  # no 2-256 layer shape reaches n: not a design
             return None
         return s, choose_training(s, gpus, micro_batch, seq or ctx, strategy, checkpointing, limit["bytes"])
@@ -488,21 +532,57 @@ def capacity_plan(spec: ArchitectureSpec, gpu: dict[str, Any], gpus: int, tokens
 def design_from_text(params: str | None = None, compute: str | None = None, memory: str | None = None,
                      context: int | None = None, tokenizer: str | None = None, gpu: str = "h100", gpus: int = 8,
                      tokens: str | None = None, mfu: float = DEFAULT_MFU, vocab: int | None = None, batch: int = 1,
-                     seq: int | None = None, strategy: str = "auto", checkpointing: bool | None = None) -> dict[str, Any]:
-    """`design` from the strings people type ('1B', '1e21', '24GB', '100B', a tokenizer directory)."""
+                     seq: int | None = None, strategy: str = "auto", checkpointing: bool | None = None,
+                     moe: str | None = None, moe_layers: str | None = None, window: int | None = None,
+                     window_layers: str | None = None, position: str | None = None, norm: str | None = None,
+                     attention: str | None = None, search: str | None = None, trials: int | None = None,
+                     steps: int | None = None, progress: bool = False) -> dict[str, Any]:
+    """`design` from the strings people type ('1B', '1e21', '24GB', '100B', a tokenizer directory, '8:2' experts).
+
+    `search` (a corpus) explores the decoder space around the design by training (`archsmith.search.decoder`,
+    `trials` proxy runs of `steps` steps) and recommends the shape with the lowest held-out loss."""
+    from archsmith import components
     from archsmith.tokenizer import read_tokenizer
     from archsmith.units import parse_bytes, parse_count
 
     if vocab is not None and not 1 <= vocab <= 1 << 22:
         raise ArchsmithError("vocab", f"must be in [1, {1 << 22}], got {vocab}")
-    return design(
+    if search is None and (trials is not None or steps is not None):
+        raise ArchsmithError("trials" if trials is not None else "steps", "only with --search CORPUS")
+    asked = components.parse(moe, moe_layers, window, window_layers, position, norm, attention)
+    if search is not None and asked is not None:
+        raise ArchsmithError("search", "explores MoE and sliding windows itself; give either --search or component choices")
+    result = design(
         params=parse_count(params, "params", MIN_PARAMS, MAX_PARAMS) if params is not None else None,
         compute=float(parse_count(compute, "compute", 10**15, 10**28)) if compute is not None else None,
         memory=parse_bytes(memory, "memory", 2**28, 2**44) if memory is not None else None,
         context=context, tokenizer=read_tokenizer(tokenizer) if tokenizer else None, gpu=gpu, gpus=gpus,
         tokens=parse_count(tokens, "tokens", MIN_TOKENS, MAX_TOKENS) if tokens is not None else None, mfu=mfu, vocab=vocab,
         batch=batch, seq=seq, strategy=strategy, checkpointing=checkpointing,
+        components=asked,
     )
+    if search is not None:
+        from archsmith.search.decoder import DEFAULT_STEPS, DEFAULT_TRIALS, search_design
+
+        found = search_design(result, search, trials or DEFAULT_TRIALS, steps or DEFAULT_STEPS, progress=progress)
+        adopt_searched(result, found)
+    return result
+
+
+def adopt_searched(result: dict[str, Any], found: dict[str, Any]) -> None:
+    """Make the searched shape the design's recommendation (first candidate), summarised under the same plan."""
+    best = found["best"]
+    c = Candidate("searched", found["spec"])
+    _summarise(c, result["tokens"], result["gpu"], result["mfu"], result["training"])
+    kwargs = ", ".join(f"{k} {v}" for k, v in best["model_kwargs"].items())
+    c.pros.append(f"the lowest held-out loss ({best['heldout_loss']:.4f}) of {len(found['trials'])} trials of "
+                  f"{found['config']['steps']} steps on {found['config']['data']} ({kwargs})")
+    result["candidates"].insert(0, c)
+    result["recommended"] = c
+    result["rationale"].insert(0, f"measured, not assumed: {kwargs} reached held-out loss {best['heldout_loss']:.4f} after "
+                                  f"{found['config']['steps']} steps of {found['batch']} x {found['seq']} tokens, the lowest of "
+                                  f"{found['counts']['complete']} finished trials (table under 'Search')")
+    result["search"] = found
 
 
 def summary(result: dict[str, Any]) -> dict[str, Any]:
@@ -517,7 +597,8 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
         "assumptions": result["assumptions"],
         "warnings": result["warnings"],
         "candidates": [
-            {"name": c.name, "spec": c.spec.to_dict(), "params": c.summary["params"]["total"], "shape": c.summary["shape"],
+            {"name": c.name, "spec": c.spec.to_dict(), "model_type": c.spec.model_type, "params": c.summary["params"]["total"],
+             "active_params": c.summary["params"]["active"], "shape": c.summary["shape"],
              "training_flops_per_token": c.summary["flops"]["training_per_token"], "train_tokens": c.summary["train_tokens"],
              "train_time_seconds": c.summary["train_time"]["seconds"], "memory_per_gpu_bytes": c.summary["memory_per_gpu"]["total_bytes"],
              "fits": c.summary["fits"], "kv_cache_per_request_bytes": c.summary["kv_cache_per_request"], "pros": c.pros, "cons": c.cons}
@@ -525,5 +606,7 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
         ],
         "recommended": result["recommended"].name,
         "rationale": result["rationale"],
+        "components": result["components"],
+        "search": result["search"] and {k: v for k, v in result["search"].items() if k not in ("spec", "files")},
         "scaling_path": result["scaling_path"],
     }

@@ -7,7 +7,13 @@
 - vocabulary: a larger `vocab_size` keeps every existing row of the embeddings (and of an untied head) and starts
   each new row at the mean of the old ones, so logits of existing tokens are unchanged; a smaller one cuts rows;
 - context: a longer `context_length` with RoPE scaling (linear, dynamic or YaRN: factor = new / old context,
-  YaRN keeping the original length as `original_max_position_embeddings`).
+  YaRN keeping the original length as `original_max_position_embeddings`);
+- sliding windows: `window` tokens on the layers of a pattern (all, alternate, N:1), weights unchanged;
+- MoE layers upcycled from the dense MLP (Komatsuzaki et al. 2022): every expert a copy of the layer's MLP, a
+  small random router, top-k weights renormalised, so the output equals the dense layer's until training moves
+  the experts apart.
+A window or MoE layout the model's family cannot express moves it to the registry family that can
+(`archsmith.components`); what that family hard-codes is reported, new biases and shared experts start at zero.
 
 The output is a checkpoint directory (config.json + safetensors) transformers' AutoModelForCausalLM loads, written
 atomically; the report gives the exact parameter delta (count_params of both specs, equal to the built modules) and,
@@ -20,9 +26,13 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from archsmith import families
 from archsmith.errors import ArchsmithError
 
 ROPE_SCALINGS = ("linear", "dynamic", "yarn")
+# What a new family may not change in a pretrained model: anything that alters what its weights compute. Biases may
+# appear (they start at zero), existing ones may not go; a shared expert may appear (its output projection is zero).
+KEEP = ("qk_norm", "norm", "norm_placement", "ffn_kind", "activation", "position", "num_kv_heads", "fused_qkv", "fused_gate_up")
 CHECK_TOKENS = 32  # tokens of the logits check
 
 
@@ -64,8 +74,56 @@ def _context(spec, context: int | None, rope_scaling: str | None) -> dict[str, A
     return {"context_length": context, "rope_scaling": scaling}
 
 
+def _layout(spec, window: int | None, window_layers: str | None, moe: str | None, moe_layers: str | None):
+    """(the spec with windows and upcycled MoE layers in the family that expresses them, the spec fields that family
+    hard-codes) -- unchanged when neither is asked."""
+    from archsmith import components
+    from archsmith.spec import MoESpec
+
+    chosen = components.parse(moe=moe, moe_layers=moe_layers, window=window, window_layers=window_layers)
+    if chosen is None:
+        return spec, {}
+    if moe is not None and spec.moe is not None:
+        raise ArchsmithError("moe", "the model has MoE layers already; upcycling starts from a dense model")
+    if window is not None and window >= spec.context_length:
+        raise ArchsmithError("window", f"must be shorter than the context {spec.context_length}, got {window}")
+    changes: dict[str, Any] = {}
+    if moe is not None:
+        changes["moe"] = MoESpec(chosen.experts, chosen.top_k, spec.ffn_size,
+                                 layers=components.moe_layers(chosen.moe_layers, spec.num_layers))
+    if window is not None:
+        changes.update(sliding_window=window, layer_types=components.window_types(chosen.window_layers, spec.num_layers))
+    laid = dataclasses.replace(spec, model_type=families.DEFAULT_FAMILY, extra={}, **changes)
+    fit = components.family_for(laid, chosen.chosen, keep=KEEP + tuple(b for b in ("qkv_bias", "o_bias", "mlp_bias") if getattr(spec, b)))
+    new = fit.apply(laid)
+    if moe is not None and "norm_topk_prob" in families.get(new.model_type).extra:  # identical experts: weights sum to 1
+        new = new.replace(extra={**new.extra, "norm_topk_prob": True})
+    return new, fit.changes
+
+
+def _upcycle(name: str, tensor, old_state: dict, order: list[int]) -> None:
+    """Fill a tensor the old model lacks: experts from the layer's dense MLP, new biases and
+    shared experts' output projections zero (the output is unchanged); routers keep their random start."""
+    import torch
+
+    if not name.startswith("model.layers."):
+        return
+    index, rest = name[len("model.layers."):].split(".", 1)
+    mlp = f"model.layers.{order[int(index)]}.mlp."
+    if rest == "mlp.experts.gate_up_proj":
+        gate = old_state[mlp + "gate_proj.weight"] if mlp + "gate_proj.weight" in old_state else None
+        dense = torch.cat((gate, old_state[mlp + "up_proj.weight"])) if gate is not None else old_state[mlp + "up_proj.weight"]
+        tensor.copy_(dense.expand_as(tensor))
+    elif rest == "mlp.experts.down_proj":
+        tensor.copy_(old_state[mlp + "down_proj.weight"].expand_as(tensor))
+    elif rest.startswith("mlp.shared_experts.") and rest.endswith("down_proj.weight") or rest.endswith(".bias"):
+        tensor.zero_()
+
+
 def extend(model: str | Path, out: str | Path, layers: list[int] | None = None, vocab: int | None = None,
-           context: int | None = None, rope_scaling: str | None = None, overwrite: bool = False) -> dict[str, Any]:
+           context: int | None = None, rope_scaling: str | None = None, window: int | None = None,
+           window_layers: str | None = None, moe: str | None = None, moe_layers: str | None = None,
+           overwrite: bool = False) -> dict[str, Any]:
     """A new checkpoint in `out` from the one in `model` (see the module docstring); returns the report."""
     import torch
 
@@ -74,10 +132,10 @@ def extend(model: str | Path, out: str | Path, layers: list[int] | None = None, 
     from archsmith.network import CausalLM
     from archsmith.spec import MAX_VOCAB
 
-    if layers is None and vocab is None and context is None:
+    if layers is None and vocab is None and context is None and window is None and moe is None:
         if rope_scaling is not None:
             raise ArchsmithError("rope_scaling", "applies with a longer context: give context as well")
-        raise ArchsmithError("layers", "nothing to change: give layers, vocab or context")
+        raise ArchsmithError("layers", "nothing to change: give layers, vocab, context, window or moe")
     check_out_dir(out, overwrite)
     try:
         old = CausalLM.from_pretrained(model, dtype=torch.float32).eval()
@@ -90,9 +148,8 @@ def extend(model: str | Path, out: str | Path, layers: list[int] | None = None, 
             raise ArchsmithError("vocab", f"must be an integer in [1, {MAX_VOCAB}], got {vocab!r}")
         changes["vocab_size"] = vocab
     changes.update(_context(spec, context, rope_scaling))
-    new_spec = dataclasses.replace(spec, **changes)
-    torch.manual_seed(0)
-    new = CausalLM(new_spec).eval()
+    new_spec, adopted = _layout(dataclasses.replace(spec, **changes), window, window_layers, moe, moe_layers)
+    new = CausalLM.from_spec(new_spec, seed=0).eval()  # initialised: tensors the old model lacks keep this start
     state, old_state = new.state_dict(), old.state_dict()
     rows = min(spec.vocab_size, new_spec.vocab_size)
     with torch.no_grad():
@@ -102,6 +159,7 @@ def extend(model: str | Path, out: str | Path, layers: list[int] | None = None, 
                 index, rest = name[len("model.layers."):].split(".", 1)
                 source = f"model.layers.{order[int(index)]}.{rest}"
             if source not in old_state:
+                _upcycle(name, tensor, old_state, order)
                 continue
             value = old_state[source]
             if value.shape == tensor.shape:
@@ -119,9 +177,14 @@ def extend(model: str | Path, out: str | Path, layers: list[int] | None = None, 
         raise RuntimeError(f"count_params gives {after:,} but the built model has {built:,}")
     report: dict[str, Any] = {"model": str(model), "out": str(out), "params_before": before, "params_after": after,
                               "params_delta": after - before, "layers": order, "vocab_size": new_spec.vocab_size,
-                              "context_length": new_spec.context_length, "rope_scaling": new_spec.rope_scaling}
-    if layers is None and context is None:  # only the vocabulary changed: existing tokens' logits must not move
-        ids = torch.arange(min(CHECK_TOKENS, rows))[None]
+                              "context_length": new_spec.context_length, "rope_scaling": new_spec.rope_scaling,
+                              "model_type": new_spec.model_type, "sliding_window": new_spec.sliding_window,
+                              "layer_types": list(new_spec.resolved_layer_types) if window else None,
+                              "moe": dataclasses.asdict(new_spec.moe) if moe else None,
+                              "active_params_after": count_params(new_spec)["active"],
+                              "adopted": {k: repr(v) for k, v in adopted.items()}}
+    if layers is None and context is None:  # vocabulary, windows, MoE: existing tokens' logits must not move
+        ids = torch.arange(min(CHECK_TOKENS, rows, new_spec.sliding_window or CHECK_TOKENS))[None]  # within the window
         with torch.no_grad():
             diff = (new(ids).logits[..., :rows] - old(ids).logits[..., :rows]).abs().max().item()
         report["max_logit_diff_existing_tokens"] = diff

@@ -81,7 +81,7 @@ class Extra:
 class LayerRule:
     """How transformers fills `layer_types` when config.json has none.
 
-    rule: full (no local attention) | all_sliding (every layer slides when sliding_window is set) |
+    rule: full (no local attention) | all_sliding (every layer slides when sliding_window is set, and the gate allows) |
     window_layers (layers >= max_window_layers slide, gated by use_sliding_window) |
     alternate_window_layers (even layers below max_window_layers slide, gated likewise) |
     period (layer i is `nth` when (i + 1) % period == 0, else `other`) |
@@ -396,9 +396,10 @@ ROWS: tuple[Family, ...] = (
            keys={**ATTENTION_BIAS, **ROUTER, "moe.num_experts": "num_experts", "moe.expert_ffn_size": "moe_intermediate_size"},
            aliases={"num_local_experts": "num_experts"}, fixed={"qk_norm": "head"}, moe_layers="sparse_step",
            expert_names=PER_EXPERT,
-           layers=LayerRule("window_layers", gate=("use_sliding_window",)),
+           # transformers' Qwen3-MoE has no layer_types: every layer slides when use_sliding_window is on
+           layers=LayerRule("all_sliding", gate=("use_sliding_window",)),
            defaults={"max_position_embeddings": 32768, "num_key_value_heads": MISSING, "rms_norm_eps": 1e-6},
-           extra={**AUX_LOSS, **TOPK_NORM, **WINDOW_LAYERS}),
+           extra={**AUX_LOSS, **TOPK_NORM}),
     Family("qwen2_moe", "Qwen2MoeForCausalLM", parity="both",
            keys={"qkv_bias": "qkv_bias", **ROUTER, "moe.num_experts": "num_experts",
                  "moe.expert_ffn_size": "moe_intermediate_size", "moe.shared_ffn_size": "shared_expert_intermediate_size"},

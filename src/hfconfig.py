@@ -240,7 +240,7 @@ def _layers_read(cfg: dict[str, Any], fam: Family, values: dict[str, Any]) -> tu
     if window is not None:
         _check_type("sliding_window", "sliding_window", window)
     gated = all(cfg.get(key, fam.default(key)) for key in rule.gate if key != "sliding_window") and window
-    if rule.rule in ("window_layers", "alternate_window_layers") and not gated:
+    if rule.gate and rule.rule != "rope" and not gated:  # the gate keys switch local attention off
         return None, None
     if rule.rule in ("full", "all_sliding"):
         return window or None, None

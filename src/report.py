@@ -182,6 +182,8 @@ def render_design(result: dict[str, Any], out_dir: str | None = None) -> dict[st
         "capacity_plan.md": env.get_template("capacity_plan.md.j2").render(**ctx),
         **{name: _png(fig) for name, fig in memory_charts(result, plan).items()},
     }
+    if result["search"]:  # the study behind the recommendation: its database, JSON and Pareto chart
+        files.update(result["search"]["files"])
     if result.get("tokenizer"):  # the design directory becomes a complete Hugging Face model directory
         from archsmith.tokenizer import tokenizer_files
 

@@ -148,3 +148,22 @@ class IndexTerm(nn.Module):
 
 def index_term():
     return IndexTerm(), {"x": torch.randn(10, 8)}
+
+
+class Denoiser(nn.Module):
+    """A diffusers UNet2DModel as a denoiser: (noisy images (2, 3, 8, 8), timesteps (2,)) -> predicted noise."""
+
+    def __init__(self):
+        super().__init__()
+        from diffusers import UNet2DModel
+
+        self.unet = UNet2DModel(sample_size=8, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(8, 16),
+                                down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+                                norm_num_groups=4, attention_head_dim=8)
+
+    def forward(self, sample, timestep):
+        return self.unet(sample, timestep).sample
+
+
+def unet():
+    return Denoiser(), (torch.randn(2, 3, 8, 8), torch.tensor([10, 500]))

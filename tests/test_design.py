@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from archsmith import estimate as est
@@ -155,3 +157,122 @@ def test_mcp_design_tools_take_the_plan_and_name_bad_numbers(tmp_path):
             assert "micro-batch 1 x 256 tokens per GPU, ddp (given)" in (tmp_path / "tiny" / "capacity_plan.md").read_text()
 
     anyio.run(main)
+
+
+# ---- component choices -------------------------------------------------------------------------
+
+def active_in_transformers(model, config: dict) -> int:
+    """Parameters one token runs through in the transformers model: routed experts count top_k / num_experts."""
+    experts = config.get("num_experts") or config.get("n_routed_experts") or config.get("num_local_experts") or 1
+    top_k = config.get("num_experts_per_tok", 1)
+    return sum(p.numel() * top_k // experts if ".mlp.experts." in name else p.numel() for name, p in model.named_parameters())
+
+
+def test_moe_on_the_upper_layers_with_windows_loads_with_the_exact_total_and_active_counts(tmp_path):
+    from typer.testing import CliRunner
+
+    from archsmith.cli import app
+
+    out = tmp_path / "moe"
+    run = CliRunner().invoke(app, ["design", "--params", "100M", "--moe", "8:2", "--moe-layers", "upper", "--window", "1024",
+                                   "--out", str(out), "--json"])
+    assert run.exit_code == 0, run.output
+    result = json.loads(run.stdout)
+    rec = next(c for c in result["candidates"] if c["name"] == result["recommended"])
+    config = json.loads((out / "config.json").read_text())
+    model = meta_model(config)
+    assert param_count(model) == rec["params"]
+    assert active_in_transformers(model, config) == rec["active_params"] < rec["params"]
+    layers = config["num_hidden_layers"]
+    moe_layers = [i for i in range(layers) if hasattr(model.model.layers[i].mlp, "experts")]
+    assert moe_layers == list(range(layers // 2, layers))  # the upper half, as asked
+    assert model.config.layer_types[:2] == ["sliding_attention", "full_attention"] and model.config.sliding_window == 1024
+    report = (out / "architecture_report.md").read_text()
+    assert "## Component choices" in report and "| moe |" in report and "| window |" in report
+    kinds = {row["choice"] for row in result["components"]["tradeoffs"]}
+    assert {"moe", "window"} <= kinds
+    adopted = [row for row in result["components"]["tradeoffs"] if row["choice"].startswith("adopted: ")]
+    assert all(row["params_delta"] > 0 for row in adopted)  # what the family hard-codes is costed, not hidden
+
+
+@pytest.mark.parametrize("choices", [
+    {"attention": "mqa"}, {"attention": "mha"}, {"window": 256, "window_layers": "all"}, {"window": 256, "window_layers": "3:1"},
+    {"moe": "4:1", "moe_layers": "alternate"}, {"moe": "8:2", "moe_layers": "upper", "attention": "mla"},
+    {"norm": "layernorm"}, {"position": "learned"}, {"position": "alibi", "attention": "mqa"},
+])
+def test_each_component_choice_writes_a_config_transformers_builds_with_the_reported_counts(choices):
+    result = design_from_text(params="20M", **choices)
+    spec = result["recommended"].spec
+    config = hf_from_spec(spec)
+    model = meta_model(config)
+    assert param_count(model) == est.count_params(spec)["total"]
+    assert active_in_transformers(model, config) == est.count_params(spec)["active"]
+    asked = {row["choice"] for row in result["components"]["tradeoffs"]}
+    assert set(result["components"]["tradeoffs"][0]) >= {"params_delta", "active_delta", "kv_cache_ratio", "what"}
+    assert asked >= {"moe" if "moe" in choices else "attention" if "attention" in choices else next(iter(choices))}
+    if "window" in choices:
+        types = model.config.layer_types if getattr(model.config, "layer_types", None) else ["sliding_attention"] * spec.num_layers
+        assert types[:4] == (["sliding_attention"] * 4 if choices["window_layers"] == "all" else
+                             ["sliding_attention"] * 3 + ["full_attention"])
+    if choices.get("attention") == "mqa":
+        assert spec.num_kv_heads == 1 and (config.get("num_key_value_heads") == 1 or config.get("multi_query") is True)
+
+
+def test_a_choice_no_family_expresses_names_the_nearest_refusal():
+    with pytest.raises(ArchsmithError) as exc:
+        design_from_text(params="20M", position="alibi")  # every family with ALiBi has MQA or MHA, not GQA
+    assert str(exc.value).startswith("position: no transformers family") and "num_kv_heads" in str(exc.value)
+
+
+@pytest.mark.parametrize("args, field", [
+    ({"moe": "8:9"}, "moe"), ({"moe": "eight"}, "moe"), ({"moe_layers": "upper"}, "moe_layers"),
+    ({"moe": "8:2", "moe_layers": "middle"}, "moe_layers"), ({"window": 8}, "window"),
+    ({"window": 512, "window_layers": "0:1"}, "window_layers"), ({"window_layers": "all"}, "window_layers"),
+    ({"attention": "linear"}, "attention"), ({"norm": "batchnorm"}, "norm"), ({"position": "none"}, "position"),
+])
+def test_bad_component_choices_name_the_option(args, field):
+    with pytest.raises(ArchsmithError) as exc:
+        design_from_text(params="20M", **args)
+    assert exc.value.field == field
+
+
+def test_a_compute_budget_offers_an_moe_at_the_same_active_parameters():
+    result = design(compute=1e21)
+    by_name = {c.name: c for c in result["candidates"]}
+    dense, moe = by_name["balanced"], by_name["moe-equal-compute"]
+    assert moe.spec.moe is not None and moe.spec.hidden_size == dense.spec.hidden_size
+    assert abs(moe.summary["params"]["active"] / dense.summary["params"]["active"] - 1) < 0.05
+    assert moe.summary["params"]["total"] > 2 * dense.summary["params"]["total"]
+    assert any("FLOPs per token" in p for p in moe.pros) and any("per GPU" in c for c in moe.cons)
+
+
+def test_design_search_recommends_the_lowest_measured_loss_and_writes_the_study(tiny_lm, tmp_path):
+    from archsmith.files import write_files
+    from archsmith.report import render_design
+
+    result = design_from_text(params="3M", tokenizer=str(tiny_lm["tokenizer"]), search=str(tiny_lm["corpus"]), trials=4, steps=8)
+    found, rec = result["search"], result["recommended"]
+    finished = [r for r in found["trials"] if r["state"] == "complete"]
+    assert rec.name == "searched" and result["candidates"][0] is rec and finished
+    assert found["best"]["heldout_loss"] == min(r["heldout_loss"] for r in finished)  # measured, not the first candidate
+    assert est.count_params(rec.spec)["total"] == found["best"]["params"]
+    assert all(abs(r["params"] / 3e6 - 1) <= 0.1 for r in found["trials"] if r["steps_trained"])  # trained at the budget
+    written = write_files(tmp_path / "d", render_design(result, str(tmp_path / "d")))
+    names = {p.name for p in written}
+    assert {"search.json", "search_study.db", "config.json"} <= names
+    assert param_count(meta_model(json.loads((tmp_path / "d" / "config.json").read_text()))) == found["best"]["params"]
+    assert "## Search" in (tmp_path / "d" / "architecture_report.md").read_text()
+    assert summary(result)["search"]["best"] == found["best"]
+
+
+@pytest.mark.parametrize("args, field", [
+    ({"search": "corpus.txt"}, "search"),  # no tokenizer: nothing to tokenize the corpus with
+    ({"search": "corpus.txt", "moe": "8:2", "tokenizer": "tok"}, "search"),
+    ({"trials": 4}, "trials"),
+])
+def test_design_search_options_are_checked(args, field, tiny_lm):
+    if "tokenizer" in args:
+        args = {**args, "tokenizer": str(tiny_lm["tokenizer"])}
+    with pytest.raises(ArchsmithError) as exc:
+        design_from_text(params="3M", **args)
+    assert exc.value.field == field

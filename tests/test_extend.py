@@ -104,3 +104,38 @@ def test_cli_and_mcp_extend(teacher, tmp_path):
     result = anyio.run(call)
     assert not result.is_error and result.structured_content["params_delta"] > 0
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "deeper").config.num_hidden_layers == 6
+
+
+def test_moe_layers_are_upcycled_from_the_dense_mlp_with_the_output_unchanged(teacher, tmp_path):
+    report = extend(teacher, tmp_path / "m", moe="4:2", moe_layers="upper")
+    old, new = CausalLM.from_pretrained(teacher), CausalLM.from_pretrained(tmp_path / "m")
+    assert new.spec.moe.layers == (2, 3) and new.spec.moe.expert_ffn_size == old.spec.ffn_size and new.spec.qkv_bias
+    experts = new.model.layers[3].mlp.experts
+    dense = old.model.layers[3].mlp
+    assert all(torch.equal(experts.down_proj[e], dense.down_proj.weight) for e in range(4))
+    assert torch.equal(experts.gate_up_proj[1], torch.cat((dense.gate_proj.weight, dense.up_proj.weight)))
+    assert report["params_delta"] == count_params(new.spec)["total"] - count_params(old.spec)["total"] > 0
+    assert report["active_params_after"] < report["params_after"]
+    assert report["max_logit_diff_existing_tokens"] <= 1e-5  # identical experts, weights summing to one: the dense output
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "m")
+    assert sum(p.numel() for p in hf.parameters()) == report["params_after"]
+    ids = torch.randint(0, 256, (2, 24))
+    assert (logits(tmp_path / "m", ids) - logits(teacher, ids)).abs().max().item() <= 1e-4  # transformers agrees
+
+
+def test_sliding_windows_keep_the_weights_and_the_logits_within_the_window(tmp_path):
+    cfg = dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+               num_key_value_heads=2, vocab_size=256, max_position_embeddings=128)
+    CausalLM.from_spec(spec_from_hf(cfg), seed=0).save_pretrained(tmp_path / "llama")
+    report = extend(tmp_path / "llama", tmp_path / "w", window=32, window_layers="alternate")
+    assert report["layer_types"] == ["sliding_attention", "full_attention"] * 2 and report["sliding_window"] == 32
+    assert report["model_type"] != "llama" and report["max_logit_diff_existing_tokens"] <= 1e-5
+    assert report["adopted"] == {"qkv_bias": "True"}  # the family with windows has q/k/v biases: they start at zero
+    assert report["params_delta"] == 4 * (64 + 2 * 32)  # four layers of q, k and v biases, nothing else
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "w")
+    assert hf.config.layer_types == report["layer_types"] and hf.config.sliding_window == 32
+    ids = torch.randint(0, 256, (1, 32))
+    assert (logits(tmp_path / "w", ids) - logits(tmp_path / "llama", ids)).abs().max().item() <= 1e-4
+    with pytest.raises(ArchsmithError) as exc:
+        extend(tmp_path / "w", tmp_path / "again", window=256)
+    assert exc.value.field == "window"

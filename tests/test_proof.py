@@ -50,9 +50,9 @@ def design_dir(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.parametrize("name", ["cnn", "vae", "gnn", "decoder", "design"])
+@pytest.mark.parametrize("name", ["cnn", "vae", "gnn", "unet", "decoder", "design"])
 def test_healthy_networks_have_no_findings(name, decoder_spec, design_dir):
-    model, extra = {"cnn": (f"{MODELS}:cnn", {}), "vae": (f"{MODELS}:vae", {}),
+    model, extra = {"cnn": (f"{MODELS}:cnn", {}), "vae": (f"{MODELS}:vae", {}), "unet": (f"{MODELS}:unet", {}),
                     "gnn": (f"{GNN}:graph_network", {"inputs": f"{GNN}:graph", "invariance": ["permutation"]}),
                     "decoder": (str(decoder_spec), {}), "design": (str(design_dir), {})}[name]
     report = prove(model, **extra)
