@@ -176,9 +176,10 @@ async def write_design(out_dir: RelPath, params: Count = None, compute: Compute 
                        strategy: Strategy = "auto", checkpointing: Checkpointing = None, moe: Moe = None,
                        moe_layers: MoeLayers = None, window: Window = None, window_layers: WindowLayers = None,
                        position: Position = None, norm: NormChoice = None, attention: AttentionChoice = None,
-                       search: Annotated[str | None, Field(description="A corpus (text or JSONL) relative to the workspace root: "
-                                                                  "train proxy runs of widths, KV heads, MoE and windows on it and "
-                                                                  "recommend the lowest held-out loss (needs tokenizer_dir).", max_length=1024)] = None,
+                       search: Annotated[bool, Field(description="Train proxy runs of widths, KV heads, MoE and windows on `data` "
+                                                             "and recommend the lowest held-out loss (needs tokenizer_dir).")] = False,
+                       data: Annotated[str | None, Field(description="With search: the corpus (text or JSONL) relative to the workspace root.",
+                                                         max_length=1024)] = None,
                        trials: Annotated[int | None, Field(description="With search: proxy runs (default 8).", ge=1, le=200)] = None,
                        steps: Annotated[int | None, Field(description="With search: AdamW steps per run (default 30).", ge=1, le=100_000)] = None,
                        overwrite: bool = False, ctx: Context = None) -> WrittenDesign:
@@ -197,7 +198,8 @@ async def write_design(out_dir: RelPath, params: Count = None, compute: Compute 
                              gpu=gpu, gpus=gpus, tokens=tokens, mfu=mfu, batch=batch, seq=seq, strategy=strategy,
                              checkpointing=checkpointing, moe=moe, moe_layers=moe_layers, window=window,
                              window_layers=window_layers, position=position, norm=norm, attention=attention,
-                             search=str(_path(search, "search")) if search else None, trials=trials, steps=steps)
+                             search=search, data=str(_path(data, "data")) if data else None,
+                             trials=trials, steps=steps)
     await ctx.report_progress(1, 3, "rendering reports and charts")
 
     def render():

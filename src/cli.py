@@ -191,7 +191,8 @@ def design(
     position: Optional[str] = typer.Option(None, "--position", help="rope (default), alibi or learned."),
     norm: Optional[str] = typer.Option(None, "--norm", help="rmsnorm (default) or layernorm."),
     attention: Optional[str] = typer.Option(None, "--attention", help="gqa (default), mqa, mha or mla (multi-head latent attention)."),
-    search_corpus: Optional[str] = typer.Option(None, "--search", help="A corpus (text or JSONL): train proxy runs of widths, KV heads, MoE and windows on it and recommend the lowest held-out loss (needs --tokenizer)."),
+    search: bool = typer.Option(False, "--search", help="Train proxy runs of widths, KV heads, MoE and windows on --data and recommend the lowest held-out loss (needs --tokenizer)."),
+    data: Optional[str] = typer.Option(None, "--data", help="With --search: the corpus (text or JSONL) the proxy runs train on."),
     trials: Optional[int] = typer.Option(None, "--trials", help="With --search: proxy runs (default 8)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="With --search: AdamW steps per proxy run (default 30)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace files in an existing --out directory."),
@@ -212,7 +213,7 @@ def design(
                                            tokens=tokens, mfu=mfu, vocab=vocab, batch=batch, seq=seq, strategy=strategy,
                                            checkpointing=checkpointing, moe=moe, moe_layers=moe_layers, window=window,
                                            window_layers=window_layers, position=position, norm=norm, attention=attention,
-                                           search=search_corpus, trials=trials, steps=steps, progress=not as_json)
+                                           search=search, data=data, trials=trials, steps=steps, progress=not as_json)
         written = write_files(out_dir, render_design(result, str(out_dir)), overwrite)
     except ArchsmithError as exc:
         _fail(exc)

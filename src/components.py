@@ -168,17 +168,17 @@ class Fit:
 
     def apply(self, spec: ArchitectureSpec) -> ArchitectureSpec:
         """`spec` in this family, with its hard-coded fields."""
-        top = {k: v for k, v in self.changes.items() if "." not in k}
+        top: dict[str, Any] = {}
         subs: dict[str, dict[str, Any]] = {}
         for key, value in self.changes.items():
-            if "." in key:
-                sub, name = key.split(".", 1)
+            value = _value(spec, value.field) if isinstance(value, families.Same) else value
+            sub, _, name = key.partition(".")
+            if name:
                 subs.setdefault(sub, {})[name] = value
-        resolved = {k: _value(spec, v.field) if isinstance(v, families.Same) else v for k, v in top.items()}
-        resolved.update({sub: dataclasses.replace(getattr(spec, sub), **{k: _value(spec, v.field) if isinstance(v, families.Same)
-                                                                          else v for k, v in values.items()})
-                         for sub, values in subs.items()})
-        return spec.replace(model_type=self.model_type, **resolved)
+            else:
+                top[key] = value
+        top.update({sub: dataclasses.replace(getattr(spec, sub), **values) for sub, values in subs.items()})
+        return spec.replace(model_type=self.model_type, **top)
 
 
 def _value(spec: ArchitectureSpec, name: str) -> Any:
@@ -195,10 +195,9 @@ def family_for(spec: ArchitectureSpec, chosen: list[str], keep: tuple[str, ...] 
     protected = {f for name in chosen for f in CHOSEN_FIELDS[name]} | set(keep)
     fits, refusals = [], []
     for order, row in enumerate(families.FAMILIES.values()):
-        if row.is_moe != (spec.moe is not None) or (spec.moe is None and any("." in k and k.startswith("moe.") for k in row.fixed)):
+        if row.is_moe != (spec.moe is not None):  # MoE layouts only in MoE families, dense ones only in dense
             continue
-        changes = {k: v for k, v in row.fixed.items() if "." not in k or spec.moe is not None or not k.startswith("moe.")}
-        changes = {k: v for k, v in changes.items() if _value(spec, k) != (_value(spec, v.field) if isinstance(v, families.Same) else v)}
+        changes = {k: v for k, v in row.fixed.items() if _value(spec, k) != (_value(spec, v.field) if isinstance(v, families.Same) else v)}
         if protected & {k if k.startswith("moe.") else k.split(".")[0] for k in changes}:
             continue
         score = (row.parity != "both", len(changes) + len(families.features(row, {})), order)

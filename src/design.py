@@ -535,22 +535,24 @@ def design_from_text(params: str | None = None, compute: str | None = None, memo
                      seq: int | None = None, strategy: str = "auto", checkpointing: bool | None = None,
                      moe: str | None = None, moe_layers: str | None = None, window: int | None = None,
                      window_layers: str | None = None, position: str | None = None, norm: str | None = None,
-                     attention: str | None = None, search: str | None = None, trials: int | None = None,
+                     attention: str | None = None, search: bool = False, data: str | None = None, trials: int | None = None,
                      steps: int | None = None, progress: bool = False) -> dict[str, Any]:
     """`design` from the strings people type ('1B', '1e21', '24GB', '100B', a tokenizer directory, '8:2' experts).
 
-    `search` (a corpus) explores the decoder space around the design by training (`archsmith.search.decoder`,
-    `trials` proxy runs of `steps` steps) and recommends the shape with the lowest held-out loss."""
+    `search` explores the decoder space around the design by training on the corpus `data`
+    (`archsmith.search.decoder`, `trials` proxy runs of `steps` steps) and recommends the lowest held-out loss."""
     from archsmith import components
     from archsmith.tokenizer import read_tokenizer
     from archsmith.units import parse_bytes, parse_count
 
     if vocab is not None and not 1 <= vocab <= 1 << 22:
         raise ArchsmithError("vocab", f"must be in [1, {1 << 22}], got {vocab}")
-    if search is None and (trials is not None or steps is not None):
-        raise ArchsmithError("trials" if trials is not None else "steps", "only with --search CORPUS")
+    if search and data is None:
+        raise ArchsmithError("data", "--search needs --data CORPUS (the text the proxy runs train on)")
+    if not search and (data is not None or trials is not None or steps is not None):
+        raise ArchsmithError("data" if data is not None else "trials" if trials is not None else "steps", "only with --search")
     asked = components.parse(moe, moe_layers, window, window_layers, position, norm, attention)
-    if search is not None and asked is not None:
+    if search and asked is not None:
         raise ArchsmithError("search", "explores MoE and sliding windows itself; give either --search or component choices")
     result = design(
         params=parse_count(params, "params", MIN_PARAMS, MAX_PARAMS) if params is not None else None,
@@ -561,10 +563,10 @@ def design_from_text(params: str | None = None, compute: str | None = None, memo
         batch=batch, seq=seq, strategy=strategy, checkpointing=checkpointing,
         components=asked,
     )
-    if search is not None:
+    if search:
         from archsmith.search.decoder import DEFAULT_STEPS, DEFAULT_TRIALS, search_design
 
-        found = search_design(result, search, trials or DEFAULT_TRIALS, steps or DEFAULT_STEPS, progress=progress)
+        found = search_design(result, data, trials or DEFAULT_TRIALS, steps or DEFAULT_STEPS, progress=progress)
         adopt_searched(result, found)
     return result
 

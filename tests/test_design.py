@@ -250,7 +250,8 @@ def test_design_search_recommends_the_lowest_measured_loss_and_writes_the_study(
     from archsmith.files import write_files
     from archsmith.report import render_design
 
-    result = design_from_text(params="3M", tokenizer=str(tiny_lm["tokenizer"]), search=str(tiny_lm["corpus"]), trials=4, steps=8)
+    result = design_from_text(params="3M", tokenizer=str(tiny_lm["tokenizer"]), search=True, data=str(tiny_lm["corpus"]), trials=3,
+                              steps=6)
     found, rec = result["search"], result["recommended"]
     finished = [r for r in found["trials"] if r["state"] == "complete"]
     assert rec.name == "searched" and result["candidates"][0] is rec and finished
@@ -266,8 +267,9 @@ def test_design_search_recommends_the_lowest_measured_loss_and_writes_the_study(
 
 
 @pytest.mark.parametrize("args, field", [
-    ({"search": "corpus.txt"}, "search"),  # no tokenizer: nothing to tokenize the corpus with
-    ({"search": "corpus.txt", "moe": "8:2", "tokenizer": "tok"}, "search"),
+    ({"search": True, "data": "corpus.txt"}, "search"),  # no tokenizer: nothing to tokenize the corpus with
+    ({"search": True, "data": "corpus.txt", "moe": "8:2", "tokenizer": "tok"}, "search"),
+    ({"search": True}, "data"),
     ({"trials": 4}, "trials"),
 ])
 def test_design_search_options_are_checked(args, field, tiny_lm):
@@ -276,3 +278,15 @@ def test_design_search_options_are_checked(args, field, tiny_lm):
     with pytest.raises(ArchsmithError) as exc:
         design_from_text(params="3M", **args)
     assert exc.value.field == field
+
+
+def test_design_search_flags_on_the_cli(tmp_path):
+    from typer.testing import CliRunner
+
+    from archsmith.cli import app
+
+    for args, words in ((["--search"], "data: --search needs --data CORPUS"), (["--data", "c.txt"], "data: only with --search"),
+                        (["--trials", "3"], "trials: only with --search")):
+        run = CliRunner().invoke(app, ["design", "--params", "3M", "--out", str(tmp_path / "d"), *args])
+        assert run.exit_code == 2 and words in run.output, run.output
+        assert not (tmp_path / "d").exists()

@@ -32,10 +32,11 @@ def test_a_capped_search_never_trains_over_the_cap_resumes_and_writes_the_front(
     assert len(rows) == 8 and first["pruned_by_size"] >= 1 and first["counts"]["complete"] >= 1
     for r in rows:
         assert r["params"] is not None  # every trial was measured before anything else
+        run = out / "trials" / str(r["trial"])
         if r["params"] > CAP:
-            assert r["state"] == "pruned" and r["steps_trained"] == 0 and "not trained" in r["why"]
-        if r["steps_trained"]:
-            assert r["params"] <= CAP
+            assert r["state"] == "pruned" and r["steps_trained"] == 0 and "not trained" in r["why"] and not run.exists()
+        if r["steps_trained"]:  # trained by archsmith's training loop: its run directory holds the curve
+            assert r["params"] <= CAP and (run / "metrics.jsonl").is_file() and (run / "loss.png").is_file()
     built = [line.split() for line in log.read_text().splitlines()]
     assert {d for d, _ in built} == {"meta", "cpu"}  # sized on the meta device, trained on the CPU
     assert all(int(n) <= CAP for d, n in built if d == "cpu")  # nothing over the cap was ever built for training

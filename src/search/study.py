@@ -4,8 +4,9 @@ Each trial draws the factory's keyword arguments and the training settings from 
 the meta device (on the CPU when the factory refuses meta) and measures it exactly: parameters, forward FLOPs of
 one batch (FlopCounterMode), and training memory (fp32 weights, gradients and AdamW's two moments, 16 bytes per
 parameter, plus the activations the forward saves for backward). A trial over `max_params` / `max_memory` is
-pruned there and never trained. The others train for `steps` AdamW steps on the `--data` batches, evaluated on
-held-out batches REPORTS times; Optuna's pruners (Hyperband or successive halving) stop poor learning curves early.
+pruned there and never trained. The others run `steps` steps of archsmith's training loop (`train.loop.Trainer`)
+on the `--data` batches into `DIR/trials/<number>` (metrics.jsonl, loss.png), evaluated on the held-out batches
+REPORTS times; Optuna's pruners (Hyperband or successive halving) stop poor learning curves early.
 Optuna's pruners serve single-objective studies only, so the curves live in a companion study (`archsmith-loss`)
 beside the multi-objective one (`archsmith`: held-out loss, size) in the same SQLite file, `DIR/study.db`.
 Running again with the same space resumes the study: `--trials` is the total, so a larger number extends it.
@@ -30,6 +31,8 @@ HELDOUT = 2  # the data's first batches are held out for evaluation
 REPORTS = 6  # held-out evaluations per trial: the points where a pruner may stop it
 LATENCY_RUNS = 5
 STUDY, CURVES, DATABASE = "archsmith", "archsmith-loss", "study.db"
+TRIALS = "trials"  # out/trials/<number>: each trained trial's run directory (metrics.jsonl, loss.png, final/)
+TARGET = "__target"  # the target's key in a training-loop batch
 BYTES_PER_PARAM = 16  # fp32 weights, gradients and AdamW's two moments
 MAX_TRIALS, MAX_STEPS = 10_000, 1_000_000
 
@@ -121,43 +124,38 @@ def loss_of(output, target, kind: str):
                                  f"{tuple(out.shape)} and target {tuple(target.shape)}")
 
 
-def heldout_loss(module, heldout: list, kind: str) -> float:
-    import torch
-
-    from archsmith.compress.modules import run
-
-    module.eval()
-    with torch.no_grad():
-        return float(statistics.fmean(float(loss_of(run(module, x), y, kind)) for x, y in heldout))
-
-
-def train(module, settings: dict[str, Any], batches: list, heldout: list, steps: int, kind: str,
+def train(module, settings: dict[str, Any], batches: list, heldout: list, steps: int, kind: str, out: Path, seed: int,
           report: Callable[[int, float], bool]) -> tuple[float, int]:
-    """AdamW for `steps` steps over `batches` (cycled); (held-out loss, steps run). `report(step, loss)` returning
-    True stops the run there (pruned)."""
+    """`steps` steps of archsmith's training loop (AdamW, cosine decay, clipping; bf16 on GPUs) over `batches`, one
+    per step, into the run directory `out` (metrics.jsonl, loss.png); the held-out loss is evaluated REPORTS times
+    and handed to `report(step, loss)`, whose True stops the run there (pruned). Returns (held-out loss, steps run)."""
     import torch
 
     from archsmith.compress.modules import run
+    from archsmith.distill.modules import pack, unpack
+    from archsmith.train.loop import TrainConfig, Trainer
 
-    optimizer = torch.optim.AdamW(module.parameters(), lr=settings["lr"], weight_decay=settings["weight_decay"])
-    every = max(1, steps // REPORTS)
-    loss = math.inf
-    for step in range(1, steps + 1):
-        inputs, target = batches[(step - 1) % len(batches)]
-        module.train()
-        value = loss_of(run(module, inputs), target, kind)
+    def objective(modules, batch):
+        batch = dict(batch)
+        target = batch.pop(TARGET)
+        value = loss_of(run(modules.model, unpack(batch)), target, kind)
         if not torch.isfinite(value):
-            raise Diverged(f"the training loss is {float(value)} at step {step}")
-        optimizer.zero_grad(set_to_none=True)
-        value.backward()
-        optimizer.step()
-        if step % every == 0 or step == steps:
-            loss = heldout_loss(module, heldout, kind)
-            if not math.isfinite(loss):
-                raise Diverged(f"the held-out loss is {loss} at step {step}")
-            if report(step, loss):
-                return loss, step
-    return loss, steps
+            raise Diverged(f"the training loss is {float(value)}")
+        return value, {}
+
+    def check(step: int, loss: float) -> bool:
+        if not math.isfinite(loss):
+            raise Diverged(f"the held-out loss is {loss} at step {step}")
+        return report(step, loss)
+
+    samples = [{**pack(x), TARGET: y} for x, y in batches]
+    config = TrainConfig(steps=steps, global_batch=1, lr=settings["lr"], weight_decay=settings["weight_decay"],
+                         eval_every=max(1, steps // REPORTS), eval_samples=len(heldout), seed=seed, progress=False)
+    trainer = Trainer(module, objective, samples, lambda items: items[0], out, config,
+                      eval_data=[{**pack(x), TARGET: y} for x, y in heldout],
+                      count_tokens=lambda b: int(b[TARGET].shape[0]), on_eval=check)
+    summary = trainer.fit()
+    return summary["evals"][-1]["loss"], summary["steps"]
 
 
 def latency_ms(module, inputs) -> float:
@@ -254,13 +252,11 @@ def open_studies(out: Path, config: dict[str, Any], pruner: str, steps: int, see
     return study, curves
 
 
-def run_trial(study, curves, space: Space, factory: Callable, batches: list, heldout: list, *, steps: int, loss: str,
+def run_trial(study, curves, space: Space, factory: Callable, batches: list, heldout: list, out: Path, *, steps: int, loss: str,
               objective: str, max_params: int | None, max_memory: int | None, seed: int,
               min_params: int | None = None) -> dict[str, Any]:
     """Ask, measure, prune or train, tell. The trial's row (state, values, sizes, settings, why pruned)."""
     import optuna
-
-    from archsmith.analyze import call
 
     state = optuna.trial.TrialState
     trial, curve = study.ask(), curves.ask()
@@ -276,16 +272,16 @@ def run_trial(study, curves, space: Space, factory: Callable, batches: list, hel
         return row(study.trials[trial.number])
 
     try:
-        size = call(lambda: measure(factory, kwargs, batches[0][0], seed + trial.number), "model")
-    except ArchsmithError as exc:
-        return finish(state.FAIL, why=f"could not build or run it: {str(exc)[:200]}")
+        size = measure(factory, kwargs, batches[0][0], seed + trial.number)
+    except Exception as exc:  # the factory refuses these arguments, or its model cannot run the batch
+        return finish(state.FAIL, why=f"could not build or run it: {type(exc).__name__}: {str(exc)[:200]}")
     for key, value in size.items():
         trial.set_user_attr(key, value)
-    for name, cap, value in (("params", max_params, size["params"]), ("memory", max_memory, size["memory_bytes"])):
-        if cap is not None and value > cap:
-            return finish(state.PRUNED, why=f"{name} {value:,} over the cap {cap:,}: not trained")
-    if min_params is not None and size["params"] < min_params:
-        return finish(state.PRUNED, why=f"params {size['params']:,} under the floor {min_params:,}: not trained")
+    for name, value, low, high in (("params", size["params"], min_params, max_params), ("memory", size["memory_bytes"], None, max_memory)):
+        if high is not None and value > high:
+            return finish(state.PRUNED, why=f"{name} {value:,} over the cap {high:,}: not trained")
+        if low is not None and value < low:
+            return finish(state.PRUNED, why=f"{name} {value:,} under the floor {low:,}: not trained")
     try:
         module = _build(factory, kwargs, "cpu", seed + trial.number)
 
@@ -293,7 +289,8 @@ def run_trial(study, curves, space: Space, factory: Callable, batches: list, hel
             curve.report(value, step)
             return curve.should_prune()
 
-        held, ran = train(module, settings, batches, heldout, steps, loss, report)
+        held, ran = train(module, settings, batches, heldout, steps, loss, out / TRIALS / str(trial.number),
+                          seed + trial.number, report)
     except ArchsmithError:
         raise  # the loss cannot read the model's outputs: every trial would fail the same way
     except Diverged as exc:
@@ -306,8 +303,7 @@ def run_trial(study, curves, space: Space, factory: Callable, batches: list, hel
         return finish(state.PRUNED, why=f"pruned at step {ran} of {steps}: held-out loss {held:.4g}", loss_value=held)
     size["latency_ms"] = latency_ms(module, heldout[0][0])
     trial.set_user_attr("latency_ms", size["latency_ms"])
-    return finish(state.COMPLETE, [held, float(size[{"params": "params", "flops": "flops", "latency": "latency_ms"}[objective]])],
-                  loss_value=held)
+    return finish(state.COMPLETE, [held, float(size[_size_key(objective)])], loss_value=held)
 
 
 def row(t) -> dict[str, Any]:
@@ -347,7 +343,7 @@ def run_study(factory: Callable, space: Space, batches: list, heldout: list, out
     done = len(study.trials)
     with Progress("searching", total=max(trials, done), unit="trials", done=done, enabled=progress) as bar:
         while len(study.trials) < trials:
-            last = run_trial(study, curves, space, factory, batches, heldout, steps=config["steps"], loss=config["loss"],
+            last = run_trial(study, curves, space, factory, batches, heldout, out, steps=config["steps"], loss=config["loss"],
                              objective=config["objective"], max_params=config["max_params"],
                              max_memory=config["max_memory"], seed=seed, min_params=config.get("min_params"))
             shown = f"loss {last['heldout_loss']:.4g}" if last["heldout_loss"] is not None else last["state"]

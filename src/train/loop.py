@@ -32,6 +32,8 @@
   model is written into checkpoints and the final export (defaults in `checkpoint`:
   network.py's save_pretrained for a CausalLM, transformers' save_pretrained for an HF model).
 - `count_tokens(batch) -> int` for tokens/s (default: elements of `batch["input_ids"]`).
+- `on_eval(step, held-out loss) -> bool` after each evaluation past step 0: True stops the run there with
+  stop_reason "pruned" (an architecture search's pruner deciding on the learning curve).
 
 What the trainer does with them: AdamW with weight decay on matrices only (no decay on norms,
 biases, embeddings); linear warmup then cosine / linear / WSD decay to `min_lr_ratio * lr`;
@@ -207,12 +209,13 @@ class Trainer:
     def __init__(self, model: nn.Module, objective: Objective, train: Sequence, collate: Callable[[list], Any],
                  out: str | Path | HeldDir, config: TrainConfig, eval_data: Sequence | None = None, extra: dict[str, nn.Module] | None = None,
                  save_model: ckpt.SaveModel = ckpt.save_model, load_model: ckpt.LoadModel = ckpt.load_model,
-                 count_tokens: Callable[[Any], int] = count_tokens):
+                 count_tokens: Callable[[Any], int] = count_tokens, on_eval: Callable[[int, float], bool] | None = None):
         self.model, self.objective, self.train_data, self.collate = model, objective, train, collate
         self.out, self.config, self.extra = out, config, dict(extra or {})
         self.notes: list[str] = []  # what the run should tell its user (a torn checkpoint skipped on resume)
         self.eval_data = eval_data if eval_data is not None and len(eval_data) > 0 else None
         self.save_hook, self.load_hook, self.count_tokens = save_model, load_model, count_tokens
+        self.on_eval = on_eval  # (step, held-out loss) after each evaluation past step 0; True stops the run ("pruned")
         self._stop_signal = 0  # the signal asking to stop (SIGTERM, SIGINT), 0 while none did
         self._status_at = time.monotonic()  # when status.json was last written
         self.peaks: dict[str, int] | None = None  # CUDA: the largest allocated and reserved bytes of any step (this rank)
@@ -366,6 +369,8 @@ class Trainer:
                 if self.eval_data is not None and ((cfg.eval_every and state.step % cfg.eval_every == 0) or done or stop):
                     if self._evaluate(state, log):
                         state.stop_reason, stop = f"early stop: no improvement in {cfg.patience} evaluations", True
+                    elif self.on_eval is not None and self.on_eval(state.step, state.evals[-1]["loss"]):
+                        state.stop_reason, stop = "pruned", True
                 if stop and state.stop_reason == "steps":
                     state.stop_reason = (f"stopped by {signal.Signals(self._stop_signal).name}" if self._stop_signal
                                          else "stopped by a signal to another process")
