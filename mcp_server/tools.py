@@ -349,7 +349,10 @@ def search_models(query: Annotated[str | None, Field(description="Free text matc
 def evaluate_model(model_id: HubId, gpu: GpuOpt = None) -> dict[str, Any]:
     """Evaluate one Hub model from config.json, tokenizer_config.json, the model card and the safetensors header
     (never the weights): architecture, parameters, context, vocabulary, license, gating, card sections on limitations
-    and bias, provenance (base model, datasets), memory for inference and fine-tuning, fit on `gpu`. Offline
+    and bias, provenance (base model, datasets), the scores the card reports in its model-index (`reported_scores`:
+    task, dataset, split, metric, value, source; reported, not measured), for a diffusers pipeline (model_index.json)
+    each component's parameters, dtypes, bytes on disk and memory by precision from its safetensors headers
+    (`pipeline`), memory for inference and fine-tuning, fit on `gpu`. Offline
     (HF_HUB_OFFLINE=1) it answers from the local HF cache or archsmith's reference architectures; `source` says which."""
     from archsmith.hub import evaluate
 

@@ -427,11 +427,29 @@ def evaluate(
     out.print(f"[bold]{result['id']}[/bold]  task {result['task']}  license {result['license']} ({result['commercial']})"
               f"  gated {result['gated']}  params {result['params']:,} ({result['params_source']})" if result["params"] else result["id"])
     out.print(f"  source: {result['source']}", highlight=False)
+    for row in result.get("checkpoints") or []:
+        kinds = ", ".join(sorted({f["precision"] for f in row["listed"] if f["precision"]}))
+        out.print(f"  weights: {row['format']}, {row['files']} file(s), {human_bytes(row['bytes'])}"
+                  + (f" ({kinds})" if kinds else "") + f": {row['handling']}", highlight=False)
     if result["memory"]:
         fits = result["memory"].get("fits", {})
         show_table(f"Memory{' on ' + gpu if gpu else ''}", [Column("use"), Column("needs", True), Column("fits")],
                    [[key, human_bytes(value), "" if key not in fits else "yes" if fits[key] else "no"]
                     for key, value in result["memory"]["needs_bytes"].items()])
+    if result["pipeline"]:
+        pipe = result["pipeline"]
+        show_table(f"{pipe['class'] or 'diffusers'} pipeline: components (safetensors headers)",
+                   [Column("component"), Column("class", optional=True), Column("params", True), Column("on disk", True),
+                    Column("fp16", True), Column("fp32", True, True)],
+                   [[r["component"], r["class"], f"{r['params']:,}", human_bytes(r["bytes_on_disk"]),
+                     *(human_bytes(r["memory_bytes"][p]) if r["memory_bytes"] else "-" for p in ("fp16", "fp32"))]
+                    for r in pipe["components"]])
+    if result["reported_scores"]:
+        show_table("Reported on the card (model-index; not measured here)",
+                   [Column("task"), Column("dataset"), Column("metric"), Column("value", True), Column("source", optional=True)],
+                   [[r["task_name"] or r["task"] or "", " ".join(filter(None, (r["dataset_name"] or r["dataset"], r["split"]))),
+                     r["metric_name"] or r["metric"], f"{r['value']:g}", r["source"] + (" (verified)" if r["verified"] else "")]
+                    for r in result["reported_scores"]])
     for problem in result["problems"]:
         err.print(f"[yellow]note:[/yellow] {problem}", highlight=False)
 

@@ -21,6 +21,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from archsmith import checkpoints, pipelines
 from archsmith.errors import ArchsmithError
 
 # license id (as in model cards) -> may it be used commercially?  yes | restricted (terms apply) | no
@@ -470,6 +471,8 @@ class ModelMetadata:
     params: int | None = None
     params_source: str = "unknown"
     tensor_names: list[str] = field(default_factory=list)
+    pipeline: dict[str, Any] | None = None  # a diffusers pipeline's components (archsmith.pipelines)
+    checkpoints: dict[str, Any] | None = None  # the weight formats in the repository (archsmith.checkpoints)
     problems: list[str] = field(default_factory=list)
 
 
@@ -733,7 +736,7 @@ def local_model(model_id: str) -> ModelMetadata:
 
 def _hub_model(model_id: str, endpoint: str | None, token: str | bool | None) -> ModelMetadata:
     client = api(endpoint, token)
-    info = call(client.model_info, model_id, timeout=TIMEOUT_S, what=model_id)
+    info = call(client.model_info, model_id, timeout=TIMEOUT_S, files_metadata=True, what=model_id)
     model = ModelMetadata(id=model_id, source=f"the Hub ({client.endpoint})", sha=info.sha, task=info.pipeline_tag,
                           library=info.library_name, gated=bool(info.gated), downloads=info.downloads, likes=info.likes)
     for filename, attr in (("config.json", "config"), ("tokenizer_config.json", "tokenizer")):
@@ -748,6 +751,18 @@ def _hub_model(model_id: str, endpoint: str | None, token: str | bool | None) ->
         model.problems.append(str(exc))
     card, _ = card_sections(model.readme)  # its problems are reported once, by _report
     model.license = _license(card) or (_license(info.card_data.to_dict()) if info.card_data else None)
+    files = [s.rfilename for s in info.siblings or []]
+    model.checkpoints = checkpoints.describe([(s.rfilename, s.size) for s in info.siblings or []])
+    model.problems += model.checkpoints["notes"]
+    if pipelines.INDEX in files:  # a diffusers pipeline: one folder of weights per component
+        try:
+            model.pipeline = pipelines.read_pipeline(fetch_json(client, model_id, pipelines.INDEX), files, lambda f: call(
+                client.parse_safetensors_file_metadata, model_id, f, timeout=TIMEOUT_S, what=f"{model_id}/{f}"))
+            model.problems += model.pipeline.pop("problems")
+            model.params, model.params_source = model.pipeline["params"], "safetensors headers of the pipeline's components"
+        except ArchsmithError as exc:
+            model.problems.append(str(exc))
+        return model
     try:
         meta = call(client.get_safetensors_metadata, model_id, what=model_id)
         model.params, model.params_source = int(sum(meta.parameter_count.values())), "safetensors header"
@@ -762,8 +777,12 @@ def _report(model: ModelMetadata, device: dict[str, Any] | None, batch: int, seq
     from archsmith import estimate as est
     from archsmith.hfconfig import SUPPORTED, spec_from_hf
 
+    from archsmith.baselines import reported_scores
+
     config, problems = model.config, list(model.problems)
     card, sections = card_sections(model.readme, problems)
+    scores, unread = reported_scores(card)
+    problems += unread
     params, params_source = model.params, model.params_source
     spec = None
     if config is not None and config.get("model_type") in SUPPORTED:
@@ -792,6 +811,9 @@ def _report(model: ModelMetadata, device: dict[str, Any] | None, batch: int, seq
         "card_sections": {h: b for h, b in sections.items()
                           if re.search(r"limitation|bias|risk|out-of-scope|intended use", h, re.I)},
         "tensor_names": model.tensor_names,
+        "reported_scores": scores,  # the card's model-index: what its authors report, with the source they name
+        "pipeline": model.pipeline,
+        "checkpoints": model.checkpoints["formats"] if model.checkpoints else None,
         "memory": memory_table(params, device) if params else None,
         "problems": problems,
     }

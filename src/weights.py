@@ -3,8 +3,10 @@
 Our parameter names are transformers' names, so loading is a check of names and shapes
 against the model the config describes, never a conversion. Where a family's layout differs from
 the Llama layout network.py uses, its row in `archsmith.families` says how (`renames`; experts or
-layer projections stored transposed) and these rules are applied on the way in and out. Only
-safetensors are read (no pickle), and no remote code runs.
+layer projections stored transposed) and these rules are applied on the way in and out. Weights are
+read from safetensors; a directory with only `pytorch_model.bin` (or its shards) is read through
+`torch.load(weights_only=True)`, which unpickles tensors and plain containers and refuses anything else.
+No remote code runs.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ LOADS = families.with_parity("both", "load")
 SAVES = families.with_parity("both")
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
+# PyTorch pickles, read only when a directory has no safetensors: torch.load(weights_only=True) unpickles tensors and
+# plain containers and refuses every other global, so a planted pickle cannot run code
+BIN_FILE, BIN_INDEX_FILE = "pytorch_model.bin", "pytorch_model.bin.index.json"
 DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 
@@ -143,37 +148,71 @@ def flip(fam: families.Family, name: str, tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def _read_tensors(path: Path):
-    """Yield (name, tensor) from model.safetensors or from the shards its index lists (read through the workspace boundary)."""
-    from safetensors import safe_open
-
-    if kind(path / INDEX_FILE, INDEX_FILE) == "file":
+def _shards(path: Path, index_file: str, single_file: str) -> dict[str, list[str] | None] | None:
+    """{shard file: tensor names (None: all)} from an index or a single file; None when the directory has neither."""
+    if kind(path / index_file, index_file) == "file":
         try:
-            weight_map = json.loads(read_text(path / INDEX_FILE, INDEX_FILE))["weight_map"]
+            weight_map = json.loads(read_text(path / index_file, index_file))["weight_map"]
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise CheckpointError(INDEX_FILE, f"is not a valid safetensors index (needs a weight_map object): {exc}") from None
-        shards: dict[str, list[str]] = {}
+            raise CheckpointError(index_file, f"is not a valid checkpoint index (needs a weight_map object): {exc}") from None
+        shards: dict[str, list[str] | None] = {}
         for name, shard in weight_map.items():
             shards.setdefault(shard, []).append(name)
-    elif kind(path / SINGLE_FILE, SINGLE_FILE) == "file":
-        shards = {SINGLE_FILE: None}
-    else:
-        raise CheckpointError("weights", f"{path} has neither {SINGLE_FILE} nor {INDEX_FILE} (only safetensors are read)")
+        return shards
+    return {single_file: None} if kind(path / single_file, single_file) == "file" else None
+
+
+def _read_tensors(path: Path):
+    """Yield (name, tensor) from model.safetensors or the shards its index lists, else from pytorch_model.bin (or its
+    shards) unpickled with weights_only=True; read through the workspace boundary."""
+    pickled = False
+    shards = _shards(path, INDEX_FILE, SINGLE_FILE)
+    if shards is None:
+        shards, pickled = _shards(path, BIN_INDEX_FILE, BIN_FILE), True
+    if shards is None:
+        raise CheckpointError("weights", f"{path} has neither {SINGLE_FILE} nor {INDEX_FILE} (nor {BIN_FILE} or its index)")
+    index = BIN_INDEX_FILE if pickled else INDEX_FILE
     for shard, names in shards.items():
         file = path / shard
         if Path(shard).name != shard or kind(file, shard) != "file":
-            raise CheckpointError(shard, f"listed in {INDEX_FILE} but not a file in {path}")
-        try:
-            with open_file(file, shard) as opened, safe_open(fd_path(opened.fileno()), framework="pt", device="cpu") as fh:
-                present = set(fh.keys())
-                for name in names if names is not None else sorted(present):
-                    if name not in present:
-                        raise CheckpointError(name, f"listed in {INDEX_FILE} for {shard} but not in that file")
-                    yield name, fh.get_tensor(name)
-        except ArchsmithError:
-            raise
-        except Exception as exc:  # safetensors raises its own error types for corrupt headers
-            raise CheckpointError(shard, f"is not a readable safetensors file: {exc}") from None
+            raise CheckpointError(shard, f"listed in {index} but not a file in {path}")
+        with open_file(file, shard) as opened:
+            yield from _shard_tensors(fd_path(opened.fileno()), shard, names, index, pickled)
+
+
+def _shard_tensors(file: str, shard: str, names: list[str] | None, index: str, pickled: bool):
+    """(name, tensor) of one shard: the names its index lists, in order (a single file: all, sorted)."""
+    from contextlib import nullcontext
+
+    from safetensors import safe_open
+
+    try:
+        with nullcontext(_unpickled(file, shard)) if pickled else safe_open(file, framework="pt", device="cpu") as fh:
+            present = set(fh.keys())
+            for name in names if names is not None else sorted(present):
+                if name not in present:
+                    raise CheckpointError(name, f"listed in {index} for {shard} but not in that file")
+                yield name, fh[name] if pickled else fh.get_tensor(name)
+    except ArchsmithError:
+        raise
+    except Exception as exc:  # safetensors raises its own error types for corrupt headers
+        raise CheckpointError(shard, f"is not a readable safetensors file: {exc}") from None
+
+
+def _unpickled(file: str, shown: str) -> dict[str, torch.Tensor]:
+    """A pytorch_model.bin as {name: tensor}, through torch.load(weights_only=True): tensors and plain containers only."""
+    import pickle
+
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0][:200]
+        raise CheckpointError(shown, f"holds more than tensors; refusing to unpickle it (weights_only): {first}") from None
+    except Exception as exc:
+        raise CheckpointError(shown, f"is not a readable PyTorch checkpoint: {type(exc).__name__}: {str(exc)[:200]}") from None
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise CheckpointError(shown, "is not a state dict of named tensors")
+    return state
 
 
 def save_pretrained(model: CausalLM, path: str | Path, max_shard_size: int | str = "5GB", overwrite: bool = False) -> list[Path]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -361,3 +362,102 @@ def test_json_from_the_hub_is_size_capped_before_download(fake, monkeypatch):
     assert any("README.md is" in p and "8,192-byte cap" in p for p in report["problems"])
     fetched = {r.path.rsplit("/", 1)[-1] for r in fake.find("GET", "/acme/huge-config/resolve/")}
     assert fetched == set()  # HEAD only: nothing over the cap came down
+
+
+def test_evaluate_shows_the_scores_the_card_reports_with_their_source(fake):
+    index = [{"name": "tiny-llama-es", "results": [
+        {"task": {"type": "text-classification", "name": "Sentiment"},
+         "dataset": {"type": "tass", "name": "TASS 2020", "split": "test"},
+         "metrics": [{"type": "accuracy", "value": 0.871, "name": "Accuracy", "verified": True},
+                     {"type": "f1", "value": "84.5%"}, {"type": "f1", "value": "n/a"}, {"type": "nan", "value": float("nan")}],
+         "source": {"name": "Our paper", "url": "javascript:alert(1)"}},
+        {"task": "not a mapping", "dataset": {}, "metrics": []},
+    ]}]
+    files = {**llama_files(TINY, "mit"), "README.md": card("mit", **{"model-index": index})}
+    fake.add(Repo("acme/scored", {"pipeline_tag": "text-generation"}, files))
+    report = hub.evaluate("acme/scored")
+    rows = report["reported_scores"]
+    assert [(r["dataset"], r["metric"], r["value"], r["verified"]) for r in rows] == [("tass", "accuracy", 0.871, True),
+                                                                                      ("tass", "f1", 84.5, False)]
+    assert rows[0]["source"] == "Our paper" and rows[0]["url"] is None  # only http(s) links are passed on
+    assert sum("model-index[0].results[0].metrics[" in p for p in report["problems"]) == 2
+    assert any(p.startswith("model-index[0].results[1]: needs task") for p in report["problems"])
+    from typer.testing import CliRunner
+
+    from archsmith.cli import app
+
+    shown = CliRunner().invoke(app, ["evaluate", "acme/scored"], env={"COLUMNS": "80"})
+    assert shown.exit_code == 0 and "Reported on the card" in shown.stdout and "0.871" in shown.stdout
+    assert hub.evaluate("acme/tiny-llama-es")["reported_scores"] == []  # a card without model-index reports none
+
+
+def test_a_card_cannot_flood_the_scores():
+    from archsmith.baselines import MAX_SCORES, reported_scores
+
+    metrics = [{"type": "accuracy", "value": i / 1000} for i in range(500)]
+    rows, problems = reported_scores({"model-index": [{"results": [{"task": {"type": "t"}, "dataset": {"type": "d"},
+                                                                    "metrics": metrics}]}]})
+    assert len(rows) == MAX_SCORES and problems == []  # metrics beyond the cap are not even looked at
+    rows, problems = reported_scores({"model-index": "everything is 100%"})
+    assert rows == [] and problems == ["model-index: not a list; no reported scores read"]
+
+
+def test_a_diffusers_pipeline_is_read_component_by_component_from_headers(fake):
+    from archsmith.pipelines import BYTES_PER_PARAM
+
+    unet = {"conv_in.weight": ("F32", (320, 4, 3, 3)), "down.0.attn.to_q.weight": ("F32", (320, 320)),
+            "mid.resnet.weight": ("F32", (1280, 1280, 3, 3))}
+    vae = {"encoder.conv_in.weight": ("F16", (128, 3, 3, 3)), "decoder.conv_out.weight": ("F16", (3, 128, 3, 3))}
+    text = {"text_model.embeddings.token_embedding.weight": ("F32", (49408, 768)), "text_model.final_layer_norm.weight": ("F32", (768,))}
+    index = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.30.0", "unet": ["diffusers", "UNet2DConditionModel"],
+             "vae": ["diffusers", "AutoencoderKL"], "text_encoder": ["transformers", "CLIPTextModel"],
+             "scheduler": ["diffusers", "PNDMScheduler"], "tokenizer": ["transformers", "CLIPTokenizer"], "safety_checker": [None, None]}
+    files = {"model_index.json": json.dumps(index).encode(), "README.md": card("openrail++"),
+             "unet/diffusion_pytorch_model.safetensors": make_safetensors(unet, virtual=True),
+             "unet/diffusion_pytorch_model.fp16.safetensors": make_safetensors({k: ("F16", s) for k, (_, s) in unet.items()}, virtual=True),
+             "vae/diffusion_pytorch_model.fp16.safetensors": make_safetensors(vae, virtual=True),
+             "text_encoder/model.safetensors": make_safetensors(text, virtual=True),
+             "scheduler/scheduler_config.json": b"{}"}
+    fake.add(Repo("acme/tiny-sd", {"pipeline_tag": "text-to-image", "library_name": "diffusers"}, files))
+    report = hub.evaluate("acme/tiny-sd", gpu="t4")
+    pipe = {r["component"]: r for r in report["pipeline"]["components"]}
+    assert list(pipe) == ["unet", "vae", "text_encoder", "scheduler", "tokenizer"] and report["pipeline"]["class"] == "StableDiffusionPipeline"
+
+    def count(tensors):
+        return sum(math.prod(shape) for _, shape in tensors.values())
+
+    assert pipe["unet"]["params"] == count(unet) and pipe["unet"]["files"] == ["unet/diffusion_pytorch_model.safetensors"]
+    assert pipe["unet"]["bytes_on_disk"] == 4 * count(unet) and pipe["unet"]["dtypes"] == {"F32": count(unet)}
+    assert pipe["vae"]["bytes_on_disk"] == 2 * count(vae) and any("vae: only variant weights (fp16)" in p for p in report["problems"])
+    assert pipe["text_encoder"]["memory_bytes"] == {p: b * count(text) for p, b in BYTES_PER_PARAM.items()}
+    assert pipe["scheduler"]["params"] == 0 and pipe["scheduler"]["memory_bytes"] is None
+    assert report["params"] == count(unet) + count(vae) + count(text) == report["pipeline"]["params"]
+    assert report["memory"]["needs_bytes"]["run_fp16"] > 0
+    assert fake.full_downloads() == []  # headers only, by range requests
+    from typer.testing import CliRunner
+
+    from archsmith.cli import app
+
+    shown = CliRunner().invoke(app, ["evaluate", "acme/tiny-sd"], env={"COLUMNS": "80"})
+    assert shown.exit_code == 0 and "StableDiffusionPipeline pipeline" in shown.stdout and "text_encoder" in shown.stdout
+    assert max(len(line) for line in shown.stdout.splitlines()) <= 80
+
+
+def test_checkpoint_formats_are_named_with_size_precision_and_what_to_do(fake):
+    from archsmith.checkpoints import describe
+
+    files = [("model-Q4_K_M.gguf", 4_000), ("model-IQ2_XS.gguf", 2_000), ("model-f16.gguf", 16_000),
+             ("onnx/model_fp16.onnx", 500), ("onnx/model_quantized.onnx", 250), ("onnx/model.onnx", 1000), ("README.md", 10)]
+    rows = {r["format"]: r for r in describe(files)["formats"]}
+    assert set(rows) == {"gguf", "onnx"} and rows["gguf"]["bytes"] == 22_000 and rows["onnx"]["files"] == 3
+    assert [f["precision"] for f in rows["gguf"]["listed"]] == ["Q4_K_M", "IQ2_XS", "F16"]
+    assert [f["precision"] for f in rows["onnx"]["listed"]] == ["FP16", "QUANTIZED", None]
+    assert describe(files)["notes"][0].startswith("no safetensors or PyTorch weights (gguf, onnx only)")
+    tf_only = {"config.json": json.dumps({"model_type": "bert", "architectures": ["TFBertModel"]}).encode(),
+               "README.md": card("apache-2.0"), "tf_model.h5": b"\x89HDF\r\n\x1a\n" + bytes(4096)}
+    fake.add(Repo("acme/tf-only", {"pipeline_tag": "fill-mask", "library_name": "transformers"}, tf_only))
+    report = hub.evaluate("acme/tf-only")
+    (row,) = report["checkpoints"]
+    assert row["format"] == "tensorflow" and row["bytes"] == 4104 and "from_tf=True" in row["handling"]
+    assert any("TensorFlow / Flax weights convert" in p for p in report["problems"])
+    assert {r["format"] for r in hub.evaluate("acme/tiny-llama-es")["checkpoints"]} == {"safetensors"}

@@ -214,3 +214,58 @@ def test_save_writes_only_families_with_parity(tmp_path):
         ours.save_pretrained(tmp_path / "g")
     assert err.value.field == "model_type" and unbuilt in str(err.value)
     assert not (tmp_path / "g").exists()
+
+
+class Planted:
+    """What a malicious checkpoint carries: unpickling it runs a shell command (here: touch a marker file)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_pytorch_bin_checkpoints_load_with_weights_only(checkpoint, tmp_path):
+    """A transformers-style pytorch_model.bin (no safetensors) loads, tensor for tensor; sharded too."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(checkpoint / "model.safetensors"))
+    single, sharded = tmp_path / "bin", tmp_path / "bin-shards"
+    for d in (single, sharded):
+        d.mkdir()
+        (d / "config.json").write_text((checkpoint / "config.json").read_text())
+    torch.save(state, single / "pytorch_model.bin")
+    names = sorted(state)
+    halves = {"pytorch_model-00001-of-00002.bin": names[: len(names) // 2], "pytorch_model-00002-of-00002.bin": names[len(names) // 2:]}
+    for file, part in halves.items():
+        torch.save({n: state[n] for n in part}, sharded / file)
+    (sharded / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": {n: f for f, part in halves.items() for n in part}}))
+    reference = CausalLM.from_pretrained(checkpoint)
+    x = torch.randint(0, reference.spec.vocab_size, (2, 8))
+    for directory in (single, sharded):
+        loaded = CausalLM.from_pretrained(directory)
+        with torch.no_grad():
+            assert torch.equal(loaded(x).logits, reference(x).logits)
+
+
+def test_a_planted_pickle_is_refused_and_never_runs(checkpoint, tmp_path):
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    (evil / "config.json").write_text((checkpoint / "config.json").read_text())
+    torch.save({**load_file(str(checkpoint / "model.safetensors")), "payload": Planted(marker)}, evil / "pytorch_model.bin")
+    err = error_of(evil)
+    assert isinstance(err, CheckpointError) and err.field == "pytorch_model.bin" and "refusing to unpickle" in str(err)
+    assert not marker.exists()  # weights_only: the payload never ran
+    # the file is a real exploit: an unguarded torch.load runs it (in a child process, so nothing here depends on it)
+    code = f"import torch; torch.load({str(evil / 'pytorch_model.bin')!r}, weights_only=False)"
+    subprocess.run([sys.executable, "-c", code], cwd=str(tmp_path), capture_output=True, timeout=120)
+    assert marker.exists()
