@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal, TypedDict
 from mcp.server.mcpserver import Context
 from pydantic import Field
 
-from archsmith import families
+from archsmith import families, modalities
 from archsmith.distill import ALPHA, HIDDEN_WEIGHT, LR, TEMPERATURE
 from archsmith.mcp_server.pool import heavy, run_heavy
 
@@ -361,14 +361,15 @@ def evaluate_model(model_id: HubId, gpu: GpuOpt = None) -> dict[str, Any]:
 
 @heavy
 def plan_finetune(model_id: HubId,
-                  task: Literal["text-generation", "text-classification", "sentiment-analysis", "token-classification",
-                                "question-answering", "fill-mask", "summarization", "translation", "text2text-generation",
-                                "feature-extraction", "sentence-similarity"] = "text-generation",
+                  task: Literal[tuple(modalities.TASKS)] = "text-generation",
                   method: Literal["auto", "full", "lora", "qlora"] = "auto",
                   gpu: Annotated[str, Field(description="The GPU the fine-tune runs on.", min_length=1, max_length=64)] = "t4") -> dict[str, Any]:
     """Plan a fine-tune of a Hub model on one GPU: picks full / LoRA / QLoRA (auto: the largest that fits) from computed
-    memory, and returns the settings and a ready-to-run Python script (AutoModelFor..., dtype, sdpa, device map,
-    4-bit config for QLoRA, LoRA rank/alpha and target modules taken from the model's real layer names)."""
+    memory, and returns the settings and a ready-to-run Python script (AutoModelFor..., the processor of the modality:
+    tokenizer, image processor, feature extractor or processor, with the model's preprocessor settings; dtype, sdpa,
+    device map, 4-bit config for QLoRA, LoRA rank/alpha and target modules taken from the model's real layer names, a
+    new classification head trained in full). Tasks cover text, vision (image classification, detection,
+    segmentation), audio (speech recognition, audio classification) and image-text models."""
     from archsmith.hub import plan_finetune as plan
 
     return plan(model_id, task=task, method=method, gpu=gpu)

@@ -457,7 +457,7 @@ def evaluate(
 @app.command()
 def configure(
     model_id: str = typer.Argument(..., help="Hub id of the chosen model."),
-    task: str = typer.Option("text-generation", "--task", help="text-generation, text-classification, token-classification, ..."),
+    task: str = typer.Option("text-generation", "--task", help="text-generation, text-classification, image-classification, automatic-speech-recognition, zero-shot-image-classification, ..."),
     gpu: str = typer.Option("t4", "--gpu", help="The GPU the fine-tune runs on."),
     method: str = typer.Option("auto", "--method", help="auto (largest that fits), full, lora or qlora."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Directory for finetune.py and plan.json (must not exist unless --overwrite)."),

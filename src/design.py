@@ -41,8 +41,8 @@ MAX_MICRO_BATCH = 65536  # sequences per GPU per step; more is a typo
 # parameters (ZeRO-3, the footprint of FSDP full-shard); activation checkpointing (a third more compute) only after.
 AUTO_STRATEGIES = ("ddp", "zero1", "zero2", "zero3")
 STRATEGY_CHOICES = ("auto", *est.STRATEGIES)
-TRAINING_DTYPE, TRAINING_OPTIMIZER = "bf16", "adamw"
-MOE_AT_EQUAL_COMPUTE = Components(experts=8, top_k=2)  # the MoE candidate of a compute budget (Mixtral's 8 experts, top-2)  # the regime every plan assumes: bf16 mixed precision, AdamW
+TRAINING_DTYPE, TRAINING_OPTIMIZER = "bf16", "adamw"  # the regime every plan assumes: bf16 mixed precision, AdamW
+MOE_AT_EQUAL_COMPUTE = Components(experts=8, top_k=2)  # the MoE candidate of a compute budget (Mixtral's 8 experts, top-2)
 
 
 @lru_cache(maxsize=1)

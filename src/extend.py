@@ -93,7 +93,19 @@ def _layout(spec, window: int | None, window_layers: str | None, moe: str | None
                                  layers=components.moe_layers(chosen.moe_layers, spec.num_layers))
     if window is not None:
         changes.update(sliding_window=window, layer_types=components.window_types(chosen.window_layers, spec.num_layers))
-    laid = dataclasses.replace(spec, model_type=families.DEFAULT_FAMILY, extra={}, **changes)
+    from archsmith.hfconfig import hf_from_spec
+
+    laid = dataclasses.replace(spec, **changes)
+    try:  # the model's own family first: nothing changes but the layout
+        hf_from_spec(laid)
+        return laid, {}
+    except ArchsmithError as exc:
+        computed = families.features(families.get(spec.model_type), spec.extra)
+        if computed:  # another family would silently drop what this one computes
+            raise ArchsmithError("window" if window is not None else "moe",
+                                 f"{spec.model_type} cannot express it ({exc}), and moving to another family would drop "
+                                 f"what {spec.model_type} computes: {', '.join(computed)}") from None
+    laid = dataclasses.replace(laid, model_type=families.DEFAULT_FAMILY, extra={})
     fit = components.family_for(laid, chosen.chosen, keep=KEEP + tuple(b for b in ("qkv_bias", "o_bias", "mlp_bias") if getattr(spec, b)))
     new = fit.apply(laid)
     if moe is not None and "norm_topk_prob" in families.get(new.model_type).extra:  # identical experts: weights sum to 1

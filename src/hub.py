@@ -21,7 +21,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from archsmith import checkpoints, pipelines
+from archsmith import checkpoints, modalities, pipelines
 from archsmith.errors import ArchsmithError
 
 # license id (as in model cards) -> may it be used commercially?  yes | restricted (terms apply) | no
@@ -45,15 +45,10 @@ USABLE = 0.90  # fraction of GPU memory a run may use (CUDA context, fragmentati
 INFERENCE_OVERHEAD = 1.20  # weights -> serving memory: activations, KV cache of a short context, buffers
 LORA_FRACTION = 0.01  # LoRA adapters of rank ~16 on all linear layers: ~1% of the parameters
 PRECISIONS = ("fp16", "int8", "int4")
-AUTO_CLASSES = {
-    "text-generation": "AutoModelForCausalLM", "text-classification": "AutoModelForSequenceClassification",
-    "sentiment-analysis": "AutoModelForSequenceClassification", "token-classification": "AutoModelForTokenClassification",
-    "question-answering": "AutoModelForQuestionAnswering", "fill-mask": "AutoModelForMaskedLM",
-    "summarization": "AutoModelForSeq2SeqLM", "translation": "AutoModelForSeq2SeqLM", "text2text-generation": "AutoModelForSeq2SeqLM",
-    "feature-extraction": "AutoModel", "sentence-similarity": "AutoModel",
-}
+AUTO_CLASSES = {task: row.auto_class for task, row in modalities.TASKS.items()}  # task -> transformers Auto class
 
 
+PREPROCESSOR = "preprocessor_config.json"
 CARD_CHARS = 1 << 20  # a model card is read up to 1 MiB: its metadata and the sections we report sit near the top
 CARD_BYTES = 16 << 20  # a README.md larger than this is not downloaded at all
 JSON_BYTES = 16 << 20  # config.json, tokenizer_config.json, index files: real ones are KiB (a 671B index: ~9 MiB)
@@ -63,10 +58,6 @@ SECTION_CHARS = 2000  # characters kept from one card section
 CARD_VALUE_CHARS = 200  # a metadata string (license id, dataset name) is cut to this
 CARD_LIST_ITEMS = 32  # items kept from a metadata list (datasets, languages, base models)
 COMMIT_ID = re.compile(r"[0-9a-f]{40}")  # a git commit id: the only revision a fine-tuning script is pinned to
-
-PEFT_TASK_TYPES = {"AutoModelForCausalLM": "CAUSAL_LM", "AutoModelForSequenceClassification": "SEQ_CLS",
-                   "AutoModelForTokenClassification": "TOKEN_CLS", "AutoModelForQuestionAnswering": "QUESTION_ANS",
-                   "AutoModelForSeq2SeqLM": "SEQ_2_SEQ_LM"}
 
 
 class HubError(ArchsmithError):
@@ -473,6 +464,7 @@ class ModelMetadata:
     tensor_names: list[str] = field(default_factory=list)
     pipeline: dict[str, Any] | None = None  # a diffusers pipeline's components (archsmith.pipelines)
     checkpoints: dict[str, Any] | None = None  # the weight formats in the repository (archsmith.checkpoints)
+    preprocessor: dict[str, Any] | None = None  # preprocessor_config.json: image sizes, normalisation, sampling rate
     problems: list[str] = field(default_factory=list)
 
 
@@ -739,7 +731,11 @@ def _hub_model(model_id: str, endpoint: str | None, token: str | bool | None) ->
     info = call(client.model_info, model_id, timeout=TIMEOUT_S, files_metadata=True, what=model_id)
     model = ModelMetadata(id=model_id, source=f"the Hub ({client.endpoint})", sha=info.sha, task=info.pipeline_tag,
                           library=info.library_name, gated=bool(info.gated), downloads=info.downloads, likes=info.likes)
-    for filename, attr in (("config.json", "config"), ("tokenizer_config.json", "tokenizer")):
+    files = [s.rfilename for s in info.siblings or []]
+    wanted = [("config.json", "config"), ("tokenizer_config.json", "tokenizer")]
+    if PREPROCESSOR in files:  # images, audio, multimodal: how inputs are prepared
+        wanted.append((PREPROCESSOR, "preprocessor"))
+    for filename, attr in wanted:
         try:
             setattr(model, attr, fetch_json(client, model_id, filename))
         except ArchsmithError as exc:
@@ -751,7 +747,6 @@ def _hub_model(model_id: str, endpoint: str | None, token: str | bool | None) ->
         model.problems.append(str(exc))
     card, _ = card_sections(model.readme)  # its problems are reported once, by _report
     model.license = _license(card) or (_license(info.card_data.to_dict()) if info.card_data else None)
-    files = [s.rfilename for s in info.siblings or []]
     model.checkpoints = checkpoints.describe([(s.rfilename, s.size) for s in info.siblings or []])
     model.problems += model.checkpoints["notes"]
     if pipelines.INDEX in files:  # a diffusers pipeline: one folder of weights per component
@@ -813,6 +808,8 @@ def _report(model: ModelMetadata, device: dict[str, Any] | None, batch: int, seq
         "tensor_names": model.tensor_names,
         "reported_scores": scores,  # the card's model-index: what its authors report, with the source they name
         "pipeline": model.pipeline,
+        "modality": modalities.modality_of(model.task, config),
+        "processor": modalities.processor_settings(model.preprocessor),
         "checkpoints": model.checkpoints["formats"] if model.checkpoints else None,
         "memory": memory_table(params, device) if params else None,
         "problems": problems,
@@ -857,8 +854,7 @@ def lora_targets(evaluation: dict[str, Any]) -> list[str]:
 def plan_finetune(model_id: str, task: str = "text-generation", method: str = "auto", gpu: str = "t4",
                   endpoint: str | None = None, token: str | bool | None = None) -> dict[str, Any]:
     """Loading + fine-tuning configuration for `model_id` on `gpu`, with the memory numbers behind the choice."""
-    if task not in AUTO_CLASSES:
-        raise ArchsmithError("task", f"must be one of {', '.join(AUTO_CLASSES)}; got {task!r}")
+    modalities.task_row(task)  # a task we know, before any request
     methods = ("auto", "full", "lora", "qlora")
     if method not in methods:
         raise ArchsmithError("method", f"must be one of {', '.join(methods)}; got {method!r}")
@@ -880,11 +876,14 @@ def plan_finetune(model_id: str, task: str = "text-generation", method: str = "a
     from archsmith.gpus import get_gpu
 
     bf16 = get_gpu(gpu).get("bf16_tflops") is not None  # Turing (T4) and older have no bf16: train in fp16
+    row = modalities.task_row(task, evaluation["architecture"]["architectures"])
     settings = {
-        "model_id": model_id, "revision": evaluation["sha"], "task": task, "auto_class": AUTO_CLASSES[task], "method": method,
+        "model_id": model_id, "revision": evaluation["sha"], "task": task, "auto_class": row.auto_class, "method": method,
+        "processor_class": row.processor, "modality": row.modality, "processor": evaluation["processor"], "head": row.head,
+        "num_labels": row.num_labels,
         # without bf16 (T4, V100) a full fine-tune keeps fp32 weights and trains with fp16 autocast
         "dtype": "bfloat16" if bf16 else "float32" if method == "full" else "float16", "attn_implementation": "sdpa", "device_map": "auto",
-        "peft_task_type": PEFT_TASK_TYPES.get(AUTO_CLASSES[task], "FEATURE_EXTRACTION"),
+        "peft_task_type": row.peft_task_type,
         "quantization": "4bit-nf4" if method == "qlora" else None, "lora_rank": 16, "lora_alpha": 32, "lora_dropout": 0.05,
         "target_modules": lora_targets(evaluation) if method != "full" else [],
         "gradient_checkpointing": True, "learning_rate": 2e-5 if method == "full" else 2e-4,

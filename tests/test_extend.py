@@ -139,3 +139,13 @@ def test_sliding_windows_keep_the_weights_and_the_logits_within_the_window(tmp_p
     with pytest.raises(ArchsmithError) as exc:
         extend(tmp_path / "w", tmp_path / "again", window=256)
     assert exc.value.field == "window"
+
+
+def test_a_family_that_computes_more_than_its_sizes_is_not_moved_silently(tmp_path):
+    from conftest import tiny_model
+
+    tiny_model("gemma2").save_pretrained(tmp_path / "gemma2")  # (1 + w) norms, embedding scale, soft-caps
+    with pytest.raises(ArchsmithError) as exc:
+        extend(tmp_path / "gemma2", tmp_path / "moe", moe="4:2")
+    assert exc.value.field == "moe" and "would drop what gemma2 computes" in str(exc.value)
+    assert not (tmp_path / "moe").exists()

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from hubserver import FakeHub, Repo, make_index, make_safetensors, use_fake_hub
+from hubserver import FakeHub, Repo, make_index, make_safetensors, safetensors_header, use_fake_hub
 
 from archsmith import hub
 from archsmith.errors import ArchsmithError, ConfigError
@@ -461,3 +461,61 @@ def test_checkpoint_formats_are_named_with_size_precision_and_what_to_do(fake):
     assert row["format"] == "tensorflow" and row["bytes"] == 4104 and "from_tf=True" in row["handling"]
     assert any("TensorFlow / Flax weights convert" in p for p in report["problems"])
     assert {r["format"] for r in hub.evaluate("acme/tiny-llama-es")["checkpoints"]} == {"safetensors"}
+
+
+def modality_repo(config: dict, preprocessor: dict, tensors: dict, task: str) -> Repo:
+    files = {"config.json": json.dumps(config).encode(), "README.md": card("apache-2.0"),
+             "preprocessor_config.json": json.dumps(preprocessor).encode(), "model.safetensors": make_safetensors(tensors, virtual=True)}
+    return Repo(f"acme/{config['model_type']}-{task}", {"pipeline_tag": task, "library_name": "transformers"}, files)
+
+
+def block(prefix: str, leaves: tuple[str, ...], width: int, layers: int = 2) -> dict:
+    return {f"{prefix}.{i}.{leaf}.weight": ("F32", (width, width)) for i in range(layers) for leaf in leaves}
+
+
+MODALITIES = {
+    "vit": (modality_repo(
+        {"model_type": "vit", "architectures": ["ViTForImageClassification"], "image_size": 224, "patch_size": 16, "num_channels": 3},
+        {"image_processor_type": "ViTImageProcessor", "size": {"height": 224, "width": 224}, "image_mean": [0.5, 0.5, 0.5],
+         "image_std": [0.5, 0.5, 0.5], "do_normalize": True, "rescale_factor": float("nan")},
+        {**block("vit.encoder.layer", ("attention.attention.query", "attention.attention.key", "attention.attention.value"), 64),
+         "vit.embeddings.patch_embeddings.projection.weight": ("F32", (64, 3, 16, 16)), "classifier.weight": ("F32", (1000, 64))},
+        "image-classification"), "vision", ("AutoModelForImageClassification", "AutoImageProcessor", "modules_to_save=['classifier']")),
+    "whisper": (modality_repo(
+        {"model_type": "whisper", "architectures": ["WhisperForConditionalGeneration"], "num_mel_bins": 80},
+        {"feature_extractor_type": "WhisperFeatureExtractor", "sampling_rate": 16000, "feature_size": 80, "chunk_length": 30,
+         "n_fft": 400, "hop_length": 160, "processor_class": "WhisperProcessor"},
+        {**block("model.encoder.layers", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), 64),
+         **block("model.decoder.layers", ("encoder_attn.q_proj", "fc1"), 64)},
+        "automatic-speech-recognition"), "audio", ("AutoModelForSpeechSeq2Seq", "AutoProcessor", "task_type='SEQ_2_SEQ_LM'")),
+    "wav2vec2": (modality_repo(
+        {"model_type": "wav2vec2", "architectures": ["Wav2Vec2ForCTC"], "conv_dim": [512]},
+        {"feature_extractor_type": "Wav2Vec2FeatureExtractor", "sampling_rate": 16000, "feature_size": 1, "do_normalize": True},
+        block("wav2vec2.encoder.layers", ("attention.q_proj", "attention.k_proj"), 64),
+        "automatic-speech-recognition"), "audio", ("AutoModelForCTC", "AutoProcessor")),
+    "clip": (modality_repo(
+        {"model_type": "clip", "architectures": ["CLIPModel"], "vision_config": {"image_size": 224}, "text_config": {}},
+        {"image_processor_type": "CLIPImageProcessor", "crop_size": {"height": 224, "width": 224}, "image_mean": [0.48, 0.46, 0.41],
+         "image_std": [0.27, 0.26, 0.28]},
+        {**block("vision_model.encoder.layers", ("self_attn.q_proj",), 64), **block("text_model.encoder.layers", ("self_attn.q_proj",), 64)},
+        "zero-shot-image-classification"), "multimodal", ("AutoModel", "AutoProcessor")),
+}
+
+
+@pytest.mark.parametrize("name", list(MODALITIES))
+def test_other_modalities_are_evaluated_and_configured_with_their_processor(fake, name):
+    repo, modality, names = MODALITIES[name]
+    fake.add(repo)
+    report = hub.evaluate(repo.id, gpu="t4")
+    tensors = {k: v for k, v in safetensors_header(repo.files["model.safetensors"]).items() if k != "__metadata__"}
+    assert report["params"] == sum(math.prod(t["shape"]) for t in tensors.values()) and report["modality"] == modality
+    settings = report["processor"]
+    preprocessor = json.loads(repo.files["preprocessor_config.json"])
+    for key in ("size", "crop_size", "sampling_rate", "image_mean"):
+        if key in preprocessor:
+            assert settings[key] == preprocessor[key]  # what the model sees, as its processor says
+    assert all(isinstance(v, float) and not math.isnan(v) or not isinstance(v, float) for v in settings.values())
+    plan = hub.plan_finetune(repo.id, task=repo.info["pipeline_tag"], gpu="t4", method="lora")
+    compile(plan["script"], "finetune.py", "exec")
+    assert all(n in plan["script"] for n in names), plan["script"]
+    assert plan["settings"]["target_modules"] and "PROCESSOR_SETTINGS = " in plan["script"]

@@ -143,6 +143,9 @@ def save(run: HeldDir, step: int, trainer_state: dict[str, Any], modules: nn.Mod
     if d.main:
         with run.dir(CHECKPOINTS, create=True) as root:
             remove_entry(root, tmp)  # left by a run killed mid-write
+            for left in os.listdir(root):  # checkpoints a run killed mid-deletion had already set aside
+                if left.startswith(".") and left.endswith(DISCARDED):
+                    remove_entry(root, left)
             os.mkdir(tmp, 0o777, dir_fd=root)
     barrier(d)
     state = dict(trainer_state)
@@ -169,14 +172,29 @@ def save(run: HeldDir, step: int, trainer_state: dict[str, Any], modules: nn.Mod
     barrier(d)
     if d.main:
         with run.dir(CHECKPOINTS) as root:
-            remove_entry(root, name)  # the same step saved by an earlier, interrupted attempt
+            _discard(root, name)  # the same step saved by an earlier, interrupted attempt
             run.check()
             os.rename(tmp, name, src_dir_fd=root, dst_dir_fd=root)
             os.fsync(root)
             for _, old in complete(run)[:-keep]:
-                remove_entry(root, old)
+                _discard(root, old)
     barrier(d)
     return f"{CHECKPOINTS}/{name}"
+
+
+DISCARDED = ".discarded"
+
+
+def _discard(root: int, name: str) -> None:
+    """Delete checkpoint `name`: renamed aside first (atomic), then removed, so a run killed mid-deletion never leaves
+    a half-deleted directory under a checkpoint's name."""
+    aside = f".{name}{DISCARDED}"
+    remove_entry(root, aside)
+    try:
+        os.rename(name, aside, src_dir_fd=root, dst_dir_fd=root)
+    except FileNotFoundError:
+        return
+    remove_entry(root, aside)
 
 
 def read(run: HeldDir, name: str, rank: int) -> dict[str, Any]:

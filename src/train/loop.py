@@ -318,7 +318,7 @@ class Trainer:
                 signal.signal(sig, handler)
             torch.use_deterministic_algorithms(self._was_deterministic)
         summary = self._finish(state)
-        parallel.teardown(d)
+        parallel.teardown(d, sync=True)
         return summary
 
     def _resume(self) -> _State:

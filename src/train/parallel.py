@@ -63,10 +63,15 @@ def setup() -> Dist:
     return Dist(rank=rank, world=world, local_rank=local, device=device, started=started)
 
 
-def teardown(d: Dist) -> None:
+def teardown(d: Dist, sync: bool = False) -> None:
+    """Leave the process group. `sync` (after a run that ended well): wait for every rank first, so that no rank
+    tears down its communication threads while another still writes the final model or summary; after a failure
+    the other ranks may be gone, so no barrier."""
     import torch.distributed as dist
 
     if d.started and dist.is_initialized():
+        if sync and d.world > 1:
+            dist.barrier()
         dist.destroy_process_group()
 
 
