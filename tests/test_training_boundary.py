@@ -266,15 +266,15 @@ def test_symlink_swaps_write_and_delete_nothing_outside(tmp_path, moment, monkey
             seen["moved"] = snapshot(moved)
         return causal_lm_objective(modules, batch)
 
-    remove = ckpt.remove_entry
+    discard = ckpt._discard
 
-    def rotating(parent, name):  # the rotation of step_000001: swap checkpoints/ just before it deletes
+    def rotating(parent, name):  # a deletion of step_000001: swap checkpoints/ just before it sets the step aside
         if moment == "during_rotation" and name == "step_000001" and not seen.get("rotated"):
             seen["rotated"] = True
             swap("checkpoints")
-        return remove(parent, name)
+        return discard(parent, name)
 
-    monkeypatch.setattr(ckpt, "remove_entry", rotating)
+    monkeypatch.setattr(ckpt, "_discard", rotating)
 
     def save_hook(model, state, directory):
         if moment == "during_final_save" and "final" in str(directory):
