@@ -329,7 +329,7 @@ def search(
 
     With --space: search MODEL's design space instead (Optuna, multi-objective: held-out loss against size)."""
     from archsmith.hub import search as hub_search
-    from archsmith.units import parse_count
+    from archsmith.units import parse_bytes, parse_count
 
     if space is not None:
         hub_only = {"--task": task, "--library": library, "--author": author, "--language": language, "--license": license,
@@ -340,7 +340,8 @@ def search(
                 raise ArchsmithError(given[0].lstrip("-"), "is a Hub search option; an architecture search (--space) takes none")
             _architecture_search(query, space, data, out_dir, loss=loss, trials=trials, steps=steps, objective=objective,
                                  max_params=parse_count(max_params, "max_params", 1, 10**13) if max_params else None,
-                                 max_memory=_bytes_option(max_memory, "max_memory"), pruner=pruner, seed=seed,
+                                 max_memory=parse_bytes(max_memory, "max_memory", 1, 2**50) if max_memory else None,
+                                 pruner=pruner, seed=seed,
                                  overwrite=overwrite, as_json=as_json)
         except ArchsmithError as exc:
             _fail(exc)
@@ -372,16 +373,11 @@ def search(
         out.print(result["message"], highlight=False, soft_wrap=True)
 
 
-def _bytes_option(value: str | None, field: str) -> int | None:
-    from archsmith.units import parse_bytes
-
-    return None if value is None else parse_bytes(value, field, 1, 2**50)
-
-
 def _architecture_search(model: str | None, space: Path, data: str | None, out_dir: Path | None, as_json: bool,
                          **options: Any) -> None:
     """`archsmith search MODEL --space ...`: the study, its table and the Pareto front."""
     from archsmith.search import search as study_search
+    from archsmith.search.study import size_key
 
     for name, value in (("model", model), ("data", data), ("out", out_dir)):
         if value is None:
@@ -392,7 +388,7 @@ def _architecture_search(model: str | None, space: Path, data: str | None, out_d
         return
     from archsmith.units import human_count
 
-    key = {"params": "params", "flops": "flops", "latency": "latency_ms"}[options["objective"]]
+    key = size_key(options["objective"])
     columns = [Column("trial", True), Column("held-out loss", True), Column(key, True), Column("settings")]
     rows = [[str(r["trial"]), f"{r['heldout_loss']:.4f}", f"{r[key]:.3g}" if key == "latency_ms" else human_count(r[key]),
              ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in {**r["model_kwargs"], **r["train"]}.items())]

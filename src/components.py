@@ -171,7 +171,7 @@ class Fit:
         top: dict[str, Any] = {}
         subs: dict[str, dict[str, Any]] = {}
         for key, value in self.changes.items():
-            value = _value(spec, value.field) if isinstance(value, families.Same) else value
+            value = _resolved(spec, value)
             sub, _, name = key.partition(".")
             if name:
                 subs.setdefault(sub, {})[name] = value
@@ -186,6 +186,11 @@ def _value(spec: ArchitectureSpec, name: str) -> Any:
     return getattr(getattr(spec, sub), rest) if rest else getattr(spec, name)
 
 
+def _resolved(spec: ArchitectureSpec, value: Any) -> Any:
+    """A row's fixed value for `spec`: a `Same(field)` is that field's value, anything else itself."""
+    return _value(spec, value.field) if isinstance(value, families.Same) else value
+
+
 def family_for(spec: ArchitectureSpec, chosen: list[str], keep: tuple[str, ...] = ()) -> Fit:
     """The registry family that expresses `spec` with the fewest adopted changes and computed extras (families
     network.py trains first, then registry order); none may touch the fields of a `chosen` choice, nor those in
@@ -197,7 +202,7 @@ def family_for(spec: ArchitectureSpec, chosen: list[str], keep: tuple[str, ...] 
     for order, row in enumerate(families.FAMILIES.values()):
         if row.is_moe != (spec.moe is not None):  # MoE layouts only in MoE families, dense ones only in dense
             continue
-        changes = {k: v for k, v in row.fixed.items() if _value(spec, k) != (_value(spec, v.field) if isinstance(v, families.Same) else v)}
+        changes = {k: v for k, v in row.fixed.items() if _value(spec, k) != _resolved(spec, v)}
         if protected & {k if k.startswith("moe.") else k.split(".")[0] for k in changes}:
             continue
         score = (row.parity != "both", len(changes) + len(families.features(row, {})), order)

@@ -303,7 +303,7 @@ def run_trial(study, curves, space: Space, factory: Callable, batches: list, hel
         return finish(state.PRUNED, why=f"pruned at step {ran} of {steps}: held-out loss {held:.4g}", loss_value=held)
     size["latency_ms"] = latency_ms(module, heldout[0][0])
     trial.set_user_attr("latency_ms", size["latency_ms"])
-    return finish(state.COMPLETE, [held, float(size[_size_key(objective)])], loss_value=held)
+    return finish(state.COMPLETE, [held, float(size[size_key(objective)])], loss_value=held)
 
 
 def row(t) -> dict[str, Any]:
@@ -367,7 +367,7 @@ def _finish(study, out: Path, config: dict[str, Any]) -> dict[str, Any]:
     from archsmith.files import write_file
 
     rows = [row(t) for t in study.trials]
-    front = sorted((row(t) for t in study.best_trials), key=lambda r: r[_size_key(config["objective"])])
+    front = sorted((row(t) for t in study.best_trials), key=lambda r: r[size_key(config["objective"])])
     recommended = min(front, key=lambda r: r["heldout_loss"]) if front else None
     counts = {s: sum(r["state"] == s for r in rows) for s in ("complete", "pruned", "fail")}
     result = {"study": str(out / DATABASE), "config": config, "trials": rows, "counts": counts,
@@ -380,7 +380,8 @@ def _finish(study, out: Path, config: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def _size_key(objective: str) -> str:
+def size_key(objective: str) -> str:
+    """The trial field an objective ranks by: params, flops or latency_ms."""
     return {"params": "params", "flops": "flops", "latency": "latency_ms"}[objective]
 
 
@@ -393,7 +394,7 @@ def chart(result: dict[str, Any]) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    key = _size_key(result["config"]["objective"])
+    key = size_key(result["config"]["objective"])
     done = [r for r in result["trials"] if r["state"] == "complete"]
     front, rec = result["pareto_front"], result["recommended"]
     fig, ax = plt.subplots(figsize=(7, 4))
