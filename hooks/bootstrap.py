@@ -43,7 +43,7 @@ import time
 from pathlib import Path
 
 SCHEME = 3  # bump when the install recipe changes, so every stamp changes with it
-EXTRAS = "students"  # pyproject.toml's extras the plugin installs: the ml-architecture-designer's students of any nn.Module
+EXTRAS = "students,eval"  # pyproject.toml's extras the plugin installs: students of any nn.Module, measured quality
 LOCK = "constraints.txt"  # the tested, locked versions (pip -c)
 MIN_PYTHON = (3, 11)  # pyproject.toml's requires-python
 CANDIDATES = ("python3.13", "python3.12", "python3.11", "python3")  # searched on PATH when ARCHSMITH_PYTHON is unset

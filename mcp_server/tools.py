@@ -375,6 +375,47 @@ def plan_finetune(model_id: HubId,
     return plan(model_id, task=task, method=method, gpu=gpu)
 
 
+@heavy(timeout_s=3600)  # a harness run: every example of every task through the model
+async def evaluate_quality(model: Annotated[str, Field(description="A model directory (config.json, safetensors, tokenizer; a training run directory: its final/) relative to the workspace root, or a Hub id.", min_length=1, max_length=1024)],
+                           tasks: Annotated[list[Annotated[str, Field(min_length=1, max_length=200)]], Field(description="lm-evaluation-harness task names (registry, or YAML definitions under include).", max_length=32)] = [],
+                           include: Annotated[list[Annotated[str, Field(min_length=1, max_length=1024)]], Field(description="Directories of local task definitions (YAML + data files) relative to the workspace root.", max_length=8)] = [],
+                           text: Annotated[str | None, Field(description="Held-out text file for word/byte perplexity and bits per byte.", max_length=1024)] = None,
+                           images: Annotated[str | None, Field(description="Image classifier: a folder of class folders named as the model's labels (top-1/top-5).", max_length=1024)] = None,
+                           data: Annotated[str | None, Field(description="Text encoder: JSONL of {text,label} (linear-probe accuracy), {sentence1,sentence2,score} (Spearman) or {query,positive} (recall@k, MRR).", max_length=1024)] = None,
+                           limit: Annotated[int | None, Field(description="Examples per task (default: all).", ge=1, le=1_000_000)] = None,
+                           fewshot: Annotated[int | None, Field(description="Few-shot examples per prompt (default: the task's).", ge=0, le=25)] = None,
+                           batch: Annotated[int, Field(description="Sequences (images, texts) per forward pass.", ge=1, le=512)] = 8,
+                           engine: Literal["transformers", "network"] = "transformers",
+                           out_dir: Annotated[str | None, Field(description="Write results.json and quality.png here, relative to the workspace root.", max_length=1024)] = None,
+                           overwrite: bool = False, ctx: Context = None) -> dict[str, Any]:
+    """Measure a model's quality. Language models: lm-evaluation-harness tasks (accuracy +- stderr with the harness's
+    metric names: acc, acc_norm, exact_match, ...) and perplexity of a held-out text, on transformers or on
+    archsmith.network with the same weights; image classifiers: top-1/top-5 on a local image folder through the model's
+    image processor (its settings are returned); text encoders: classification, similarity and retrieval metrics on
+    local JSONL. Where the model card's model-index reports a score for a measured task, `comparison` sets measured
+    against reported and flags gaps beyond 2 stderr. Settings (engine, device, limit, few-shot, seed, harness version)
+    are recorded. Task YAMLs that load Python (!function) need a server that allows code."""
+    from archsmith.files import check_out_dir, write_files
+    from archsmith.quality import chart, evaluate
+
+    ref, _ = _model(model, hub=True)
+    out = _path(out_dir, "out_dir") if out_dir else None
+    if out is not None:
+        check_out_dir(out, overwrite)
+    folders = [str(_path(d, "include")) for d in include]
+    files = {name: str(_path(value, name)) if value else None for name, value in (("text", text), ("images", images), ("data", data))}
+    await ctx.report_progress(0, 1, "evaluating")
+    result = await run_heavy(evaluate, ref, list(tasks), folders, files["text"], files["images"], files["data"], limit=limit,
+                             fewshot=fewshot, batch=batch, engine=engine, allow_code=os.environ.get(ALLOW_CODE_ENV) == "1")
+    if out is not None:
+        import json
+
+        written = write_files(out, {"results.json": json.dumps(result, indent=2) + "\n", "quality.png": chart(result)}, overwrite)
+        result["files"] = [_relative(p) for p in written]
+    await ctx.report_progress(1, 1, "done")
+    return _hide_root(result)
+
+
 # ---- analysis, compression, export (the ml-architecture-designer's tools) ----------------------
 
 ALLOW_CODE_ENV = "ARCHSMITH_ALLOW_CODE"  # "1": file.py:factory models (arbitrary code under the workspace root) are allowed
@@ -810,5 +851,5 @@ async def distill_model(teacher: Annotated[str, Field(description="Teacher: a mo
 
 
 TOOLS = [design_architecture, write_design, estimate_config, emit_hf_config, compute_optimal_sizing,
-         list_scale_templates, list_gpus, build_model, search_models, evaluate_model, plan_finetune,
+         list_scale_templates, list_gpus, build_model, search_models, evaluate_model, plan_finetune, evaluate_quality,
          analyze_model, prove_module, search_architecture, extend_model, compress_model, distill_model, export_model, train_tokenizer, start_training, training_status, stop_training]

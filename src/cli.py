@@ -450,6 +450,74 @@ def evaluate(
         err.print(f"[yellow]note:[/yellow] {problem}", highlight=False)
 
 
+@app.command("eval")
+def eval_quality(
+    model: str = typer.Argument(..., help="Model directory (a training run: its final/), or Hub id."),
+    tasks: Optional[list[str]] = typer.Option(None, "--tasks", help="lm-evaluation-harness tasks, comma-separated (or repeated): registry names or YAML definitions in --include."),
+    include: Optional[list[Path]] = typer.Option(None, "--include", help="Directory of local task definitions (YAML + data files), as the harness's --include_path."),
+    text: Optional[Path] = typer.Option(None, "--text", help="Held-out text file: word/byte perplexity and bits per byte (paragraphs are documents)."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Image classifier: a folder of class folders named as the model's labels (top-1/top-5)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Text encoder: JSONL of {text,label}, {sentence1,sentence2,score} or {query,positive}."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Examples per task (default: all)."),
+    fewshot: Optional[int] = typer.Option(None, "--fewshot", help="Few-shot examples per prompt (default: the task's)."),
+    batch: int = typer.Option(8, "--batch", help="Sequences (or images, texts) per forward pass."),
+    engine: str = typer.Option("transformers", "--engine", help="transformers (reference) or network (archsmith.network, same weights)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the harness's sampling (few-shot examples)."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Write results.json and quality.png here (must not exist unless --overwrite)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace files in an existing --out directory."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+) -> None:
+    """Measured quality: lm-evaluation-harness tasks and perplexity, image top-1/top-5, encoder metrics; beside the card's scores."""
+    from archsmith.files import check_out_dir, write_files
+    from archsmith.quality import chart, evaluate as measure
+
+    try:
+        if out_dir is not None:
+            check_out_dir(out_dir, overwrite)
+        names = [t.strip() for given in tasks or [] for t in given.split(",") if t.strip()]
+        with stages(f"evaluating {model}"):
+            result = measure(model, names, include or [], text, images, data, limit=limit, fewshot=fewshot, batch=batch,
+                             engine=engine, seed=seed)
+        if out_dir is not None:
+            files = {"results.json": json.dumps(result, indent=2) + "\n", "quality.png": chart(result)}
+            result["files"] = [str(p) for p in write_files(out_dir, files, overwrite)]
+    except ArchsmithError as exc:
+        _fail(exc)
+    if as_json:
+        _json(result)
+        return
+    reported = {(c["task"], c["metric"]): c for c in result["comparison"]}
+    rows = []
+    for task, metrics in result["results"].items():
+        for name, value in metrics.items():
+            if name == "samples" or name.endswith("_stderr") or value is None:
+                continue
+            se, c = metrics.get(f"{name}_stderr"), reported.get((task, name))
+            rows.append([task, name, f"{value:.4f}", "" if se is None else f"{se:.4f}", "" if c is None else f"{c['reported']:.4f}",
+                         "" if c is None else f"{c['gap']:+.4f}" + (" !" if c["flagged"] else ""), str(metrics["samples"] or "")])
+    s = result["settings"]
+    columns = [Column("task"), Column("metric"), Column("value", True), Column("stderr", True), Column("reported", True, True),
+               Column("gap", True, True), Column("n", True, True)]
+    keep = [i for i in range(len(columns)) if i not in (4, 5) or reported]  # no card scores: no columns for them
+    show_table(f"{result['model']} ({result['kind']}, {result['params']:,} parameters)", [columns[i] for i in keep],
+               [[r[i] for i in keep] for r in rows])
+    if "harness" in s:
+        said = f"{s['engine']} on {s['device']}, {s['harness']}"
+    elif "processor" in s:
+        said = ", ".join(f"{k} {v}" for k, v in s["processor"].items() if k in ("class", "size", "image_mean", "image_std"))
+    else:
+        said = s["pooling"]
+    out.print(f"settings: {said}; limit {s['limit'] or 'all'}; batch {s['batch']}", highlight=False)
+    for c in result["comparison"]:
+        if c["flagged"]:
+            out.print(f"gap: {c['task']} {c['metric']} measured {c['measured']:.4f} vs reported {c['reported']:.4f} "
+                      f"({c['source']}): {c['gap_in_stderr']:+.1f} stderr", highlight=False)
+    for problem in result["problems"]:
+        err.print(f"[yellow]note:[/yellow] {problem}", highlight=False)
+    if "files" in result:
+        out.print("wrote " + ", ".join(result["files"]), highlight=False)
+
+
 @app.command()
 def configure(
     model_id: str = typer.Argument(..., help="Hub id of the chosen model."),

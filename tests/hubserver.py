@@ -6,6 +6,7 @@ Endpoints (everything else answers 404):
     GET  /api/models?search&author&filter&pipeline_tag&gated&sort&direction&limit&full&cardData&config&expand
     GET  /api/models/{id}[/revision/{rev}]?expand&securityStatus&blobs
     GET  /api/models/{id}/safetensors-metadata/{index}  (HfApi.get_sharded_safetensors_metadata)
+    GET  /api/models/{id}/tree/{rev}?recursive          (list_repo_tree; snapshot_download lists files this way)
     HEAD/GET /{id}/resolve/{rev}/{filename}            Range: bytes=a-b -> 206 + Content-Range
     HEAD/GET /cdn/{id}/{sha}/{filename}                 only reached through `FakeHub.redirect_lfs`
 
@@ -542,6 +543,8 @@ class _Handler(BaseHTTPRequestHandler):
         repo = self._repo(repo_id, req)
         if tail and tail[0] == "safetensors-metadata":
             return self._sharded_metadata(repo, req, "/".join(tail[1:]))
+        if tail and tail[0] == "tree" and len(tail) >= 2:
+            return self._tree(repo, tail[1], req)
         if tail and tail[0] == "revision" and len(tail) >= 2:
             self._check_revision(repo, "/".join(tail[1:]))
         elif tail:
@@ -570,6 +573,20 @@ class _Handler(BaseHTTPRequestHandler):
                 siblings.append(s)
             out["siblings"] = siblings
         return _json(out)
+
+    def _tree(self, repo: Repo, rev: str, req: Request) -> _Response:
+        """Every file (and folder) of the repo at `rev`, as `list_repo_tree(recursive=True)` reads them."""
+        self._check_revision(repo, unquote(rev))
+        entries, folders = [], set()
+        for name, content in sorted(repo.files.items()):
+            parts = name.split("/")
+            folders.update("/".join(parts[:i]) for i in range(1, len(parts)))
+            entry = {"type": "file", "oid": _git_blob_sha1(content), "size": len(content), "path": name}
+            if _is_lfs(name, content):
+                entry["lfs"] = {"oid": _sha256(content), "size": len(content), "pointerSize": 134}
+            entries.append(entry)
+        entries += [{"type": "directory", "oid": "0" * 40, "size": 0, "path": f} for f in sorted(folders)]
+        return _json(entries)
 
     def _sharded_metadata(self, repo: Repo, req: Request, filename: str) -> _Response:
         self._check_gate(repo, req)

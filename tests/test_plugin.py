@@ -125,7 +125,7 @@ def test_docs_point_at_the_architecture_document_in_the_repository():
 def test_architecture_documents_modules_commands_and_tools_that_exist():
     table = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8").split("## Where each capability lives")[1]
     rows = [line.split("|")[2:5] for line in table.splitlines() if line.startswith("| ") and "---" not in line][1:]
-    commands = set(re.findall(r"@app\.command\(\)\ndef (\w+)\(", (ROOT / "src" / "cli.py").read_text()))
+    commands = {named or fn for named, fn in re.findall(r'@app\.command\((?:"(\w+)")?\)\ndef (\w+)\(', (ROOT / "src" / "cli.py").read_text())}
     tools = {fn.__name__ for fn in TOOLS}
     assert rows and commands
     for engine, cli, mcp in rows:

@@ -121,3 +121,25 @@ def test_what_you_get_runs_as_written(tmp_path):
     config = json.loads((tmp_path / "runs" / "1b" / "config.json").read_text())
     assert config["vocab_size"] == 768 and (config["bos_token_id"], config["eos_token_id"]) == (1, 2)
     assert (tmp_path / "runs" / "1b" / "tokenizer.json").is_file()
+
+
+def test_quality_as_written(scratch):
+    """The README's quality section, each line run by the shell: the from-scratch model on the local task and held-out
+    text, then the colour ViT end to end; results.json says what the table said, and both models learned."""
+    import json
+
+    section = readme_section("## Measure quality")
+    lines = [line for block in re.findall(r"```bash\n(.*?)```", section, re.S) for line in block.strip().splitlines()]
+    assert len(lines) == 3
+    if not (scratch / "examples").exists():
+        (scratch / "examples").symlink_to(README.parent / "examples")
+    for line in lines:
+        shell(line, scratch)
+    lm = json.loads((scratch / "runs" / "5m-eval" / "results.json").read_text())
+    story = lm["results"]["story_end"]
+    assert story["samples"] == 60 and story["acc"] > 0.5 and lm["settings"]["engine"] == "network"  # chance: 1/3
+    assert lm["results"]["heldout_text"]["bits_per_byte"] < 3
+    vision = json.loads((scratch / "runs" / "colours-eval" / "results.json").read_text())
+    assert vision["results"]["photos"]["samples"] == 48 and vision["results"]["photos"]["top1"] > 0.8
+    assert vision["settings"]["processor"]["size"] == {"height": 32, "width": 32}
+    assert (scratch / "runs" / "colours-eval" / "quality.png").stat().st_size > 1000
