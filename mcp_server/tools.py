@@ -90,6 +90,10 @@ TokenizerDir = Annotated[str | None, Field(description="Tokenizer directory (tok
 RelPath = Annotated[str, Field(description="Path inside the workspace root: relative to it, or absolute inside it.", min_length=1, max_length=1024)]
 ConfigDict = Annotated[dict[str, Any] | None, Field(description="An inline Hugging Face config.json object (give this or config_path).")]
 ConfigPath = Annotated[str | None, Field(description="A config.json file or model directory inside the workspace root, relative to it or absolute (give this or config).", max_length=1024)]
+EvalTasks = Annotated[list[Annotated[str, Field(min_length=1, max_length=200)]], Field(description="lm-evaluation-harness tasks measured on teacher and student (decoders): the report's quality rows.", max_length=32)]
+EvalInclude = Annotated[list[Annotated[str, Field(min_length=1, max_length=1024)]], Field(description="Directories of local task YAMLs for eval_tasks, relative to the workspace root.", max_length=8)]
+EvalLimit = Annotated[int | None, Field(description="Examples per task (default: all).", ge=1, le=1_000_000)]
+EvalData = Annotated[str | None, Field(description="Encoders: JSONL for teacher and student metrics (as evaluate_quality's data).", max_length=1024)]
 
 
 class DesignSummary(TypedDict):
@@ -182,6 +186,9 @@ async def write_design(out_dir: RelPath, params: Count = None, compute: Compute 
                                                          max_length=1024)] = None,
                        trials: Annotated[int | None, Field(description="With search: proxy runs (default 8).", ge=1, le=200)] = None,
                        steps: Annotated[int | None, Field(description="With search: AdamW steps per run (default 30).", ge=1, le=100_000)] = None,
+                       search_tasks: Annotated[list[Annotated[str, Field(min_length=1, max_length=200)]], Field(description="With search: score each trained trial by its mean acc on these lm-evaluation-harness tasks instead of held-out loss.", max_length=8)] = [],
+                       search_include: Annotated[list[Annotated[str, Field(min_length=1, max_length=1024)]], Field(description="With search_tasks: directories of local task YAMLs, relative to the workspace root.", max_length=8)] = [],
+                       search_limit: Annotated[int | None, Field(description="With search_tasks: examples per task per trial.", ge=1, le=1_000_000)] = None,
                        overwrite: bool = False, ctx: Context = None) -> WrittenDesign:
     """Design as design_architecture does, then write config.json (loads in transformers), architecture_report.md,
     capacity_plan.md and two memory charts (PNG) into out_dir under the workspace root (with search also the
@@ -199,7 +206,8 @@ async def write_design(out_dir: RelPath, params: Count = None, compute: Compute 
                              checkpointing=checkpointing, moe=moe, moe_layers=moe_layers, window=window,
                              window_layers=window_layers, position=position, norm=norm, attention=attention,
                              search=search, data=str(_path(data, "data")) if data else None,
-                             trials=trials, steps=steps)
+                             trials=trials, steps=steps, search_tasks=list(search_tasks) or None,
+                             search_include=[str(_path(d, "search_include")) for d in search_include], search_limit=search_limit)
     await ctx.report_progress(1, 3, "rendering reports and charts")
 
     def render():
@@ -329,7 +337,7 @@ def search_models(query: Annotated[str | None, Field(description="Free text matc
                   gpu: GpuOpt = None,
                   use: Literal["run_fp16", "run_int8", "run_int4", "finetune_full", "finetune_lora", "finetune_qlora"] = "run_fp16",
                   max_params: Annotated[int | None, Field(description="Largest parameter count.", ge=1, le=10**13)] = None,
-                  sort: Literal["downloads", "likes", "trending", "recent"] = "downloads",
+                  sort: Annotated[str, Field(description="downloads, likes, trending, recent, or score:TASK: the score each card's model-index reports for a benchmark (e.g. score:hellaswag), highest first; models whose card gives none come after, with score null (reported, not measured).", pattern=r"^(downloads|likes|trending|recent|score:[\w.-]{1,64})$")] = "downloads",
                   limit: Annotated[int, Field(description="How many models to fetch.", ge=1, le=200)] = 20,
                   include_rejected: Annotated[bool, Field(description="Also return the models that break a constraint (meets_constraints false).")] = False) -> dict[str, Any]:
     """Search Hugging Face Hub models that meet every given constraint (task, library, language, author, license,
@@ -562,6 +570,7 @@ async def search_architecture(model: Annotated[str, Field(description="file.py:f
                               max_params: Annotated[int | None, Field(description="Trials with more parameters are pruned before training.", ge=1)] = None,
                               max_memory: Annotated[int | None, Field(description="Trials whose training memory (bytes) is larger are pruned before training.", ge=1)] = None,
                               pruner: Literal["hyperband", "halving", "none"] = "hyperband",
+                              metric: Annotated[Literal["loss", "accuracy"], Field(description="First objective: held-out loss, or held-out error (1 - top-1 accuracy; class targets) measured after training.")] = "loss",
                               seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0,
                               overwrite: bool = False, ctx: Context = None) -> dict[str, Any]:
     """Search a factory's design space with Optuna: multi-objective (held-out loss against parameters, forward FLOPs or
@@ -575,7 +584,7 @@ async def search_architecture(model: Annotated[str, Field(description="file.py:f
     await ctx.report_progress(0, 1, "searching")
     result = await run_heavy(search, ref, _path(space, "space"), data_ref, _path(out_dir, "out_dir"), loss=loss, trials=trials,
                              steps=steps, objective=objective, max_params=max_params, max_memory=max_memory, pruner=pruner,
-                             seed=seed, overwrite=overwrite, progress=False)
+                             seed=seed, overwrite=overwrite, progress=False, metric=metric)
     await ctx.report_progress(1, 1, "done")
     result["study"] = _relative(Path(result["study"]))
     if "chart" in result:
@@ -617,6 +626,14 @@ async def extend_model(model: Annotated[str, Field(description="A checkpoint dir
     return report
 
 
+
+
+def _measure(tasks: list[str], include: list[str], limit: int | None, data: str | None) -> dict[str, Any]:
+    """The eval_* arguments as the engine takes them: paths under the workspace, code refused unless allowed."""
+    return {"eval_tasks": list(tasks), "eval_include": [str(_path(d, "eval_include")) for d in include], "eval_limit": limit,
+            "eval_data": str(_path(data, "eval_data")) if data else None}
+
+
 @heavy(timeout_s=1800)  # importance on calibration text + latency sweeps of teacher and student
 async def compress_model(model: ModelRef, out_dir: RelPath,
                          reduction: Annotated[float, Field(description="Share of parameters to remove: 0.5 halves the model.", gt=0, lt=1)] = 0.5,
@@ -628,7 +645,8 @@ async def compress_model(model: ModelRef, out_dir: RelPath,
                          inputs: CodeRef = None, data: CodeRef = None,
                          invariance: Annotated[list[Literal["permutation", "rotation"]], Field(max_length=2)] = [],
                          route: Literal["auto", "knobs", "prune"] = "auto",
-                         overwrite: bool = False, ctx: Context = None) -> dict[str, Any]:
+                         eval_tasks: EvalTasks = [], eval_include: EvalInclude = [], eval_limit: EvalLimit = None,
+                         eval_data: EvalData = None, overwrite: bool = False, ctx: Context = None) -> dict[str, Any]:
     """Make a smaller student initialised from the teacher and write it to out_dir. Text models: a BERT-style encoder or
     a decoder ({decoders}; Llama-layout blocks) get layer selection that reduces later layers more, width and head
     pruning by activation importance on calibration text (v2: mean-pooled GQA/MQA for decoders), saved as
@@ -638,7 +656,8 @@ async def compress_model(model: ModelRef, out_dir: RelPath,
     rewrites operations (linear attention, tanh-GELU, depthwise-separable convolutions, lower lmax); invariance permutation / rotation
     is measured on teacher and student and a student breaking one is refused. Returns parameters, FLOPs, saved
     activations and measured CPU latency of teacher vs student, the fidelity before distillation and the decisions.
-    An unreachable reduction is refused with the nearest feasible ones."""
+    An unreachable reduction is refused with the nearest feasible ones. eval_tasks / eval_data add `quality`: the
+    teacher's and the student's task metrics (as evaluate_quality measures them) side by side."""
     from archsmith.compress import compress
     from archsmith.files import check_out_dir
 
@@ -650,7 +669,8 @@ async def compress_model(model: ModelRef, out_dir: RelPath,
     await ctx.report_progress(0, 1, "compressing")
     report = await run_heavy(compress, ref, reduction, out, strategy=strategy, v2=v2, kv_heads=kv_heads, calibration=calibration_file,
                              heldout=heldout_file, inputs=_code_ref(inputs, "inputs"), data=_code_ref(data, "data"),
-                             invariance=list(invariance), route=route, allow_code=allow, overwrite=overwrite)
+                             invariance=list(invariance), route=route, allow_code=allow, overwrite=overwrite,
+                             **_measure(eval_tasks, eval_include, eval_limit, eval_data))
     report["files"] = [_relative(Path(p)) for p in report["files"]]
     await ctx.report_progress(1, 1, "done")
     return report
@@ -736,12 +756,18 @@ def start_training(model_dir: Annotated[str, Field(description="A design directo
                    document_mask: bool = False, field: JsonlField = "text", resume: bool = False,
                    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0,
                    nproc: Annotated[int, Field(description="Processes on this machine (torchrun); one per GPU.", ge=1, le=64)] = 1,
-                   strategy: Literal["ddp", "fsdp"] = "ddp") -> dict[str, Any]:
+                   strategy: Literal["ddp", "fsdp"] = "ddp",
+                   eval_tasks: Annotated[list[Annotated[str, Field(min_length=1, max_length=200)]], Field(description="lm-evaluation-harness tasks measured at every evaluation (metrics.jsonl's eval rows: 'task/acc', ...).", max_length=32)] = [],
+                   eval_include: Annotated[str | None, Field(description="Directory of local task YAMLs for eval_tasks, relative to the workspace root.", max_length=1024)] = None,
+                   eval_limit: EvalLimit = None) -> dict[str, Any]:
     """Start `archsmith train` in the background and return at once (run_dir, pid, command). Bad settings (missing
     tokenizer, a vocabulary smaller than the tokenizer's, an out_dir that holds another run without resume, resume
     without a checkpoint) are refused here. The run writes metrics.jsonl, checkpoints, final/ (an HF model directory),
-    loss.png and report.md into out_dir; follow it with training_status, stop it with stop_training."""
+    loss.png and report.md into out_dir; follow it with training_status, stop it with stop_training. eval_tasks adds
+    lm-evaluation-harness task metrics to every evaluation (one process or DDP)."""
     from dataclasses import replace
+
+    from archsmith.quality import check_measure
 
     from archsmith.train.background import start
     from archsmith.train.run import RunArgs
@@ -751,7 +777,10 @@ def start_training(model_dir: Annotated[str, Field(description="A design directo
                    steps=steps, batch=batch, micro_batch=micro_batch, seq=seq, lr=lr, schedule=schedule, warmup=warmup,
                    save_every=save_every, eval_every=eval_every, eval_samples=eval_samples, patience=patience, precision=precision,
                    document_mask=document_mask, field=field, resume=resume, seed=seed, nproc=nproc, strategy=strategy,
-                   progress=False)
+                   eval_tasks=",".join(eval_tasks) or None, eval_include=str(_path(eval_include, "eval_include")) if eval_include else None,
+                   eval_limit=eval_limit, progress=False)
+    if eval_tasks:  # the run itself would accept task YAMLs that load Python: this server refuses them unless allowed
+        check_measure(list(eval_tasks), [args.eval_include] if args.eval_include else [], allow_code=os.environ.get(ALLOW_CODE_ENV) == "1")
     shown = replace(args, model=_relative(Path(args.model)), data=[_relative(Path(d)) for d in args.data], out=out_dir,
                     tokenizer=_relative(Path(args.tokenizer)) if args.tokenizer else None)
     with _named(model="model_dir", out="out_dir", tokenizer="tokenizer_dir"):
@@ -817,7 +846,8 @@ async def distill_model(teacher: Annotated[str, Field(description="Teacher: a mo
                         heldout: Annotated[str | None, Field(description="Held-out text file for the fidelity report (default: shipped English sentences).", max_length=1024)] = None,
                         loss: Annotated[Literal["auto", "mse", "kl"], Field(description="Students of other modules: output loss (auto: KL for a transformers model's logits, else relative squared error).")] = "auto",
                         feature_weight: Annotated[float, Field(description="Students of other modules: weight of matching the blocks both keep.", ge=0, le=100)] = 1.0,
-                        resume: bool = False, ctx: Context = None) -> dict[str, Any]:
+                        eval_tasks: EvalTasks = [], eval_include: EvalInclude = [], eval_limit: EvalLimit = None,
+                        eval_data: EvalData = None, resume: bool = False, ctx: Context = None) -> dict[str, Any]:
     """Distil a teacher into a student (a BERT-style encoder, or a causal LM of the families network.py matches) on a
     corpus, with the training loop of start_training: temperature-softened KL x T^2 plus next-token loss for LMs, the
     teacher's in-batch sentence-similarity matrix for encoders, hidden states through a learned projection from the
@@ -826,7 +856,8 @@ async def distill_model(teacher: Annotated[str, Field(description="Teacher: a mo
     fidelity.png. Returns the fidelity on held-out text before and after (similarity agreement for encoders; KL to the
     teacher and perplexity for LMs) and the training summary. A student of any other nn.Module (compress_model's
     student.json) learns on data = [file.py:fn] (its batches; the server must allow code) by output matching plus
-    the blocks both keep; final/ is a student directory again."""
+    the blocks both keep; final/ is a student directory again. eval_tasks / eval_data add `quality`: the teacher's
+    and the distilled student's task metrics side by side."""
     from archsmith.distill import distill, is_module_student
 
     student_dir, out = _path(student, "student"), _path(out_dir, "out_dir")
@@ -843,7 +874,8 @@ async def distill_model(teacher: Annotated[str, Field(description="Teacher: a mo
         report = await run_heavy(distill, _path(teacher, "teacher"), student_dir, paths, out,
                                  steps=steps, temperature=temperature, alpha=alpha, hidden_weight=hidden_weight,
                                  attention_weight=attention_weight, lr=lr, batch=batch, seq=seq, heldout=heldout_file,
-                                 resume=resume, progress=False)
+                                 resume=resume, progress=False, allow_code=os.environ.get(ALLOW_CODE_ENV) == "1",
+                                 **_measure(eval_tasks, eval_include, eval_limit, eval_data))
     report["files"] = [_relative(Path(p)) for p in report["files"]]
     report["final"] = _relative(Path(report["final"]))
     await ctx.report_progress(1, 1, "done")

@@ -20,6 +20,7 @@ Nothing here is trusted: a row that does not have this shape is skipped with a p
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 MAX_SCORES = 64  # rows kept from one card
@@ -89,3 +90,27 @@ def reported_scores(card: dict[str, Any]) -> tuple[list[dict[str, Any]], list[st
         problems.append(f"model-index: {dropped} more scores beyond the first {MAX_SCORES} not read")
     return rows, problems
 
+
+RATIOS = {"acc", "accuracy", "accnorm", "exactmatch", "f1", "mcc", "top1", "top5"}  # fraction metrics, as `key` writes them
+
+
+def key(text: str | None) -> str:
+    """A name compared across cards and harness tasks: letters and digits, lower case (`ARC-Challenge` = `arc_challenge`)."""
+    return re.sub(r"[^a-z0-9]", "", (text or "").lower())
+
+
+def about(row: dict[str, Any], task: str) -> bool:
+    """Whether a reported row is about `task`: its dataset type, name or config, or its task name, is the task's name."""
+    return key(task) in {key(row.get(f)) for f in ("dataset", "dataset_name", "config", "task_name") if row.get(f)}
+
+
+def fraction(row: dict[str, Any]) -> float:
+    """The row's value as a fraction where the metric is one and the card wrote a percentage."""
+    value = row["value"]
+    return value / 100 if key(row["metric"]) in RATIOS and 1 < value <= 100 else value
+
+
+def score_for(rows: list[dict[str, Any]], task: str) -> dict[str, Any] | None:
+    """The first score a card reports for `task` (card order), with `fraction` set; None when it reports none."""
+    row = next((r for r in rows if about(r, task)), None)
+    return None if row is None else {**row, "fraction": fraction(row)}

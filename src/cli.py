@@ -195,6 +195,9 @@ def design(
     data: Optional[str] = typer.Option(None, "--data", help="With --search: the corpus (text or JSONL) the proxy runs train on."),
     trials: Optional[int] = typer.Option(None, "--trials", help="With --search: proxy runs (default 8)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="With --search: AdamW steps per proxy run (default 30)."),
+    search_tasks: Optional[str] = typer.Option(None, "--search-tasks", help="With --search: score trials by mean acc on these lm-evaluation-harness tasks (comma list) instead of held-out loss."),
+    search_include: Optional[str] = typer.Option(None, "--search-include", help="With --search-tasks: directory of local task YAMLs."),
+    search_limit: Optional[int] = typer.Option(None, "--search-limit", help="With --search-tasks: examples per task per trial."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace files in an existing --out directory."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
@@ -213,7 +216,10 @@ def design(
                                            tokens=tokens, mfu=mfu, vocab=vocab, batch=batch, seq=seq, strategy=strategy,
                                            checkpointing=checkpointing, moe=moe, moe_layers=moe_layers, window=window,
                                            window_layers=window_layers, position=position, norm=norm, attention=attention,
-                                           search=search, data=data, trials=trials, steps=steps, progress=not as_json)
+                                           search=search, data=data, trials=trials, steps=steps,
+                                           search_tasks=[t.strip() for t in search_tasks.split(",") if t.strip()] if search_tasks else None,
+                                           search_include=[search_include] if search_include else [], search_limit=search_limit,
+                                           progress=not as_json)
         written = write_files(out_dir, render_design(result, str(out_dir)), overwrite)
     except ArchsmithError as exc:
         _fail(exc)
@@ -309,7 +315,7 @@ def search(
     gpu: Optional[str] = typer.Option(None, "--gpu", help="GPU to check fit on (e.g. t4, l4, a100-80gb)."),
     use: str = typer.Option("run_fp16", "--use", help="What must fit: run_fp16|run_int8|run_int4|finetune_full|finetune_lora|finetune_qlora."),
     max_params: Optional[str] = typer.Option(None, "--max-params", help="Largest parameter count, e.g. 1B."),
-    sort: str = typer.Option("downloads", "--sort", help="downloads, likes, trending or recent."),
+    sort: str = typer.Option("downloads", "--sort", help="downloads, likes, trending, recent, or score:TASK (the score cards report for a benchmark, e.g. score:hellaswag; reported, not measured)."),
     limit: int = typer.Option(20, "--limit", help="How many models to fetch (1-200)."),
     include_rejected: bool = typer.Option(False, "--include-rejected", help="Also list the models that break a constraint, labelled."),
     space: Optional[Path] = typer.Option(None, "--space", help="Architecture search: space.yaml of the factory's keyword arguments (and lr, weight_decay)."),
@@ -320,6 +326,7 @@ def search(
     objective: str = typer.Option("params", "--objective", help="With --space: the second objective: params, flops or latency."),
     max_memory: Optional[str] = typer.Option(None, "--max-memory", help="With --space: largest training memory (weights, gradients, AdamW, saved activations), e.g. 2GB."),
     pruner: str = typer.Option("hyperband", "--pruner", help="With --space: hyperband, halving or none (stops poor learning curves)."),
+    metric: str = typer.Option("loss", "--metric", help="With --space: the first objective, held-out loss or accuracy (1 - top-1 accuracy on the held-out batches)."),
     seed: int = typer.Option(0, "--seed", help="With --space: sampler and initialisation seed."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="With --space: the study directory (study.db, search.json, pareto.png); resumed when it holds one."),
     overwrite: bool = typer.Option(False, "--overwrite", help="With --space: use an existing --out that holds no study."),
@@ -341,7 +348,7 @@ def search(
             _architecture_search(query, space, data, out_dir, loss=loss, trials=trials, steps=steps, objective=objective,
                                  max_params=parse_count(max_params, "max_params", 1, 10**13) if max_params else None,
                                  max_memory=parse_bytes(max_memory, "max_memory", 1, 2**50) if max_memory else None,
-                                 pruner=pruner, seed=seed,
+                                 pruner=pruner, seed=seed, metric=metric,
                                  overwrite=overwrite, as_json=as_json)
         except ArchsmithError as exc:
             _fail(exc)
@@ -360,6 +367,8 @@ def search(
 
     columns = [Column("#", True), Column("model"), Column("task", optional=True), Column("params", True), Column("license"),
                Column("gated", optional=True), Column("downloads", True), Column(use, True), Column("why", optional=True)]
+    if sort.startswith("score:"):
+        columns.insert(2, Column(f"{sort[6:]} (card)", True))
     rows = []
     for h in result["results"]:
         need = human_bytes(h["memory"]["needs_bytes"][use]) if h["memory"] else "?"
@@ -367,6 +376,8 @@ def search(
         why = ("" if h["meets_constraints"] else "rejected: ") + "; ".join(h["reasons"][:1] + h["problems"][:1])
         rows.append([str(h["rank"]), h["id"], h["task"] or "", human_count(h["params"]) if h["params"] else "?", h["license"] or "?",
                      "yes" if h["gated"] else "", "-" if h["downloads"] is None else f"{h['downloads']:,}", need + fits, why])
+        if sort.startswith("score:"):
+            rows[-1].insert(2, "-" if h["score"] is None else f"{h['score']['value']:g} {h['score']['metric']}")
     if rows:
         show_table(f"Models from {result['source']}", columns, rows)
     if result["message"]:
@@ -388,16 +399,19 @@ def _architecture_search(model: str | None, space: Path, data: str | None, out_d
         return
     from archsmith.units import human_count
 
-    key = size_key(options["objective"])
-    columns = [Column("trial", True), Column("held-out loss", True), Column(key, True), Column("settings")]
-    rows = [[str(r["trial"]), f"{r['heldout_loss']:.4f}", f"{r[key]:.3g}" if key == "latency_ms" else human_count(r[key]),
+    key, accuracy = size_key(options["objective"]), options["metric"] == "accuracy"
+    columns = [Column("trial", True), Column("held-out loss", True), *([Column("accuracy", True)] if accuracy else []),
+               Column(key, True), Column("settings")]
+    rows = [[str(r["trial"]), f"{r['heldout_loss']:.4f}", *([f"{r['task_metric']:.4f}"] if accuracy else []),
+             f"{r[key]:.3g}" if key == "latency_ms" else human_count(r[key]),
              ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in {**r["model_kwargs"], **r["train"]}.items())]
             for r in result["pareto_front"]]
     c = result["counts"]
     show_table(f"Pareto front: {c['complete']} trained, {result['pruned_by_size']} over the caps (not trained), "
                f"{c['pruned'] - result['pruned_by_size']} stopped early, {c['fail']} failed", columns, rows)
     if result["recommended"]:
-        out.print(f"recommended: trial {result['recommended']['trial']} (the front's lowest held-out loss)", highlight=False)
+        best = "highest held-out accuracy" if accuracy else "lowest held-out loss"
+        out.print(f"recommended: trial {result['recommended']['trial']} (the front's {best})", highlight=False)
     out.print(f"study: {result['study']}" + (f"; chart: {result['chart']}" if result.get("chart") else ""), highlight=False)
 
 
@@ -797,6 +811,10 @@ def compress(
     invariance: list[str] = typer.Option([], "--invariance", help="permutation or rotation (repeatable): measured on teacher and student; a student that breaks one the teacher keeps is refused."),
     route: str = typer.Option("auto", "--route", help="Other modules: knobs (search the factory's size knobs), prune (torch-pruning) or auto (knobs when the factory has them)."),
     repeats: int = typer.Option(5, "--repeats", help="Timed forward passes per latency point."),
+    eval_tasks: Optional[str] = typer.Option(None, "--eval-tasks", help="lm-evaluation-harness tasks (comma list) measured on teacher and student (decoders)."),
+    eval_include: Optional[Path] = typer.Option(None, "--eval-include", help="Directory of local task YAMLs for --eval-tasks."),
+    eval_limit: Optional[int] = typer.Option(None, "--eval-limit", help="Examples per task (default: all)."),
+    eval_data: Optional[Path] = typer.Option(None, "--eval-data", help="Encoders: JSONL for teacher and student metrics (as `archsmith eval --data`)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace files in an existing --out directory."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
@@ -807,12 +825,13 @@ def compress(
         with stages("compressing") as say:
             report = run(model, reduction, out_dir, strategy=strategy, v2=v2, kv_heads=kv_heads, calibration=calibration,
                          heldout=heldout, inputs=inputs, data=data, invariance=invariance, route=route, repeats=repeats,
-                         overwrite=overwrite, progress=say)
+                         overwrite=overwrite, progress=say, **_measure(eval_tasks, eval_include, eval_limit, eval_data))
     except ArchsmithError as exc:
         _fail(exc)
     if as_json:
         _json(report)
         return
+    _show_quality(report)
     if "route" in report:
         _show_module_student(report, out_dir)
         return
@@ -829,6 +848,22 @@ def compress(
     for note in report["notes"]:
         out.print(f"note: {note}", highlight=False)
     out.print("wrote " + ", ".join(report["files"]), highlight=False)
+
+
+def _measure(tasks: str | None, include: Path | None, limit: int | None, data: Path | None) -> dict[str, Any]:
+    """compress / distill's --eval-* options as the engine's keyword arguments."""
+    return {"eval_tasks": [t.strip() for t in (tasks or "").split(",") if t.strip()], "eval_include": [include] if include else [],
+            "eval_limit": limit, "eval_data": data}
+
+
+def _show_quality(report: dict) -> None:
+    """Teacher and student task metrics, when --eval-tasks or --eval-data asked for them."""
+    if "quality" not in report:
+        return
+    show_table("Task metrics (archsmith.quality)", [Column("task"), Column("metric"), Column("teacher", True),
+                                                   Column("student", True), Column("kept", True)],
+               [[r["task"], r["metric"], f"{r['teacher']:.4f}", "-" if r["student"] is None else f"{r['student']:.4f}",
+                 "-" if r["student_over_teacher"] is None else f"{r['student_over_teacher']:.1%}"] for r in report["quality"]["rows"]])
 
 
 def _show_module_student(report: dict, out_dir: Path) -> None:
@@ -872,6 +907,10 @@ def distill(
     loss: str = typer.Option("auto", "--loss", help="Other modules: mse (relative squared error of the outputs), kl (logits, with --temperature) or auto."),
     feature_weight: float = typer.Option(1.0, "--feature-weight", help="Other modules: weight of matching the blocks both keep, through learned projections; 0 disables."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    eval_tasks: Optional[str] = typer.Option(None, "--eval-tasks", help="lm-evaluation-harness tasks (comma list) measured on teacher and student (decoders)."),
+    eval_include: Optional[Path] = typer.Option(None, "--eval-include", help="Directory of local task YAMLs for --eval-tasks."),
+    eval_limit: Optional[int] = typer.Option(None, "--eval-limit", help="Examples per task (default: all)."),
+    eval_data: Optional[Path] = typer.Option(None, "--eval-data", help="Encoders: JSONL for teacher and student metrics (as `archsmith eval --data`)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
     """Distil a teacher into a student; fidelity on held-out text or batches before and after."""
@@ -884,12 +923,14 @@ def distill(
         lr=lr, batch=batch, seq=seq, heldout=heldout)
     try:
         with stages("distilling", bar_inside=not as_json) as say:
-            report = run(teacher, student, data, out_dir, resume=resume, progress=not as_json, say=say, **options)
+            report = run(teacher, student, data, out_dir, resume=resume, progress=not as_json, say=say, **options,
+                         **_measure(eval_tasks, eval_include, eval_limit, eval_data))
     except ArchsmithError as exc:
         _fail(exc)
     if as_json:
         _json(report)
         return
+    _show_quality(report)
     if module:
         before, after = report["fidelity"]["before"], report["fidelity"]["after"]
         keys = [k for k in before if k != "batches"]
@@ -1037,6 +1078,9 @@ def train(
     compile: bool = typer.Option(False, "--compile", help="torch.compile each decoder layer."),
     checkpointing: bool = typer.Option(False, "--checkpointing", help="Activation checkpointing per decoder layer."),
     deterministic: bool = typer.Option(False, "--deterministic", help="Deterministic algorithms: bitwise-repeatable runs and resumes on one device."),
+    eval_tasks: Optional[str] = typer.Option(None, "--eval-tasks", help="lm-evaluation-harness tasks (comma list) measured at every evaluation."),
+    eval_include: Optional[str] = typer.Option(None, "--eval-include", help="Directory of local task YAMLs for --eval-tasks."),
+    eval_limit: Optional[int] = typer.Option(None, "--eval-limit", help="Examples per task at each evaluation (default: all)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars on stderr."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (the run summary) on stdout."),
 ) -> None:
@@ -1053,7 +1097,8 @@ def train(
                    clip=clip, precision=precision, save_every=save_every, keep=keep, eval_every=eval_every,
                    eval_samples=eval_samples, eval_fraction=eval_fraction, patience=patience, document_mask=document_mask,
                    field=field, resume=resume, seed=seed, nproc=nproc, strategy=strategy, compile=compile,
-                   checkpointing=checkpointing, deterministic=deterministic, progress=progress and not as_json)
+                   checkpointing=checkpointing, deterministic=deterministic, eval_tasks=eval_tasks, eval_include=eval_include,
+                   eval_limit=eval_limit, progress=progress and not as_json)
     try:
         if under_torchrun() and nproc > 1 and nproc != int(os.environ["WORLD_SIZE"]):
             raise ArchsmithError("nproc", f"torchrun started {os.environ['WORLD_SIZE']} processes; leave --nproc out under torchrun")
@@ -1074,6 +1119,11 @@ def train(
         line += f"; held-out {evals[0]['loss']:.4f} -> {evals[-1]['loss']:.4f} (perplexity {evals[-1]['perplexity']:.2f})"
     reason = summary["stop_reason"]
     out.print(line + "; " + (f"all {summary['steps']} steps done" if reason == "steps" else reason))
+    tasks = {k: v for k, v in (evals[-1] if evals else {}).items() if "/" in k and not k.endswith("_stderr")}
+    if tasks:
+        first = evals[0]
+        out.print("tasks: " + "; ".join(f"{k} {first[k]:.4f} -> {v:.4f}" if k in first else f"{k} {v:.4f}" for k, v in tasks.items()),
+                  highlight=False)
     out.print(f"wrote {summary['final']} (model + tokenizer), report.md, loss.png, metrics.jsonl, checkpoints in {out_dir}", highlight=False)
     if reason.startswith("stopped"):
         from archsmith.train.run import resume_command

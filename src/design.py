@@ -536,11 +536,13 @@ def design_from_text(params: str | None = None, compute: str | None = None, memo
                      moe: str | None = None, moe_layers: str | None = None, window: int | None = None,
                      window_layers: str | None = None, position: str | None = None, norm: str | None = None,
                      attention: str | None = None, search: bool = False, data: str | None = None, trials: int | None = None,
-                     steps: int | None = None, progress: bool = False) -> dict[str, Any]:
+                     steps: int | None = None, search_tasks: list[str] | None = None, search_include: list[str] = (),
+                     search_limit: int | None = None, progress: bool = False) -> dict[str, Any]:
     """`design` from the strings people type ('1B', '1e21', '24GB', '100B', a tokenizer directory, '8:2' experts).
 
     `search` explores the decoder space around the design by training on the corpus `data`
-    (`archsmith.search.decoder`, `trials` proxy runs of `steps` steps) and recommends the lowest held-out loss."""
+    (`archsmith.search.decoder`, `trials` proxy runs of `steps` steps) and recommends the lowest held-out loss, or
+    with `search_tasks` the highest mean accuracy on those lm-evaluation-harness tasks."""
     from archsmith import components
     from archsmith.tokenizer import read_tokenizer
     from archsmith.units import parse_bytes, parse_count
@@ -549,8 +551,10 @@ def design_from_text(params: str | None = None, compute: str | None = None, memo
         raise ArchsmithError("vocab", f"must be in [1, {1 << 22}], got {vocab}")
     if search and data is None:
         raise ArchsmithError("data", "--search needs --data CORPUS (the text the proxy runs train on)")
-    if not search and (data is not None or trials is not None or steps is not None):
-        raise ArchsmithError("data" if data is not None else "trials" if trials is not None else "steps", "only with --search")
+    given = {"data": data, "trials": trials, "steps": steps, "search_tasks": search_tasks or None,
+             "search_include": search_include or None, "search_limit": search_limit}
+    if not search and any(v is not None for v in given.values()):
+        raise ArchsmithError(next(k for k, v in given.items() if v is not None), "only with --search")
     asked = components.parse(moe, moe_layers, window, window_layers, position, norm, attention)
     if search and asked is not None:
         raise ArchsmithError("search", "explores MoE and sliding windows itself; give either --search or component choices")
@@ -566,7 +570,8 @@ def design_from_text(params: str | None = None, compute: str | None = None, memo
     if search:
         from archsmith.search.decoder import DEFAULT_STEPS, DEFAULT_TRIALS, search_design
 
-        found = search_design(result, data, trials or DEFAULT_TRIALS, steps or DEFAULT_STEPS, progress=progress)
+        found = search_design(result, data, trials or DEFAULT_TRIALS, steps or DEFAULT_STEPS, progress=progress,
+                              tasks=search_tasks, include=search_include, limit=search_limit)
         adopt_searched(result, found)
     return result
 
@@ -577,12 +582,15 @@ def adopt_searched(result: dict[str, Any], found: dict[str, Any]) -> None:
     c = Candidate("searched", found["spec"])
     _summarise(c, result["tokens"], result["gpu"], result["mfu"], result["training"])
     kwargs = ", ".join(f"{k} {v}" for k, v in best["model_kwargs"].items())
-    c.pros.append(f"the lowest held-out loss ({best['heldout_loss']:.4f}) of {len(found['trials'])} trials of "
-                  f"{found['config']['steps']} steps on {found['config']['data']} ({kwargs})")
+    metric = found["config"]["metric"]
+    reached = (f"held-out loss {best['heldout_loss']:.4f}" if metric == "loss" else
+               f"{metric} {best['task_metric']:.4f} (held-out loss {best['heldout_loss']:.4f})")
+    c.pros.append(f"the {'lowest held-out loss' if metric == 'loss' else 'highest ' + metric} ({reached}) of "
+                  f"{len(found['trials'])} trials of {found['config']['steps']} steps on {found['config']['data']} ({kwargs})")
     result["candidates"].insert(0, c)
     result["recommended"] = c
-    result["rationale"].insert(0, f"measured, not assumed: {kwargs} reached held-out loss {best['heldout_loss']:.4f} after "
-                                  f"{found['config']['steps']} steps of {found['batch']} x {found['seq']} tokens, the lowest of "
+    result["rationale"].insert(0, f"measured, not assumed: {kwargs} reached {reached} after "
+                                  f"{found['config']['steps']} steps of {found['batch']} x {found['seq']} tokens, the best of "
                                   f"{found['counts']['complete']} finished trials (table under 'Search')")
     result["search"] = found
 

@@ -237,10 +237,12 @@ class Hit:
     reasons: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     rank: int = 0
+    score: dict[str, Any] | None = None  # with sort "score:TASK": the score the card reports for TASK (None: it gives none)
     tags: list[str] = field(default_factory=list, repr=False)  # the Hub's tags (library and language checks); not reported
+    reported: list[dict[str, Any]] = field(default_factory=list, repr=False)  # the card's model-index rows; not reported
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "tags"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("tags", "reported")}
 
 
 def commercial_use(license: str | None) -> str:
@@ -277,8 +279,11 @@ def search(query: str | None = None, task: str | None = None, library: str | Non
     """
     from archsmith.gpus import get_gpu
 
-    if sort not in SORTS:
-        raise ArchsmithError("sort", f"must be one of {', '.join(SORTS)}; got {sort!r}")
+    score_task = sort[len("score:"):] if sort.startswith("score:") else None
+    if score_task is not None and not re.fullmatch(r"[\w.-]{1,64}", score_task):
+        raise ArchsmithError("sort", f"score:TASK names a benchmark (letters, digits, _ . -, up to 64); got {sort!r:.80}")
+    if score_task is None and sort not in SORTS:
+        raise ArchsmithError("sort", f"must be one of {', '.join(SORTS)} or score:TASK; got {sort!r:.80}")
     if not isinstance(limit, int) or not 1 <= limit <= 200:
         raise ArchsmithError("limit", f"must be in [1, 200], got {limit!r}")
     uses = [f"run_{p}" for p in PRECISIONS] + ["finetune_full", "finetune_lora", "finetune_qlora"]
@@ -299,7 +304,8 @@ def search(query: str | None = None, task: str | None = None, library: str | Non
         say = progress or (lambda message: None)
         say(f"listing models on {client.endpoint}")
         listing = call(lambda: list(client.list_models(search=query or None, pipeline_tag=task, author=author,
-                                                       filter=tags or None, sort=SORTS[sort], limit=limit, expand=EXPAND)),
+                                                       filter=tags or None, sort=SORTS.get(sort, "downloads"), limit=limit,
+                                                       expand=EXPAND)),
                        what="search")
         hits = []
         with ThreadPoolExecutor(max_workers=ENRICH_WORKERS) as pool:
@@ -307,7 +313,7 @@ def search(query: str | None = None, task: str | None = None, library: str | Non
                 hits.append(hit)
                 say(f"reading configs and cards: {len(hits)}/{len(listing)} models")
         source = f"the Hub ({client.endpoint})"
-    ranked = rank(hits, given, use)
+    ranked = rank(hits, given, use, score_task)
     kept = [h for h in ranked if h.meets_constraints]
     results = ranked if include_rejected else kept
     rejected = [h for h in ranked if not h.meets_constraints]
@@ -337,13 +343,16 @@ def _rejection_message(considered: int, kept: int, rejected: dict[str, Any], inc
 
 def _hit(client, info, device) -> Hit:
     """One listing entry, enriched; an odd entry gets `problems`, never an exception."""
+    from archsmith.baselines import reported_scores
+
     card = info.card_data.to_dict() if getattr(info, "card_data", None) else {}
     lic = _license(card)
     hit = Hit(id=info.id, task=info.pipeline_tag, library=info.library_name, languages=_languages(card) or [], license=lic,
               commercial=commercial_use(lic), gated=bool(info.gated),
               downloads=info.downloads or 0, likes=info.likes or 0,
               last_modified=info.last_modified.isoformat() if info.last_modified else None,
-              params=None, params_source="unknown", memory=None, tags=list(info.tags or []))
+              params=None, params_source="unknown", memory=None, tags=list(info.tags or []),
+              reported=reported_scores(card)[0])
     try:
         hit.params, hit.params_source = _params(client, info)
     except ArchsmithError as exc:
@@ -416,9 +425,14 @@ def check(hit: Hit, given: dict[str, Any], use: str) -> dict[str, tuple[bool | N
     return {name: one(name, want) for name, want in given.items()}
 
 
-def rank(hits: list[Hit], given: dict[str, Any], use: str) -> list[Hit]:
-    """Hits that meet every constraint first, then by downloads and likes; each gets its checks and reasons."""
+def rank(hits: list[Hit], given: dict[str, Any], use: str, score_task: str | None = None) -> list[Hit]:
+    """Hits that meet every constraint first, then (with `score_task`) those whose card reports a score for it, highest
+    first, then by downloads and likes; each gets its checks and reasons. A card without the score gets none."""
+    from archsmith.baselines import score_for
+
     for h in hits:
+        if score_task is not None:
+            h.score = score_for(h.reported, score_task)
         status = check(h, given, use)
         h.checked = [c for c, (ok, _) in status.items() if ok is not None]
         h.violated = [c for c, (ok, _) in status.items() if ok is False]
@@ -427,10 +441,16 @@ def rank(hits: list[Hit], given: dict[str, Any], use: str) -> list[Hit]:
         h.reasons = [why for ok, why in status.values() if ok is False] + [f"{c} not checked: {why}" for c, (ok, why) in status.items() if ok is None]
         if h.meets_constraints:
             h.reasons = ["meets every constraint" if given else "no constraints given"]
-    scored = sorted(hits, key=lambda h: (not h.meets_constraints, len(h.violated), len(h.unchecked), -(h.downloads or 0),
-                                         -(h.likes or 0), h.id))
+    scored = sorted(hits, key=lambda h: (not h.meets_constraints, len(h.violated), len(h.unchecked),
+                                         score_task is not None and h.score is None, -(h.score or {}).get("fraction", 0),
+                                         -(h.downloads or 0), -(h.likes or 0), h.id))
     for i, h in enumerate(scored, 1):
         h.rank = i
+        if score_task is not None:
+            s = h.score
+            h.reasons.append(f"the card reports no score for {score_task}" if s is None else
+                             f"{score_task}: {s['metric']} {s['value']:g} ({s['source']}{', verified' if s['verified'] else ''}; "
+                             "reported, not measured)")
         if h.downloads is not None:
             h.reasons.append(f"{h.downloads:,} downloads, {h.likes or 0:,} likes")
         if h.gated:
@@ -498,10 +518,13 @@ def local_models(repo_id: str | None = None) -> list[ModelMetadata]:
 
 
 def _local_hit(model: ModelMetadata, device) -> Hit:
+    from archsmith.baselines import reported_scores
+
     return Hit(id=model.id, task=model.task, library=model.library, languages=model.languages, license=model.license,
                commercial=commercial_use(model.license), gated=model.gated, downloads=None, likes=None, last_modified=None,
                params=model.params, params_source=model.params_source, source=model.source,
-               memory=memory_table(model.params, device) if model.params else None, problems=list(model.problems))
+               memory=memory_table(model.params, device) if model.params else None, problems=list(model.problems),
+               reported=reported_scores(card_sections(model.readme)[0])[0] if model.readme else [])
 
 
 def _cached_models(repo_id: str | None = None) -> list[ModelMetadata]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -290,3 +291,25 @@ def test_design_search_flags_on_the_cli(tmp_path):
         run = CliRunner().invoke(app, ["design", "--params", "3M", "--out", str(tmp_path / "d"), *args])
         assert run.exit_code == 2 and words in run.output, run.output
         assert not (tmp_path / "d").exists()
+
+
+def test_design_search_scored_by_a_harness_task(tiny_lm, tmp_path):
+    """--search-tasks: each trained trial is scored by lm-evaluation-harness on a local task (story_end, held-out
+    stories); the recommendation has the best accuracy, the report tabulates it; an unknown task is refused first."""
+    from archsmith.report import render_design
+
+    tasks = Path(__file__).resolve().parent / "data" / "tasks"
+    result = design_from_text(params="3M", tokenizer=str(tiny_lm["tokenizer"]), search=True, data=str(tiny_lm["corpus"]),
+                              trials=2, steps=4, search_tasks=["story_end"], search_include=[str(tasks)], search_limit=12)
+    found = result["search"]
+    done = [r for r in found["trials"] if r["state"] == "complete"]
+    assert done and found["config"]["metric"] == "story_end acc"
+    assert all(0 <= r["task_metric"] <= 1 and r["objective_value"] == pytest.approx(1 - r["task_metric"]) for r in done)
+    assert found["best"]["task_metric"] == max(r["task_metric"] for r in done)
+    report = render_design(result, str(tmp_path / "d"))["architecture_report.md"]
+    assert "| held-out loss | story_end acc | state |" in report and "story_end acc (lm-evaluation-harness)" in report
+    with pytest.raises(ArchsmithError, match="^search_tasks: unknown task 'nope'"):
+        design_from_text(params="3M", tokenizer=str(tiny_lm["tokenizer"]), search=True, data=str(tiny_lm["corpus"]),
+                         trials=2, steps=4, search_tasks=["nope"], search_include=[str(tasks)])
+    with pytest.raises(ArchsmithError, match="^search_tasks: only with --search"):
+        design_from_text(params="3M", search_tasks=["story_end"])

@@ -519,3 +519,39 @@ def test_other_modalities_are_evaluated_and_configured_with_their_processor(fake
     compile(plan["script"], "finetune.py", "exec")
     assert all(n in plan["script"] for n in names), plan["script"]
     assert plan["settings"]["target_modules"] and "PROCESSOR_SETTINGS = " in plan["script"]
+
+
+def scored(dataset: str, metric: str, value, source: str = "the authors") -> list:
+    return [{"name": "m", "results": [{"task": {"type": "text-generation"}, "dataset": {"type": dataset, "name": dataset},
+                                       "metrics": [{"type": metric, "value": value}],
+                                       "source": {"name": source, "url": "https://example.org/scores"}}]}]
+
+
+def test_sort_by_a_reported_benchmark_score(monkeypatch, tmp_path):
+    """--sort score:hellaswag ranks by what each card's model-index reports for it (percentages read as such), never
+    inventing one: a card without the score comes after, says so and carries score null."""
+    gen = {"pipeline_tag": "text-generation", "library_name": "transformers"}
+    files = lambda **extra: {**llama_files(TINY, "mit"), "README.md": card("mit", **extra)}  # noqa: E731
+    repos = [Repo("acme/popular-unscored", {**gen, "downloads": 9_000}, files()),
+             Repo("acme/half", {**gen, "downloads": 10}, files(**{"model-index": scored("hellaswag", "acc", 0.55)})),
+             Repo("acme/percent", {**gen, "downloads": 5}, files(**{"model-index": scored("HellaSwag", "acc_norm", 61.2, "Leaderboard")})),
+             Repo("acme/other-task", {**gen, "downloads": 50}, files(**{"model-index": scored("arc_easy", "acc", 0.9)}))]
+    with FakeHub(repos) as server:
+        use_fake_hub(monkeypatch, tmp_path / "hf", server)
+        result = hub.search(task="text-generation", sort="score:hellaswag")
+        popular = hub.search(task="text-generation")
+        code = subprocess.run([str(Path(sys.executable).parent / "archsmith"), "search", "--task", "text-generation",
+                               "--sort", "score:hellaswag"], capture_output=True, text=True, env={**os.environ, "COLUMNS": "80",
+                               "HF_ENDPOINT": server.url, "HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path / "hf2")})
+    ids = [r["id"] for r in result["results"]]
+    assert ids[:2] == ["acme/percent", "acme/half"] and set(ids[2:]) == {"acme/popular-unscored", "acme/other-task"}
+    assert ids[2:] == ["acme/popular-unscored", "acme/other-task"]  # no score: popularity decides among them
+    top = result["results"][0]["score"]
+    assert top["value"] == 61.2 and top["fraction"] == pytest.approx(0.612) and top["metric"] == "acc_norm"
+    assert "hellaswag: acc_norm 61.2 (Leaderboard; reported, not measured)" in result["results"][0]["reasons"]
+    assert result["results"][2]["score"] is None and "the card reports no score for hellaswag" in result["results"][2]["reasons"]
+    assert [r["id"] for r in popular["results"]][0] == "acme/popular-unscored" and popular["results"][0]["score"] is None
+    assert code.returncode == 0, code.stderr
+    assert "61.2 acc_norm" in code.stdout and code.stdout.index("acme/percent") < code.stdout.index("acme/half")
+    with pytest.raises(ArchsmithError, match="^sort: score:TASK names a benchmark"):
+        hub.search(sort="score:bad task!")

@@ -30,13 +30,14 @@ def cli(*args) -> tuple[int, str, str]:
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory, tiny_lm) -> dict[str, Path]:
-    """`trained`: 80 steps of `archsmith train` on the stories (a run directory); `untrained`: the same network with
-    its initial weights, saved by transformers."""
+    """`trained`: 80 steps of `archsmith train` on the stories (a run directory; story_end measured at every
+    evaluation); `untrained`: the same network with its initial weights, saved by transformers."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     root = tmp_path_factory.mktemp("quality")
     code, _, err = cli("train", tiny_lm["model"], "--data", tiny_lm["corpus"], "--batch", 8, "--seq", 64, "--lr", "3e-3",
-                       "--steps", 80, "--eval-samples", 16, "--no-progress", "--out", root / "run")
+                       "--steps", 80, "--eval-samples", 16, "--no-progress", "--out", root / "run", "--eval-every", 40,
+                       "--eval-tasks", "story_end", "--eval-include", TASKS, "--eval-limit", 30)
     assert code == 0, err
     untrained = root / "untrained"
     torch.manual_seed(0)
@@ -108,6 +109,44 @@ model-index:
 ---
 # tiny-story
 """
+
+
+def test_train_measures_tasks_at_every_evaluation(models):
+    """`train --eval-tasks`: each evaluation row carries the harness's story_end metrics on the model of that step; the
+    last equals `eval` of the final model on the same examples; the report tabulates them."""
+    from archsmith.train.metrics import read_metrics
+
+    rows = [r for r in read_metrics(models["trained"]) if r["kind"] == "eval"]
+    assert [r["step"] for r in rows] == [0, 40, 80]
+    assert all({"story_end/acc", "story_end/acc_stderr", "story_end/acc_norm"} <= set(r) for r in rows)
+    final = evaluate(str(models["trained"]), ["story_end"], [TASKS], limit=30, engine="network")["results"]["story_end"]
+    assert rows[-1]["story_end/acc"] == pytest.approx(final["acc"]) and rows[-1]["story_end/acc"] > rows[0]["story_end/acc"]
+    report = (models["trained"] / "report.md").read_text()
+    assert "| step | loss | perplexity | story_end/acc | story_end/acc_norm |" in report
+    assert f"| {rows[-1]['story_end/acc']:.4f} |" in report
+    code, _, err = cli("train", models["untrained"], "--data", TASKS.parent / "stories.txt", "--out", models["trained"].parent / "x",
+                       "--eval-tasks", "story_endd", "--eval-include", TASKS, "--steps", 1)
+    assert code == 2 and err.startswith("error: eval_tasks: unknown task 'story_endd'"), err
+    assert not (models["trained"].parent / "x").exists()
+
+
+def test_compress_reports_teacher_and_student_task_metrics(models, tmp_path):
+    """compress --eval-tasks: the teacher's row equals `eval` of the teacher, the student's equals `eval` of the
+    student directory compress wrote."""
+    from archsmith.compress import compress
+
+    teacher = models["trained"] / "final"
+    report = compress(teacher, 0.3, tmp_path / "student", eval_tasks=["story_end"], eval_include=[TASKS], eval_limit=30,
+                      repeats=1, grid=[(1, 16)])
+    rows = {r["metric"]: r for r in report["quality"]["rows"]}
+    assert set(rows) == {"acc", "acc_norm"} and report["quality"]["kind"] == "language"
+    alone = evaluate(str(tmp_path / "student"), ["story_end"], [TASKS], limit=30)["results"]["story_end"]
+    assert rows["acc"]["teacher"] == pytest.approx(direct_accuracy(teacher, 30))
+    assert rows["acc"]["student"] == pytest.approx(alone["acc"])
+    assert rows["acc"]["student_over_teacher"] == pytest.approx(alone["acc"] / rows["acc"]["teacher"])
+    with pytest.raises(ArchsmithError, match="^eval_tasks: unknown task"):
+        compress(teacher, 0.3, tmp_path / "other", eval_tasks=["nope"], eval_include=[TASKS])
+    assert not (tmp_path / "other").exists()
 
 
 def test_measured_against_the_card_of_a_hub_model(models, monkeypatch, tmp_path):

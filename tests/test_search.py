@@ -148,3 +148,28 @@ def test_the_readme_block_runs_as_written(tmp_path):
     assert len(result["trials"]) == 12 and result["pareto_front"]
     assert all(r["params"] <= 20_000 for r in result["trials"] if r["steps_trained"])
     assert max(len(line) for line in done.stdout.splitlines()) <= 80
+
+
+def test_accuracy_as_the_first_objective(tmp_path):
+    """metric="accuracy": each trained trial is scored by held-out top-1 accuracy (computed as a plain count here on
+    fixed logits), the first objective is 1 - accuracy and the recommendation has the front's best accuracy."""
+    import torch
+
+    from archsmith.search.study import accuracy_of
+
+    logits = torch.tensor([[2.0, 1.0, 0.0], [0.0, 3.0, 1.0], [1.0, 0.0, 5.0], [4.0, 0.0, 1.0]])
+    target = torch.tensor([0, 1, 0, 2])
+    assert accuracy_of(torch.nn.Identity(), [((logits,), target)]) == 0.5  # rows 0 and 1 right
+    pixels = torch.randn(2, 3, 4, 4)  # classes second: (N, C, H, W) against (N, H, W)
+    assert accuracy_of(torch.nn.Identity(), [((pixels,), pixels.argmax(1))]) == 1.0
+
+    result = search(f"{MODELS}:logged_cnn", SPACE, f"{MODELS}:images", tmp_path / "acc", trials=3, steps=4,
+                    metric="accuracy", progress=False)
+    done = [r for r in result["trials"] if r["state"] == "complete"]
+    assert done and result["config"]["metric"] == "accuracy"
+    for r in done:
+        assert 0 <= r["task_metric"] <= 1 and r["objective_value"] == pytest.approx(1 - r["task_metric"])
+    assert result["recommended"]["task_metric"] == max(r["task_metric"] for r in result["pareto_front"])
+    with pytest.raises(ArchsmithError, match="^metric: accuracy needs class targets"):
+        search(f"{MODELS}:logged_cnn", SPACE, f"{MODELS}:float_targets", tmp_path / "mse", trials=1, steps=2, loss="mse",
+               metric="accuracy", progress=False)

@@ -163,3 +163,34 @@ def chart(result: dict[str, Any]) -> Callable[[Path], None]:
         plt.close(fig)
 
     return write
+
+
+def side_by_side(teacher: str, student: str, **measure: Any) -> dict[str, Any]:
+    """The same measurement (`evaluate`'s keyword arguments) on a teacher and its student: one row per task metric with
+    both values and the student's share of the teacher's; `settings` as the runs recorded them."""
+    before, after = evaluate(teacher, **measure), evaluate(student, **measure)
+    rows = []
+    for task, metrics in before["results"].items():
+        for name, value in metrics.items():
+            if name == "samples" or name.endswith("_stderr") or value is None:
+                continue
+            theirs = after["results"].get(task, {}).get(name)
+            rows.append({"task": task, "metric": name, "teacher": value, "teacher_stderr": metrics.get(f"{name}_stderr"),
+                         "student": theirs, "student_stderr": after["results"].get(task, {}).get(f"{name}_stderr"),
+                         "student_over_teacher": theirs / value if theirs is not None and value else None,
+                         "samples": metrics.get("samples")})
+    return {"kind": before["kind"], "rows": rows, "settings": before["settings"]}
+
+
+def check_measure(tasks: list[str] = (), include: list[str | Path] = (), data: str | Path | None = None,
+                  allow_code: bool = True, prefix: str = "eval_") -> None:
+    """Refuse, before hours of other work, a measurement that cannot run: unknown tasks, missing files. Errors name
+    the caller's fields: `prefix` + tasks / include / data."""
+    if tasks:
+        try:
+            from archsmith.quality.harness import task_manager
+        except ImportError:
+            raise ArchsmithError(f"{prefix}tasks", "need lm-evaluation-harness: pip install 'archsmith[eval]'") from None
+        task_manager(list(tasks), [Path(d) for d in include], allow_code, (f"{prefix}tasks", f"{prefix}include"))
+    if data is not None and not Path(data).is_file():
+        raise ArchsmithError(f"{prefix}data", f"{data} is not a file")

@@ -9,45 +9,37 @@ where the measured metric is a fraction) are read as percent. A gap is flagged w
 
 from __future__ import annotations
 
-import re
 from typing import Any
+
+from archsmith.baselines import about, fraction, key
 
 Z = 2.0
 ALIASES = {"accuracy": "acc", "accnorm": "acc_norm", "accuracynorm": "acc_norm", "normalizedaccuracy": "acc_norm",
            "exactmatch": "exact_match", "em": "exact_match", "f1score": "f1"}
-RATIOS = {"acc", "acc_norm", "exact_match", "f1", "mcc", "top1", "top5"}  # metrics measured as fractions
-
-
-def _key(text: str | None) -> str:
-    return re.sub(r"[^a-z0-9]", "", (text or "").lower())
 
 
 def _metric(text: str | None) -> str:
-    key = _key(text)
-    return ALIASES.get(key, (text or "").lower())
+    return ALIASES.get(key(text), (text or "").lower())
 
 
 def against(results: dict[str, dict[str, Any]], reported: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (measured task, metric) with a reported score: both values, the gap, its size in stderr, flagged."""
     rows = []
     for task, metrics in results.items():
-        names = {_key(task)}
         for score in reported:
-            fields = (score.get("dataset"), score.get("dataset_name"), score.get("config"), score.get("task_name"))
-            if not names & {_key(f) for f in fields if f}:
+            if not about(score, task):
                 continue
             metric = _metric(score.get("metric"))
             value = metrics.get(metric)
             if value is None:
                 continue
-            published = float(score["value"])
-            percent = metric in RATIOS and published > 1 and value <= 1
-            published = published / 100 if percent else published
+            published = fraction(score) if value <= 1 else float(score["value"])
+            percent = published != score["value"]
             stderr = metrics.get(f"{metric}_stderr")
             gap = value - published
             z = gap / stderr if stderr else None
             rows.append({"task": task, "metric": metric, "measured": value, "stderr": stderr, "reported": published,
                          "reported_as_percent": percent, "gap": gap, "gap_in_stderr": z,
-                         "flagged": z is not None and abs(z) > Z, "source": score.get("source"), "url": score.get("url"),
+                         "flagged": stderr is not None and abs(gap) > Z * stderr + 1e-12, "source": score.get("source"), "url": score.get("url"),
                          "samples": metrics.get("samples")})
     return rows

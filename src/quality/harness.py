@@ -10,6 +10,7 @@ wikitext task computes them.
 from __future__ import annotations
 
 import difflib
+import functools
 import logging
 import math
 from pathlib import Path
@@ -22,28 +23,38 @@ BOOTSTRAP_ITERS = 1000  # stderr of metrics without a closed form (perplexities)
 MAX_TASKS = 32
 
 
-def task_manager(tasks: list[str], include: list[Path], allow_code: bool = True):
+def task_manager(tasks: list[str], include: list[Path], allow_code: bool = True, fields: tuple[str, str] = ("tasks", "include")):
     """A TaskManager that knows every name in `tasks`; unknown names are one error with the nearest known names.
-    Without `allow_code`, task YAMLs that load Python (`!function`) are refused."""
+    Without `allow_code`, task YAMLs that load Python (`!function`) are refused. Errors name `fields` (the caller's
+    names for the tasks and the include directories)."""
+    tasks_field, include_field = fields
     from lm_eval.tasks import TaskManager
 
     for d in include:
         if not d.is_dir():
-            raise ArchsmithError("include", f"{d} is not a directory of task YAML files")
+            raise ArchsmithError(include_field, f"{d} is not a directory of task YAML files")
         coded = [] if allow_code else [f for f in sorted(d.rglob("*.y*ml")) if b"!function" in f.read_bytes()[:1_000_000]]
         if coded:
-            raise ArchsmithError("include", f"{coded[0]} loads Python (!function), which this server refuses; start it "
+            raise ArchsmithError(include_field, f"{coded[0]} loads Python (!function), which this server refuses; start it "
                                             "with code allowed, or run `archsmith eval` yourself")
     wanted = [t for t in tasks if t != TEXT_TASK]
     manager = TaskManager(include_path=[str(d) for d in include] or None, include_defaults=False)
     if not set(wanted) <= set(manager.all_tasks):
-        manager = TaskManager(include_path=[str(d) for d in include] or None)
+        manager = TaskManager(include_path=[str(d) for d in include]) if include else _registry()
     unknown = [t for t in wanted if t not in manager.all_tasks]
     if unknown:
         near = difflib.get_close_matches(unknown[0], manager.all_tasks, n=3)
-        raise ArchsmithError("tasks", f"unknown task {unknown[0]!r}" + (f" (did you mean {', '.join(near)}?)" if near else "")
-                             + "; tasks are lm-evaluation-harness names or YAML definitions in --include DIR")
+        raise ArchsmithError(tasks_field, f"unknown task {unknown[0]!r}" + (f" (did you mean {', '.join(near)}?)" if near else "")
+                             + "; tasks are lm-evaluation-harness names or YAML definitions in the include directories")
     return manager
+
+
+@functools.cache
+def _registry():
+    """The harness's own tasks, indexed once per process (seconds: ~15,000 definitions)."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager()
 
 
 def local_config(manager, name: str, include: list[Path]) -> str | dict[str, Any]:

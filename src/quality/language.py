@@ -144,17 +144,8 @@ def load_lm(path, engine: str = "transformers", device: str | None = None) -> Lo
         raise ArchsmithError("model", f"{path} has no tokenizer transformers can read ({str(exc)[:120]})") from None
     if engine == "network":
         from archsmith.network import CausalLM
-        from archsmith.generate import generate
 
-        model = CausalLM.from_pretrained(path, dtype=torch.float32, device=device).eval()
-        limit = model.spec.context_length
-
-        def greedy(ids: list[int], n: int, stop: list[int]) -> list[int]:
-            row = generate(model, torch.tensor([ids], device=device), max_new_tokens=n, stop_tokens=stop)[0, len(ids):]
-            return [t for t in row.tolist() if t not in stop]
-
-        return Loaded(lambda ids: model(ids).logits, greedy, tokenizer, limit, engine,
-                      sum(p.numel() for p in model.parameters()), device)
+        return network_lm(CausalLM.from_pretrained(path, dtype=torch.float32, device=device).eval(), tokenizer, device)
     if engine != "transformers":
         raise ArchsmithError("engine", f"must be transformers or network; got {engine!r}")
     from transformers import AutoModelForCausalLM
@@ -178,3 +169,17 @@ def load_lm(path, engine: str = "transformers", device: str | None = None) -> Lo
 
     return Loaded(lambda ids: model(input_ids=ids).logits, greedy, tokenizer, limit, engine,
                   sum(p.numel() for p in model.parameters()), device)
+
+
+def network_lm(model, tokenizer, device: str) -> Loaded:
+    """An archsmith.network CausalLM (loaded, or being trained) as a `Loaded` model."""
+    import torch
+
+    from archsmith.generate import generate
+
+    def greedy(ids: list[int], n: int, stop: list[int]) -> list[int]:
+        row = generate(model, torch.tensor([ids], device=device), max_new_tokens=n, stop_tokens=stop)[0, len(ids):]
+        return [t for t in row.tolist() if t not in stop]
+
+    return Loaded(lambda ids: model(ids).logits, greedy, tokenizer, model.spec.context_length, "network",
+                  sum(p.numel() for p in model.parameters()), str(device))

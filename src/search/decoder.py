@@ -59,9 +59,12 @@ def decoder_space(result: dict[str, Any]) -> Space:
 
 
 def search_design(result: dict[str, Any], corpus: str, trials: int = DEFAULT_TRIALS, steps: int = DEFAULT_STEPS,
-                  seed: int = 0, progress: bool = True) -> dict[str, Any]:
+                  seed: int = 0, progress: bool = True, tasks: list[str] | None = None, include: list[str | Path] = (),
+                  limit: int | None = None) -> dict[str, Any]:
     """Search the decoder space of `result` (a design made with a tokenizer) on `corpus`; the study's result with the
-    winning spec under `spec` and the study's files (bytes) under `files`."""
+    winning spec under `spec` and the study's files (bytes) under `files`. With `tasks` (lm-evaluation-harness
+    names, or YAMLs under `include`; `limit` examples each) a trial is scored by their mean accuracy instead of its
+    held-out loss."""
     from archsmith import components
     from archsmith.design import shape_spec
     from archsmith.network import CausalLM
@@ -91,20 +94,45 @@ def search_design(result: dict[str, Any], corpus: str, trials: int = DEFAULT_TRI
 
         return CausalLM.from_spec(spec_for(**kwargs), seed=seed, device=torch.get_default_device())  # meta when sizing
 
+    score = task_score(tokenizer["path"], tasks, include, limit, seed) if tasks else None
     batches = token_batches(corpus, tokenizer["path"], info["eos_token_id"] or 0, seq, HELDOUT + steps, vocab)
     config = {"model": "archsmith design", "data": str(corpus), "space": decoder_space(result).to_dict(), "loss": "cross_entropy",
               "objective": "flops", "steps": steps, "max_params": int(params * (1 + BUDGET)), "max_memory": None,
-              "min_params": int(params * (1 - BUDGET)), "pruner": "hyperband"}
+              "min_params": int(params * (1 - BUDGET)), "pruner": "hyperband",
+              "metric": f"{'+'.join(tasks)} acc" if tasks else "loss"}
     with tempfile.TemporaryDirectory(prefix="archsmith-search-") as tmp:
         found = run_study(factory, decoder_space(result), batches[HELDOUT:], batches[:HELDOUT], Path(tmp), config,
-                          trials=trials, seed=seed, progress=progress)
+                          trials=trials, seed=seed, progress=progress, score=score)
         files = {"search.json": (Path(tmp) / "search.json").read_bytes(), "search_study.db": (Path(tmp) / "study.db").read_bytes()}
         if (Path(tmp) / "pareto.png").is_file():
             files["search_pareto.png"] = (Path(tmp) / "pareto.png").read_bytes()
-    best = found["recommended"]  # the front's lowest held-out loss: the lowest of all finished trials
+    best = found["recommended"]  # the front's lowest held-out loss (or task error): the lowest of all finished trials
     if best is None:
         raise ArchsmithError("search", f"no trial of {trials} finished its {steps} steps; raise --trials or --steps")
     found.update(spec=spec_for(**best["model_kwargs"]), best=best, files=files, seq=seq, batch=BATCH, heldout_batches=HELDOUT)
     found.pop("study", None)
     found.pop("chart", None)
     return found
+
+
+def task_score(tokenizer_dir: str, tasks: list[str], include: list[str | Path], limit: int | None, seed: int):
+    """score(trained CausalLM) -> the mean `acc` of lm-evaluation-harness `tasks` (checked here, before any training)."""
+    from archsmith.quality import check_measure
+
+    check_measure(list(tasks), list(include), prefix="search_")
+    from transformers import AutoTokenizer
+
+    from archsmith.quality import harness
+    from archsmith.quality.language import HarnessLM, network_lm
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+
+    def score(module) -> float:
+        results = harness.run(HarnessLM(network_lm(module, tokenizer, "cpu")), list(tasks), [Path(d) for d in include],
+                              limit=limit, seed=seed)["results"]
+        missing = [t for t in tasks if results.get(t, {}).get("acc") is None]
+        if missing:
+            raise ArchsmithError("search_tasks", f"{missing[0]} has no acc metric to score a trial by")
+        return sum(results[t]["acc"] for t in tasks) / len(tasks)
+
+    return score

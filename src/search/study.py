@@ -9,6 +9,8 @@ on the `--data` batches into `DIR/trials/<number>` (metrics.jsonl, loss.png), ev
 REPORTS times; Optuna's pruners (Hyperband or successive halving) stop poor learning curves early.
 Optuna's pruners serve single-objective studies only, so the curves live in a companion study (`archsmith-loss`)
 beside the multi-objective one (`archsmith`: held-out loss, size) in the same SQLite file, `DIR/study.db`.
+With `metric="accuracy"` (or a task score, as the decoder search's harness tasks) the first objective is the held-out
+error, 1 - accuracy, measured once a trial has trained; pruning still follows the loss curve.
 Running again with the same space resumes the study: `--trials` is the total, so a larger number extends it.
 """
 
@@ -25,6 +27,7 @@ from archsmith.errors import ArchsmithError
 from archsmith.search.space import Space, read_space
 
 OBJECTIVES = ("params", "flops", "latency")  # the second objective: parameters, forward FLOPs per batch, CPU ms per batch
+METRICS = ("loss", "accuracy")  # the first: held-out loss, or 1 - held-out accuracy (class targets)
 LOSSES = ("cross_entropy", "mse")
 PRUNERS = ("hyperband", "halving", "none")
 HELDOUT = 2  # the data's first batches are held out for evaluation
@@ -254,8 +257,9 @@ def open_studies(out: Path, config: dict[str, Any], pruner: str, steps: int, see
 
 def run_trial(study, curves, space: Space, factory: Callable, batches: list, heldout: list, out: Path, *, steps: int, loss: str,
               objective: str, max_params: int | None, max_memory: int | None, seed: int,
-              min_params: int | None = None) -> dict[str, Any]:
-    """Ask, measure, prune or train, tell. The trial's row (state, values, sizes, settings, why pruned)."""
+              min_params: int | None = None, score: Callable[[Any], float] | None = None) -> dict[str, Any]:
+    """Ask, measure, prune or train, tell. The trial's row (state, values, sizes, settings, why pruned). `score(module)`:
+    an accuracy in [0, 1] of the trained model; the first objective is then 1 - score instead of the held-out loss."""
     import optuna
 
     state = optuna.trial.TrialState
@@ -303,13 +307,36 @@ def run_trial(study, curves, space: Space, factory: Callable, batches: list, hel
         return finish(state.PRUNED, why=f"pruned at step {ran} of {steps}: held-out loss {held:.4g}", loss_value=held)
     size["latency_ms"] = latency_ms(module, heldout[0][0])
     trial.set_user_attr("latency_ms", size["latency_ms"])
-    return finish(state.COMPLETE, [held, float(size[size_key(objective)])], loss_value=held)
+    first = held
+    if score is not None:
+        metric = float(score(module.eval()))
+        trial.set_user_attr("task_metric", metric)
+        first = 1.0 - metric
+    return finish(state.COMPLETE, [first, float(size[size_key(objective)])], loss_value=held)
+
+
+def accuracy_of(module, heldout: list) -> float:
+    """Top-1 accuracy of `module` on the held-out (inputs, class target) batches (classes last, or second as in
+    (N, C, H, W) against (N, H, W))."""
+    import torch
+
+    from archsmith.compress.modules import outputs, run
+
+    hits = total = 0
+    with torch.no_grad():
+        for inputs, target in heldout:
+            out = outputs(run(module, inputs))[0]
+            predicted = out.argmax(-1) if out.shape[:-1] == target.shape else out.argmax(1)
+            hits += int((predicted == target).sum())
+            total += target.numel()
+    return hits / max(total, 1)
 
 
 def row(t) -> dict[str, Any]:
     """One trial as JSON."""
     a = t.user_attrs
     return {"trial": t.number, "state": t.state.name.lower(), "heldout_loss": a.get("heldout_loss"),
+            "task_metric": a.get("task_metric"), "objective_value": t.values[0] if t.values else None,
             "params": a.get("params"), "flops": a.get("flops"), "memory_bytes": a.get("memory_bytes"),
             "latency_ms": a.get("latency_ms"), "steps_trained": a.get("steps_trained", 0),
             "model_kwargs": a.get("model_kwargs"), "train": a.get("train"), "why": a.get("why")}
@@ -318,25 +345,31 @@ def row(t) -> dict[str, Any]:
 def search(model: str, space: str | Path | Space, data: str, out: str | Path, *, loss: str = "cross_entropy",
            trials: int = 20, steps: int = 100, objective: str = "params", max_params: int | None = None,
            max_memory: int | None = None, pruner: str = "hyperband", seed: int = 0, overwrite: bool = False,
-           allow_code: bool = True, progress: bool = True) -> dict[str, Any]:
+           allow_code: bool = True, progress: bool = True, metric: str = "loss") -> dict[str, Any]:
     """Run (or resume) the study in `out`; the result: every trial, the Pareto front and the recommendation (the
-    front's lowest held-out loss). Writes out/study.db, out/search.json and out/pareto.png."""
+    front's lowest held-out loss, or error with metric "accuracy"). Writes out/study.db, out/search.json and
+    out/pareto.png."""
     from archsmith.analyze import import_callable
 
     check_args(trials, steps, loss, objective, pruner, max_params, max_memory)
+    if metric not in METRICS:
+        raise ArchsmithError("metric", f"must be one of {', '.join(METRICS)}; got {str(metric)[:40]!r}")
+    if metric == "accuracy" and loss != "cross_entropy":
+        raise ArchsmithError("metric", "accuracy needs class targets: --loss cross_entropy")
     parsed = space if isinstance(space, Space) else read_space(space)
     factory = import_callable(model, "model", allow_code)
     batches, heldout = read_batches(import_callable(data, "data", allow_code), steps)
     out = _out_dir(Path(out), overwrite)
     config = {"model": str(model), "data": str(data), "space": parsed.to_dict(), "loss": loss, "objective": objective,
-              "steps": steps, "max_params": max_params, "max_memory": max_memory, "pruner": pruner}
-    return run_study(factory, parsed, batches, heldout, out, config, trials=trials, seed=seed, progress=progress)
+              "steps": steps, "max_params": max_params, "max_memory": max_memory, "pruner": pruner, "metric": metric}
+    score = (lambda module: accuracy_of(module, heldout)) if metric == "accuracy" else None
+    return run_study(factory, parsed, batches, heldout, out, config, trials=trials, seed=seed, progress=progress, score=score)
 
 
 def run_study(factory: Callable, space: Space, batches: list, heldout: list, out: Path, config: dict[str, Any], *,
-              trials: int, seed: int, progress: bool) -> dict[str, Any]:
-    """The study loop over `factory` (keyword arguments from `space`); `config` holds loss, objective, steps, caps and
-    pruner, and is what a resumed study must match."""
+              trials: int, seed: int, progress: bool, score: Callable[[Any], float] | None = None) -> dict[str, Any]:
+    """The study loop over `factory` (keyword arguments from `space`); `config` holds loss, objective, steps, caps,
+    pruner and metric, and is what a resumed study must match. `score`: see run_trial."""
     from archsmith.progress import Progress
 
     study, curves = open_studies(out, config, config["pruner"], config["steps"], seed)
@@ -345,8 +378,9 @@ def run_study(factory: Callable, space: Space, batches: list, heldout: list, out
         while len(study.trials) < trials:
             last = run_trial(study, curves, space, factory, batches, heldout, out, steps=config["steps"], loss=config["loss"],
                              objective=config["objective"], max_params=config["max_params"],
-                             max_memory=config["max_memory"], seed=seed, min_params=config.get("min_params"))
+                             max_memory=config["max_memory"], seed=seed, min_params=config.get("min_params"), score=score)
             shown = f"loss {last['heldout_loss']:.4g}" if last["heldout_loss"] is not None else last["state"]
+            shown += f", {config['metric']} {last['task_metric']:.4g}" if last["task_metric"] is not None else ""
             bar.update(len(study.trials), f"trial {last['trial']}: {shown}")
     return _finish(study, out, config)
 
@@ -368,7 +402,7 @@ def _finish(study, out: Path, config: dict[str, Any]) -> dict[str, Any]:
 
     rows = [row(t) for t in study.trials]
     front = sorted((row(t) for t in study.best_trials), key=lambda r: r[size_key(config["objective"])])
-    recommended = min(front, key=lambda r: r["heldout_loss"]) if front else None
+    recommended = min(front, key=lambda r: r["objective_value"]) if front else None
     counts = {s: sum(r["state"] == s for r in rows) for s in ("complete", "pruned", "fail")}
     result = {"study": str(out / DATABASE), "config": config, "trials": rows, "counts": counts,
               "pruned_by_size": sum(1 for r in rows if r["why"] and "not trained" in r["why"]),
@@ -398,15 +432,17 @@ def chart(result: dict[str, Any]) -> bytes:
     done = [r for r in result["trials"] if r["state"] == "complete"]
     front, rec = result["pareto_front"], result["recommended"]
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.scatter([r[key] for r in done], [r["heldout_loss"] for r in done], s=14, color="0.6", label="trials")
-    ax.step([r[key] for r in front], [r["heldout_loss"] for r in front], where="post", color="tab:red")
-    ax.scatter([r[key] for r in front], [r["heldout_loss"] for r in front], s=28, color="tab:red", label="Pareto front")
-    ax.scatter([rec[key]], [rec["heldout_loss"]], marker="*", s=160, color="tab:blue", label=f"recommended (trial {rec['trial']})")
+    y = "objective_value"
+    ax.scatter([r[key] for r in done], [r[y] for r in done], s=14, color="0.6", label="trials")
+    ax.step([r[key] for r in front], [r[y] for r in front], where="post", color="tab:red")
+    ax.scatter([r[key] for r in front], [r[y] for r in front], s=28, color="tab:red", label="Pareto front")
+    ax.scatter([rec[key]], [rec[y]], marker="*", s=160, color="tab:blue", label=f"recommended (trial {rec['trial']})")
     if key == "params" and result["config"]["max_params"]:
         ax.axvline(result["config"]["max_params"], ls="--", color="0.3", label="--max-params")
     ax.set_xscale("log")
     ax.set_xlabel({"params": "parameters", "flops": "forward FLOPs per batch", "latency_ms": "CPU ms per batch"}[key])
-    ax.set_ylabel("held-out loss")
+    metric = result["config"].get("metric", "loss")
+    ax.set_ylabel("held-out loss" if metric == "loss" else f"1 - {metric} (held-out)")
     ax.set_title(f"{result['counts']['complete']} trained, {result['pruned_by_size']} over the caps (not trained), "
                  f"{result['counts']['pruned'] - result['pruned_by_size']} stopped early", fontsize=9)
     ax.legend(fontsize=8)

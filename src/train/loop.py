@@ -34,6 +34,9 @@
 - `count_tokens(batch) -> int` for tokens/s (default: elements of `batch["input_ids"]`).
 - `on_eval(step, held-out loss) -> bool` after each evaluation past step 0: True stops the run there with
   stop_reason "pruned" (an architecture search's pruner deciding on the learning curve).
+- `eval_extra(step) -> {name: value}` at each evaluation, on the main process with the model in eval mode: more
+  held-out metrics (task accuracies) added to the evaluation's row and to `evals` (one process or DDP: an FSDP
+  model's shards are on every rank).
 
 What the trainer does with them: AdamW with weight decay on matrices only (no decay on norms,
 biases, embeddings); linear warmup then cosine / linear / WSD decay to `min_lr_ratio * lr`;
@@ -209,13 +212,15 @@ class Trainer:
     def __init__(self, model: nn.Module, objective: Objective, train: Sequence, collate: Callable[[list], Any],
                  out: str | Path | HeldDir, config: TrainConfig, eval_data: Sequence | None = None, extra: dict[str, nn.Module] | None = None,
                  save_model: ckpt.SaveModel = ckpt.save_model, load_model: ckpt.LoadModel = ckpt.load_model,
-                 count_tokens: Callable[[Any], int] = count_tokens, on_eval: Callable[[int, float], bool] | None = None):
+                 count_tokens: Callable[[Any], int] = count_tokens, on_eval: Callable[[int, float], bool] | None = None,
+                 eval_extra: Callable[[int], dict[str, float]] | None = None):
         self.model, self.objective, self.train_data, self.collate = model, objective, train, collate
         self.out, self.config, self.extra = out, config, dict(extra or {})
         self.notes: list[str] = []  # what the run should tell its user (a torn checkpoint skipped on resume)
         self.eval_data = eval_data if eval_data is not None and len(eval_data) > 0 else None
         self.save_hook, self.load_hook, self.count_tokens = save_model, load_model, count_tokens
         self.on_eval = on_eval  # (step, held-out loss) after each evaluation past step 0; True stops the run ("pruned")
+        self.eval_extra = eval_extra  # step -> more held-out metrics, on the main process
         self._stop_signal = 0  # the signal asking to stop (SIGTERM, SIGINT), 0 while none did
         self._status_at = time.monotonic()  # when status.json was last written
         self.peaks: dict[str, int] | None = None  # CUDA: the largest allocated and reserved bytes of any step (this rank)
@@ -459,6 +464,7 @@ class Trainer:
             for k, v in {"loss": loss, **metrics}.items():
                 sums[k] = sums.get(k, 0) + torch.as_tensor(v, dtype=torch.float32, device=d.device) * w
             weight += w
+        extra = self.eval_extra(state.step) if self.eval_extra is not None and d.main else {}
         self.wrapped.train()
         names = sorted(sums)
         synced = parallel.all_reduce_sum(torch.stack([*[sums[k] for k in names], weight]), d).tolist()
@@ -466,8 +472,9 @@ class Trainer:
         row = {"kind": "eval", "step": state.step, "loss": means.pop("loss"), "samples": int(synced[-1]), **means}
         if "nll" in row:
             row["perplexity"] = math.exp(min(row["nll"], 700.0))  # exp overflows float beyond ~709
-        log.write(row)
-        state.evals.append({"step": state.step, "loss": row["loss"], **({"perplexity": row["perplexity"]} if "perplexity" in row else {})})
+        log.write({**row, **extra})
+        state.evals.append({"step": state.step, "loss": row["loss"], **({"perplexity": row["perplexity"]} if "perplexity" in row else {}),
+                            **extra})
         if state.step == 0:
             return False
         if state.best_eval is None or row["loss"] < state.best_eval - cfg.min_delta:

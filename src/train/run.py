@@ -25,7 +25,7 @@ import sys
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from archsmith.errors import ArchsmithError
 
@@ -74,6 +74,9 @@ class RunArgs:
     compile: bool = False
     checkpointing: bool = False
     deterministic: bool = False
+    eval_tasks: str | None = None  # lm-evaluation-harness tasks (comma list) run at every evaluation
+    eval_include: str | None = None  # a directory of local task YAMLs for eval_tasks
+    eval_limit: int | None = None  # examples per task at each evaluation
     progress: bool = True
 
     def resolved(self) -> "RunArgs":
@@ -158,8 +161,50 @@ def check(args: RunArgs) -> Plan:
     world = args.nproc if args.nproc > 1 else int(os.environ.get("WORLD_SIZE", "1"))
     train_config(args).check(world)
     files = corpus_files(args.data, "data")
+    _check_tasks(args, world)
     _check_out(args)
     return Plan(args, config_path, weights, spec, tok, files, seq)
+
+
+def _check_tasks(args: RunArgs, world: int) -> None:
+    """--eval-tasks: named tasks that exist (in --eval-include or the harness's registry), one process or DDP."""
+    if args.eval_tasks is None:
+        for name in ("eval_include", "eval_limit"):
+            if getattr(args, name) is not None:
+                raise ArchsmithError(name, "goes with --eval-tasks")
+        return
+    if world > 1 and args.strategy == "fsdp":
+        raise ArchsmithError("eval_tasks", "run with one process or --strategy ddp (an FSDP model is sharded across processes)")
+    if args.eval_limit is not None and args.eval_limit < 1:
+        raise ArchsmithError("eval_limit", f"must be at least 1 example per task; got {args.eval_limit}")
+    from archsmith.quality import check_measure
+
+    check_measure(_task_names(args), [args.eval_include] if args.eval_include else [])
+
+
+def _task_names(args: RunArgs) -> list[str]:
+    names = [t.strip() for t in (args.eval_tasks or "").split(",") if t.strip()]
+    if not names:
+        raise ArchsmithError("eval_tasks", "name at least one lm-evaluation-harness task")
+    return names
+
+
+def _task_eval(args: RunArgs, model, tokenizer_dir: str, device) -> Callable[[int], dict[str, float]]:
+    """The Trainer's eval_extra: the harness's tasks on the model being trained, as {"task/metric": value}."""
+    from transformers import AutoTokenizer
+
+    from archsmith.quality import harness
+    from archsmith.quality.language import HarnessLM, network_lm
+
+    lm = HarnessLM(network_lm(model, AutoTokenizer.from_pretrained(tokenizer_dir), str(device)))
+    include = [Path(args.eval_include)] if args.eval_include else []
+
+    def measure(step: int) -> dict[str, float]:
+        results = harness.run(lm, _task_names(args), include, limit=args.eval_limit, seed=args.seed)["results"]
+        return {f"{task}/{metric}": value for task, metrics in results.items() for metric, value in metrics.items()
+                if value is not None and metric != "samples"}
+
+    return measure
 
 
 def _check_safetensors(path: Path) -> None:
@@ -343,7 +388,8 @@ def train(args: RunArgs) -> dict[str, Any]:
         pad = plan.tokenizer.pad_token_id if plan.tokenizer.pad_token_id is not None else tokens.eos_id
         trainer = Trainer(model, causal_lm_objective, train_windows, partial(lm_batch, pad_id=pad, eos_id=tokens.eos_id,
                                                                               document_mask=args.document_mask),
-                          run, train_config(args), eval_data=eval_windows, save_model=partial(_save_with_tokenizer, plan.tokenizer.path))
+                          run, train_config(args), eval_data=eval_windows, save_model=partial(_save_with_tokenizer, plan.tokenizer.path),
+                          eval_extra=_task_eval(args, model, plan.tokenizer.path, d.device) if args.eval_tasks else None)
         summary = trainer.fit(resume=args.resume)
         if d.main:
             summary = {**summary, **_describe(plan, tokens, len(train_windows), len(eval_windows) if eval_windows else 0, model),
@@ -417,7 +463,8 @@ def _write_report(run: Any, args: RunArgs, summary: dict[str, Any]) -> None:
     """report.md and the full summary.json (the loop's plus the model, tokenizer and data), into the held run."""
     from archsmith.report import render_template
 
-    text = render_template("train_report.md.j2", {"s": summary, "resume": resume_command(args, steps="N")})
+    tasks = [k for k in (summary["evals"] or [{}])[-1] if "/" in k and not k.endswith("_stderr")]  # --eval-tasks metrics
+    text = render_template("train_report.md.j2", {"s": summary, "tasks": tasks, "resume": resume_command(args, steps="N")})
     run.write("report.md", text)
     run.write("summary.json", json.dumps(summary, indent=2) + "\n")
 
