@@ -377,7 +377,9 @@ def plan_finetune(model_id: HubId,
     tokenizer, image processor, feature extractor or processor, with the model's preprocessor settings; dtype, sdpa,
     device map, 4-bit config for QLoRA, LoRA rank/alpha and target modules taken from the model's real layer names, a
     new classification head trained in full). Tasks cover text, vision (image classification, detection,
-    segmentation), audio (speech recognition, audio classification) and image-text models."""
+    segmentation), audio (speech recognition, audio classification) and image-text models, and diffusers pipelines
+    (text-to-image, unconditional-image-generation): the UNet learns (full or LoRA on the attention projections), the
+    VAE and text encoder stay frozen, memory from each component's safetensors header, and `train_step` in the script."""
     from archsmith.hub import plan_finetune as plan
 
     return plan(model_id, task=task, method=method, gpu=gpu)

@@ -535,7 +535,7 @@ def eval_quality(
 @app.command()
 def configure(
     model_id: str = typer.Argument(..., help="Hub id of the chosen model."),
-    task: str = typer.Option("text-generation", "--task", help="text-generation, text-classification, image-classification, automatic-speech-recognition, zero-shot-image-classification, ..."),
+    task: str = typer.Option("text-generation", "--task", help="text-generation, text-classification, image-classification, automatic-speech-recognition, zero-shot-image-classification, text-to-image (diffusers), ..."),
     gpu: str = typer.Option("t4", "--gpu", help="The GPU the fine-tune runs on."),
     method: str = typer.Option("auto", "--method", help="auto (largest that fits), full, lora or qlora."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Directory for finetune.py and plan.json (must not exist unless --overwrite)."),
@@ -564,7 +564,7 @@ def configure(
     needs, fits = plan["memory"]["needs_bytes"], plan["memory"]["fits"]
     show_table(f"Fine-tuning {model_id} on {gpu}", [Column("method"), Column("needs", True), Column("usable", True), Column("fits")],
                [[m, human_bytes(needs[f"finetune_{m}"]), human_bytes(plan["usable_bytes"]), "yes" if fits[f"finetune_{m}"] else "no"]
-                for m in ("full", "lora", "qlora")])
+                for m in ("full", "lora", "qlora") if f"finetune_{m}" in needs])
     out.print(f"method: [bold]{plan['method']}[/bold]; LoRA targets: {', '.join(plan['settings']['target_modules']) or '-'}")
     out.print("wrote " + ", ".join(str(p) for p in written) if written else plan["script"], highlight=False)
 

@@ -885,6 +885,11 @@ def plan_finetune(model_id: str, task: str = "text-generation", method: str = "a
     if evaluation["sha"] is None and evaluation["source"] == CATALOG:  # offline, from the catalog only: no commit to pin
         raise HubError(model_id, f"offline, it is only an {CATALOG}, not in the local HF cache: the script cannot pin a "
                                  "revision; `evaluate` gives the memory of each fine-tuning method offline")
+    if (evaluation["pipeline"] is None) != (modalities.TASKS[task].modality != "diffusion"):
+        raise ArchsmithError("task", f"{model_id} is {'a diffusers pipeline' if evaluation['pipeline'] else 'not a diffusers pipeline'}; "
+                                     f"{task} is {'not ' if evaluation['pipeline'] else ''}a pipeline task")
+    if evaluation["pipeline"] is not None:
+        return _plan_pipeline(model_id, task, method, gpu, evaluation)
     memory = evaluation["memory"]
     if memory is None:
         gated = [p for p in evaluation["problems"] if "is gated" in p]
@@ -921,6 +926,31 @@ def plan_finetune(model_id: str, task: str = "text-generation", method: str = "a
         "why": [f"{m}: needs {memory['needs_bytes'][f'finetune_{m}'] / 2**30:.1f} GiB of {memory['usable_bytes'] / 2**30:.1f} GiB usable "
                 f"on {gpu} -> {'fits' if fits[f'finetune_{m}'] else 'does not fit'}" for m in ("full", "lora", "qlora")],
     }
+
+
+def _plan_pipeline(model_id: str, task: str, method: str, gpu: str, evaluation: dict[str, Any]) -> dict[str, Any]:
+    """plan_finetune for a diffusers pipeline: its UNet learns (full or LoRA), the rest stays frozen."""
+    from archsmith.gpus import get_gpu, memory_bytes
+    from archsmith.report import render_template
+
+    if evaluation["sha"] is None:
+        raise HubError("revision", f"the Hub gave no valid commit id for {model_id} (40 hex digits); the script is only written "
+                                   "pinned to one")
+    device = get_gpu(gpu)
+    plan = pipelines.finetune_plan(evaluation["pipeline"], method, int(memory_bytes(device) * USABLE),
+                                   device.get("bf16_tflops") is not None)
+    m = plan["method"]
+    settings = {"model_id": model_id, "revision": evaluation["sha"], "task": task, "method": m, "modality": "diffusion",
+                **plan["settings"]}
+    return {"model_id": model_id, "gpu": gpu, "method": m, "fits": plan["fits"][f"finetune_{m}"],
+            "needs_bytes": plan["needs_bytes"][f"finetune_{m}"], "usable_bytes": plan["usable_bytes"],
+            "memory": {"needs_bytes": plan["needs_bytes"], "fits": plan["fits"], "usable_bytes": plan["usable_bytes"],
+                       "components": {r["component"]: r["memory_bytes"] for r in evaluation["pipeline"]["components"]}},
+            "settings": settings, "license": evaluation["license"], "gated": evaluation["gated"],
+            "script": render_template("finetune_diffusers.py.j2", settings),
+            "why": [f"{k[9:]}: needs {v / 2**30:.1f} GiB of {plan['usable_bytes'] / 2**30:.1f} GiB usable on {gpu} -> "
+                    f"{'fits' if plan['fits'][k] else 'does not fit'} (the UNet learns; activations on top)"
+                    for k, v in plan["needs_bytes"].items()]}
 
 
 def spec_for(source: str, endpoint: str | None = None, token: str | bool | None = None):

@@ -16,7 +16,7 @@ from archsmith.errors import ArchsmithError
 
 @dataclass(frozen=True)
 class Task:
-    modality: str  # text | vision | audio | multimodal
+    modality: str  # text | vision | audio | multimodal | diffusion
     auto_class: str  # transformers Auto class the script loads
     processor: str  # AutoTokenizer | AutoImageProcessor | AutoFeatureExtractor | AutoProcessor
     peft_task_type: str | None = None  # PEFT TaskType; None: LoRA on the named modules only
@@ -44,6 +44,9 @@ TASKS: dict[str, Task] = {
     "audio-classification": Task("audio", "AutoModelForAudioClassification", "AutoFeatureExtractor", head="classifier", num_labels=True),
     "zero-shot-image-classification": Task("multimodal", "AutoModel", "AutoProcessor", "FEATURE_EXTRACTION"),
     "image-text-to-text": Task("multimodal", "AutoModelForImageTextToText", "AutoProcessor", "CAUSAL_LM"),
+    # diffusers pipelines: the denoiser learns, the rest is frozen (archsmith.pipelines.finetune_plan)
+    "text-to-image": Task("diffusion", "DiffusionPipeline", "CLIPTokenizer"),
+    "unconditional-image-generation": Task("diffusion", "DiffusionPipeline", ""),
 }
 # speech models trained with CTC (wav2vec2, HuBERT) rather than a decoder (Whisper): their Auto class by architecture
 CTC_SUFFIX = "ForCTC"

@@ -696,6 +696,10 @@ def use_fake_hub(monkeypatch, home, hub: FakeHub | None = None) -> None:
         values["ENDPOINT"] = hub.url
         values["HUGGINGFACE_CO_URL_TEMPLATE"] = hub.url + "/{repo_id}/resolve/{revision}/{filename}"
         monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        from huggingface_hub import hf_api
+
+        # the module-level client behind `huggingface_hub.model_info` & co. (diffusers calls them) fixed its endpoint at import
+        monkeypatch.setattr(hf_api.api, "endpoint", hub.url)
     for name, value in values.items():
         if hasattr(constants, name):
             monkeypatch.setattr(constants, name, value)

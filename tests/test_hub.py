@@ -555,3 +555,68 @@ def test_sort_by_a_reported_benchmark_score(monkeypatch, tmp_path):
     assert "61.2 acc_norm" in code.stdout and code.stdout.index("acme/percent") < code.stdout.index("acme/half")
     with pytest.raises(ArchsmithError, match="^sort: score:TASK names a benchmark"):
         hub.search(sort="score:bad task!")
+
+
+def test_a_diffusion_pipeline_gets_a_unet_fine_tune_that_runs(monkeypatch, tmp_path):
+    """configure for a diffusers pipeline: the UNet learns, the rest is frozen; memory from the components' headers
+    (full: 16 bytes a UNet parameter + 2 per frozen one; LoRA: 2 each + adapters). The script for a real tiny DDPM
+    pipeline served by our fake Hub runs: two train_step calls on images lower nothing to NaN and change the UNet."""
+    import torch
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    from archsmith.pipelines import LORA_FRACTION
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,
+                       down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+                       norm_num_groups=4, attention_head_dim=8)
+    DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=50)).save_pretrained(tmp_path / "ddpm")
+    files = {str(p.relative_to(tmp_path / "ddpm")): p.read_bytes() for p in (tmp_path / "ddpm").rglob("*") if p.is_file()}
+    params = sum(p.numel() for p in unet.parameters())
+    with FakeHub([Repo("acme/tiny-ddpm", {"pipeline_tag": "unconditional-image-generation", "library_name": "diffusers"},
+                       {**files, "README.md": card("mit")})]) as server:
+        use_fake_hub(monkeypatch, tmp_path / "hf", server)
+        plan = hub.plan_finetune("acme/tiny-ddpm", task="unconditional-image-generation", method="full", gpu="t4")
+        assert plan["method"] == "full" and plan["needs_bytes"] == params * 16 and plan["fits"]
+        assert plan["memory"]["needs_bytes"]["finetune_lora"] == params * 2 + int(params * LORA_FRACTION) * 16
+        assert plan["settings"]["denoiser_class"] == "UNet2DModel" and not plan["settings"]["text_encoder"]
+        namespace: dict = {"__name__": "finetune"}
+        exec(compile(plan["script"], "finetune.py", "exec"), namespace)
+        before = [p.detach().clone() for p in namespace["unet"].parameters()]
+        losses = [namespace["train_step"](torch.rand(2, 3, 8, 8) * 2 - 1) for _ in range(2)]
+    assert all(math.isfinite(x) and x > 0 for x in losses)
+    assert any(not torch.equal(a, b) for a, b in zip(before, namespace["unet"].parameters()))
+
+
+def test_text_to_image_lora_script_and_the_pipelines_it_leaves_to_diffusers(fake):
+    """A Stable-Diffusion-shaped repository (headers only): a LoRA script on the attention projections, conditioned on
+    its text encoder; two text encoders (SDXL-like) are refused with what to do instead."""
+    from archsmith.pipelines import LORA_TARGETS
+
+    unet = {"conv_in.weight": ("F16", (320, 4, 3, 3)), "down.0.attn.to_q.weight": ("F16", (320, 320))}
+    text = {"text_model.embeddings.token_embedding.weight": ("F16", (49408, 768))}
+    index = {"_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
+             "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
+             "scheduler": ["diffusers", "PNDMScheduler"]}
+    files = {"model_index.json": json.dumps(index).encode(), "README.md": card("openrail++"),
+             "unet/diffusion_pytorch_model.safetensors": make_safetensors(unet, virtual=True),
+             "vae/diffusion_pytorch_model.safetensors": make_safetensors({"decoder.conv_out.weight": ("F16", (3, 128, 3, 3))}, virtual=True),
+             "text_encoder/model.safetensors": make_safetensors(text, virtual=True)}
+    fake.add(Repo("acme/sd", {"pipeline_tag": "text-to-image", "library_name": "diffusers"}, files))
+    plan = hub.plan_finetune("acme/sd", task="text-to-image", method="lora", gpu="t4")
+    script = plan["script"]
+    compile(script, "finetune.py", "exec")
+    assert plan["settings"]["text_encoder"] == "text_encoder" and plan["settings"]["target_modules"] == LORA_TARGETS
+    assert f"target_modules={LORA_TARGETS!r}" in script and "encoder_hidden_states=context" in script
+    assert "pipe.text_encoder.requires_grad_(False)" in script and "pipe.vae.requires_grad_(False)" in script
+    assert plan["settings"]["dtype"] == "float16"  # a T4 has no bf16
+    fake.add(Repo("acme/sdxl", {"pipeline_tag": "text-to-image", "library_name": "diffusers"},
+                  {**files, "model_index.json": json.dumps({**index, "_class_name": "StableDiffusionXLPipeline",
+                                                            "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"]}).encode(),
+                   "text_encoder_2/model.safetensors": make_safetensors(text, virtual=True)}))
+    with pytest.raises(ArchsmithError, match="^task: StableDiffusionXLPipeline .*2 text encoders.*diffusers' training examples"):
+        hub.plan_finetune("acme/sdxl", task="text-to-image")
+    with pytest.raises(ArchsmithError, match="^task: acme/tiny-llama-es is not a diffusers pipeline"):
+        hub.plan_finetune("acme/tiny-llama-es", task="text-to-image")
+    with pytest.raises(ArchsmithError, match="^task: acme/sd is a diffusers pipeline; text-generation is not a pipeline task"):
+        hub.plan_finetune("acme/sd", task="text-generation")

@@ -39,14 +39,31 @@ def task_manager(tasks: list[str], include: list[Path], allow_code: bool = True,
                                             "with code allowed, or run `archsmith eval` yourself")
     wanted = [t for t in tasks if t != TEXT_TASK]
     manager = TaskManager(include_path=[str(d) for d in include] or None, include_defaults=False)
-    if not set(wanted) <= set(manager.all_tasks):
+    local = list(manager.all_tasks)
+    unknown = [t for t in wanted if t not in local and not _in_registry_files(t)]  # no index needed to know these
+    if not unknown and not set(wanted) <= set(local):
         manager = TaskManager(include_path=[str(d) for d in include]) if include else _registry()
-    unknown = [t for t in wanted if t not in manager.all_tasks]
+        unknown = [t for t in wanted if t not in manager.all_tasks]
     if unknown:
-        near = difflib.get_close_matches(unknown[0], manager.all_tasks, n=3)
+        names = local + sorted(manager.all_tasks if manager.all_tasks != local else {f.stem for f in _registry_files()})
+        near = difflib.get_close_matches(unknown[0], names, n=3)
         raise ArchsmithError(tasks_field, f"unknown task {unknown[0]!r}" + (f" (did you mean {', '.join(near)}?)" if near else "")
                              + "; tasks are lm-evaluation-harness names or YAML definitions in the include directories")
     return manager
+
+
+@functools.cache
+def _registry_files() -> tuple[Path, ...]:
+    import lm_eval.tasks
+
+    return tuple(Path(lm_eval.tasks.__file__).parent.rglob("*.y*ml"))
+
+
+def _in_registry_files(name: str) -> bool:
+    """Whether any of the harness's task YAMLs mentions `name` (a second to read, where indexing them takes ten): a
+    name none mentions is no registry task, group or tag."""
+    needle = name.encode()
+    return any(needle in f.read_bytes() for f in _registry_files())
 
 
 @functools.cache
