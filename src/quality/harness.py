@@ -13,6 +13,7 @@ import difflib
 import functools
 import logging
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +46,8 @@ def task_manager(tasks: list[str], include: list[Path], allow_code: bool = True,
         manager = TaskManager(include_path=[str(d) for d in include]) if include else _registry()
         unknown = [t for t in wanted if t not in manager.all_tasks]
     if unknown:
-        names = local + sorted(manager.all_tasks if manager.all_tasks != local else {f.stem for f in _registry_files()})
-        near = difflib.get_close_matches(unknown[0], names, n=3)
+        known = manager.all_tasks if manager.all_tasks != local else {f.stem for f in _registry_files()}
+        near = difflib.get_close_matches(unknown[0], local + sorted(k for k in known if k[:2] == unknown[0][:2]), n=3)
         raise ArchsmithError(tasks_field, f"unknown task {unknown[0]!r}" + (f" (did you mean {', '.join(near)}?)" if near else "")
                              + "; tasks are lm-evaluation-harness names or YAML definitions in the include directories")
     return manager
@@ -59,11 +60,15 @@ def _registry_files() -> tuple[Path, ...]:
     return tuple(Path(lm_eval.tasks.__file__).parent.rglob("*.y*ml"))
 
 
+@functools.cache
+def _registry_words() -> frozenset[str]:
+    """Every word of the harness's task YAMLs, read once per process (a second, where indexing them takes ten)."""
+    return frozenset(w.decode() for f in _registry_files() for w in re.findall(rb"[\w.-]+", f.read_bytes()))
+
+
 def _in_registry_files(name: str) -> bool:
-    """Whether any of the harness's task YAMLs mentions `name` (a second to read, where indexing them takes ten): a
-    name none mentions is no registry task, group or tag."""
-    needle = name.encode()
-    return any(needle in f.read_bytes() for f in _registry_files())
+    """Whether the harness's task YAMLs mention `name`: one they never mention is no registry task, group or tag."""
+    return name in _registry_words()
 
 
 @functools.cache
