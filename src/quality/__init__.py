@@ -1,7 +1,7 @@
 """Measured quality: a model's task metrics, beside what its card reports.
 
-    result = evaluate("runs/tiny", tasks=["story_order"], include=["tests/data/tasks"], limit=50)
-    result["results"]["story_order"]  # {"acc": 0.9, "acc_stderr": 0.04, "acc_norm": ..., "samples": 50}
+    result = evaluate("runs/tiny", tasks=["story_end"], include=["tests/data/tasks"], limit=50)
+    result["results"]["story_end"]  # {"acc": 0.9, "acc_stderr": 0.04, "acc_norm": ..., "samples": 50}
 
 The model is a directory (config.json, safetensors, tokenizer files; a training run's `final/` is found from the
 run directory) or a Hub id (its config, tokenizer, card and safetensors are downloaded; remote code never runs).
