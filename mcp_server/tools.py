@@ -406,7 +406,7 @@ async def evaluate_quality(model: Annotated[str, Field(description="A model dire
     against reported and flags gaps beyond 2 stderr. Settings (engine, device, limit, few-shot, seed, harness version)
     are recorded. Task YAMLs that load Python (!function) need a server that allows code."""
     from archsmith.files import check_out_dir, write_files
-    from archsmith.quality import chart, evaluate
+    from archsmith.quality import evaluate, output_files
 
     ref, _ = _model(model, hub=True)
     out = _path(out_dir, "out_dir") if out_dir else None
@@ -418,10 +418,7 @@ async def evaluate_quality(model: Annotated[str, Field(description="A model dire
     result = await run_heavy(evaluate, ref, list(tasks), folders, files["text"], files["images"], files["data"], limit=limit,
                              fewshot=fewshot, batch=batch, engine=engine, allow_code=os.environ.get(ALLOW_CODE_ENV) == "1")
     if out is not None:
-        import json
-
-        written = write_files(out, {"results.json": json.dumps(result, indent=2) + "\n", "quality.png": chart(result)}, overwrite)
-        result["files"] = [_relative(p) for p in written]
+        result["files"] = [_relative(p) for p in write_files(out, output_files(result), overwrite)]
     await ctx.report_progress(1, 1, "done")
     return _hide_root(result)
 
@@ -631,7 +628,7 @@ async def extend_model(model: Annotated[str, Field(description="A checkpoint dir
 
 
 def _measure(tasks: list[str], include: list[str], limit: int | None, data: str | None) -> dict[str, Any]:
-    """The eval_* arguments as the engine takes them: paths under the workspace, code refused unless allowed."""
+    """The eval_* arguments as the engine takes them, paths resolved under the workspace."""
     return {"eval_tasks": list(tasks), "eval_include": [str(_path(d, "eval_include")) for d in include], "eval_limit": limit,
             "eval_data": str(_path(data, "eval_data")) if data else None}
 

@@ -207,6 +207,7 @@ def design(
     expresses them with the fewest further changes; the report costs each one."""
     from archsmith import design as designer
     from archsmith.files import check_out_dir, write_files
+    from archsmith.quality import task_list
     from archsmith.report import render_design
 
     try:
@@ -217,7 +218,7 @@ def design(
                                            checkpointing=checkpointing, moe=moe, moe_layers=moe_layers, window=window,
                                            window_layers=window_layers, position=position, norm=norm, attention=attention,
                                            search=search, data=data, trials=trials, steps=steps,
-                                           search_tasks=[t.strip() for t in search_tasks.split(",") if t.strip()] if search_tasks else None,
+                                           search_tasks=task_list(search_tasks) or None,
                                            search_include=[search_include] if search_include else [], search_limit=search_limit,
                                            progress=not as_json)
         written = write_files(out_dir, render_design(result, str(out_dir)), overwrite)
@@ -483,18 +484,17 @@ def eval_quality(
 ) -> None:
     """Measured quality: lm-evaluation-harness tasks and perplexity, image top-1/top-5, encoder metrics; beside the card's scores."""
     from archsmith.files import check_out_dir, write_files
-    from archsmith.quality import chart, evaluate as measure
+    from archsmith.quality import evaluate as measure
+    from archsmith.quality import output_files, task_list, values
 
     try:
         if out_dir is not None:
             check_out_dir(out_dir, overwrite)
-        names = [t.strip() for given in tasks or [] for t in given.split(",") if t.strip()]
         with stages(f"evaluating {model}"):
-            result = measure(model, names, include or [], text, images, data, limit=limit, fewshot=fewshot, batch=batch,
-                             engine=engine, seed=seed)
+            result = measure(model, task_list(*tasks or []), include or [], text, images, data, limit=limit,
+                             fewshot=fewshot, batch=batch, engine=engine, seed=seed)
         if out_dir is not None:
-            files = {"results.json": json.dumps(result, indent=2) + "\n", "quality.png": chart(result)}
-            result["files"] = [str(p) for p in write_files(out_dir, files, overwrite)]
+            result["files"] = [str(p) for p in write_files(out_dir, output_files(result), overwrite)]
     except ArchsmithError as exc:
         _fail(exc)
     if as_json:
@@ -503,9 +503,7 @@ def eval_quality(
     reported = {(c["task"], c["metric"]): c for c in result["comparison"]}
     rows = []
     for task, metrics in result["results"].items():
-        for name, value in metrics.items():
-            if name == "samples" or name.endswith("_stderr") or value is None:
-                continue
+        for name, value in values(metrics).items():
             se, c = metrics.get(f"{name}_stderr"), reported.get((task, name))
             rows.append([task, name, f"{value:.4f}", "" if se is None else f"{se:.4f}", "" if c is None else f"{c['reported']:.4f}",
                          "" if c is None else f"{c['gap']:+.4f}" + (" !" if c["flagged"] else ""), str(metrics["samples"] or "")])
@@ -852,8 +850,9 @@ def compress(
 
 def _measure(tasks: str | None, include: Path | None, limit: int | None, data: Path | None) -> dict[str, Any]:
     """compress / distill's --eval-* options as the engine's keyword arguments."""
-    return {"eval_tasks": [t.strip() for t in (tasks or "").split(",") if t.strip()], "eval_include": [include] if include else [],
-            "eval_limit": limit, "eval_data": data}
+    from archsmith.quality import task_list
+
+    return {"eval_tasks": task_list(tasks), "eval_include": [include] if include else [], "eval_limit": limit, "eval_data": data}
 
 
 def _show_quality(report: dict) -> None:
@@ -1089,7 +1088,7 @@ def train(
 
     from archsmith.files import workspace
     from archsmith.train.parallel import under_torchrun
-    from archsmith.train.run import BOUNDARY_ENV, LAUNCHED_ENV, RunArgs, launch
+    from archsmith.train.run import BOUNDARY_ENV, LAUNCHED_ENV, RunArgs, launch, task_columns
     from archsmith.train.run import train as run_training
 
     args = RunArgs(model=model, data=data, out=out_dir, tokenizer=tokenizer, steps=steps, batch=batch, micro_batch=micro_batch,
@@ -1119,10 +1118,10 @@ def train(
         line += f"; held-out {evals[0]['loss']:.4f} -> {evals[-1]['loss']:.4f} (perplexity {evals[-1]['perplexity']:.2f})"
     reason = summary["stop_reason"]
     out.print(line + "; " + (f"all {summary['steps']} steps done" if reason == "steps" else reason))
-    tasks = {k: v for k, v in (evals[-1] if evals else {}).items() if "/" in k and not k.endswith("_stderr")}
+    tasks = task_columns(evals)
     if tasks:
-        first = evals[0]
-        out.print("tasks: " + "; ".join(f"{k} {first[k]:.4f} -> {v:.4f}" if k in first else f"{k} {v:.4f}" for k, v in tasks.items()),
+        first, last = evals[0], evals[-1]
+        out.print("tasks: " + "; ".join(f"{k} {first[k]:.4f} -> {last[k]:.4f}" if k in first else f"{k} {last[k]:.4f}" for k in tasks),
                   highlight=False)
     out.print(f"wrote {summary['final']} (model + tokenizer), report.md, loss.png, metrics.jsonl, checkpoints in {out_dir}", highlight=False)
     if reason.startswith("stopped"):

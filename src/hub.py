@@ -898,9 +898,7 @@ def plan_finetune(model_id: str, task: str = "text-generation", method: str = "a
     fits = memory["fits"]
     if method == "auto":
         method = next((m for m in ("full", "lora", "qlora") if fits[f"finetune_{m}"]), "qlora")
-    if evaluation["sha"] is None:  # a Hub (or cache) answer whose commit id is not 40 hex digits
-        raise HubError("revision", f"the Hub gave no valid commit id for {model_id} (40 hex digits); the script is only written "
-                                   "pinned to one")
+    _check_pinned(model_id, evaluation)
     from archsmith.gpus import get_gpu
 
     bf16 = get_gpu(gpu).get("bf16_tflops") is not None  # Turing (T4) and older have no bf16: train in fp16
@@ -928,14 +926,19 @@ def plan_finetune(model_id: str, task: str = "text-generation", method: str = "a
     }
 
 
+def _check_pinned(model_id: str, evaluation: dict[str, Any]) -> None:
+    """A script is only written pinned to a commit: refuse a Hub (or cache) answer whose commit id is not 40 hex digits."""
+    if evaluation["sha"] is None:
+        raise HubError("revision", f"the Hub gave no valid commit id for {model_id} (40 hex digits); the script is only written "
+                                   "pinned to one")
+
+
 def _plan_pipeline(model_id: str, task: str, method: str, gpu: str, evaluation: dict[str, Any]) -> dict[str, Any]:
     """plan_finetune for a diffusers pipeline: its UNet learns (full or LoRA), the rest stays frozen."""
     from archsmith.gpus import get_gpu, memory_bytes
     from archsmith.report import render_template
 
-    if evaluation["sha"] is None:
-        raise HubError("revision", f"the Hub gave no valid commit id for {model_id} (40 hex digits); the script is only written "
-                                   "pinned to one")
+    _check_pinned(model_id, evaluation)
     device = get_gpu(gpu)
     plan = pipelines.finetune_plan(evaluation["pipeline"], method, int(memory_bytes(device) * USABLE),
                                    device.get("bf16_tflops") is not None)

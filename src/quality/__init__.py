@@ -12,6 +12,8 @@ local image folder (`vision`); text encoders give classification, similarity and
 
 from __future__ import annotations
 
+import json
+import math
 import re
 from pathlib import Path
 from typing import Any, Callable
@@ -22,6 +24,34 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}$")
 DOWNLOADED = ["config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json", "tokenizer*",
               "special_tokens_map.json", "vocab.*", "merges.txt", "*.model", "preprocessor_config.json", "README.md"]
 ENGINES = ("transformers", "network")
+
+
+def task_list(*given: str | None) -> list[str]:
+    """Task names from comma lists (`"a,b"`, repeated options): stripped, empty ones dropped."""
+    return [name.strip() for text in given if text for name in text.split(",") if name.strip()]
+
+
+def values(metrics: dict[str, Any]) -> dict[str, float]:
+    """A task's measured metrics without their stderr and sample count: {metric: value}, unmeasured ones left out."""
+    return {m: v for m, v in metrics.items() if m != "samples" and not m.endswith("_stderr") and v is not None}
+
+
+def stderr(hits: list[bool]) -> float | None:
+    """Standard error of the mean of 0/1 hits (sample standard deviation / sqrt(n)), as the harness computes it."""
+    n = len(hits)
+    if n < 2:
+        return None
+    p = sum(hits) / n
+    return math.sqrt(p * (1 - p) * n / (n - 1) / n)
+
+
+def harness_module(field: str):
+    """lm_eval, or one error naming `field` and the extra that installs it."""
+    try:
+        import lm_eval
+    except ImportError:
+        raise ArchsmithError(field, "need lm-evaluation-harness: pip install 'archsmith[eval]'") from None
+    return lm_eval
 
 
 def model_dir(model: str) -> tuple[Path, str | None]:
@@ -69,8 +99,9 @@ def evaluate(model: str, tasks: list[str] = (), include: list[str | Path] = (), 
              allow_code: bool = True) -> dict[str, Any]:
     """Measure `model`: lm-evaluation-harness `tasks` (names, or YAML definitions under `include`) and the perplexity
     of `text` for a causal LM; top-1/top-5 on an `images` folder for an image classifier; encoder metrics on a `data`
-    JSONL. Task YAMLs that load Python (`!function`) need `allow_code`. {"results": {task: {metric: value, metric_stderr: ..., "samples": n}}, "comparison": [...] (measured vs
-    the card's model-index), "reported": [...], "settings": {...}}."""
+    JSONL. Task YAMLs that load Python (`!function`) need `allow_code`. {"results": {task: {metric: value,
+    metric_stderr: ..., "samples": n}}, "comparison": [...] (measured vs the card's model-index), "reported": [...],
+    "settings": {...}}."""
     from archsmith.quality import compare
 
     if engine not in ENGINES:
@@ -108,11 +139,7 @@ def evaluate(model: str, tasks: list[str] = (), include: list[str | Path] = (), 
 def _language(path: Path, tasks: list[str], include, text, limit, fewshot, batch: int, engine: str, seed: int,
               allow_code: bool, settings: dict[str, Any]) -> dict[str, Any]:
     """The harness run on a causal LM; its settings added to `settings`."""
-    try:
-        import lm_eval
-    except ImportError:
-        raise ArchsmithError("tasks", "need lm-evaluation-harness: pip install 'archsmith[eval]'") from None
-
+    lm_eval = harness_module("tasks")
     from archsmith.quality import harness
     from archsmith.quality.language import HarnessLM, load_lm
 
@@ -126,12 +153,6 @@ def _language(path: Path, tasks: list[str], include, text, limit, fewshot, batch
     return {**measured, "params": lm.loaded.params}
 
 
-def headline(metrics: dict[str, Any]) -> str | None:
-    """The metric a task is summed up by: acc, else the first one measured."""
-    names = [m for m in metrics if m != "samples" and not m.endswith("_stderr") and metrics[m] is not None]
-    return next((m for m in ("acc", "top1", "spearman", "recall@1", "bits_per_byte") if m in names), names[0] if names else None)
-
-
 def chart(result: dict[str, Any]) -> Callable[[Path], None]:
     """A writer for a PNG: each task's metrics with +-1 stderr bars, and the reported score where the card has one."""
     def write(path: Path) -> None:
@@ -140,22 +161,20 @@ def chart(result: dict[str, Any]) -> Callable[[Path], None]:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        tasks = {t: [m for m in v if m != "samples" and not m.endswith("_stderr") and v[m] is not None]
-                 for t, v in result["results"].items()}
-        tasks = {t: ms for t, ms in tasks.items() if ms}
+        tasks = {t: list(values(v)) for t, v in result["results"].items() if values(v)}
         fig, axes = plt.subplots(len(tasks), 1, figsize=(7, sum(0.4 * len(ms) + 0.9 for ms in tasks.values()) + 0.6),
                                  squeeze=False, height_ratios=[len(ms) + 1 for ms in tasks.values()])
         reported = {(c["task"], c["metric"]): c["reported"] for c in result["comparison"]}
         for ax, (task, names) in zip(axes[:, 0], tasks.items()):
-            values = result["results"][task]
-            ax.barh(names, [values[m] for m in names], xerr=[values.get(f"{m}_stderr") or 0 for m in names],
+            measured = result["results"][task]
+            ax.barh(names, [measured[m] for m in names], xerr=[measured.get(f"{m}_stderr") or 0 for m in names],
                     color="#4c72b0", capsize=3, label="measured (+-1 stderr)")
             marks = [(i, reported[(task, m)]) for i, m in enumerate(names) if (task, m) in reported]
             if marks:
                 ax.scatter([v for _, v in marks], [i for i, _ in marks], color="#dd8452", marker="D", zorder=3,
                            label="reported on the card")
             ax.invert_yaxis()
-            ax.set_title(f"{task} (n={values.get('samples')})", fontsize=9)
+            ax.set_title(f"{task} (n={measured.get('samples')})", fontsize=9)
             ax.legend(loc="lower right", fontsize=7)
         fig.suptitle(f"{result['model']}: measured quality", fontsize=9)
         fig.tight_layout()
@@ -165,15 +184,18 @@ def chart(result: dict[str, Any]) -> Callable[[Path], None]:
     return write
 
 
+def output_files(result: dict[str, Any]) -> dict[str, Any]:
+    """What `--out` holds: results.json and the chart (for `files.write_files`)."""
+    return {"results.json": json.dumps(result, indent=2) + "\n", "quality.png": chart(result)}
+
+
 def side_by_side(teacher: str, student: str, **measure: Any) -> dict[str, Any]:
     """The same measurement (`evaluate`'s keyword arguments) on a teacher and its student: one row per task metric with
     both values and the student's share of the teacher's; `settings` as the runs recorded them."""
     before, after = evaluate(teacher, **measure), evaluate(student, **measure)
     rows = []
     for task, metrics in before["results"].items():
-        for name, value in metrics.items():
-            if name == "samples" or name.endswith("_stderr") or value is None:
-                continue
+        for name, value in values(metrics).items():
             theirs = after["results"].get(task, {}).get(name)
             rows.append({"task": task, "metric": name, "teacher": value, "teacher_stderr": metrics.get(f"{name}_stderr"),
                          "student": theirs, "student_stderr": after["results"].get(task, {}).get(f"{name}_stderr"),
@@ -187,10 +209,9 @@ def check_measure(tasks: list[str] = (), include: list[str | Path] = (), data: s
     """Refuse, before hours of other work, a measurement that cannot run: unknown tasks, missing files. Errors name
     the caller's fields: `prefix` + tasks / include / data."""
     if tasks:
-        try:
-            from archsmith.quality.harness import task_manager
-        except ImportError:
-            raise ArchsmithError(f"{prefix}tasks", "need lm-evaluation-harness: pip install 'archsmith[eval]'") from None
+        harness_module(f"{prefix}tasks")
+        from archsmith.quality.harness import task_manager
+
         task_manager(list(tasks), [Path(d) for d in include], allow_code, (f"{prefix}tasks", f"{prefix}include"))
     if data is not None and not Path(data).is_file():
         raise ArchsmithError(f"{prefix}data", f"{data} is not a file")

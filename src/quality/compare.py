@@ -40,6 +40,6 @@ def against(results: dict[str, dict[str, Any]], reported: list[dict[str, Any]]) 
             z = gap / stderr if stderr else None
             rows.append({"task": task, "metric": metric, "measured": value, "stderr": stderr, "reported": published,
                          "reported_as_percent": percent, "gap": gap, "gap_in_stderr": z,
-                         "flagged": stderr is not None and abs(gap) > Z * stderr + 1e-12, "source": score.get("source"), "url": score.get("url"),
-                         "samples": metrics.get("samples")})
+                         "flagged": stderr is not None and abs(gap) > Z * stderr + 1e-12, "source": score.get("source"),
+                         "url": score.get("url"), "samples": metrics.get("samples")})
     return rows

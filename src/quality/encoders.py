@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from archsmith.errors import ArchsmithError
-from archsmith.quality.vision import stderr
+from archsmith.quality import stderr, values
 
 SHAPES = {"classification": ("text", "label"), "similarity": ("sentence1", "sentence2", "score"),
           "retrieval": ("query", "positive")}
@@ -57,6 +57,11 @@ def read_rows(path: Path, limit: int | None) -> tuple[str, list[dict[str, Any]]]
     return kind, rows
 
 
+def max_length(tokenizer) -> int:
+    """Tokens an embedded text keeps: the tokenizer's max length, at most 512."""
+    return min(512, tokenizer.model_max_length or 512)
+
+
 def embed(model, tokenizer, texts: list[str], batch: int):
     """texts -> (N, hidden) L2-normalised mean-pooled embeddings (float32, CPU)."""
     import torch
@@ -64,7 +69,7 @@ def embed(model, tokenizer, texts: list[str], batch: int):
     out = []
     for start in range(0, len(texts), batch):
         enc = tokenizer([str(t)[:MAX_TEXT] for t in texts[start:start + batch]], padding=True, truncation=True,
-                        max_length=min(512, tokenizer.model_max_length or 512), return_tensors="pt")
+                        max_length=max_length(tokenizer), return_tensors="pt")
         with torch.inference_mode():
             hidden = model(**enc).last_hidden_state
         mask = enc["attention_mask"][..., None].to(hidden.dtype)
@@ -80,23 +85,24 @@ def evaluate(path: Path, data: Path, limit: int | None = None, batch: int = 32) 
     from archsmith.analyze import quiet_transformers
 
     kind, rows = read_rows(data, limit)
+    if kind == "similarity" and len(rows) < 3:
+        raise ArchsmithError("data", f"similarity needs at least 3 pairs; {data} has {len(rows)}")
     quiet_transformers()
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModel.from_pretrained(path, dtype=torch.float32, use_safetensors=True, trust_remote_code=False).eval()
     except (OSError, ValueError, KeyError) as exc:
         raise ArchsmithError("model", f"transformers cannot load {path} as an encoder: {str(exc)[:160]}") from None
-    settings = {"pooling": "mean over tokens, L2-normalised", "max_length": min(512, tokenizer.model_max_length or 512)}
+    settings = {"pooling": "mean over tokens, L2-normalised", "max_length": max_length(tokenizer)}
     if kind == "classification":
-        metrics = _probe(embed(model, tokenizer, [r["text"] for r in rows], batch).numpy(), [str(r["label"]) for r in rows])
+        metrics, settings["folds"] = _probe(embed(model, tokenizer, [r["text"] for r in rows], batch).numpy(),
+                                            [str(r["label"]) for r in rows])
     elif kind == "similarity":
         from scipy.stats import pearsonr, spearmanr
 
         a = embed(model, tokenizer, [r["sentence1"] for r in rows], batch)
         b = embed(model, tokenizer, [r["sentence2"] for r in rows], batch)
         cos, gold = (a * b).sum(-1).tolist(), [float(r["score"]) for r in rows]
-        if len(rows) < 3:
-            raise ArchsmithError("data", f"similarity needs at least 3 pairs; {data} has {len(rows)}")
         metrics = {"spearman": float(spearmanr(cos, gold).statistic), "pearson": float(pearsonr(cos, gold).statistic)}
     else:
         queries = embed(model, tokenizer, [r["query"] for r in rows], batch)
@@ -108,13 +114,12 @@ def evaluate(path: Path, data: Path, limit: int | None = None, batch: int = 32) 
                    "recall@5": sum(hits5) / len(rows), "recall@5_stderr": stderr(hits5),
                    "mrr@10": sum(1 / (int(r) + 1) for r in ranks if r < 10) / len(rows)}
     metrics["samples"] = len(rows)
-    return {"results": {data.stem: metrics}, "higher_is_better": {data.stem: {m: True for m in metrics if m != "samples"}},
-            "kind": kind, "params": sum(p.numel() for p in model.parameters()),
-            "settings": {**settings, **({"folds": metrics.pop("folds")} if "folds" in metrics else {})}}
+    return {"results": {data.stem: metrics}, "higher_is_better": {data.stem: {m: True for m in values(metrics)}},
+            "kind": kind, "params": sum(p.numel() for p in model.parameters()), "settings": settings}
 
 
-def _probe(x, labels: list[str]) -> dict[str, Any]:
-    """Out-of-fold accuracy of a logistic-regression probe (stratified folds; fewer when a class is small)."""
+def _probe(x, labels: list[str]) -> tuple[dict[str, Any], int]:
+    """(out-of-fold accuracy of a logistic-regression probe, folds): stratified folds, fewer when a class is small."""
     from collections import Counter
 
     from sklearn.linear_model import LogisticRegression
@@ -126,4 +131,4 @@ def _probe(x, labels: list[str]) -> dict[str, Any]:
     folds = StratifiedKFold(n_splits=min(FOLDS, smallest), shuffle=True, random_state=0)
     predicted = cross_val_predict(LogisticRegression(max_iter=1000), x, labels, cv=folds)
     hits = [p == t for p, t in zip(predicted, labels)]
-    return {"acc": sum(hits) / len(hits), "acc_stderr": stderr(hits), "folds": folds.get_n_splits()}
+    return {"acc": sum(hits) / len(hits), "acc_stderr": stderr(hits)}, folds.get_n_splits()

@@ -24,7 +24,8 @@ BOOTSTRAP_ITERS = 1000  # stderr of metrics without a closed form (perplexities)
 MAX_TASKS = 32
 
 
-def task_manager(tasks: list[str], include: list[Path], allow_code: bool = True, fields: tuple[str, str] = ("tasks", "include")):
+def task_manager(tasks: list[str], include: list[Path], allow_code: bool = True,
+                 fields: tuple[str, str] = ("tasks", "include")):
     """A TaskManager that knows every name in `tasks`; unknown names are one error with the nearest known names.
     Without `allow_code`, task YAMLs that load Python (`!function`) are refused. Errors name `fields` (the caller's
     names for the tasks and the include directories)."""

@@ -146,8 +146,6 @@ def load_lm(path, engine: str = "transformers", device: str | None = None) -> Lo
         from archsmith.network import CausalLM
 
         return network_lm(CausalLM.from_pretrained(path, dtype=torch.float32, device=device).eval(), tokenizer, device)
-    if engine != "transformers":
-        raise ArchsmithError("engine", f"must be transformers or network; got {engine!r}")
     from transformers import AutoModelForCausalLM
 
     from archsmith.analyze import quiet_transformers

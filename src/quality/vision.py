@@ -8,30 +8,17 @@ reported); stderr is the standard error of the mean of per-image hits, as the ha
 
 from __future__ import annotations
 
-import math
-import re
 from pathlib import Path
 from typing import Any
 
+from archsmith.baselines import key
 from archsmith.errors import ArchsmithError
+from archsmith.quality import stderr
 
 IMAGES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif"}
 MAX_IMAGES = 100_000
 PROCESSOR_SETTINGS = ("size", "crop_size", "do_center_crop", "resample", "image_mean", "image_std", "do_normalize",
                       "rescale_factor")
-
-
-def _key(text: str) -> str:
-    return re.sub(r"[^a-z0-9]", "", text.lower())
-
-
-def stderr(hits: list[bool]) -> float | None:
-    """Standard error of the mean of 0/1 hits (sample standard deviation / sqrt(n))."""
-    n = len(hits)
-    if n < 2:
-        return None
-    p = sum(hits) / n
-    return math.sqrt(p * (1 - p) * n / (n - 1) / n)
 
 
 def images(folder: Path, labels: dict[str, int], limit: int | None) -> list[tuple[Path, int]]:
@@ -41,11 +28,11 @@ def images(folder: Path, labels: dict[str, int], limit: int | None) -> list[tupl
     classes = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise ArchsmithError("images", f"{folder} has no class folders (one sub-folder of images per label)")
-    unknown = [d.name for d in classes if _key(d.name) not in labels]
+    unknown = [d.name for d in classes if key(d.name) not in labels]
     if unknown:
         raise ArchsmithError("images", f"class folder(s) {', '.join(unknown[:5])} match no label of the model "
                                        f"(labels: {', '.join(list(labels)[:8])}{', ...' if len(labels) > 8 else ''})")
-    per_class = [[(f, labels[_key(d.name)]) for f in sorted(d.iterdir()) if f.suffix.lower() in IMAGES] for d in classes]
+    per_class = [[(f, labels[key(d.name)]) for f in sorted(d.iterdir()) if f.suffix.lower() in IMAGES] for d in classes]
     pairs = [p for i in range(max(map(len, per_class))) for files in per_class if i < len(files) for p in [files[i]]]
     if not pairs:
         raise ArchsmithError("images", f"no images ({', '.join(sorted(IMAGES))}) in the class folders of {folder}")
@@ -65,7 +52,7 @@ def evaluate(path: Path, folder: Path, limit: int | None = None, batch: int = 16
     id2label = {int(k): str(v) for k, v in (getattr(config, "id2label", None) or {}).items()}
     if not id2label:
         raise ArchsmithError("model", f"{path} has no id2label: not an image classifier")
-    labels = {_key(v): k for k, v in id2label.items()}
+    labels = {key(v): k for k, v in id2label.items()}
     pairs = images(folder, labels, limit)
     try:
         processor = AutoImageProcessor.from_pretrained(path)
@@ -99,7 +86,7 @@ def evaluate(path: Path, folder: Path, limit: int | None = None, batch: int = 16
     shown = {name: getattr(processor, name) for name in PROCESSOR_SETTINGS if getattr(processor, name, None) is not None}
     return {"results": {folder.name: metrics}, "higher_is_better": {folder.name: {"top1": True, "top5": True}},
             "processor": {"class": type(processor).__name__, **{k: _plain(v) for k, v in shown.items()}},
-            "params": sum(p.numel() for p in model.parameters()), "labels": len(id2label)}
+            "params": sum(p.numel() for p in model.parameters())}
 
 
 def _plain(value: Any) -> Any:

@@ -183,10 +183,17 @@ def _check_tasks(args: RunArgs, world: int) -> None:
 
 
 def _task_names(args: RunArgs) -> list[str]:
-    names = [t.strip() for t in (args.eval_tasks or "").split(",") if t.strip()]
+    from archsmith.quality import task_list
+
+    names = task_list(args.eval_tasks)
     if not names:
         raise ArchsmithError("eval_tasks", "name at least one lm-evaluation-harness task")
     return names
+
+
+def task_columns(evals: list[dict[str, Any]]) -> list[str]:
+    """The --eval-tasks metrics of a run's evaluations (`task/metric`, without their stderr), as the last one has them."""
+    return [k for k in (evals or [{}])[-1] if "/" in k and not k.endswith("_stderr")]
 
 
 def _task_eval(args: RunArgs, model, tokenizer_dir: str, device) -> Callable[[int], dict[str, float]]:
@@ -463,8 +470,8 @@ def _write_report(run: Any, args: RunArgs, summary: dict[str, Any]) -> None:
     """report.md and the full summary.json (the loop's plus the model, tokenizer and data), into the held run."""
     from archsmith.report import render_template
 
-    tasks = [k for k in (summary["evals"] or [{}])[-1] if "/" in k and not k.endswith("_stderr")]  # --eval-tasks metrics
-    text = render_template("train_report.md.j2", {"s": summary, "tasks": tasks, "resume": resume_command(args, steps="N")})
+    text = render_template("train_report.md.j2", {"s": summary, "tasks": task_columns(summary["evals"]),
+                                                  "resume": resume_command(args, steps="N")})
     run.write("report.md", text)
     run.write("summary.json", json.dumps(summary, indent=2) + "\n")
 
