@@ -184,8 +184,8 @@ holding {memory:.0f} MiB once archsmith.network is imported, starting one takes 
 every kill on a time limit), a process per call (killable by design) adds {per_call * 1000:.0f} ms to each call, and
 the workers share no state (the workspace root, Hub settings and progress reporting would have to be passed in).
 The heavy tools' own work is bounded (spec fields are capped; the largest `build_model` takes seconds), so archsmith
-runs them on threads and abandons a call past its time limit, its thread and its client's slot held until the work
-ends (`mcp_server/pool.py`). The slowest light call made while the builds were pending took {pooled * 1000:.0f} ms with the
+runs them on threads and stops a call at its time limit (an exception raised in its thread at the next bytecode;
+inside one long C call, when that returns), its thread and its client's slot held until it has ended (`mcp_server/pool.py`). The slowest light call made while the builds were pending took {pooled * 1000:.0f} ms with the
 pool, against {shared * 1000:.0f} ms ({shared / pooled:.0f}x) when heavy and light calls share the SDK's worker threads: there a
 light call issued while all 40 threads are busy waits for a build to end (the issue's 110 s wait came from 50
 maximum-size builds of ~4 s each).

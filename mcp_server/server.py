@@ -22,6 +22,7 @@ import os
 import re
 import socket
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -60,8 +61,10 @@ class ArchsmithServer(MCPServer):
     async def call_tool(self, name: str, arguments: dict[str, Any], context=None):
         client = pool.current_client.set(pool.client_key(getattr(context, "_request_context", None)))
         heavy = pool.current_pool.set(self.heavy_pool)
+        jobs = pool.current_jobs.set([])
         from archsmith.files import workspace
 
+        start = time.monotonic()
         try:
             with workspace(self.root):
                 if name not in self.time_limits:
@@ -69,11 +72,16 @@ class ArchsmithServer(MCPServer):
                 with anyio.fail_after(self.time_limits[name]):
                     return await super().call_tool(name, arguments, context)
         except TimeoutError:
-            raise ToolError(f"timeout: {name} did not finish within {self.time_limits[name]:g} s and was abandoned; "
-                            "ask for less (a smaller model, fewer items) or try again when the server is less busy") from None
+            ended = await pool.settle(pool.current_jobs.get(), pool.STOP_GRACE_S)  # its jobs were stopped at the limit
+            state = ("its work was stopped" if ended else
+                     "its work is being stopped (it is inside a call that cannot be interrupted; it ends when that call returns)")
+            raise ToolError(f"timeout: {name} did not finish within {self.time_limits[name]:g} s (timeout after "
+                            f"{time.monotonic() - start:.1f} s); {state}; ask for less (a smaller model, fewer items) or "
+                            "try again when the server is less busy") from None
         except ToolError as exc:
             raise ToolError(one_line(hide_root(self._explain(name, arguments, exc), self.root))) from None
         finally:
+            pool.current_jobs.reset(jobs)
             pool.current_pool.reset(heavy)
             pool.current_client.reset(client)
 

@@ -86,6 +86,9 @@ Vocab = Annotated[int | None, Field(description="Vocabulary size when no tokeniz
 Gpu = Annotated[str, Field(description="GPU kind from list_gpus, e.g. 'h100', 'a100-80gb', 'l4'.", min_length=1, max_length=64)]
 Gpus = Annotated[int, Field(description="Number of GPUs for training.", ge=1, le=65536)]
 Mfu = Annotated[float, Field(description="Assumed model-FLOPs utilisation for time estimates.", gt=0, le=1)]
+GlobalBatch = Annotated[str | None, Field(description="Tokens per optimizer step of the training recipe and parallel layouts, a multiple of seq, e.g. '16777216' (2048 x 8192); default DeepSeek LLM's batch-size fit for the run's compute.", max_length=40)]
+UniqueTokens = Annotated[str | None, Field(description="Unique training tokens available, e.g. '20B': with compute (and no tokens) the size and epochs follow Muennighoff et al. 2023's data-constrained law; with any target the result states the epochs and what repetition costs.", max_length=40)]
+Layouts = Annotated[bool | None, Field(description="Size tensor / pipeline / context parallel layouts (TP x PP x DP x CP) of the recommended shape; null (default) = auto, when plain data parallelism does not fit the GPUs or the global batch.")]
 TokenizerDir = Annotated[str | None, Field(description="Tokenizer directory (tokenizer.json + tokenizer_config.json) inside the workspace root (relative to it, or absolute).", max_length=1024)]
 RelPath = Annotated[str, Field(description="Path inside the workspace root: relative to it, or absolute inside it.", min_length=1, max_length=1024)]
 ConfigDict = Annotated[dict[str, Any] | None, Field(description="An inline Hugging Face config.json object (give this or config_path).")]
@@ -109,8 +112,13 @@ class DesignSummary(TypedDict):
     recommended: str
     rationale: list[str]
     components: dict[str, Any] | None  # asked choices, the family written, each choice's measured cost
+    proof: dict[str, Any]  # the recommended config.json against transformers on a tiny instance (archsmith.parity)
     search: dict[str, Any] | None  # the study behind a searched recommendation (write_design with a corpus)
     scaling_path: list[dict[str, Any]]
+    layouts: list[dict[str, Any]]  # parallel layouts (feasible first, ranked by step time) when sized, else empty
+    layout_plan: dict[str, Any] | None  # the recommended layout, its launch command, why each TP degree has none
+    recipe: dict[str, Any]  # tokens_per_step = micro_batch x grad_accum x data_parallel x seq, steps, lr, warmup_steps, launch
+    data_constrained: dict[str, Any] | None  # with unique_tokens: epochs, effective tokens, value lost, the optimum
 
 
 class WrittenDesign(TypedDict):
@@ -118,11 +126,13 @@ class WrittenDesign(TypedDict):
     recommended: str
     params: int
     config: dict[str, Any]
+    proof: dict[str, Any]  # config.json against transformers on a tiny instance (archsmith.parity)
 
 
 class EmittedConfig(TypedDict):
     config: dict[str, Any]
     written: str | None
+    proof: dict[str, Any]  # status proven / covered / unproven, max_abs_diff, the layout switches it checked
 
 
 class ModelDescription(TypedDict):
@@ -158,19 +168,26 @@ def design_architecture(params: Count = None, compute: Compute = None, memory: M
                         tokenizer_dir: TokenizerDir = None, batch: MicroBatch = 1, seq: Seq = None, strategy: Strategy = "auto",
                         checkpointing: Checkpointing = None, moe: Moe = None, moe_layers: MoeLayers = None,
                         window: Window = None, window_layers: WindowLayers = None, position: Position = None,
-                        norm: NormChoice = None, attention: AttentionChoice = None) -> DesignSummary:
+                        norm: NormChoice = None, attention: AttentionChoice = None, global_batch: GlobalBatch = None,
+                        layouts: Layouts = None, unique_tokens: UniqueTokens = None) -> DesignSummary:
     """Design a decoder-only LM for ONE budget: params (e.g. '10M', '1B'), compute (FLOPs, Chinchilla-sized) or memory
     per GPU (the largest model whose training plan fits it on `gpu`). Returns 3-4 candidate shapes with exact parameter
     counts, FLOPs, training time, memory per GPU and KV cache per request, the recommended one with its rationale, the
     training plan behind "memory per GPU" (batch, seq, strategy, checkpointing: given or auto) with its assumptions
     and warnings, and a scaling path. Component choices (moe, window, position, norm, attention) are written as the
-    transformers family that expresses them with the fewest further changes, each costed under `components`. Writes nothing."""
+    transformers family that expresses them with the fewest further changes, each costed under `components`. With
+    `layouts` (auto when plain data parallelism does not fit `gpus` or the global batch), `layouts` lists TP x PP x DP x CP
+    layouts with per-GPU memory, bubble, traffic, step time and why infeasible, and `layout_plan` the recommended one
+    with its launch command. `recipe` is the training run: tokens per step (DeepSeek LLM's fit, or global_batch) as
+    micro_batch x grad_accum x data_parallel x seq, steps, peak lr, warmup, cosine decay and the launch command;
+    `warnings` say when compute, tokens and size disagree or the data repeats past where it pays. Writes nothing."""
     from archsmith.design import summary
 
     return summary(_design(tokenizer_dir, params=params, compute=compute, memory=memory, context=context, vocab=vocab, gpu=gpu,
                            gpus=gpus, tokens=tokens, mfu=mfu, batch=batch, seq=seq, strategy=strategy, checkpointing=checkpointing,
                            moe=moe, moe_layers=moe_layers, window=window, window_layers=window_layers, position=position,
-                           norm=norm, attention=attention))
+                           norm=norm, attention=attention, global_batch=global_batch, layouts=layouts,
+                           unique_tokens=unique_tokens))
 
 
 @heavy(timeout_s=3600)  # with a search corpus: proxy training runs
@@ -180,6 +197,7 @@ async def write_design(out_dir: RelPath, params: Count = None, compute: Compute 
                        strategy: Strategy = "auto", checkpointing: Checkpointing = None, moe: Moe = None,
                        moe_layers: MoeLayers = None, window: Window = None, window_layers: WindowLayers = None,
                        position: Position = None, norm: NormChoice = None, attention: AttentionChoice = None,
+                       global_batch: GlobalBatch = None, layouts: Layouts = None, unique_tokens: UniqueTokens = None,
                        search: Annotated[bool, Field(description="Train proxy runs of widths, KV heads, MoE and windows on `data` "
                                                              "and recommend the lowest held-out loss (needs tokenizer_dir).")] = False,
                        data: Annotated[str | None, Field(description="With search: the corpus (text or JSONL) relative to the workspace root.",
@@ -191,9 +209,13 @@ async def write_design(out_dir: RelPath, params: Count = None, compute: Compute 
                        search_limit: Annotated[int | None, Field(description="With search_tasks: examples per task per trial.", ge=1, le=1_000_000)] = None,
                        overwrite: bool = False, ctx: Context = None) -> WrittenDesign:
     """Design as design_architecture does, then write config.json (loads in transformers), architecture_report.md,
-    capacity_plan.md and two memory charts (PNG) into out_dir under the workspace root (with search also the
+    capacity_plan.md (with the training recipe and its launch command, and a 'Parallel layouts' table when layouts
+    are sized) and two memory charts
+    (PNG) into out_dir under the workspace root (with search also the
     study: search.json, search_study.db, search_pareto.png, and the searched shape as the recommendation). An existing non-empty
-    out_dir is refused unless overwrite is true; files appear all at once or not at all."""
+    out_dir is refused unless overwrite is true; files appear all at once or not at all. config.json is proven before
+    anything is written (proof: a tiny instance of its layout computes the same logits in transformers and network.py),
+    and a design transformers would compute differently is refused naming the layout field."""
     import json
 
     from archsmith.files import check_out_dir, write_files
@@ -205,7 +227,7 @@ async def write_design(out_dir: RelPath, params: Count = None, compute: Compute 
                              gpu=gpu, gpus=gpus, tokens=tokens, mfu=mfu, batch=batch, seq=seq, strategy=strategy,
                              checkpointing=checkpointing, moe=moe, moe_layers=moe_layers, window=window,
                              window_layers=window_layers, position=position, norm=norm, attention=attention,
-                             search=search, data=str(_path(data, "data")) if data else None,
+                             global_batch=global_batch, layouts=layouts, unique_tokens=unique_tokens, search=search, data=str(_path(data, "data")) if data else None,
                              trials=trials, steps=steps, search_tasks=list(search_tasks) or None,
                              search_include=[str(_path(d, "search_include")) for d in search_include], search_limit=search_limit)
     await ctx.report_progress(1, 3, "rendering reports and charts")
@@ -221,7 +243,7 @@ async def write_design(out_dir: RelPath, params: Count = None, compute: Compute 
     await ctx.report_progress(3, 3, "done")
     rec = result["recommended"]
     return {"files": [_relative(p) for p in written], "recommended": rec.name, "params": rec.summary["params"]["total"],
-            "config": json.loads(files["config.json"])}
+            "config": json.loads(files["config.json"]), "proof": result["proof"]}
 
 
 @heavy
@@ -248,26 +270,33 @@ def estimate_config(config: ConfigDict = None, config_path: ConfigPath = None,
     return {**result, "spec": spec.to_dict()}
 
 
+@heavy
 def emit_hf_config(spec: Annotated[dict[str, Any], Field(description="ArchitectureSpec fields: hidden_size, num_layers, num_heads, num_kv_heads, ffn_size, vocab_size, and optional context_length, head_dim, rope_theta, tie_embeddings, ... (as design_architecture returns them).")],
                    model_type: Literal[families.NAMES] | None = None,
                    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16",
                    out_path: Annotated[str | None, Field(description="Optional file to write inside the workspace root (relative to it, or absolute).", max_length=1024)] = None,
                    overwrite: bool = False) -> EmittedConfig:
     """Turn an architecture spec into the config.json that transformers' AutoConfig/AutoModelForCausalLM load.
-    Refuses, naming the field, a spec the chosen family cannot express (e.g. QK-norm in llama), and any spec.extra key
-    that is not one of the family's own settings (soft-caps, multipliers, ...)."""
+    Refuses, naming the field, a spec the chosen family cannot express (e.g. QK-norm in llama), a layout its
+    transformers code ignores (e.g. layer_types in qwen3_moe), and any spec.extra key that is not one of the family's
+    own settings (soft-caps, multipliers, ...). The config is proven before it is returned or written: a tiny instance of
+    its layout in transformers and in network.py computes the same logits (proof.status proven; covered: no layout
+    switch, the family's own tested layout; unproven: a family network.py does not build), else it is refused naming
+    the layout field transformers computes differently."""
     import json
 
     from archsmith.files import write_file
     from archsmith.hfconfig import hf_from_spec
+    from archsmith.parity import prove_config
     from archsmith.spec import ArchitectureSpec
 
     config = hf_from_spec(ArchitectureSpec.from_dict(spec), model_type=model_type, dtype=dtype)
+    proof = prove_config(config)
     written = None
     if out_path is not None:
         target = write_file(_path(out_path, "out_path"), json.dumps(config, indent=2) + "\n", overwrite, "out_path")
         written = _relative(target)
-    return {"config": config, "written": written}
+    return {"config": config, "written": written, "proof": proof}
 
 
 def compute_optimal_sizing(compute_flops: Annotated[float | None, Field(description="Compute budget in FLOPs (give this or params).", ge=1e15, le=1e28)] = None,
@@ -333,7 +362,7 @@ def search_models(query: Annotated[str | None, Field(description="Free text matc
                   library: Annotated[str | None, Field(description="e.g. 'transformers'.", max_length=64)] = None,
                   author: Annotated[str | None, Field(description="Organisation or user.", max_length=96)] = None,
                   language: Annotated[str | None, Field(description="ISO language code, e.g. 'es'.", max_length=16)] = None,
-                  license: Annotated[str | None, Field(description="'commercial' (permissive licenses) or a comma list such as 'apache-2.0,mit'.", max_length=200)] = None,
+                  license: Annotated[str | None, Field(description="Presets and/or license ids, comma-separated: 'permissive' (MIT, Apache, BSD, CC-BY: no duty beyond attribution), 'commercial-ok' (permissive + restricted-use: OpenRAIL, Llama, Gemma terms), 'copyleft-ok' (permissive + GPL, CC-BY-SA, MPL); e.g. 'permissive' or 'apache-2.0,mit'.", max_length=200)] = None,
                   gpu: GpuOpt = None,
                   use: Literal["run_fp16", "run_int8", "run_int4", "finetune_full", "finetune_lora", "finetune_qlora"] = "run_fp16",
                   max_params: Annotated[int | None, Field(description="Largest parameter count.", ge=1, le=10**13)] = None,
@@ -344,8 +373,10 @@ def search_models(query: Annotated[str | None, Field(description="Free text matc
     max_params, fits `use` on `gpu`), ranked by downloads and likes; `include_rejected` adds the others after them.
     Each hit has `meets_constraints`, the constraints `checked`, `violated` and `unchecked` (metadata that cannot tell:
     never counted as met), task, parameters (from safetensors metadata, never weights), license and whether it allows
-    commercial use, gating, memory at fp16/int8/int4 and for full/LoRA/QLoRA fine-tuning, and its reasons; `rejected`
-    counts the models filtered out per constraint and `message` says it in one line. Offline (HF_HUB_OFFLINE=1) it
+    commercial use (`commercial` yes/restricted/no/unknown, `license_class` permissive/copyleft/restricted-use/
+    non-commercial/unknown), gating, memory at fp16/int8/int4 and for full/LoRA/QLoRA fine-tuning, and its reasons; `rejected`
+    counts the models filtered out per constraint and `message` says it in one line; `notes` carries warnings (a
+    deprecated preset, an unknown license name). Offline (HF_HUB_OFFLINE=1) it
     checks the same constraints against the local HF cache and archsmith's reference architectures."""
     from archsmith.hub import search
 
@@ -368,21 +399,31 @@ def evaluate_model(model_id: HubId, gpu: GpuOpt = None) -> dict[str, Any]:
 
 
 @heavy
-def plan_finetune(model_id: HubId,
+def plan_finetune(model_id: Annotated[str, Field(description="Hugging Face model id 'org/name', or a model directory (config.json, safetensors, tokenizer) relative to the workspace root: no Hub needed.", min_length=1, max_length=1024)],
                   task: Literal[tuple(modalities.TASKS)] = "text-generation",
                   method: Literal["auto", "full", "lora", "qlora"] = "auto",
                   gpu: Annotated[str, Field(description="The GPU the fine-tune runs on.", min_length=1, max_length=64)] = "t4") -> dict[str, Any]:
-    """Plan a fine-tune of a Hub model on one GPU: picks full / LoRA / QLoRA (auto: the largest that fits) from computed
-    memory, and returns the settings and a ready-to-run Python script (AutoModelFor..., the processor of the modality:
+    """Plan a fine-tune of a Hub model (or a local model directory, offline) on one GPU: picks full / LoRA / QLoRA (auto:
+    the largest that fits) from computed memory, and returns the settings and a Python script. For text-generation and
+    text-classification the script is complete (`script_complete`; run it as `usage` says): data from a .jsonl/.json/
+    .csv/.txt file or a datasets name, the model's chat template, a training loop (AdamW, warm-up + cosine, mixed
+    precision), held-out evaluation before and after, and saving the adapter (or model), tokenizer and metrics.json.
+    It loads (AutoModelFor..., the processor of the modality:
     tokenizer, image processor, feature extractor or processor, with the model's preprocessor settings; dtype, sdpa,
-    device map, 4-bit config for QLoRA, LoRA rank/alpha and target modules taken from the model's real layer names, a
-    new classification head trained in full). Tasks cover text, vision (image classification, detection,
+    device map, 4-bit config for QLoRA, LoRA rank/alpha and target modules from the families registry's module names,
+    else the model transformers builds on the meta device (`settings.target_source`), a new classification head
+    trained in full). Tasks cover text, vision (image classification, detection,
     segmentation), audio (speech recognition, audio classification) and image-text models, and diffusers pipelines
     (text-to-image, unconditional-image-generation): the UNet learns (full or LoRA on the attention projections), the
     VAE and text encoder stay frozen, memory from each component's safetensors header, and `train_step` in the script."""
+    import re
+
+    from archsmith.files import kind
     from archsmith.hub import plan_finetune as plan
 
-    return plan(model_id, task=task, method=method, gpu=gpu)
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", model_id) or kind(workspace() / model_id, "model_id") is not None:
+        model_id = str(_path(model_id, "model_id"))  # a model directory inside the workspace
+    return _hide_root(plan(model_id, task=task, method=method, gpu=gpu))
 
 
 @heavy(timeout_s=3600)  # a harness run: every example of every task through the model
@@ -678,11 +719,15 @@ async def compress_model(model: ModelRef, out_dir: RelPath,
 @heavy(timeout_s=1800)  # export + validation at several shapes + latency
 async def export_model(model: ModelRef, out_dir: RelPath, format: Literal["onnx", "pt2", "torchscript"] = "onnx",
                        quantize: Annotated[Literal["int8"] | None, Field(description="int8: onnxruntime dynamic quantisation (onnx only).")] = None,
-                       overwrite: bool = False, ctx: Context = None) -> dict[str, Any]:
+                       overwrite: bool = False,
+                       static: Annotated[bool, Field(description="Fixed shapes (the example's) instead of dynamic ones, for a model whose dynamic-shape export differs from eager.")] = False,
+                       ctx: Context = None) -> dict[str, Any]:
     """Export a model directory to ONNX (torch.export-based exporter, dynamic batch and sequence axes, run through
     onnxruntime), torch.export (.pt2, reloaded and run) or TorchScript (deprecated upstream). The artifact is validated
     against eager at several batch sizes and lengths (max abs diff and the tolerance) and timed against eager (and int8);
-    unsupported operations are named with their module and source line; nothing is written unless validation passes."""
+    unsupported operations are named with their module and source line; nothing is written unless validation passes.
+    When dynamic shapes make the export differ from eager, the error names the input whose dynamic dimensions break it
+    and offers `static` (fixed shapes)."""
     from archsmith.export import export
     from archsmith.files import check_out_dir
 
@@ -691,7 +736,7 @@ async def export_model(model: ModelRef, out_dir: RelPath, format: Literal["onnx"
     out = _path(out_dir, "out_dir")
     check_out_dir(out, overwrite)
     await ctx.report_progress(0, 1, "exporting")
-    report = await run_heavy(export, ref, format, out, quantize=quantize, allow_code=allow, overwrite=overwrite)
+    report = await run_heavy(export, ref, format, out, quantize=quantize, allow_code=allow, overwrite=overwrite, static=static)
     report["files"] = [_relative(Path(p)) for p in report["files"]]
     await ctx.report_progress(1, 1, "done")
     return report
@@ -710,16 +755,22 @@ RunDir = Annotated[str, Field(description="The run directory, relative to the wo
 @heavy(timeout_s=3600)  # a large corpus takes minutes to tokenize and train on
 async def train_tokenizer(corpus: CorpusPaths, out_dir: RelPath,
                           vocab: Annotated[int, Field(description="Vocabulary size including special tokens (a small corpus may yield fewer).", ge=64, le=1 << 20)],
-                          kind: Annotated[Literal["bpe", "unigram"], Field(description="bpe: byte-level BPE (lossless, GPT-2/Llama 3 style); unigram: SentencePiece-style.")] = "bpe",
-                          special: Annotated[list[Annotated[str, Field(min_length=1, max_length=64)]], Field(description="Extra special tokens after <pad> <s> </s> <unk> (ids 0-3).", max_length=1000)] = [],
+                          kind: Annotated[Literal["bpe", "unigram", "wordpiece", "sentencepiece", "sentencepiece-bpe"],
+                                          Field(description="bpe: byte-level BPE (lossless, GPT-2/Llama 3 style); unigram: Unigram with the tokenizers "
+                                                            "library; wordpiece: BERT-style (lower-cased, [CLS]/[SEP]/[MASK], for encoders: no eos); "
+                                                            "sentencepiece / sentencepiece-bpe: a real SentencePiece tokenizer.model (unigram / BPE, "
+                                                            "byte fallback, lossless) plus its tokenizer.json.")] = "bpe",
+                          special: Annotated[list[Annotated[str, Field(min_length=1, max_length=64)]], Field(description="Extra special tokens after <pad> <s> </s> <unk> (ids 0-3; wordpiece: after [PAD] [UNK] [CLS] [SEP] [MASK], ids 0-4).", max_length=1000)] = [],
                           field: JsonlField = "text",
                           max_length: Annotated[int | None, Field(description="model_max_length to record: the context you will design for.", ge=1, le=1 << 24)] = None,
                           overwrite: bool = False, ctx: Context = None) -> dict[str, Any]:
     """Train a tokenizer on a corpus and write tokenizer.json, tokenizer_config.json, special_tokens_map.json and
-    tokenizer_report.json into out_dir (AutoTokenizer loads it; pass it as tokenizer_dir to write_design). Returns the
-    report: vocabulary size, characters and bytes per token and document-length percentiles in tokens, measured on
-    held-out documents (every 20th), and training speed."""
+    tokenizer_report.json (plus vocab.txt for wordpiece, tokenizer.model for sentencepiece) into out_dir (AutoTokenizer
+    loads it; pass it as tokenizer_dir to write_design). Returns the report: vocabulary size, characters and bytes per
+    token, unknown-token rate and document-length percentiles in tokens, measured on held-out documents (every 20th)
+    the same way for every kind, training speed, and warnings (a corpus or held-out sample too small)."""
     from archsmith.files import check_out_dir, write_files
+    from archsmith.tokenizer import FILES
 
     paths = [str(_path(c, "corpus")) for c in corpus]
     out = _path(out_dir, "out_dir")
@@ -732,7 +783,7 @@ async def train_tokenizer(corpus: CorpusPaths, out_dir: RelPath,
         return train(paths, vocab, kind=kind, special=special, text_field=field, max_length=max_length, progress=False)
 
     files, report = await run_heavy(run)
-    written = write_files(out, files, overwrite)
+    written = write_files(out, files, overwrite, stale=[n for n in FILES if n not in files])  # no other kind's vocab.txt
     await ctx.report_progress(2, 2, "done")
     return {**report, "files": [_relative(p) for p in written]}
 
@@ -744,7 +795,7 @@ def start_training(model_dir: Annotated[str, Field(description="A design directo
                    batch: Annotated[int, Field(description="Global batch in sequences per optimizer step.", ge=1, le=1 << 20)] = 32,
                    micro_batch: Annotated[int | None, Field(description="Sequences per forward/backward per process (default: batch / nproc).", ge=1, le=1 << 20)] = None,
                    seq: Annotated[int | None, Field(description="Tokens per sequence (default: the model's context).", ge=2, le=1 << 24)] = None,
-                   lr: Annotated[float, Field(description="Peak AdamW learning rate.", gt=0, le=1)] = 3e-4,
+                   lr: Annotated[float | None, Field(description="Peak AdamW learning rate (default: for fresh weights, DeepSeek LLM's fit for the run's compute, as write_design's recipe; 3e-4 when continuing from weights).", gt=0, le=1)] = None,
                    schedule: Literal["cosine", "linear", "wsd"] = "cosine",
                    warmup: Annotated[int | None, Field(description="Warmup steps (default: 5% of steps, at most 2000).", ge=0)] = None,
                    save_every: Annotated[int, Field(description="Steps between checkpoints (0: only at the end).", ge=0)] = 1000,
@@ -756,6 +807,11 @@ def start_training(model_dir: Annotated[str, Field(description="A design directo
                    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0,
                    nproc: Annotated[int, Field(description="Processes on this machine (torchrun); one per GPU.", ge=1, le=64)] = 1,
                    strategy: Literal["ddp", "fsdp"] = "ddp",
+                   tp: Annotated[int, Field(description="Tensor-parallel degree (nproc must be a multiple of tp x pp x cp).", ge=1, le=64)] = 1,
+                   pp: Annotated[int, Field(description="Pipeline-parallel degree (stages of consecutive layers).", ge=1, le=64)] = 1,
+                   cp: Annotated[int, Field(description="Context-parallel degree (ring attention; CUDA only).", ge=1, le=64)] = 1,
+                   pp_schedule: Literal["1f1b", "interleaved", "gpipe"] = "1f1b",
+                   tensorboard: Annotated[bool, Field(description="Also write metrics as TensorBoard event files in out_dir/tensorboard.")] = False,
                    eval_tasks: Annotated[list[Annotated[str, Field(min_length=1, max_length=200)]], Field(description="lm-evaluation-harness tasks measured at every evaluation (metrics.jsonl's eval rows: 'task/acc', ...).", max_length=32)] = [],
                    eval_include: Annotated[str | None, Field(description="Directory of local task YAMLs for eval_tasks, relative to the workspace root.", max_length=1024)] = None,
                    eval_limit: EvalLimit = None) -> dict[str, Any]:
@@ -776,13 +832,14 @@ def start_training(model_dir: Annotated[str, Field(description="A design directo
                    steps=steps, batch=batch, micro_batch=micro_batch, seq=seq, lr=lr, schedule=schedule, warmup=warmup,
                    save_every=save_every, eval_every=eval_every, eval_samples=eval_samples, patience=patience, precision=precision,
                    document_mask=document_mask, field=field, resume=resume, seed=seed, nproc=nproc, strategy=strategy,
-                   eval_tasks=",".join(eval_tasks) or None, eval_include=str(_path(eval_include, "eval_include")) if eval_include else None,
+                   tp=tp, pp=pp, cp=cp, pp_schedule=pp_schedule, tensorboard=tensorboard, eval_tasks=",".join(eval_tasks) or None, eval_include=str(_path(eval_include, "eval_include")) if eval_include else None,
                    eval_limit=eval_limit, progress=False)
     if eval_tasks:  # the run itself would accept task YAMLs that load Python: this server refuses them unless allowed
         check_measure(list(eval_tasks), [args.eval_include] if args.eval_include else [], allow_code=os.environ.get(ALLOW_CODE_ENV) == "1")
-    shown = replace(args, model=_relative(Path(args.model)), data=[_relative(Path(d)) for d in args.data], out=out_dir,
-                    tokenizer=_relative(Path(args.tokenizer)) if args.tokenizer else None)
     with _named(model="model_dir", out="out_dir", tokenizer="tokenizer_dir"):
+        args = args.resolved()  # defaults (lr, warmup) shown as the run takes them
+        shown = replace(args, model=_relative(Path(args.model)), data=[_relative(Path(d)) for d in args.data], out=out_dir,
+                        tokenizer=_relative(Path(args.tokenizer)) if args.tokenizer else None)
         return start(args, workspace(), shown, client=_client())
 
 

@@ -93,8 +93,56 @@ def load(model: str, batch: int = 1, seq: int | None = None, input_shapes: list[
     raise ArchsmithError("model", f"{model!r:.120} is neither an existing path, a Hub id (org/name) nor file.py:factory")
 
 
+_FACTORY_DIRS: set[str] = set()  # directories user files were loaded from (their sibling modules are cached by name)
+
+
+@contextlib.contextmanager
+def sibling_imports(directory: Path):
+    """`directory` first on sys.path inside the block, as `python file.py` puts a script's directory: the user's file
+    imports the modules beside it (`from layers import Block`). Removed after, so it never shadows a later import."""
+    import sys
+
+    entry = str(directory)
+    added = entry not in sys.path
+    if added:
+        sys.path.insert(0, entry)
+    try:
+        yield
+    finally:
+        if added and entry in sys.path:
+            sys.path.remove(entry)
+
+
+def _forget_other_siblings(directory: Path) -> None:
+    """Drop modules cached from another user directory, so a same-named sibling here (two projects' `model.py`)
+    is imported from this directory, not reused from the other one."""
+    import sys
+
+    here = str(directory)
+    others = {d for d in _FACTORY_DIRS - {here} if d not in sys.path}  # reachable only while their file ran
+    _FACTORY_DIRS.add(here)
+    if not others:
+        return
+
+    def entry(name: str) -> str | None:
+        """The sys.path entry a top-level module was found in."""
+        path = getattr(sys.modules.get(name), "__file__", None)
+        if not isinstance(path, str) or name.startswith("archsmith_user_"):
+            return None
+        return str(Path(path).parent.parent if Path(path).name == "__init__.py" else Path(path).parent)
+
+    stale = [name for name in list(sys.modules) if entry(name.split(".")[0]) in others]
+    for name in stale:
+        sys.modules.pop(name, None)
+
+
 def import_callable(ref: str, field_name: str, allow_code: bool = True) -> Callable:
-    """`file.py:name` -> the function (running the file's top level); errors name `field_name`."""
+    """`file.py:name` -> the function (running the file's top level); errors name `field_name`.
+
+    The file's directory is on the import path while its top level runs and whenever the function is called, so the
+    modules beside it import as they do under `python file.py`.
+    """
+    import functools
     import importlib.util
     import sys
 
@@ -111,14 +159,29 @@ def import_callable(ref: str, field_name: str, allow_code: bool = True) -> Calla
     spec = importlib.util.spec_from_file_location(name, file)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # classes defined there can be found again (deepcopy, pickling by reference)
+    _forget_other_siblings(file.parent)
     try:
-        spec.loader.exec_module(module)
+        with sibling_imports(file.parent):
+            spec.loader.exec_module(module)
     except Exception as exc:
-        raise ArchsmithError(field_name, f"{file.name} raised {type(exc).__name__}: {str(exc)[:200]}") from None
+        raise ArchsmithError(field_name, f"{file.name} raised {type(exc).__name__}: {str(exc)[:200]}{_beside(exc, file)}") from None
     fn = getattr(module, match["name"], None)
     if not callable(fn):
         raise ArchsmithError(field_name, f"{file.name} has no function {match['name']!r}")
-    return fn
+
+    @functools.wraps(fn)
+    def with_siblings(*args, **kwargs):
+        with sibling_imports(file.parent):
+            return fn(*args, **kwargs)
+
+    return with_siblings
+
+
+def _beside(exc: Exception, file: Path) -> str:
+    """For a module the file imports that is in none of the places searched: where it was looked for."""
+    if isinstance(exc, ModuleNotFoundError) and exc.name:
+        return f" (looked beside {file.name} in {file.parent} and in the installed packages)"
+    return ""
 
 
 def call(fn: Callable, field_name: str, **kwargs) -> Any:
@@ -518,6 +581,25 @@ def _profile_shares(module, args, kwargs, repeats: int) -> tuple[dict[str, float
 
 # ---- the analysis -------------------------------------------------------------------------------
 
+def own_parameters(root) -> tuple[dict[str, int], dict[str, dict[str, str]]]:
+    """Parameters per module of `root` with shared tensors counted once, and the ties.
+
+    Returns (module name -> distinct parameters under it that no earlier module holds; module name -> {its own
+    parameter name: the earlier parameter it is}). A tied lm_head holds 0 of its own and maps weight to
+    model.embed_tokens.weight; the root's count is the model's distinct total, and so is the sum over its children.
+    """
+    first = {id(p): name for name, p in root.named_parameters()}  # each tensor once, under the first name it has
+    counts: dict[str, int] = {}
+    tied: dict[str, dict[str, str]] = {}
+    for name, module in root.named_modules():
+        prefix = f"{name}." if name else ""
+        counts[name] = sum(p.numel() for p in module.parameters() if first[id(p)].startswith(prefix))
+        ties = {local: first[id(p)] for local, p in module.named_parameters(recurse=False) if first[id(p)] != prefix + local}
+        if ties:
+            tied[name] = ties
+    return counts, tied
+
+
 def analyze(target: Target, repeats: int = 5, top: int = 5) -> dict[str, Any]:
     """Per-module table, totals, bottlenecks and notes for `target` (see the module docstring)."""
     import torch
@@ -556,10 +638,11 @@ def analyze(target: Target, repeats: int = 5, top: int = 5) -> dict[str, Any]:
             saved_incl[name] = recorder.saved[name] + sum(saved(c) for c in children[name])
         return saved_incl[name]
 
+    own, tied = own_parameters(module)
     rows = []
     for name, sub in modules.items():
         rec = recorder.rows[name]
-        params = sum(p.numel() for p in sub.parameters())
+        params = own[name]  # a weight tied to an earlier module's (a tied lm_head) is counted there, once
         param_bytes = sum(p.numel() * p.element_size() for p in sub.parameters())
         flops = flops_by_name.get(name, 0)
         self_flops = max(0, flops - sum(flops_by_name.get(c, 0) for c in called_children(name)))
@@ -573,6 +656,7 @@ def analyze(target: Target, repeats: int = 5, top: int = 5) -> dict[str, Any]:
             "latency_share": share, "self_latency_share": self_share,
             "arithmetic_intensity": round(flops / traffic, 3) if traffic and flops else 0.0,
             "depth": 0 if not name else name.count(".") + 1, "leaf": not children[name],
+            **({"tied_to": tied[name]} if name in tied else {}),
         })
     total_params = sum(p.numel() for p in module.parameters())
     total_flops = counter.get_total_flops()

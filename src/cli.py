@@ -154,6 +154,23 @@ def _fail(exc: Exception) -> None:
     raise typer.Exit(2)
 
 
+def _show_command(command: str, width: int = 80) -> None:
+    """A shell command in lines of at most `width` columns joined by backslash continuations (it pastes as one
+    command); quoted words stay whole."""
+    import shlex
+
+    lexer = shlex.shlex(command, posix=False)
+    lexer.whitespace_split = True
+    lines, line = [], ""
+    for word in lexer:
+        if line and len(line) + 1 + len(word) > width - 2:  # room for " \\"
+            lines.append(line + " \\")
+            line = "  " + word
+        else:
+            line = f"{line} {word}" if line else word
+    out.print("\n".join([*lines, line]), highlight=False, markup=False, soft_wrap=True)
+
+
 def _json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=_jsonable) + "\n")
 
@@ -198,6 +215,10 @@ def design(
     search_tasks: Optional[str] = typer.Option(None, "--search-tasks", help="With --search: score trials by mean acc on these lm-evaluation-harness tasks (comma list) instead of held-out loss."),
     search_include: Optional[str] = typer.Option(None, "--search-include", help="With --search-tasks: directory of local task YAMLs."),
     search_limit: Optional[int] = typer.Option(None, "--search-limit", help="With --search-tasks: examples per task per trial."),
+    global_batch: Optional[str] = typer.Option(None, "--global-batch", help="Tokens per optimizer step of the training recipe and parallel layouts, a multiple of --seq, e.g. 16777216 (2048 x 8192) (default: DeepSeek LLM's batch-size fit for the run's compute)."),
+    unique_tokens: Optional[str] = typer.Option(None, "--unique-tokens", help="Unique training tokens available, e.g. 20B: with --compute (no --tokens) size and epochs follow Muennighoff et al. 2023's data-constrained law; the plan states epochs and what repetition costs."),
+    layouts: Optional[bool] = typer.Option(None, "--layouts/--no-layouts", show_default=False,
+                                           help="Size tensor / pipeline / context parallel layouts (default: auto, when plain data parallelism does not fit the GPUs or the global batch)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace files in an existing --out directory."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
@@ -220,12 +241,13 @@ def design(
                                            search=search, data=data, trials=trials, steps=steps,
                                            search_tasks=task_list(search_tasks) or None,
                                            search_include=[search_include] if search_include else [], search_limit=search_limit,
-                                           progress=not as_json)
+                                           progress=not as_json, global_batch=global_batch, layouts=layouts,
+                                           unique_tokens=unique_tokens)
         written = write_files(out_dir, render_design(result, str(out_dir)), overwrite)
     except ArchsmithError as exc:
         _fail(exc)
     rec = result["recommended"]
-    summary = {**designer.summary(result), "files": [str(p) for p in written]}
+    summary = {**designer.summary(result, str(out_dir)), "files": [str(p) for p in written]}
     if as_json:
         _json(summary)
         return
@@ -248,7 +270,55 @@ def design(
             out.print(f"{row['choice']}: {row['params_delta']:+,} parameters ({row['active_delta']:+,} active) - {row['what']}",
                       highlight=False)
     out.print(f"{result['context_check']}", highlight=False)
+    for line in designer.data_lines(result["data"])[:2]:
+        out.print(f"data: {line}", highlight=False)
+    if summary["layout_plan"]:
+        _show_layouts(summary)
+    _show_recipe(summary["recipe"], shown=bool(summary["layout_plan"] and summary["layout_plan"]["launch"]))
     out.print("wrote " + ", ".join(str(p) for p in written), highlight=False)
+
+
+LAYOUTS_SHOWN = 5  # feasible layouts in the terminal; capacity_plan.md lists more, --json all
+
+
+def _show_recipe(recipe: dict[str, Any], shown: bool = False) -> None:
+    """The training recipe in one line, its sources, and the command that runs it (`shown`: printed with the
+    recommended parallel layout above)."""
+    out.print(f"recipe: {recipe['tokens_per_step']:,} tokens per step = micro-batch {recipe['micro_batch']} x "
+              f"{recipe['grad_accum']} accumulation x {recipe['data_parallel']} "
+              f"{'GPUs' if recipe['data_parallel'] == recipe['gpus'] else 'data-parallel ranks'} x {recipe['seq']}; "
+              f"{recipe['steps']:,} steps; peak lr {recipe['lr']:g}, warmup {recipe['warmup_steps']:,}, {recipe['schedule']} "
+              f"to {recipe['min_lr_ratio']:.0%}", highlight=False)
+    for line in recipe["words"]:
+        out.print(f"  {line}", style="dim", highlight=False)
+    if shown:
+        out.print("launch: the recommended layout's command above", highlight=False)
+        return
+    out.print("launch:", highlight=False)
+    _show_command(recipe["launch"])
+
+
+def _show_layouts(summary: dict[str, Any]) -> None:
+    """The fastest feasible parallel layouts, why each TP degree without one has none, and the recommended command."""
+    plan, rows = summary["layout_plan"], [r for r in summary["layouts"] if r["feasible"]][:LAYOUTS_SHOWN]
+    columns = [Column("layout"), Column("mem/GPU GiB", True), Column("bubble", True), Column("comm GB/step", True, True),
+               Column("step s", True), Column("recompute", optional=True)]
+    title = (f"Parallel layouts: {plan['gpus']} x {plan['gpu']}, global batch {plan['global_batch_tokens']:,} tokens "
+             f"({plan['feasible']} of {len(summary['layouts'])} feasible)")
+    if rows:
+        show_table(title, columns, [[r["name"], f"{r['memory']['total_bytes'] / 2**30:.1f}", f"{100 * r['bubble']:.1f}%",
+                                     f"{r['comm']['total_bytes'] / 1e9:.1f}", f"{r['time']['step_s']:.3g}", r["recompute"]]
+                                    for r in rows])
+    else:
+        out.print(title, highlight=False)
+    for entry in plan["by_tp"]:
+        if not entry["feasible"]:
+            out.print(f"tp {entry['tp']}: {entry['words']}", highlight=False)
+    if plan["launch"]:
+        best = plan["recommended"]
+        out.print(f"recommended layout: [bold]{best['name']}[/bold] ({best['recompute']} recomputation), "
+                  f"{best['time']['step_s']:.3g} s per step; launch:", highlight=False)
+        _show_command(plan["launch"]["command"])
 
 
 @app.command()
@@ -312,7 +382,7 @@ def search(
     library: Optional[str] = typer.Option(None, "--library", help="e.g. transformers, sentence-transformers."),
     author: Optional[str] = typer.Option(None, "--author", help="Organisation or user."),
     language: Optional[str] = typer.Option(None, "--language", help="ISO code, e.g. es."),
-    license: Optional[str] = typer.Option(None, "--license", help="'commercial' (permissive preset) or a comma list, e.g. apache-2.0,mit."),
+    license: Optional[str] = typer.Option(None, "--license", help="Presets and/or license ids, comma-separated: permissive (MIT, Apache, BSD, CC-BY...), commercial-ok (permissive + OpenRAIL, Llama, Gemma terms), copyleft-ok (permissive + GPL, CC-BY-SA...), e.g. apache-2.0,mit."),
     gpu: Optional[str] = typer.Option(None, "--gpu", help="GPU to check fit on (e.g. t4, l4, a100-80gb)."),
     use: str = typer.Option("run_fp16", "--use", help="What must fit: run_fp16|run_int8|run_int4|finetune_full|finetune_lora|finetune_qlora."),
     max_params: Optional[str] = typer.Option(None, "--max-params", help="Largest parameter count, e.g. 1B."),
@@ -361,6 +431,8 @@ def search(
                                 limit=limit, include_rejected=include_rejected, progress=say)
     except ArchsmithError as exc:
         _fail(exc)
+    for note in result["notes"]:
+        err.print(f"[yellow]note:[/yellow] {note}", highlight=False)
     if as_json:
         _json(result)
         return
@@ -375,7 +447,8 @@ def search(
         need = human_bytes(h["memory"]["needs_bytes"][use]) if h["memory"] else "?"
         fits = "" if not h["memory"] or "fits" not in h["memory"] else (" ok" if h["memory"]["fits"][use] else " too big")
         why = ("" if h["meets_constraints"] else "rejected: ") + "; ".join(h["reasons"][:1] + h["problems"][:1])
-        rows.append([str(h["rank"]), h["id"], h["task"] or "", human_count(h["params"]) if h["params"] else "?", h["license"] or "?",
+        rows.append([str(h["rank"]), h["id"], h["task"] or "", human_count(h["params"]) if h["params"] else "?",
+                     f"{h['license']} ({h['license_class']})" if h["license"] else "?",
                      "yes" if h["gated"] else "", "-" if h["downloads"] is None else f"{h['downloads']:,}", need + fits, why])
         if sort.startswith("score:"):
             rows[-1].insert(2, "-" if h["score"] is None else f"{h['score']['value']:g} {h['score']['metric']}")
@@ -532,7 +605,7 @@ def eval_quality(
 
 @app.command()
 def configure(
-    model_id: str = typer.Argument(..., help="Hub id of the chosen model."),
+    model_id: str = typer.Argument(..., help="Hub id of the chosen model, or a model directory on this machine (config.json, safetensors, tokenizer: no Hub needed)."),
     task: str = typer.Option("text-generation", "--task", help="text-generation, text-classification, image-classification, automatic-speech-recognition, zero-shot-image-classification, text-to-image (diffusers), ..."),
     gpu: str = typer.Option("t4", "--gpu", help="The GPU the fine-tune runs on."),
     method: str = typer.Option("auto", "--method", help="auto (largest that fits), full, lora or qlora."),
@@ -540,7 +613,8 @@ def configure(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace files in an existing --out directory."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
-    """Loading + fine-tuning configuration (full / LoRA / QLoRA) for one model on one GPU, with the memory behind it."""
+    """Fine-tuning plan (full / LoRA / QLoRA) for one model on one GPU, with the memory behind it, and finetune.py: for text
+    generation and classification a complete script (data, chat template, training loop, evaluation, saving)."""
     from archsmith.files import check_out_dir, write_files
     from archsmith.hub import plan_finetune
 
@@ -563,8 +637,13 @@ def configure(
     show_table(f"Fine-tuning {model_id} on {gpu}", [Column("method"), Column("needs", True), Column("usable", True), Column("fits")],
                [[m, human_bytes(needs[f"finetune_{m}"]), human_bytes(plan["usable_bytes"]), "yes" if fits[f"finetune_{m}"] else "no"]
                 for m in ("full", "lora", "qlora") if f"finetune_{m}" in needs])
-    out.print(f"method: [bold]{plan['method']}[/bold]; LoRA targets: {', '.join(plan['settings']['target_modules']) or '-'}")
+    out.print(f"method: [bold]{plan['method']}[/bold]; LoRA targets: {', '.join(plan['settings']['target_modules']) or '-'}"
+              + (f" (from {plan['settings']['target_source']})" if plan["settings"]["target_source"] else ""), highlight=False)
+    for note in plan["notes"]:
+        err.print(f"[yellow]note:[/yellow] {note}", highlight=False)
     out.print("wrote " + ", ".join(str(p) for p in written) if written else plan["script"], highlight=False)
+    if written and plan["usage"]:
+        out.print(f"run: cd {out_dir} && {plan['usage']}", highlight=False)
 
 
 @app.command()
@@ -684,7 +763,8 @@ def analyze(
             continue
         share = "" if r["latency_share"] is None else f"{100 * r['latency_share']:.1f}"
         shape = "x".join(map(str, r["output_shapes"][0])) if r["output_shapes"] else ""
-        rows.append(["  " * r["depth"] + r["name"].rsplit(".", 1)[-1], r["type"], shape, human_count(r["params"]),
+        rows.append(["  " * r["depth"] + r["name"].rsplit(".", 1)[-1], r["type"], shape,
+                     human_count(r["params"]) + (" (tied)" if r.get("tied_to") else ""),
                      human_count(r["flops"]), human_bytes(r["activation_bytes"]), share])
     show_table(f"{result['model']} on {result['device']}, inputs {result['inputs']}",
                [Column("module"), Column("type", optional=True), Column("output", optional=True), Column("params", True),
@@ -956,6 +1036,7 @@ def export(
     quantize: Optional[str] = typer.Option(None, "--quantize", help="int8: also write onnxruntime's dynamic int8 model, with its accuracy delta."),
     repeats: int = typer.Option(5, "--repeats", help="Timed runs per latency point."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace files in an existing --out directory."),
+    static: bool = typer.Option(False, "--static", help="Fixed shapes (the example's) instead of dynamic ones, for a model whose dynamic-shape export differs from eager."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
     """Export to ONNX / torch.export / TorchScript, validate against eager at several shapes, time it."""
@@ -963,7 +1044,7 @@ def export(
 
     try:
         with stages("exporting") as say:
-            report = run(model, fmt, out_dir, quantize=quantize, overwrite=overwrite, repeats=repeats, progress=say)
+            report = run(model, fmt, out_dir, quantize=quantize, overwrite=overwrite, repeats=repeats, progress=say, static=static)
     except ArchsmithError as exc:
         _fail(exc)
     if as_json:
@@ -982,6 +1063,48 @@ def export(
     for note in report["notes"]:
         out.print(f"note: {note}", highlight=False)
     out.print("wrote " + ", ".join(report["files"]), highlight=False)
+
+
+@app.command("generate")
+def generate_text(
+    model: Path = typer.Argument(..., help="Model directory: config.json, safetensors and the tokenizer files."),
+    prompt: str = typer.Option(..., "--prompt", help="Text to continue."),
+    max_new_tokens: int = typer.Option(64, "--max-new-tokens", help="Most tokens to generate (fewer when the end-of-text token comes)."),
+    temperature: float = typer.Option(0.0, "--temperature", help="0: greedy; above 0: sample at this temperature."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="Sample among the k most likely tokens only."),
+    top_p: Optional[float] = typer.Option(None, "--top-p", help="Sample within the smallest set of tokens holding this probability (0, 1]."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the sampling."),
+    draft: Optional[Path] = typer.Option(None, "--draft", help="Draft model directory with the same vocabulary: speculative decoding."),
+    draft_tokens: int = typer.Option(4, "--draft-tokens", help="Tokens the draft proposes per target forward (1-16)."),
+    compare: bool = typer.Option(False, "--compare", help="With --draft, decode with the target alone too: speed-up and, greedy, identical tokens."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+) -> None:
+    """Continue a prompt with a KV cache (greedy or sampled), speculatively with a smaller draft model."""
+    from archsmith.generate import generate_text as run
+
+    try:
+        with stages(f"generating with {model}"):
+            result = run(model, prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                         seed=seed, draft_dir=draft, draft_tokens=draft_tokens, compare=compare)
+    except ArchsmithError as exc:
+        _fail(exc)
+    if as_json:
+        _json(result)
+        return
+    out.print(result["text"], highlight=False, markup=False)
+    speed = f"{result['new_tokens']} in {result['wall_s']:.2f} s ({result['tokens_per_s']:,.1f} tokens/s)"
+    if "speculative" not in result:
+        out.print(f"new tokens: {speed}", highlight=False)
+        return
+    s = result["speculative"]
+    rows = [["new tokens", speed], ["draft tokens per round (k)", str(s["draft_tokens"])],
+            ["acceptance rate", f"{s['acceptance_rate']:.2f} ({s['accepted']:,} of {s['proposed']:,} proposed)"],
+            ["tokens per target forward", f"{s['tokens_per_target_forward']:.2f}"]]
+    if "plain" in result:
+        same = {True: ", same tokens", False: ", tokens DIFFER", None: ""}[result["identical"]]
+        rows.append(["plain decoding", f"{result['plain']['tokens_per_s']:,.1f} tokens/s"])
+        rows.append(["speed-up", f"{result['speed_up']:.2f}x{same}"])
+    show_table(f"speculative decoding, draft {result['draft']}", [Column("what"), Column("value", True)], rows)
 
 
 @app.command()
@@ -1011,23 +1134,23 @@ app.add_typer(tokenizer_app, name="tokenizer")
 def tokenizer_train(
     corpus: list[Path] = typer.Argument(..., help="Text files (a blank line ends a document), JSONL files or directories of them."),
     vocab: int = typer.Option(..., "--vocab", help="Vocabulary size including special tokens (a small corpus may yield fewer)."),
-    out_dir: Path = typer.Option(..., "--out", help="Directory for tokenizer.json, tokenizer_config.json, special_tokens_map.json, tokenizer_report.json."),
-    kind: str = typer.Option("bpe", "--kind", help="bpe (byte-level BPE, lossless) or unigram."),
-    special: list[str] = typer.Option([], "--special", help="Extra special token (repeatable); <pad> <s> </s> <unk> are always ids 0-3."),
+    out_dir: Path = typer.Option(..., "--out", help="Directory for tokenizer.json, tokenizer_config.json, special_tokens_map.json, tokenizer_report.json (and vocab.txt for wordpiece, tokenizer.model for sentencepiece)."),
+    kind: str = typer.Option("bpe", "--kind", help="bpe (byte-level BPE, lossless), unigram, wordpiece (BERT-style, for encoders), sentencepiece (unigram) or sentencepiece-bpe (a real tokenizer.model, byte fallback)."),
+    special: list[str] = typer.Option([], "--special", help="Extra special token (repeatable); <pad> <s> </s> <unk> are always ids 0-3 (wordpiece: [PAD] [UNK] [CLS] [SEP] [MASK], ids 0-4)."),
     field: str = typer.Option("text", "--field", help="The string field of JSONL records."),
     max_length: Optional[int] = typer.Option(None, "--max-length", help="model_max_length to record (the context you will design for)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace files in an existing --out directory."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
-    """Train a byte-level BPE or Unigram tokenizer that AutoTokenizer loads and `design --tokenizer` reads."""
+    """Train a BPE, Unigram, WordPiece or SentencePiece tokenizer that AutoTokenizer loads and `design --tokenizer` reads."""
     from archsmith.files import check_out_dir, write_files
-    from archsmith.tokenizer import train_tokenizer
+    from archsmith.tokenizer import FILES, train_tokenizer
 
     try:
         check_out_dir(out_dir, overwrite)
         files, report = train_tokenizer([str(c) for c in corpus], vocab, kind=kind, special=special, text_field=field,
                                         max_length=max_length, progress=not as_json)
-        written = write_files(out_dir, files, overwrite)
+        written = write_files(out_dir, files, overwrite, stale=[n for n in FILES if n not in files])  # no other kind's vocab.txt
     except ArchsmithError as exc:
         _fail(exc)
     for warning in report["warnings"]:
@@ -1040,6 +1163,8 @@ def tokenizer_train(
         ["vocabulary", f"{report['vocab_size']:,} (asked {vocab:,})"],
         ["corpus documents", f"{report['corpus']['documents']:,}"], ["corpus bytes", f"{report['corpus']['bytes']:,}"],
         ["characters / token", f"{held['characters_per_token']}"], ["bytes / token", f"{held['bytes_per_token']}"],
+        ["unknown tokens", f"{held['unknown_tokens']:,} ({held['unknown_rate']:.4%})"],
+        ["documents decoded exactly", f"{held['exact_round_trips']:.1%}"],
         ["document tokens p50 / p90 / p99 / max", f"{lengths['p50']:.0f} / {lengths['p90']:.0f} / {lengths['p99']:.0f} / {lengths['max']}"],
         ["training", f"{report['training_seconds']} s ({report['training_mb_per_s']} MB/s)"]])
     out.print(f"measured on {report['measured_on']}; wrote " + ", ".join(str(p) for p in written), highlight=False)
@@ -1055,7 +1180,7 @@ def train(
     batch: int = typer.Option(32, "--batch", help="Global batch in sequences per optimizer step (all processes, accumulation included)."),
     micro_batch: Optional[int] = typer.Option(None, "--micro-batch", help="Sequences per forward/backward per process (default: batch / nproc)."),
     seq: Optional[int] = typer.Option(None, "--seq", help="Tokens per sequence (default: the model's context length)."),
-    lr: float = typer.Option(3e-4, "--lr", help="Peak learning rate (AdamW)."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (AdamW) (default: for fresh weights, DeepSeek LLM's fit for the run's compute, as design's recipe; 3e-4 when continuing from weights)."),
     min_lr_ratio: float = typer.Option(0.1, "--min-lr-ratio", help="Final learning rate as a fraction of the peak."),
     schedule: str = typer.Option("cosine", "--schedule", help="cosine, linear or wsd (warmup-stable-decay), after linear warmup."),
     warmup: Optional[int] = typer.Option(None, "--warmup", help="Warmup steps (default: 5% of steps, at most 2000)."),
@@ -1074,12 +1199,17 @@ def train(
     seed: int = typer.Option(0, "--seed", help="Seed of the initial weights and the data order."),
     nproc: int = typer.Option(1, "--nproc", help="Processes on this machine (starts torchrun); under torchrun, leave it out."),
     strategy: str = typer.Option("ddp", "--strategy", help="ddp or fsdp (FSDP2, one shard group per decoder layer) with several processes."),
+    tp: int = typer.Option(1, "--tp", help="Tensor-parallel degree (sequence-parallel norms, vocabulary-parallel loss)."),
+    pp: int = typer.Option(1, "--pp", help="Pipeline-parallel degree (stages of consecutive layers)."),
+    cp: int = typer.Option(1, "--cp", help="Context-parallel degree (ring attention; CUDA)."),
+    pp_schedule: str = typer.Option("1f1b", "--pp-schedule", help="1f1b, interleaved (2 stages per rank) or gpipe."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile each decoder layer."),
     checkpointing: bool = typer.Option(False, "--checkpointing", help="Activation checkpointing per decoder layer."),
     deterministic: bool = typer.Option(False, "--deterministic", help="Deterministic algorithms: bitwise-repeatable runs and resumes on one device."),
     eval_tasks: Optional[str] = typer.Option(None, "--eval-tasks", help="lm-evaluation-harness tasks (comma list) measured at every evaluation."),
     eval_include: Optional[str] = typer.Option(None, "--eval-include", help="Directory of local task YAMLs for --eval-tasks."),
     eval_limit: Optional[int] = typer.Option(None, "--eval-limit", help="Examples per task at each evaluation (default: all)."),
+    tensorboard: bool = typer.Option(False, "--tensorboard", help="Also write metrics as TensorBoard event files (RUN/tensorboard)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars on stderr."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (the run summary) on stdout."),
 ) -> None:
@@ -1095,9 +1225,9 @@ def train(
                    seq=seq, lr=lr, min_lr_ratio=min_lr_ratio, schedule=schedule, warmup=warmup, weight_decay=weight_decay,
                    clip=clip, precision=precision, save_every=save_every, keep=keep, eval_every=eval_every,
                    eval_samples=eval_samples, eval_fraction=eval_fraction, patience=patience, document_mask=document_mask,
-                   field=field, resume=resume, seed=seed, nproc=nproc, strategy=strategy, compile=compile,
-                   checkpointing=checkpointing, deterministic=deterministic, eval_tasks=eval_tasks, eval_include=eval_include,
-                   eval_limit=eval_limit, progress=progress and not as_json)
+                   field=field, resume=resume, seed=seed, nproc=nproc, strategy=strategy, tp=tp, pp=pp, cp=cp,
+                   pp_schedule=pp_schedule, compile=compile, checkpointing=checkpointing, deterministic=deterministic, eval_tasks=eval_tasks, eval_include=eval_include,
+                   eval_limit=eval_limit, tensorboard=tensorboard, progress=progress and not as_json)
     try:
         if under_torchrun() and nproc > 1 and nproc != int(os.environ["WORLD_SIZE"]):
             raise ArchsmithError("nproc", f"torchrun started {os.environ['WORLD_SIZE']} processes; leave --nproc out under torchrun")
@@ -1112,7 +1242,7 @@ def train(
         return
     evals = summary["evals"]
     out.print(f"trained {summary['model']['parameters']:,} parameters for {summary['steps']} steps on {summary['world']} "
-              f"process(es) ({summary['strategy']}): {summary['tokens']:,} tokens, {summary['tokens_per_s']:,.0f} tokens/s")
+              f"process(es) ({summary['layout'] if summary['layout'] != 'single' and summary['strategy'] else summary['strategy']}): {summary['tokens']:,} tokens, {summary['tokens_per_s']:,.0f} tokens/s")
     line = f"loss {summary['first_loss']:.4f} -> {summary['last_loss']:.4f}"
     if len(evals) > 1:
         line += f"; held-out {evals[0]['loss']:.4f} -> {evals[-1]['loss']:.4f} (perplexity {evals[-1]['perplexity']:.2f})"

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from archsmith import estimate as est
-from archsmith import families
+from archsmith import families, parity
 from archsmith.errors import ArchsmithError
 from archsmith.spec import MLASpec, MoESpec, ArchitectureSpec
 
@@ -39,7 +39,7 @@ ADOPTED = {
     "qkv_bias": "biases on the q, k and v projections",
     "o_bias": "a bias on the attention output projection",
     "mlp_bias": "biases in the MLP",
-    "moe.shared_experts": "always-on shared experts beside the routed ones, as wide as one, with a sigmoid gate",
+    "moe.shared_experts": "always-on shared experts beside the routed ones, as wide as one",
     "norm_placement": "a different norm placement",
     "ffn_kind": "a different MLP kind",
     "norm": "a different norm",
@@ -194,7 +194,9 @@ def _resolved(spec: ArchitectureSpec, value: Any) -> Any:
 def family_for(spec: ArchitectureSpec, chosen: list[str], keep: tuple[str, ...] = ()) -> Fit:
     """The registry family that expresses `spec` with the fewest adopted changes and computed extras (families
     network.py trains first, then registry order); none may touch the fields of a `chosen` choice, nor those in
-    `keep` (a pretrained model's fields whose change would alter what its weights compute)."""
+    `keep` (a pretrained model's fields whose change would alter what its weights compute). The family's written config
+    must also prove (`archsmith.parity`: transformers computes what network.py computes on a tiny instance); a family
+    that fails is passed over for the next."""
     from archsmith.hfconfig import hf_from_spec
 
     protected = {f for name in chosen for f in CHOSEN_FIELDS[name]} | set(keep)
@@ -206,8 +208,13 @@ def family_for(spec: ArchitectureSpec, chosen: list[str], keep: tuple[str, ...] 
         if protected & {k if k.startswith("moe.") else k.split(".")[0] for k in changes}:
             continue
         score = (row.parity != "both", len(changes) + len(families.features(row, {})), order)
+        if spec.moe is not None and "moe.shared_experts" in row.keys and not spec.moe.shared_experts:
+            changes["moe.shared_experts"] = 1  # its transformers code builds the shared MLP whatever its width: one expert
         if spec.moe is not None and "moe.shared_ffn_size" in row.keys and not spec.moe.shared_ffn_size:
             changes["moe.shared_ffn_size"] = families.Same("moe.expert_ffn_size")  # a shared expert as wide as a routed one
+        groups = row.extra["n_group"].default if "n_group" in row.extra else None
+        if spec.moe is not None and groups and (spec.moe.num_experts % groups or spec.moe.num_experts // groups < 2):
+            changes["extra"] = {**spec.extra, "n_group": 1, "topk_group": 1}  # the family's groups need more experts
         fit = Fit(row.model_type, changes)
         try:
             hf_from_spec(fit.apply(spec))
@@ -215,11 +222,16 @@ def family_for(spec: ArchitectureSpec, chosen: list[str], keep: tuple[str, ...] 
             refusals.append(((exc.field.split(".")[0] in {f.split(".")[0] for f in protected}, len(changes), order), str(exc)))
             continue
         fits.append((score, fit))
-    if not fits:
-        nearest = min(refusals)[1] if refusals else "no family of this kind (dense or MoE)"
-        raise ArchsmithError(chosen[0] if chosen else "model_type", "no transformers family in the registry expresses this "
-                             f"combination; the nearest refuses it with {nearest}")
-    return min(fits, key=lambda item: item[0])[1]
+    for _, fit in sorted(fits, key=lambda item: item[0]):
+        try:  # what transformers computes from the written config, on a tiny instance, against network.py
+            parity.prove_spec(fit.apply(spec))
+        except ArchsmithError as exc:  # this family writes it but computes something else: the next one that expresses it
+            refusals.append(((False, -1, -1), str(exc)))
+            continue
+        return fit
+    nearest = min(refusals)[1] if refusals else "no family of this kind (dense or MoE)"
+    raise ArchsmithError(chosen[0] if chosen else "model_type", "no transformers family in the registry expresses this "
+                         f"combination; the nearest refuses it with {nearest}")
 
 
 def tradeoffs(spec: ArchitectureSpec, base: ArchitectureSpec, components: Components) -> list[dict[str, Any]]:
@@ -238,14 +250,16 @@ def tradeoffs(spec: ArchitectureSpec, base: ArchitectureSpec, components: Compon
     row = families.get(spec.model_type)
     rows += [{"choice": "computes", "what": f"{feature}: {spec.model_type}'s code computes it (no parameters)", **_cost(spec, {})}
              for feature in families.features(row, spec.extra)]
-    for key in row.fixed:
+    built = ["moe.shared_experts"] if spec.moe is not None and "moe.shared_experts" in row.keys else []  # see family_for
+    for key in [*row.fixed, *built]:
         sub, _, rest = key.partition(".")
         before, after = _value(asked, key), _value(spec, key)
         if before == after or rest in ("shared_expert_gate", "shared_ffn_size"):  # those two count with the shared expert
             continue
         values = {rest: before, **(_SHARED_OFF if rest == "shared_experts" else {})}
         revert = {sub: dataclasses.replace(getattr(spec, sub), **values)} if rest else {key: before}
-        rows.append({"choice": f"adopted: {key}", "what": f"{ADOPTED.get(key, key)}: {after!r} instead of {before!r} "
+        gate = ", with a sigmoid gate" if rest == "shared_experts" and spec.moe.shared_expert_gate else ""
+        rows.append({"choice": f"adopted: {key}", "what": f"{ADOPTED.get(key, key)}{gate}: {after!r} instead of {before!r} "
                                                            f"({spec.model_type} hard-codes it)", **_cost(spec, revert)})
     return rows
 

@@ -16,6 +16,7 @@ from typing import Any, Callable
 import yaml
 
 from archsmith import estimate as est
+from archsmith import layouts as parallel_layouts
 from archsmith import peak, scaling
 from archsmith.components import Components, tradeoffs
 from archsmith.errors import ArchsmithError
@@ -186,6 +187,56 @@ def _assumptions(setup: dict[str, Any], limit: dict[str, Any]) -> list[str]:
     ]
 
 
+COMPUTE_TOLERANCE = 1.1  # a plan whose 6 N D is within 10% of the compute budget spends it; further off, a warning
+
+
+def _compute_check(compute: float, params: int, tokens: int, chinchilla: dict[str, float],
+                   unique: int | None) -> list[str]:
+    """A warning when the size and the given training tokens do not spend the compute budget (6 N D, Chinchilla's
+    count, off by more than COMPUTE_TOLERANCE either way)."""
+    used = scaling.FLOPS_PER_PARAM_TOKEN * params * tokens
+    if 1 / COMPUTE_TOLERANCE <= used / compute <= COMPUTE_TOLERANCE:
+        return []
+    words = (f"--compute {compute:.3g} and --tokens {human_count(tokens)} disagree: {human_count(params)} parameters (sized by "
+             f"the compute) on {human_count(tokens)} tokens is {tokens / params:.1f} tokens per parameter and 6ND = "
+             f"{used:.3g} FLOPs, {used / compute:.0%} of the budget; Chinchilla spends the budget as "
+             f"{human_count(chinchilla['params'])} parameters on {human_count(chinchilla['tokens'])} tokens")
+    if unique is None:
+        words += ("; if the tokens are the unique data you have, give them as --unique-tokens (not --tokens): the size and "
+                  "the epochs then follow Muennighoff et al. 2023's data-constrained law")
+    return [words]
+
+
+def _repetition_check(data: dict[str, Any]) -> list[str]:
+    """A warning when the run repeats its unique data past the epochs where repetition still pays (Muennighoff et al.)."""
+    epochs = data["epochs"]
+    if epochs <= scaling.VALUABLE_EPOCHS:
+        return []
+    opt = data["optimum"]
+    past = (f"past ~{scaling.R_STAR_DATA:.0f} epochs more repetition adds almost nothing" if epochs > scaling.R_STAR_DATA
+            else f"past ~{scaling.VALUABLE_EPOCHS} epochs repeated tokens are worth less than unique ones")
+    return [f"{epochs:.1f} epochs of {human_count(data['unique_tokens'])} unique tokens: {past} (Muennighoff et al. 2023): the "
+            f"{human_count(data['tokens'])} training tokens are worth {human_count(data['effective_tokens'])} unique tokens "
+            f"({data['tokens_lost_fraction']:.0%} lost), predicted loss {data['loss_penalty']:+.3f} over the same run on unique "
+            f"data; for this compute the law's optimum is {human_count(opt['params'])} parameters on {human_count(opt['tokens'])} "
+            f"tokens ({opt['epochs']:.1f} epochs), or find more unique data"]
+
+
+def data_lines(data: dict[str, Any] | None) -> list[str]:
+    """The data-constrained report in words (terminal and reports); empty without --unique-tokens."""
+    if data is None:
+        return []
+    opt = data["optimum"]
+    return [f"{human_count(data['tokens'])} training tokens over {human_count(data['unique_tokens'])} unique tokens: "
+            f"{data['epochs']:.2f} epochs, worth {human_count(data['effective_tokens'])} unique tokens "
+            f"({data['tokens_lost_fraction']:.1%} lost to repetition; the parameters are worth {human_count(data['effective_params'])}, "
+            f"{data['params_lost_fraction']:.1%} less, beyond the unique data's compute-optimal size); predicted loss "
+            f"{data['loss']:.3f}, {data['loss_penalty']:+.4f} over the same run on unique data",
+            f"data-constrained optimum for the same compute ({data['compute_flops']:.3g} FLOPs, 6ND): {human_count(opt['params'])} "
+            f"parameters on {human_count(opt['tokens'])} tokens, {opt['epochs']:.2f} epochs, predicted loss {opt['loss']:.3f}",
+            f"source: {data['source']}"]
+
+
 def _summarise(c: Candidate, tokens: int | None, gpu: dict[str, Any], mfu: float, setup: dict[str, Any]) -> None:
     spec = c.spec
     counts = est.count_params(spec)
@@ -243,7 +294,8 @@ def design(params: int | str | None = None, compute: float | None = None, memory
            context: int | None = None, tokenizer: TokenizerInfo | None = None, gpu: str = "h100", gpus: int = 8,
            tokens: int | None = None, mfu: float = DEFAULT_MFU, vocab: int | None = None, batch: int = 1,
            seq: int | None = None, strategy: str = "auto", checkpointing: bool | None = None,
-           components: Components | None = None) -> dict[str, Any]:
+           components: Components | None = None, global_batch: int | None = None,
+           layouts: bool | None = None, unique_tokens: int | None = None) -> dict[str, Any]:
     """Design a decoder-only LM. Exactly one of params / compute / memory (bytes per GPU) sets the size.
 
     `components` (MoE, sliding windows, positions, norms, attention) change the Llama defaults; the design is then
@@ -251,7 +303,18 @@ def design(params: int | str | None = None, compute: float | None = None, memory
 
     `batch` (micro-batch per GPU), `seq` (tokens per sequence; default the context), `strategy` and `checkpointing`
     (None: auto) set the training plan behind "memory per GPU"; a memory budget never yields a design whose plan
-    exceeds min(budget, usable device memory)."""
+    exceeds min(budget, usable device memory).
+
+    `global_batch` (tokens per step; default one micro-batch per GPU) and `layouts` size tensor / pipeline / context
+    parallel layouts of the recommended shape (`archsmith.layouts`): True always, None (auto) when plain data
+    parallelism does not fit the GPUs or cannot give each GPU a micro-batch of the global batch, False never.
+
+    The recipe (`training_recipe`: tokens per step, micro-batch x accumulation, learning rate, warmup, decay, steps)
+    sizes the global batch from DeepSeek LLM's fit unless `global_batch` is given; parallel layouts split the same batch.
+
+    `unique_tokens` (the unique data available): with a compute budget and no `tokens`, the size and tokens minimise
+    Muennighoff et al.'s data-constrained loss (`scaling.data_constrained_optimum`); with any target, `data` states
+    the epochs and what repetition costs, and warnings say when epochs pass where repetition stops paying."""
     given = [name for name, v in (("params", params), ("compute", compute), ("memory", memory)) if v is not None]
     if len(given) != 1:
         raise ArchsmithError("params", "give exactly one of --params, --compute or --memory")
@@ -270,16 +333,25 @@ def design(params: int | str | None = None, compute: float | None = None, memory
         raise ArchsmithError("strategy", f"must be one of {', '.join(STRATEGY_CHOICES)}; got {strategy!r}")
     if checkpointing not in (None, True, False):
         raise ArchsmithError("checkpointing", f"must be true, false or auto (null); got {checkpointing!r}")
+    for name, value in (("tokens", tokens), ("unique_tokens", unique_tokens)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not MIN_TOKENS <= value <= MAX_TOKENS):
+            raise ArchsmithError(name, f"must be an integer in [{MIN_TOKENS:,}, {MAX_TOKENS:,}] tokens, got {value!r}")
     device = get_gpu(gpu)
     limit = usable_memory(device, memory)
+    tokens_given = tokens
     target: dict[str, Any] = {"by": given[0]}
     if compute is not None:
         if not 1e15 <= compute <= 1e28:
             raise ArchsmithError("compute", f"must be in [1e15, 1e28] FLOPs, got {compute:g}")
         opt = scaling.optimal_for_compute(compute)
-        params = int(opt["params"])
-        tokens = tokens or int(opt["tokens"])
         target.update(compute_flops=compute, chinchilla=opt)
+        if unique_tokens is not None and tokens is None:  # the unique data limits: Muennighoff et al.'s optimum
+            dc = scaling.data_constrained_optimum(compute, unique_tokens)
+            params, tokens = int(dc["params"]), int(dc["tokens"])
+            target.update(data_constrained=dc)
+        else:
+            params = int(opt["params"])
+            tokens = tokens or int(opt["tokens"])
     if memory is not None:
         if not 2**28 <= memory <= 2**44:
             raise ArchsmithError("memory", f"must be between 256 MiB and 16 TiB per GPU, got {memory:,} bytes")
@@ -315,6 +387,8 @@ def design(params: int | str | None = None, compute: float | None = None, memory
                                                                         MOE_AT_EQUAL_COMPUTE, by="active")) is not None:
         cands.append(Candidate("moe-equal-compute", s))  # a compute budget buys active parameters: MoE adds capacity
     setup = choose_training(balanced, gpus, batch, seq or context, strategy, checkpointing, limit["bytes"])
+    if global_batch is not None:
+        parallel_layouts.check_global_batch(global_batch, setup["seq"])
     for c in cands:
         _summarise(c, tokens, device, mfu, setup)
     _tradeoffs(cands)
@@ -342,6 +416,34 @@ def design(params: int | str | None = None, compute: float | None = None, memory
                         f"{limit['why']}; " + (f"ZeRO-3 / FSDP with checkpointing fits it on {more} GPUs, or " if more else "")
                         + "lower --seq or --batch")
     context_note = _context_check(context, tokenizer)
+    train_tokens = recommended.summary["train_tokens"]
+    recipe = training_recipe(balanced, setup, train_tokens, global_batch)
+    one_each = gpus * batch * setup["seq"]  # tokens when every GPU takes one micro-batch: plain data parallelism
+    layout_plan = None
+    if layouts or (layouts is None and (not setup["fits"] or (global_batch or one_each) < one_each)):
+        layout_plan = parallel_layouts.plan(balanced, device, gpus, setup["seq"], global_batch or recipe["tokens_per_step"],
+                                            batch, mfu, limit["bytes"])
+        layout_plan["train_tokens"] = train_tokens
+        if layout_plan["recommended"] is None:
+            warnings.append(f"no tensor / pipeline / context parallel layout of {gpus} GPUs fits either; see "
+                            "'Parallel layouts' for why (add GPUs, lower --seq, or change --global-batch)")
+        else:
+            recipe = recipe_on_layout(recipe, balanced, layout_plan["recommended"])
+    n_total = recommended.summary["params"]["total"]
+    if compute is not None and tokens_given is not None:
+        warnings.extend(_compute_check(compute, n_total, train_tokens, target["chinchilla"], unique_tokens))
+    data = None
+    if unique_tokens is not None:
+        data = scaling.data_constrained(n_total, train_tokens, unique_tokens)
+        warnings.extend(_repetition_check(data))
+        if "data_constrained" in target:
+            opt = target["chinchilla"]
+            chinchilla_loss = scaling.data_constrained_loss(opt["params"], opt["tokens"], unique_tokens)
+            rationale.insert(1, f"sized for {human_count(unique_tokens)} unique tokens by Muennighoff et al. 2023's "
+                                f"data-constrained law: {human_count(n_total)} parameters for {human_count(train_tokens)} tokens "
+                                f"({data['epochs']:.2f} epochs), predicted loss {data['loss']:.3f}, against {chinchilla_loss:.3f} "
+                                f"for Chinchilla's {human_count(opt['params'])} on {human_count(opt['tokens'])} "
+                                f"({opt['tokens'] / unique_tokens:.2f} epochs) of the same data")
     return {
         "target": target,
         "tokens": tokens,  # training tokens given or sized by the compute budget (None: Chinchilla per candidate)
@@ -365,6 +467,11 @@ def design(params: int | str | None = None, compute: float | None = None, memory
             "asked": components.words(), "family": recommended.spec.model_type,
             "tradeoffs": tradeoffs(recommended.spec, _one_layer(tpl, balanced_h, padded, context, None, tokenizer), components)},
         "scaling_path": scaling_path(recommended.spec, tokenizer, padded, components),
+        "layouts": layout_plan,  # tensor / pipeline / context parallel layouts of the recommended shape, or None
+        "global_batch": global_batch,
+        "recipe": recipe,  # tokens per step, micro-batch x accumulation, learning rate, warmup, decay, steps
+        "recipe_lines": _recipe_lines(recipe, larger_micro_batch(balanced, setup, recipe)),
+        "data": data,  # with unique_tokens: epochs, what repetition costs, the data-constrained optimum
     }
 
 
@@ -529,6 +636,139 @@ def capacity_plan(spec: ArchitectureSpec, gpu: dict[str, Any], gpus: int, tokens
     }
 
 
+# ---- the training recipe -----------------------------------------------------------------------------
+
+def training_recipe(spec: ArchitectureSpec, setup: dict[str, Any], tokens: int, global_batch: int | None = None) -> dict[str, Any]:
+    """The run a plan launches, under its memory plan `setup` (`choose_training`: micro-batch, seq, GPUs, strategy).
+
+    Tokens per step: `global_batch` (tokens) when given, else DeepSeek LLM's B_opt for C = M x `tokens` (`scaling.
+    batch_and_lr`), rounded to micro_batch x grad_accum x gpus x seq with grad_accum >= 1 (so never below one micro-batch
+    per GPU). Steps cover `tokens`; the peak learning rate is the fit's for the run's compute (M x steps x tokens per
+    step), the warmup and cosine decay `scaling`'s (what `archsmith train` uses when no --lr / --warmup is given)."""
+    seq, gpus, micro = setup["seq"], setup["gpus"], setup["micro_batch"]
+    per_flops = scaling.non_embedding_flops(spec, seq)
+    fit = scaling.batch_and_lr(per_flops * tokens)
+    target = global_batch if global_batch is not None else fit["batch_tokens"]
+    unit = micro * gpus * seq  # one micro-batch on every GPU
+    accum = max(1, round(target / unit))
+    if global_batch is not None:
+        source = f"the given --global-batch of {global_batch:,} tokens"
+    else:
+        source = (f"DeepSeek LLM's (2024) fit B_opt = {scaling.BATCH_FIT[0]} C^{scaling.BATCH_FIT[1]} gives "
+                  f"{fit['batch_tokens_fit']:,.0f} tokens at C = {fit['compute_flops']:.3g} FLOPs ({human_count(per_flops)} "
+                  f"non-embedding FLOPs per token x {human_count(tokens)} tokens)"
+                  + (f", capped at {scaling.MAX_BATCH_TOKENS:,} (Llama 3 405B's final batch, the largest published)"
+                     if fit["batch_clamped"] else ""))
+    return _recipe(spec, tokens, per_flops, micro, accum, gpus, gpus, seq, target, source)
+
+
+def _recipe(spec: ArchitectureSpec, tokens: int, per_flops: int, micro: int, accum: int, data_parallel: int, gpus: int,
+            seq: int, target: float, source: str) -> dict[str, Any]:
+    """A recipe of micro x accum x data_parallel x seq tokens per step: steps, learning rate, warmup, decay, in words."""
+    per_step = micro * accum * data_parallel * seq
+    steps = max(1, math.ceil(tokens / per_step))
+    fit = scaling.batch_and_lr(per_flops * steps * per_step)
+    warmup = scaling.warmup_steps(steps)
+    ranks = ("GPU" if gpus == 1 else "GPUs") if data_parallel == gpus else "data-parallel ranks"
+    split = f"micro-batch {micro} x {accum} accumulation steps x {data_parallel} {ranks} x {seq} tokens"
+    if per_step == round(target):
+        batch_words = f"{per_step:,} tokens per step = {split}; {source}"
+    elif accum == 1 and per_step > target:
+        batch_words = f"{per_step:,} tokens per step = {split}; {source}: less than one micro-batch per GPU, so raised to one each"
+    else:
+        batch_words = f"{per_step:,} tokens per step = {split}; {source}, rounded to whole accumulation steps"
+    lr_words = (f"peak learning rate {fit['lr']:g}: DeepSeek LLM's (2024) fit eta_opt = {scaling.LR_FIT[0]} C^{scaling.LR_FIT[1]} "
+                f"gives {fit['lr_fit']:.3g} at C = {fit['compute_flops']:.3g} FLOPs (the run's steps x tokens per step)"
+                + (f", clamped to [{scaling.LR_RANGE[0]:g}, {scaling.LR_RANGE[1]:g}]" if fit["lr_clamped"] else ""))
+    schedule_words = (f"linear warmup over {warmup:,} steps (5% of the run, at most {scaling.MAX_WARMUP:,}), then cosine decay "
+                      f"to {scaling.MIN_LR_RATIO:.0%} of the peak ({fit['lr'] * scaling.MIN_LR_RATIO:.3g}) at step {steps:,}; "
+                      "AdamW, weight decay 0.1, gradient clipping 1.0")
+    return {
+        "tokens_per_step": per_step, "micro_batch": micro, "grad_accum": accum, "gpus": gpus, "data_parallel": data_parallel,
+        "seq": seq, "sequences_per_step": per_step // seq, "steps": steps, "tokens": tokens, "trained_tokens": steps * per_step,
+        "lr": fit["lr"], "warmup_steps": warmup, "schedule": scaling.SCHEDULE, "min_lr_ratio": scaling.MIN_LR_RATIO,
+        "compute_flops": fit["compute_flops"], "non_embedding_flops_per_token": per_flops,
+        "batch_tokens_asked": target, "batch_source": source, "lr_fit": fit["lr_fit"], "lr_clamped": fit["lr_clamped"],
+        "layout": None, "words": [batch_words, lr_words, schedule_words],
+    }
+
+
+def recipe_on_layout(recipe: dict[str, Any], spec: ArchitectureSpec, row: dict[str, Any]) -> dict[str, Any]:
+    """`recipe` run on the parallel layout `row` (`layouts.layout`): its micro-batch, micro-batches per step and
+    data-parallel degree split the layout's global batch (the recipe's, unless the user gave --global-batch)."""
+    out = _recipe(spec, recipe["tokens"], recipe["non_embedding_flops_per_token"], row["micro_batch"], row["micro_batches"],
+                  row["dp"], row["gpus"], row["seq"], recipe["batch_tokens_asked"], recipe["batch_source"])
+    out["layout"] = {k: row[k] for k in ("name", "tp", "pp", "cp", "dp", "schedule", "recompute")}
+    out["words"][0] += (f"; on the {row['name']} layout each model replica spans {row['gpus'] // row['dp']} GPU(s) "
+                        f"(tp x pp x cp), so {row['dp']} data-parallel rank(s) split the batch")
+    return out
+
+
+def larger_micro_batch(spec: ArchitectureSpec, setup: dict[str, Any], recipe: dict[str, Any]) -> dict[str, Any] | None:
+    """The largest power-of-two micro-batch above the plan's, at most the sequences each GPU takes per step, that still
+    fits the plan's limit under its strategy and checkpointing (fewer accumulation steps); None when none does."""
+    if not setup["fits"] or recipe["layout"] is not None:
+        return None
+    per_gpu = recipe["micro_batch"] * recipe["grad_accum"]
+    best = None
+    m = setup["micro_batch"] * 2
+    while m <= per_gpu:
+        need = memory_per_gpu(spec, setup["strategy"], setup["checkpointing"], setup["gpus"], m, setup["seq"])["total_bytes"]
+        if need > setup["limit_bytes"]:
+            break
+        best = {"micro_batch": m, "bytes": need}
+        m *= 2
+    return best
+
+
+def recipe_flags(recipe: dict[str, Any]) -> list[str]:
+    """The `archsmith train` flags of the recipe's optimizer schedule (the batch flags come with the launch command)."""
+    return ["--lr", f"{recipe['lr']:g}", "--warmup", str(recipe["warmup_steps"]), "--schedule", recipe["schedule"],
+            "--min-lr-ratio", f"{recipe['min_lr_ratio']:g}"]
+
+
+def recipe_launch(result: dict[str, Any], model_dir: str) -> dict[str, Any]:
+    """The command that runs the design's recipe from `model_dir`: the recommended parallel layout's
+    (`layouts.launch`) when the recipe runs on one, else the data-parallel plan's (`train.parallel.launch_plan`);
+    `command` carries the recipe's batch, steps, learning rate, warmup and decay."""
+    if result["recipe"]["layout"] is not None:
+        return layout_launch(result, model_dir)
+    return launch_plan_of(result, model_dir)
+
+
+def launch_plan_of(result: dict[str, Any], model_dir: str) -> dict[str, Any]:
+    """The data-parallel plan's command (`train.parallel.launch_plan`) with the recipe, in its data-parallel form when
+    the recipe runs on a parallel layout (the capacity plan shows it for reference then)."""
+    from archsmith.train.parallel import launch_plan
+
+    recipe = result["recipe"]
+    if recipe["layout"] is not None:
+        recipe = training_recipe(result["recommended"].spec, result["training"], recipe["tokens"], result["global_batch"])
+    return launch_plan(result["training"], model_dir, recipe["tokens"], recipe)
+
+
+def layout_launch(result: dict[str, Any], model_dir: str) -> dict[str, Any] | None:
+    """The recommended parallel layout's command (`layouts.launch`) with the recipe's optimizer flags; None when no
+    layout was sized or none fits."""
+    import shlex
+
+    plan = result.get("layouts")
+    if not plan or plan["recommended"] is None:
+        return None
+    go = parallel_layouts.launch(plan["recommended"], model_dir, plan["train_tokens"])
+    flags = recipe_flags(result["recipe"])
+    return {**go, "strategy": plan["recommended"]["name"], "command": go["command"] + " " + shlex.join(flags)}
+
+
+def _recipe_lines(recipe: dict[str, Any], hint: dict[str, Any] | None) -> list[str]:
+    """The recipe's words, with the larger micro-batch that also fits when there is one."""
+    lines = list(recipe["words"])
+    if hint:
+        lines.append(f"micro-batch {hint['micro_batch']} also fits ({human_bytes(hint['bytes'])} per GPU under the same plan): "
+                     f"design with --batch {hint['micro_batch']} for fewer accumulation steps and larger matmuls")
+    return lines
+
+
 def design_from_text(params: str | None = None, compute: str | None = None, memory: str | None = None,
                      context: int | None = None, tokenizer: str | None = None, gpu: str = "h100", gpus: int = 8,
                      tokens: str | None = None, mfu: float = DEFAULT_MFU, vocab: int | None = None, batch: int = 1,
@@ -537,8 +777,10 @@ def design_from_text(params: str | None = None, compute: str | None = None, memo
                      window_layers: str | None = None, position: str | None = None, norm: str | None = None,
                      attention: str | None = None, search: bool = False, data: str | None = None, trials: int | None = None,
                      steps: int | None = None, search_tasks: list[str] | None = None, search_include: list[str] = (),
-                     search_limit: int | None = None, progress: bool = False) -> dict[str, Any]:
-    """`design` from the strings people type ('1B', '1e21', '24GB', '100B', a tokenizer directory, '8:2' experts).
+                     search_limit: int | None = None, progress: bool = False, global_batch: str | None = None,
+                     layouts: bool | None = None, unique_tokens: str | None = None) -> dict[str, Any]:
+    """`design` from the strings people type ('1B', '1e21', '24GB', '100B', a tokenizer directory, '8:2' experts,
+    a global batch of '16777216' tokens, '20B' unique tokens).
 
     `search` explores the decoder space around the design by training on the corpus `data`
     (`archsmith.search.decoder`, `trials` proxy runs of `steps` steps) and recommends the lowest held-out loss, or
@@ -565,7 +807,10 @@ def design_from_text(params: str | None = None, compute: str | None = None, memo
         context=context, tokenizer=read_tokenizer(tokenizer) if tokenizer else None, gpu=gpu, gpus=gpus,
         tokens=parse_count(tokens, "tokens", MIN_TOKENS, MAX_TOKENS) if tokens is not None else None, mfu=mfu, vocab=vocab,
         batch=batch, seq=seq, strategy=strategy, checkpointing=checkpointing,
-        components=asked,
+        components=asked, layouts=layouts,
+        unique_tokens=parse_count(unique_tokens, "unique_tokens", MIN_TOKENS, MAX_TOKENS) if unique_tokens is not None else None,
+        global_batch=(parse_count(global_batch, "global_batch", 1, parallel_layouts.MAX_GLOBAL_BATCH)
+                      if global_batch is not None else None),
     )
     if search:
         from archsmith.search.decoder import DEFAULT_STEPS, DEFAULT_TRIALS, search_design
@@ -573,7 +818,21 @@ def design_from_text(params: str | None = None, compute: str | None = None, memo
         found = search_design(result, data, trials or DEFAULT_TRIALS, steps or DEFAULT_STEPS, progress=progress,
                               tasks=search_tasks, include=search_include, limit=search_limit)
         adopt_searched(result, found)
+    prove_design(result)
     return result
+
+
+def prove_design(result: dict[str, Any]) -> None:
+    """The recommended config.json proven before it is written (`archsmith.parity`): a tiny instance of its layout in
+    transformers and network.py computes the same logits, else ArchsmithError naming the layout field. The proof goes
+    into result["proof"]; a family network.py cannot build leaves it unproven, with a warning."""
+    from archsmith import parity
+    from archsmith.hfconfig import hf_from_spec
+
+    proof = parity.prove_config(hf_from_spec(result["recommended"].spec))
+    result["proof"] = proof
+    if proof["status"] == "unproven":
+        result["warnings"].append(f"config.json is not proven against transformers: {proof['reason']}")
 
 
 def adopt_searched(result: dict[str, Any], found: dict[str, Any]) -> None:
@@ -593,10 +852,32 @@ def adopt_searched(result: dict[str, Any], found: dict[str, Any]) -> None:
                                   f"{found['config']['steps']} steps of {found['batch']} x {found['seq']} tokens, the best of "
                                   f"{found['counts']['complete']} finished trials (table under 'Search')")
     result["search"] = found
+    # the recipe of the searched shape, data-parallel (the parallel layouts, if any, were sized for the balanced shape)
+    recipe = training_recipe(c.spec, result["training"], c.summary["train_tokens"], result["global_batch"])
+    result["recipe"] = recipe
+    result["recipe_lines"] = _recipe_lines(recipe, larger_micro_batch(c.spec, result["training"], recipe))
+    if result["data"] is not None:
+        result["data"] = scaling.data_constrained(c.summary["params"]["total"], c.summary["train_tokens"],
+                                                  result["data"]["unique_tokens"])
 
 
-def summary(result: dict[str, Any]) -> dict[str, Any]:
-    """The JSON view of a design: candidates with their key numbers, the recommendation, the plan's assumptions."""
+def summary(result: dict[str, Any], model_dir: str = "DESIGN_DIR") -> dict[str, Any]:
+    """The JSON view of a design: candidates with their key numbers, the recommendation, the plan's assumptions;
+    `layouts` (each layout without its per-stage rows) and `layout_plan` (the recommended layout's launch command for
+    `model_dir`, why each TP degree has no feasible layout) when parallel layouts were sized; `recipe` (tokens per
+    step = micro_batch x grad_accum x data_parallel x seq, steps, lr, warmup_steps, and `launch`, the command that runs
+    it from `model_dir`); `data_constrained` with --unique-tokens."""
+    plan = result.get("layouts")
+    layout_plan = None
+    if plan is not None:
+        best = plan["recommended"]
+        layout_plan = {**{k: v for k, v in plan.items() if k not in ("layouts", "recommended")},
+                       "recommended": best and {k: v for k, v in best.items() if k != "stages"},
+                       "launch": layout_launch(result, model_dir)}
+    go = recipe_launch(result, model_dir)
+    recipe = {**{k: v for k, v in result["recipe"].items() if k != "words"}, "launch": go["command"],
+              "strategy": go["strategy"], "nodes": go["nodes"], "gpus_per_node": go["gpus_per_node"],
+              "words": result["recipe_lines"]}
     return {
         "target": result["target"],
         "template": result["template"]["name"],
@@ -617,6 +898,11 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
         "recommended": result["recommended"].name,
         "rationale": result["rationale"],
         "components": result["components"],
+        "proof": result.get("proof"),  # the written config against transformers on a tiny instance (archsmith.parity)
         "search": result["search"] and {k: v for k, v in result["search"].items() if k not in ("spec", "files")},
         "scaling_path": result["scaling_path"],
+        "layouts": [{k: v for k, v in row.items() if k != "stages"} for row in plan["layouts"]] if plan else [],
+        "layout_plan": layout_plan,
+        "recipe": recipe,
+        "data_constrained": result["data"],
     }

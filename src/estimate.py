@@ -336,7 +336,9 @@ def flops(spec: ArchitectureSpec, seq: int | None = None, checkpointing: bool = 
         "forward_per_token_no_causal_halving": round(dense["total"] / seq),
         "training_per_token_no_causal_halving": round((3 * dense["total"] + (dense["linear"] + dense["attention"] if checkpointing else 0)) / seq),
         "attention_per_token": round(causal["attention"] / seq),
-        "six_n_per_token": 6 * params["non_embedding"],  # Kaplan et al. 2020 rule of thumb, for comparison
+        # Kaplan et al. 2020 rule of thumb, for comparison: N is the non-embedding parameters a token runs through
+        # (an MoE's active ones: top_k of its routed experts, not all of them)
+        "six_n_per_token": 6 * (params["active"] - params["embedding"] - params["lm_head"]),
         "checkpointing_recompute": checkpointing,
         "experts_run": families.get(spec.model_type).experts_run if spec.moe else None,
     }

@@ -6,12 +6,20 @@ absolute difference must stay within TOLERANCE, or nothing is written. ONNX runs
 `quantize="int8"` adds onnxruntime's dynamic int8 quantisation with its accuracy delta. Files are made
 in a temporary directory, validated, then moved into `out` at once (`archsmith.files.write_files`).
 
+Shapes are dynamic by default (text models: batch and sequence; factories: every dimension torch.export finds free);
+`static=True` fixes them at the example's. When a dynamic export differs from eager, it is exported again with fixed
+shapes and with each input's dimensions fixed in turn, and the error names the input whose dynamic dimensions break
+it (and the input whose new values show it) and offers `--static`: a wrong file is never written.
+
 TorchScript (`torch.jit.trace`) still runs in torch 2.13 but is deprecated upstream; prefer pt2.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
+import inspect
 import io
 import json
 import logging
@@ -53,6 +61,53 @@ class Exportable:
     masks: list[Any | None]  # per case: attention mask selecting the positions compared (None: all)
     output: str
     name: str
+    labels: list[str] = dataclasses.field(default_factory=list)  # per input, for messages: "input_1 (batch)"
+    example_mask: Any = None  # the example's attention mask (text models): the positions compared at the example shape
+
+    def label(self, i: int) -> str:
+        return self.labels[i] if i < len(self.labels) else self.names[i]
+
+
+class Mismatch(ArchsmithError):
+    """Validation found the artifact different from eager (or failing) on case `case` (an index into `cases`)."""
+
+    def __init__(self, field: str, message: str, case: int):
+        super().__init__(field, message)
+        self.case = case
+
+
+def _argument_labels(module, names: list[str]) -> list[str]:
+    """"input_1 (batch)": the ONNX input name and the forward's parameter it feeds, where the signature says."""
+    try:
+        params = [p.name for p in inspect.signature(module.forward).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        params = []
+    return [f"{name} ({params[i]})" if i < len(params) and params[i] != name else name for i, name in enumerate(names)]
+
+
+def static_shapes(ex: Exportable) -> Exportable:
+    """`ex` with fixed shapes (the example's): checked on the cases of the example's shapes, timed at that shape."""
+    shapes = [tuple(t.shape) for t in ex.example]
+    same = [(case, mask) for case, mask in zip(ex.cases, ex.masks) if [tuple(t.shape) for t in case[1]] == shapes]
+    if not same:
+        same = [(("example inputs", ex.example), ex.example_mask)]
+    label = ", ".join("x".join(map(str, shape)) for shape in shapes)
+    return dataclasses.replace(ex, dynamic=None, cases=[c for c, _ in same], masks=[m for _, m in same],
+                               latency_cases=[(f"fixed shapes {label}", ex.example)])
+
+
+def _one_input_fixed(ex: Exportable, i: int) -> Exportable:
+    """`ex` with input i's dimensions fixed, the others as dynamic as before (checked on the same-shape cases)."""
+    fixed = static_shapes(ex)
+    dynamic = list(ex.dynamic)
+    if len(dynamic) == len(ex.names):  # one entry per input
+        dynamic[i] = None
+    else:  # forward(*tensors): one group holding every input's entry
+        group = list(dynamic[0])
+        group[i] = None
+        dynamic[0] = tuple(group)
+    return dataclasses.replace(fixed, dynamic=tuple(dynamic))
 
 
 class TextModel(torch.nn.Module):
@@ -79,8 +134,14 @@ def _text_inputs(vocab: int, batch: int, seq: int, pad: bool, seed: int) -> tupl
     return ids, mask
 
 
-def load_exportable(model: str, allow_code: bool = True, latency_grid=LATENCY_GRID) -> Exportable:
-    """An HF model directory with safetensors weights, or `file.py:factory` (CLI: runs the user's code)."""
+def load_exportable(model: str, allow_code: bool = True, latency_grid=LATENCY_GRID, static: bool = False) -> Exportable:
+    """An HF model directory with safetensors weights, or `file.py:factory` (CLI: runs the user's code); `static`
+    fixes the shapes at the example's."""
+    ex = _load_exportable(model, allow_code, latency_grid)
+    return static_shapes(ex) if static else ex
+
+
+def _load_exportable(model: str, allow_code: bool, latency_grid) -> Exportable:
     from archsmith.analyze import FACTORY, hf_class, load
 
     if FACTORY.match(model or ""):
@@ -97,7 +158,8 @@ def load_exportable(model: str, allow_code: bool = True, latency_grid=LATENCY_GR
         names = [f"input_{i}" for i in range(len(example))]
         dynamic = tuple({d: torch.export.Dim.AUTO for d in range(t.dim())} for t in example)
         cases = [("example inputs", example), ("fresh inputs, same shapes", fresh)]
-        return Exportable(target.module.eval(), names, example, dynamic, cases, cases[:1], [None, None], "output", target.name)
+        return Exportable(target.module.eval(), names, example, dynamic, cases, cases[:1], [None, None], "output", target.name,
+                          _argument_labels(target.module, names))
     path = Path(model)
     if (path / "student.json").is_file():
         return _student_exportable(path, allow_code)
@@ -124,8 +186,9 @@ def load_exportable(model: str, allow_code: bool = True, latency_grid=LATENCY_GR
         cases.append((f"batch {b}, seq {s}" + (" (row 0 right-padded)" if b > 1 else ""), inputs))
         masks.append(inputs[1])
     latency = [(f"batch {b}, seq {min(s, context)}", _text_inputs(vocab, b, min(s, context), pad=False, seed=99)) for b, s in latency_grid]
-    return Exportable(TextModel(hf, causal).eval(), ["input_ids", "attention_mask"], _text_inputs(vocab, *EXAMPLE, pad=True, seed=7),
-                      dynamic, cases, latency, masks, "logits" if causal else "last_hidden_state", str(model))
+    example = _text_inputs(vocab, *EXAMPLE, pad=True, seed=7)
+    return Exportable(TextModel(hf, causal).eval(), ["input_ids", "attention_mask"], example, dynamic, cases, latency, masks,
+                      "logits" if causal else "last_hidden_state", str(model), example_mask=example[1])
 
 
 class Positional(torch.nn.Module):
@@ -151,7 +214,8 @@ def _student_exportable(path: Path, allow_code: bool) -> Exportable:
     fresh = variant(args, seed=1)
     dynamic = (tuple({d: torch.export.Dim.AUTO for d in range(t.dim())} for t in args),)  # forward(*tensors): one group
     cases = [("example inputs", args), ("fresh inputs, same shapes", fresh)]
-    return Exportable(module.eval(), names, args, dynamic, cases, cases[:1], [None, None], "output", str(path))
+    labels = names if isinstance(example, dict) else _argument_labels(module.module, names)
+    return Exportable(module.eval(), names, args, dynamic, cases, cases[:1], [None, None], "output", str(path), labels)
 
 
 # ---- one artifact per format ----------------------------------------------------------------------
@@ -198,12 +262,21 @@ def _where(node) -> str:
     return f"module '{module[0] or '(root)'}' ({str(module[1]).rsplit('.', 1)[-1]})" + (f", {line}" if line else "")
 
 
-def unsupported_onnx_ops(program) -> list[str]:
-    """Ops of a torch.export program that no ONNX translation covers, each with where it is called."""
+@functools.cache
+def _onnx_registry(torchvision_loaded: bool):
+    """torchlib's ONNX translations of the ops loaded now (about a second to build: built once per process, again once
+    torchvision, whose ops it skips until they exist, is imported)."""
     from torch.onnx._internal.exporter import _registration
 
     with quiet():  # it warns about every torchvision op it skips
-        registry = _registration.ONNXRegistry.from_torchlib()
+        return _registration.ONNXRegistry.from_torchlib()
+
+
+def unsupported_onnx_ops(program) -> list[str]:
+    """Ops of a torch.export program that no ONNX translation covers, each with where it is called."""
+    import sys
+
+    registry = _onnx_registry("torchvision" in sys.modules)
     missing = []
     for node in program.graph.nodes:
         target = node.target
@@ -267,30 +340,114 @@ def _compare(reference, output, mask) -> dict[str, float]:
 def validate(ex: Exportable, run: Callable, tolerance: float | None) -> list[dict[str, Any]]:
     """Run `run` on every case against eager; raise (nothing written) when a difference exceeds `tolerance`."""
     rows = []
-    for (label, inputs), mask in zip(ex.cases, ex.masks):
-        with torch.no_grad():
-            reference = ex.module(*inputs)
-            try:
-                output = run(*inputs)
-            except Exception as exc:
-                raise ArchsmithError("validation", f"the exported model fails on {label}: {_first_line(exc)}; nothing written") from None
-        if tuple(output.shape) != tuple(reference.shape):
-            raise ArchsmithError("validation", f"{label}: exported output shape {tuple(output.shape)} != eager {tuple(reference.shape)}; nothing written")
-        row = {"case": label, "shapes": [list(t.shape) for t in inputs], **_compare(reference, output, mask)}
-        if tolerance is not None:
-            row["tolerance"] = tolerance * max(1.0, row["scale"])
-            row["ok"] = row["max_abs_diff"] <= row["tolerance"]
-            if not row["ok"]:
-                raise ArchsmithError("validation", f"{label}: max |exported - eager| = {row['max_abs_diff']:.3g} exceeds "
-                                                   f"{row['tolerance']:.3g}; nothing written")
-        rows.append(row)
+    for i, ((label, inputs), mask) in enumerate(zip(ex.cases, ex.masks)):
+        row = _check(ex, run, inputs, mask, tolerance)
+        if "failure" in row:
+            raise Mismatch("validation", f"{'the exported model fails on ' if row['failure'] == 'fails' else ''}{label}: "
+                                         f"{row['detail']}; nothing written", i)
+        rows.append({"case": label, **row})
     return rows
+
+
+def _check(ex: Exportable, run: Callable, inputs: tuple, mask, tolerance: float | None) -> dict[str, Any]:
+    """One comparison of `run` against eager: the row, with `failure` and `detail` when it fails."""
+    with torch.no_grad():
+        reference = ex.module(*inputs)
+        try:
+            output = run(*inputs)
+        except Exception as exc:
+            return {"failure": "fails", "detail": _first_line(exc)}
+    if tuple(output.shape) != tuple(reference.shape):
+        return {"failure": "shape", "detail": f"exported output shape {tuple(output.shape)} != eager {tuple(reference.shape)}"}
+    row = {"shapes": [list(t.shape) for t in inputs], **_compare(reference, output, mask)}
+    if tolerance is not None:
+        row["tolerance"] = tolerance * max(1.0, row["scale"])
+        row["ok"] = row["max_abs_diff"] <= row["tolerance"]
+        if not row["ok"]:
+            row.update(failure="diff", detail=f"max |exported - eager| = {row['max_abs_diff']:.3g} exceeds {row['tolerance']:.3g}")
+    return row
+
+
+def _new_values(ex: Exportable, run: Callable, case: int) -> list[int]:
+    """Inputs that show a same-shape failure on their own: the example with only that input taken from the case."""
+    inputs = ex.cases[case][1]
+    if [t.shape for t in inputs] != [t.shape for t in ex.example]:
+        return []
+    return [i for i in range(len(inputs))
+            if "failure" in _check(ex, run, ex.example[:i] + (inputs[i],) + ex.example[i + 1:], ex.masks[case], TOLERANCE)]
+
+
+def _artifact(ex: Exportable, fmt: str, directory: Path, report: dict[str, Any], notes: list[str]) -> tuple[str, Callable, Path]:
+    """Export `ex` to `fmt` in `directory` and load it back: (runner name, runner, file)."""
+    if fmt == "pt2":
+        program = _torch_export(ex)
+        path = directory / FILE_NAMES["pt2"]
+        torch.export.save(program, str(path))
+        return "torch.export (.pt2)", torch.export.load(str(path)).module(), path
+    if fmt == "torchscript":
+        notes.append("TorchScript is deprecated upstream (torch.jit); prefer --format pt2 (torch.export)")
+        with quiet():
+            try:
+                traced = torch.jit.trace(ex.module, ex.example, check_trace=False, strict=False)
+            except Exception as exc:
+                raise ArchsmithError("model", f"torch.jit.trace cannot trace {ex.name}: {_first_line(exc)}{_user_frame(exc)}") from None
+            path = directory / FILE_NAMES["torchscript"]
+            torch.jit.save(traced, str(path))
+            return "TorchScript", torch.jit.load(str(path)), path
+    import onnx
+    import onnxruntime
+
+    path = _export_onnx(ex, directory)
+    onnx.checker.check_model(str(path))
+    report["onnx"] = {"opset": onnx.load(str(path), load_external_data=False).opset_import[0].version,
+                      "onnxruntime": onnxruntime.__version__}
+    return "onnxruntime", _ort_runner(_ort_session(path), ex.names), path
+
+
+def diagnose_dynamic(ex: Exportable, fmt: str, failure: Mismatch, run: Callable) -> ArchsmithError:
+    """The error for a dynamic-shape export that failed validation: re-exported with fixed shapes, and with each
+    input's dimensions fixed in turn, it names the input whose dynamic dimensions break the export and offers
+    fixed shapes; when fixed shapes fail too, it says the shapes are not the cause. Writes nothing."""
+    said = str(failure).removeprefix("validation: ").removesuffix("; nothing written")
+    shown = _new_values(ex, run, failure.case)
+    values = f" (it shows when {_names(ex, shown)} take{'s' if len(shown) == 1 else ''} new values)" if shown else ""
+    fixed = static_shapes(ex)
+    with tempfile.TemporaryDirectory(prefix="archsmith-export-check-") as tmp:
+        try:
+            rows = validate(fixed, _artifact(fixed, fmt, Path(tmp), {}, [])[1], TOLERANCE)
+        except ArchsmithError as exc:
+            return ArchsmithError("validation", f"{said}{values}; fixed shapes fail too ({str(exc).split(': ', 1)[-1].removesuffix('; nothing written')}), "
+                                                "so dynamic shapes are not the cause; nothing written")
+        breaking = []
+        for i in range(len(ex.names)) if len(ex.names) > 1 else ():
+            one = _one_input_fixed(ex, i)
+            directory = Path(tmp) / f"input_{i}"
+            directory.mkdir()
+            try:
+                validate(one, _artifact(one, fmt, directory, {}, [])[1], TOLERANCE)
+                breaking.append(i)
+            except ArchsmithError:
+                continue
+    worst = max(r["max_abs_diff"] for r in rows)
+    culprit = (f"the dynamic dimensions of {_names(ex, breaking)} break it" if breaking else
+               "no one input's dynamic dimensions are to blame alone" if len(ex.names) > 1 else "its dynamic dimensions break it")
+    shapes = ", ".join(f"{ex.label(i)} {'x'.join(map(str, t.shape))}" for i, t in enumerate(ex.example))
+    return ArchsmithError("static", f"with dynamic shapes, {said}{values}; with fixed shapes ({shapes}) the export matches eager "
+                                    f"(max |diff| {worst:.3g}): {culprit}. Export with fixed shapes (--static; MCP static: true) "
+                                    "and feed exactly those shapes, or change the model so that it computes the same for any "
+                                    "size; nothing written")
+
+
+def _names(ex: Exportable, inputs: list[int]) -> str:
+    return " and ".join(ex.label(i) for i in inputs)
 
 
 def export(model: str, fmt: str, out: str | Path, quantize: str | None = None, allow_code: bool = True,
            overwrite: bool = False, repeats: int = 5, latency_grid=LATENCY_GRID,
-           progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Export `model` to `fmt`, validate it (and its int8 twin), time it, write it to `out`; returns the report."""
+           progress: Callable[[str], None] | None = None, static: bool = False) -> dict[str, Any]:
+    """Export `model` to `fmt`, validate it (and its int8 twin), time it, write it to `out`; returns the report.
+
+    `static`: fixed shapes (the example's) instead of dynamic batch / sequence / free dimensions."""
     from archsmith.analyze import median_ms
     from archsmith.files import check_out_dir, write_files
 
@@ -305,44 +462,31 @@ def export(model: str, fmt: str, out: str | Path, quantize: str | None = None, a
         raise ArchsmithError("repeats", f"must be an integer in [1, 1000], got {repeats!r}")
     check_out_dir(out, overwrite)
     say(f"loading {model}")
-    ex = load_exportable(model, allow_code, latency_grid)
+    ex = load_exportable(model, allow_code, latency_grid, static=static)
     notes: list[str] = []
     runners: dict[str, Callable] = {"eager": lambda *x: ex.module(*x)}
     report: dict[str, Any] = {"model": str(model), "format": fmt, "inputs": ex.names, "output": ex.output,
+                              "shapes": "traced" if fmt == "torchscript" else "fixed" if ex.dynamic is None else "dynamic",
                               "torch": torch.__version__, "tolerance": f"{TOLERANCE:g} x max(1, max |eager output|), fp32"}
+    if static:
+        report["input_shapes"] = {name: list(t.shape) for name, t in zip(ex.names, ex.example)}
+        notes.append("fixed shapes: the exported model takes exactly " +
+                     ", ".join(f"{ex.label(i)} {'x'.join(map(str, t.shape))}" for i, t in enumerate(ex.example)))
     with tempfile.TemporaryDirectory(prefix="archsmith-export-") as tmp:
         staging = Path(tmp)
         say(f"exporting to {fmt}")
-        if fmt == "pt2":
-            program = _torch_export(ex)
-            path = staging / FILE_NAMES["pt2"]
-            torch.export.save(program, str(path))
-            reloaded = torch.export.load(str(path)).module()
-            runners["torch.export (.pt2)"] = reloaded
-        elif fmt == "torchscript":
-            notes.append("TorchScript is deprecated upstream (torch.jit); prefer --format pt2 (torch.export)")
-            with quiet():
-                try:
-                    traced = torch.jit.trace(ex.module, ex.example, check_trace=False, strict=False)
-                except Exception as exc:
-                    raise ArchsmithError("model", f"torch.jit.trace cannot trace {ex.name}: {_first_line(exc)}{_user_frame(exc)}") from None
-                path = staging / FILE_NAMES["torchscript"]
-                torch.jit.save(traced, str(path))
-                runners["TorchScript"] = torch.jit.load(str(path))
-        else:
-            import onnx
-            import onnxruntime
-
-            path = _export_onnx(ex, staging)
-
-            onnx.checker.check_model(str(path))
-            report["onnx"] = {"opset": onnx.load(str(path), load_external_data=False).opset_import[0].version,
-                              "onnxruntime": onnxruntime.__version__}
-            runners["onnxruntime"] = _ort_runner(_ort_session(path), ex.names)
+        exported_label, runner, path = _artifact(ex, fmt, staging, report, notes)
+        runners[exported_label] = runner
         say("validating against eager")
-        exported_label = list(runners)[1]
-        report["validation"] = validate(ex, runners[exported_label], TOLERANCE)
+        try:
+            report["validation"] = validate(ex, runner, TOLERANCE)
+        except Mismatch as failure:
+            if report["shapes"] != "dynamic":
+                raise
+            say("re-checking with fixed shapes")
+            raise diagnose_dynamic(ex, fmt, failure, runner) from None
         if quantize:
+            import onnx
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
             say("int8 dynamic quantisation")

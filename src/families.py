@@ -2,7 +2,9 @@
 
 A row says how the family's `config.json` keys map to `ArchitectureSpec` fields (renames,
 transformers' defaults, flags that switch layouts), what its transformers code hard-codes
-(norms, biases, QK-norm, MoE layout, layer patterns), what it computes beyond its sizes
+(norms, biases, QK-norm, MoE layout, layer patterns), which layout switches its transformers code honours
+(`layouts`: windows, per-layer attention kinds, dense layers beside MoE ones, shared experts, NoPE layers; network.py
+builds no other), what it computes beyond its sizes
 (soft-caps, (1 + w) norms, embedding scales, multipliers), which attention kernels
 transformers accepts for it, how the activation estimator treats it, and how far
 `network.py` reproduces it (`parity`). `hfconfig`, `estimate`, `network`, `weights`, the MCP
@@ -114,6 +116,9 @@ class Family:
     layers: LayerRule = LayerRule()
     nope: bool = False  # reads no_rope_layers / no_rope_layer_interval (layers without RoPE)
     moe_layers: Literal["all", "first_k_dense", "sparse_step", "interleave"] | None = None  # None: dense
+    # the layout switches (LAYOUTS) its transformers code honours: network.py refuses the others for this family and
+    # the writer never emits them; tests/test_families.py runs each one against transformers
+    layouts: tuple[str, ...] = ()
     heads_divide_hidden: bool = False  # the config class refuses hidden_size % num_heads != 0 even with head_dim
     rope_per_layer_type: bool = False  # rope_parameters nested by layer type (local theta for sliding layers)
     extra: Mapping[str, Extra] = field(default_factory=dict)
@@ -131,6 +136,11 @@ class Family:
     expert_names: tuple[str, str, str] | None = None
     rope_interleaved: bool = False  # RoPE rotates adjacent channel pairs (x0, x1), (x2, x3) instead of the two halves
     latent_norm_eps: float | None = None  # eps of MLA's q/kv latent norms when the family's code fixes it (None: norm_eps)
+    # ---- fine-tuning -------------------------------------------------------------------------------
+    # leaf names of the nn.Linear (GPT-2: Conv1D) modules in a block that LoRA adapts (peft `target_modules`), as the
+    # family's transformers code names them; routers and fused 3-D expert parameters are left out (tests/test_hub.py
+    # checks every row against the model transformers builds on the meta device)
+    lora_targets: tuple[str, ...] = ()  # (): the Llama names, LLAMA_LORA (`lora_modules`)
     # ---- estimator rules -------------------------------------------------------------------------
     attention_kernels: tuple[str, ...] = ("sdpa", "eager", "flash_attention_2", "flex_attention")  # what transformers accepts
     norm_weight_in_fp32: bool = False  # norm multiplies its weight in fp32 (saves an fp32 normalised input)
@@ -184,6 +194,35 @@ def installed_transformers() -> str:
 
 
 TRANSFORMERS = installed_transformers()  # the version the rows describe
+
+# Layout switches a family's config can turn on, each honoured by some families' transformers code and ignored by
+# others' (Qwen3-MoE reads no layer_types: every layer slides when its window is on).
+LAYOUTS: dict[str, str] = {
+    "window": "one sliding window on every layer (sliding_window)",
+    "layer_types": "layers of different attention kinds (layer_types: sliding, chunked or linear beside full attention)",
+    "dense_layers": "dense MLP layers beside the MoE ones (first_k_dense_replace, mlp_only_layers, decoder_sparse_step, "
+                    "moe_layers)",
+    "shared_experts": "always-on shared experts beside the routed ones",
+    "nope_layers": "layers without RoPE (no_rope_layers)",
+}
+LAYOUT_FIELDS = {"window": "sliding_window", "layer_types": "layer_types", "dense_layers": "moe.layers",
+                 "shared_experts": "moe.shared_experts", "nope_layers": "nope_layers"}  # the spec field each one sets
+
+
+def layout_switches(spec: Any) -> list[str]:
+    """The LAYOUTS switches an ArchitectureSpec turns on, in LAYOUTS order."""
+    kinds = set(spec.resolved_layer_types)
+    moe = spec.moe
+    used = {"window": kinds == {"sliding_attention"}, "layer_types": len(kinds) > 1,
+            "dense_layers": moe is not None and moe.layers is not None and tuple(moe.layers) != tuple(range(spec.num_layers)),
+            "shared_experts": moe is not None and moe.shared_experts > 0, "nope_layers": bool(spec.nope_layers)}
+    return [name for name in LAYOUTS if used[name]]
+
+
+def honouring(switch: str) -> tuple[str, ...]:
+    """Families whose transformers code honours `switch`, sorted."""
+    return tuple(sorted(f.model_type for f in FAMILIES.values() if switch in f.layouts))
+
 
 MISSING = object()  # no default: the key is required
 # What a null value means where it is not transformers' default (a null num_key_value_heads: one per head).
@@ -250,6 +289,9 @@ GEMMA_DEFAULTS = {"num_key_value_heads": MISSING, "rms_norm_eps": 1e-6, "tie_wor
                   "sliding_window": 4096, "hidden_activation": "gelu_pytorch_tanh"}
 
 
+WINDOW_ONLY, WINDOW_PATTERNS = ("window",), ("window", "layer_types")  # a window on every layer; also any sliding / full mix
+
+
 def dropout(default: float, **sites: str) -> dict[str, Extra]:
     """Dropout probabilities the family's config carries (transformers' default `default`), by site: key."""
     return {key: Extra("number", default, minimum=0.0, maximum=1.0, dropout=site) for site, key in sites.items()}
@@ -262,25 +304,31 @@ DEEPSEEK_KEYS = {**ATTENTION_BIAS, "head_dim": None, **ROUTER, "moe.num_experts"
                  "mla.kv_lora_rank": "kv_lora_rank", "mla.qk_nope_head_dim": "qk_nope_head_dim",
                  "mla.qk_rope_head_dim": "qk_rope_head_dim", "mla.v_head_dim": "v_head_dim"}
 PER_EXPERT = ("gate_proj", "up_proj", "down_proj")  # per-expert checkpoint tensors of the Qwen-MoE / DeepSeek layout
+# LoRA targets (module leaf names): the Llama block's projections, and the other layouts'
+LLAMA_LORA = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+ATTENTION_LORA = LLAMA_LORA[:4]  # MoE layers whose experts are fused 3-D parameters in transformers 5: attention only
+NEOX_LORA = ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h")
+MLA_LORA = ("q_proj", "q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 ROWS: tuple[Family, ...] = (
     # ---- the Llama block and its close relatives ----
     Family("llama", "LlamaForCausalLM", parity="both", heads_divide_hidden=True,
            keys={**ATTENTION_BIAS, "mlp_bias": "mlp_bias"},
            defaults={"max_position_embeddings": 2048, "rms_norm_eps": 1e-6}),
-    Family("mistral", "MistralForCausalLM", parity="both", layers=LayerRule("all_sliding"),
+    Family("mistral", "MistralForCausalLM", parity="both", layouts=WINDOW_ONLY, layers=LayerRule("all_sliding"),
            defaults={"max_position_embeddings": 131072, "num_key_value_heads": MISSING, "rms_norm_eps": 1e-6}),
-    Family("qwen2", "Qwen2ForCausalLM", parity="both", fixed={"qkv_bias": True},
+    Family("qwen2", "Qwen2ForCausalLM", parity="both", layouts=WINDOW_PATTERNS, fixed={"qkv_bias": True},
            layers=LayerRule("window_layers", gate=("use_sliding_window",)),
            defaults={"max_position_embeddings": 32768, "rms_norm_eps": 1e-6}, extra=WINDOW_LAYERS),
-    Family("qwen3", "Qwen3ForCausalLM", parity="both", keys=ATTENTION_BIAS, fixed={"qk_norm": "head"},
+    Family("qwen3", "Qwen3ForCausalLM", parity="both", layouts=WINDOW_PATTERNS, keys=ATTENTION_BIAS, fixed={"qk_norm": "head"},
            layers=LayerRule("window_layers", gate=("use_sliding_window",)),
            defaults={"max_position_embeddings": 32768, "rms_norm_eps": 1e-6}, extra=WINDOW_LAYERS),
     Family("granite", "GraniteForCausalLM", parity="both", keys={**ATTENTION_BIAS, "mlp_bias": "mlp_bias"},
            defaults={"max_position_embeddings": 2048, "rms_norm_eps": 1e-6},
            extra={name: Extra("number", 1.0, above=0.0, feature=MULTIPLIERS)
                   for name in ("embedding_multiplier", "residual_multiplier", "attention_multiplier", "logits_scaling")}),
-    Family("smollm3", "SmolLM3ForCausalLM", parity="both", keys={**ATTENTION_BIAS, "mlp_bias": "mlp_bias"}, nope=True,
+    Family("smollm3", "SmolLM3ForCausalLM", parity="both", layouts=("layer_types", "nope_layers"),
+           keys={**ATTENTION_BIAS, "mlp_bias": "mlp_bias"}, nope=True,
            layers=LayerRule("rope", other="full_attention", nth="sliding_attention", gate=("use_sliding_window", "sliding_window")),
            defaults={"max_position_embeddings": 32768, "num_key_value_heads": MISSING, "rms_norm_eps": 1e-6,
                      "tie_word_embeddings": True, "rope_theta": 2_000_000.0}),
@@ -293,23 +341,26 @@ ROWS: tuple[Family, ...] = (
     Family("olmo", "OlmoForCausalLM", parity="both", keys={**ATTENTION_BIAS, "norm_eps": None},
            fixed={"norm": "layernorm_nonparametric", "norm_eps": 1e-5}, defaults={"max_position_embeddings": 2048},
            extra={"clip_qkv": Extra("number", None, above=0.0, nullable=True, feature=CLIP_QKV)}, norm_upcast="fused"),
-    Family("phi3", "Phi3ForCausalLM", parity="both", layers=LayerRule("all_sliding"),
+    Family("phi3", "Phi3ForCausalLM", parity="both", layouts=WINDOW_ONLY, layers=LayerRule("all_sliding"),
            fixed={**NO_BIAS, "fused_qkv": True, "fused_gate_up": True},
            defaults={"max_position_embeddings": 4096, "rms_norm_eps": 1e-5}, rope_concat=True,
-           extra={"original_max_position_embeddings": Extra("int", 4096, minimum=1), **dropout(0.0, residual="resid_pdrop", embedding="embd_pdrop")}),
+           extra={"original_max_position_embeddings": Extra("int", 4096, minimum=1), **dropout(0.0, residual="resid_pdrop", embedding="embd_pdrop")},
+           lora_targets=("qkv_proj", "o_proj", "gate_up_proj", "down_proj")),
     # ---- Gemma: (1 + w) RMSNorm, sqrt(hidden) embedding scale, GeGLU ----
     Family("gemma", "GemmaForCausalLM", parity="both", keys=ATTENTION_BIAS, fixed={"ffn_kind": "geglu"},
            defaults={"max_position_embeddings": 8192, "rms_norm_eps": 1e-6, "tie_word_embeddings": True, "head_dim": 256,
                      "hidden_act": "gelu_pytorch_tanh"},
            embed_scale="sqrt_hidden", **GEMMA_NORM),
-    Family("gemma2", "Gemma2ForCausalLM", parity="both", heads_divide_hidden=True, keys={**ATTENTION_BIAS, "activation": "hidden_activation"},
+    Family("gemma2", "Gemma2ForCausalLM", parity="both", layouts=WINDOW_PATTERNS, heads_divide_hidden=True,
+           keys={**ATTENTION_BIAS, "activation": "hidden_activation"},
            fixed={"norm_placement": "sandwich", "ffn_kind": "geglu"}, layers=LayerRule("period", 2),
            defaults={**GEMMA_DEFAULTS, "max_position_embeddings": 8192},
            extra={"query_pre_attn_scalar": Extra("number", 256, above=0.0),
                   "attn_logit_softcapping": Extra("number", 50.0, above=0.0, nullable=True, feature=SOFTCAP_ATTENTION),
                   "final_logit_softcapping": Extra("number", 30.0, above=0.0, nullable=True, feature=SOFTCAP_FINAL)},
            embed_scale="sqrt_hidden", attention_kernels=("eager", "flash_attention_2", "flex_attention"), **GEMMA_NORM),
-    Family("gemma3_text", "Gemma3ForCausalLM", parity="both", heads_divide_hidden=True, rope_per_layer_type=True,
+    Family("gemma3_text", "Gemma3ForCausalLM", parity="both", layouts=WINDOW_PATTERNS, heads_divide_hidden=True,
+           rope_per_layer_type=True,
            keys={**ATTENTION_BIAS, "activation": "hidden_activation"},
            fixed={"norm_placement": "sandwich", "ffn_kind": "geglu", "qk_norm": "head"},
            layers=LayerRule("period", 6, period_key="sliding_window_pattern"),
@@ -331,14 +382,15 @@ ROWS: tuple[Family, ...] = (
            defaults={"n_inner": Times("hidden_size", 4), "n_positions": 1024, "activation_function": "gelu_new",
                      "layer_norm_epsilon": 1e-5, "tie_word_embeddings": True},
            extra=dropout(0.1, residual="resid_pdrop", embedding="embd_pdrop", attention="attn_pdrop"),
-           linear_transposed=True, attention_kernels=("sdpa", "eager", "flash_attention_2"), eager_softmax_fp32=False),
+           linear_transposed=True, attention_kernels=("sdpa", "eager", "flash_attention_2"), eager_softmax_fp32=False,
+           lora_targets=("c_attn", "c_proj", "c_fc")),
     Family("gpt_neox", "GPTNeoXForCausalLM", keys={"num_kv_heads": None, "head_dim": None, "norm_eps": "layer_norm_eps", **ATTENTION_BIAS},
            aliases={"rotary_pct": "partial_rotary_factor", "rotary_emb_base": "rope_theta"},
            fixed={"norm": "layernorm", "ffn_kind": "gelu", "fused_qkv": True, "mlp_bias": True, "num_kv_heads": Same("num_heads")},
            switches=(Switch(("use_parallel_residual",), (((True,), {"norm_placement": "parallel"}),
                                                          ((False,), {"norm_placement": "pre"}))),),
            defaults={"max_position_embeddings": 2048, "layer_norm_eps": 1e-5, "hidden_act": "gelu", "attention_bias": True,
-                     "partial_rotary_factor": 0.25, "use_parallel_residual": True}, rope_concat=True),
+                     "partial_rotary_factor": 0.25, "use_parallel_residual": True}, rope_concat=True, lora_targets=NEOX_LORA),
     Family("falcon", "FalconForCausalLM",
            keys={"num_kv_heads": "num_kv_heads", "head_dim": None, "ffn_size": "ffn_hidden_size", "activation": "activation",
                  "norm_eps": "layer_norm_epsilon", "qkv_bias": "bias", "o_bias": "bias", "mlp_bias": "bias"},
@@ -363,20 +415,22 @@ ROWS: tuple[Family, ...] = (
            attention_kernels=("sdpa", "eager", "flash_attention_2"), unrepeated_kv=True, sdpa_mask=True,
            eager_softmax_fp32=False,
            # 5.25 moved Falcon onto the shared attention functions: KV heads repeated, eager softmax in fp32
-           since=(("5.25", {"unrepeated_kv": False, "eager_softmax_fp32": True}),)),
-    Family("starcoder2", "Starcoder2ForCausalLM",
+           since=(("5.25", {"unrepeated_kv": False, "eager_softmax_fp32": True}),), lora_targets=NEOX_LORA),
+    Family("starcoder2", "Starcoder2ForCausalLM", layouts=WINDOW_ONLY,
            keys={"norm_eps": "norm_epsilon", "qkv_bias": "use_bias", "o_bias": "use_bias", "mlp_bias": "use_bias"},
            fixed={"norm": "layernorm", "ffn_kind": "gelu"}, layers=LayerRule("all_sliding"),
            defaults={"max_position_embeddings": 4096, "num_key_value_heads": MISSING, "norm_epsilon": 1e-5, "use_bias": True,
                      "tie_word_embeddings": True, "hidden_act": "gelu_pytorch_tanh", "initializer_range": 0.018042},
-           extra=dropout(0.0, residual="residual_dropout", embedding="embedding_dropout")),
+           extra=dropout(0.0, residual="residual_dropout", embedding="embedding_dropout"),
+           lora_targets=(*ATTENTION_LORA, "c_fc", "c_proj")),
     Family("phi", "PhiForCausalLM", keys={"norm_eps": "layer_norm_eps"},
            fixed={"norm": "layernorm", "norm_placement": "parallel_shared", "ffn_kind": "gelu", "qkv_bias": True,
                   "o_bias": True, "mlp_bias": True, "lm_head_bias": True},
            switches=(Switch(("qk_layernorm",), (((True,), {"qk_norm": "head"}), ((False,), {"qk_norm": "none"}))),),
            defaults={"max_position_embeddings": 2048, "layer_norm_eps": 1e-5, "hidden_act": "gelu_new",
                      "partial_rotary_factor": 0.5, "qk_layernorm": False}, rope_concat=True,
-           extra=dropout(0.0, residual="resid_pdrop", embedding="embd_pdrop")),
+           extra=dropout(0.0, residual="resid_pdrop", embedding="embd_pdrop"),
+           lora_targets=("q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2")),
     Family("cohere", "CohereForCausalLM", parity="both", keys={**ATTENTION_BIAS, "norm_eps": "layer_norm_eps"},
            fixed={"norm": "layernorm_nobias", "norm_placement": "parallel_shared"},
            switches=(Switch(QK_NORM_FLAG, (((True,), {"qk_norm": "per_head"}), ((False,), {"qk_norm": "none"}))),),
@@ -385,22 +439,22 @@ ROWS: tuple[Family, ...] = (
            extra={"logit_scale": Extra("number", 0.0625, above=0.0, feature=LOGIT_SCALE)},
            rope_interleaved=True, norm_upcast="manual"),
     # ---- mixtures of experts ----
-    Family("mixtral", "MixtralForCausalLM", parity="both",
+    Family("mixtral", "MixtralForCausalLM", parity="both", layouts=WINDOW_ONLY,
            keys={**ROUTER, "moe.num_experts": "num_local_experts", "moe.expert_ffn_size": "intermediate_size"},
            fixed=NO_BIAS, layers=LayerRule("all_sliding"), moe_layers="all",
            renames=((".mlp.", ".block_sparse_moe."),), expert_names=("w1", "w3", "w2"),
            defaults={"max_position_embeddings": 131072, "num_key_value_heads": MISSING, "rope_theta": 1_000_000.0,
                      "rms_norm_eps": 1e-5},
-           extra=AUX_LOSS),
-    Family("qwen3_moe", "Qwen3MoeForCausalLM", parity="both",
+           extra=AUX_LOSS, lora_targets=ATTENTION_LORA),
+    Family("qwen3_moe", "Qwen3MoeForCausalLM", parity="both", layouts=("window", "dense_layers"),
            keys={**ATTENTION_BIAS, **ROUTER, "moe.num_experts": "num_experts", "moe.expert_ffn_size": "moe_intermediate_size"},
            aliases={"num_local_experts": "num_experts"}, fixed={"qk_norm": "head"}, moe_layers="sparse_step",
            expert_names=PER_EXPERT,
            # transformers' Qwen3-MoE has no layer_types: every layer slides when use_sliding_window is on
            layers=LayerRule("all_sliding", gate=("use_sliding_window",)),
            defaults={"max_position_embeddings": 32768, "num_key_value_heads": MISSING, "rms_norm_eps": 1e-6},
-           extra={**AUX_LOSS, **TOPK_NORM}),
-    Family("qwen2_moe", "Qwen2MoeForCausalLM", parity="both",
+           extra={**AUX_LOSS, **TOPK_NORM}, lora_targets=ATTENTION_LORA),
+    Family("qwen2_moe", "Qwen2MoeForCausalLM", parity="both", layouts=(*WINDOW_PATTERNS, "dense_layers", "shared_experts"),
            keys={"qkv_bias": "qkv_bias", **ROUTER, "moe.num_experts": "num_experts",
                  "moe.expert_ffn_size": "moe_intermediate_size", "moe.shared_ffn_size": "shared_expert_intermediate_size"},
            fixed={"moe.shared_experts": 1, "moe.shared_expert_gate": True}, moe_layers="sparse_step",
@@ -409,7 +463,7 @@ ROWS: tuple[Family, ...] = (
            renames=((".mlp.shared_experts.", ".mlp.shared_expert."),),
            expert_names=PER_EXPERT,
            extra={**AUX_LOSS, **TOPK_NORM, **WINDOW_LAYERS}),
-    Family("qwen3_next", "Qwen3NextForCausalLM",
+    Family("qwen3_next", "Qwen3NextForCausalLM", layouts=("layer_types", "dense_layers", "shared_experts"),
            keys={**ATTENTION_BIAS, **ROUTER, "moe.num_experts": "num_experts", "moe.expert_ffn_size": "moe_intermediate_size",
                  "moe.shared_ffn_size": "shared_expert_intermediate_size",
                  "linear_attention.num_key_heads": "linear_num_key_heads", "linear_attention.num_value_heads": "linear_num_value_heads",
@@ -421,8 +475,9 @@ ROWS: tuple[Family, ...] = (
            defaults={"max_position_embeddings": 32768, "num_key_value_heads": MISSING, "shared_expert_intermediate_size": 512,
                      "rms_norm_eps": 1e-6, "head_dim": 256, "partial_rotary_factor": 0.25, "linear_conv_kernel_dim": 4},
            extra={**AUX_LOSS, "norm_topk_prob": Extra("bool", True)}, **GEMMA_NORM, rope_concat=True,
-           attention_kernels=("sdpa", "eager", "flash_attention_2")),
-    Family("deepseek_v3", "DeepseekV3ForCausalLM", parity="both",
+           attention_kernels=("sdpa", "eager", "flash_attention_2"),
+           lora_targets=(*LLAMA_LORA, "in_proj_qkvz", "in_proj_ba", "out_proj")),
+    Family("deepseek_v3", "DeepseekV3ForCausalLM", parity="both", layouts=("dense_layers", "shared_experts"),
            keys=DEEPSEEK_KEYS,
            moe_layers="first_k_dense",
            defaults={"max_position_embeddings": 4096, "rms_norm_eps": 1e-6, "n_shared_experts": 1, "first_k_dense_replace": 3,
@@ -432,10 +487,10 @@ ROWS: tuple[Family, ...] = (
            extra={**GROUPED_ROUTER, "routed_scaling_factor": Extra("number", 2.5, above=0.0, feature=GROUPED_ROUTING),
                   "n_group": Extra("int", 8, minimum=1), "topk_group": Extra("int", 4, minimum=1),
                   "rope_interleave": Extra("bool", True, feature=INTERLEAVED_ROPE)},
-           router_fp32=True),
+           router_fp32=True, lora_targets=MLA_LORA),
     # DeepSeek-V2 / V2-Lite: V3's MLA and MoE layout with a softmax router (greedy or group-limited top-k, scaled, not
     # renormalised) and complex-number RoPE on adjacent pairs; network.py has neither router nor that RoPE: parity none
-    Family("deepseek_v2", "DeepseekV2ForCausalLM",
+    Family("deepseek_v2", "DeepseekV2ForCausalLM", layouts=("dense_layers", "shared_experts"),
            keys=DEEPSEEK_KEYS,
            moe_layers="first_k_dense",
            defaults={"max_position_embeddings": 2048, "rms_norm_eps": 1e-6, "n_shared_experts": 2, "first_k_dense_replace": 0,
@@ -445,8 +500,8 @@ ROWS: tuple[Family, ...] = (
            extra={"routed_scaling_factor": Extra("number", 1.0, above=0.0), "n_group": Extra("int", None, minimum=1, nullable=True),
                   "topk_group": Extra("int", None, minimum=1, nullable=True), "norm_topk_prob": Extra("bool", False),
                   "topk_method": Extra("choice", "greedy", choices=("greedy", "group_limited_greedy"))},
-           router_fp32=True, router_scaled_topk=True),
-    Family("glm4_moe", "Glm4MoeForCausalLM", parity="both",
+           router_fp32=True, router_scaled_topk=True, lora_targets=MLA_LORA),
+    Family("glm4_moe", "Glm4MoeForCausalLM", parity="both", layouts=("dense_layers", "shared_experts"),
            keys={"qkv_bias": "attention_bias", **ROUTER, "moe.num_experts": "n_routed_experts",
                  "moe.expert_ffn_size": "moe_intermediate_size", "moe.shared_experts": "n_shared_experts",
                  "moe.shared_ffn_size": "moe_intermediate_size"},
@@ -455,7 +510,7 @@ ROWS: tuple[Family, ...] = (
            defaults={"max_position_embeddings": 131072, "num_key_value_heads": MISSING, "rms_norm_eps": 1e-5,
                      "partial_rotary_factor": 0.5, "use_qk_norm": False, "n_shared_experts": 1, "first_k_dense_replace": 1},
            extra=GROUPED_ROUTER, router_fp32=True, rope_concat=True),
-    Family("gpt_oss", "GptOssForCausalLM",
+    Family("gpt_oss", "GptOssForCausalLM", layouts=WINDOW_PATTERNS,
            keys={**ATTENTION_BIAS, **ROUTER, "moe.num_experts": "num_local_experts", "moe.expert_ffn_size": "intermediate_size"},
            fixed={"attention_sinks": True, "moe.router_bias": True, "moe.expert_bias": True},
            layers=LayerRule("period", 2), moe_layers="all", experts_transposed=True,
@@ -463,8 +518,8 @@ ROWS: tuple[Family, ...] = (
                      "rms_norm_eps": 1e-5, "attention_bias": True, "head_dim": 64, "sliding_window": 128},
            extra={**AUX_LOSS, "swiglu_limit": Extra("number", 7.0, above=0.0, feature="clamped SwiGLU (swiglu_limit, alpha 1.702)")},
            attention_kernels=("eager", "flash_attention_2", "flex_attention"),
-           norm_weight_in_fp32=True, router_topk_softmax=True, expert_glu_saved=7),  # clamped SwiGLU: clamps, sigmoid, scaled gate, up + 1
-    Family("llama4_text", "Llama4ForCausalLM",
+           norm_weight_in_fp32=True, router_topk_softmax=True, expert_glu_saved=7, lora_targets=ATTENTION_LORA),  # clamped SwiGLU: clamps, sigmoid, scaled gate, up + 1
+    Family("llama4_text", "Llama4ForCausalLM", layouts=("layer_types", "dense_layers", "shared_experts", "nope_layers"),
            keys={**ATTENTION_BIAS, "ffn_size": "intermediate_size_mlp", **ROUTER, "moe.num_experts": "num_local_experts",
                  "moe.expert_ffn_size": "intermediate_size", "moe.shared_ffn_size": "intermediate_size",
                  "attention_chunk_size": "attention_chunk_size"},
@@ -498,6 +553,12 @@ def get(model_type: Any) -> Family:
     if model_type not in FAMILIES:
         raise SpecError("model_type", f"unsupported model_type {model_type!r:.60}; supported: {', '.join(NAMES)}")
     return FAMILIES[model_type]
+
+
+def lora_modules(model_type: Any) -> tuple[str, ...] | None:
+    """The module leaf names LoRA adapts in `model_type`'s blocks (peft `target_modules`); None: not a registry family."""
+    family = FAMILIES.get(model_type) if isinstance(model_type, str) else None
+    return None if family is None else family.lora_targets or LLAMA_LORA
 
 
 def with_parity(*levels: str) -> tuple[str, ...]:

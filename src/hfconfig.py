@@ -365,6 +365,7 @@ def hf_from_spec(spec: ArchitectureSpec, model_type: str | None = None, dtype: s
         if field not in owned and field in flat and flat[field] != default:
             raise _mismatch(field, flat[field], fam.model_type, default)
     _heads_write(spec, fam, cfg)
+    _check_honoured(spec, fam)
     if spec.position == "rope":
         cfg["rope_parameters"] = _rope_write(spec, fam)
     _layers_write(spec, fam, cfg)
@@ -406,6 +407,33 @@ def _rope_write(spec: ArchitectureSpec, fam: Family) -> dict[str, Any]:
         return rope
     local = spec.extra.get("rope_local_base_freq", fam.extra["rope_local_base_freq"].default)
     return {"full_attention": rope, "sliding_attention": {"rope_type": "default", "rope_theta": local}}
+
+
+def check_layout(spec: ArchitectureSpec) -> None:
+    """Raise SpecError naming the field unless the spec's family writes its layout (windows, per-layer attention kinds,
+    MoE layers, shared experts, NoPE layers) in config.json and its transformers code honours it (`Family.layouts`)."""
+    fam = _family(spec.model_type)
+    if spec.moe is not None and not fam.is_moe:
+        moe_families = ", ".join(name for name, row in families.FAMILIES.items() if row.is_moe)
+        raise SpecError("moe", f"model_type {fam.model_type!r} has no MoE layers (transformers builds a dense MLP in every "
+                               f"layer); MoE families: {moe_families}")
+    _check_honoured(spec, fam)
+    _layers_write(spec, fam, {})
+    if spec.moe is not None:
+        _moe_layers_write(spec, fam)
+        fixed = fam.fixed.get("moe.shared_experts")
+        if fixed is not None and spec.moe.shared_experts != fixed:
+            raise _mismatch("moe.shared_experts", spec.moe.shared_experts, fam.model_type, fixed)
+
+
+def _check_honoured(spec: ArchitectureSpec, fam: Family) -> None:
+    """SpecError for the first layout switch of `spec` the family's transformers code ignores."""
+    for switch in families.layout_switches(spec):
+        if switch not in fam.layouts:
+            others = families.honouring(switch)
+            raise SpecError(families.LAYOUT_FIELDS[switch], f"transformers' {fam.architecture} does not honour "
+                            f"{families.LAYOUTS[switch]}: model_type {fam.model_type!r} would compute another model; "
+                            f"families that do: {', '.join(others) or 'none'}")
 
 
 def _layers_write(spec: ArchitectureSpec, fam: Family, cfg: dict[str, Any]) -> None:

@@ -6,6 +6,7 @@ downloaded: parameter counts come from the Hub's safetensors metadata (header re
 login) and are never printed. With HF_HUB_OFFLINE=1, search, evaluate and `estimate ORG/NAME` answer
 from the local HF cache and the shipped reference architectures, and say so; with no network they fail
 at once with one line (huggingface_hub's own retries of failed connections are bounded to none).
+`plan_finetune` also takes a model directory on this machine, and needs no Hub for it.
 """
 
 from __future__ import annotations
@@ -19,21 +20,65 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 from archsmith import checkpoints, modalities, pipelines
 from archsmith.errors import ArchsmithError
 
-# license id (as in model cards) -> may it be used commercially?  yes | restricted (terms apply) | no
-LICENSES: dict[str, str] = {
-    "apache-2.0": "yes", "mit": "yes", "bsd-2-clause": "yes", "bsd-3-clause": "yes", "bsd": "yes", "cc-by-4.0": "yes",
-    "cc-by-sa-4.0": "yes", "cc0-1.0": "yes", "unlicense": "yes", "openrail": "restricted", "openrail++": "restricted",
-    "bigscience-openrail-m": "restricted", "creativeml-openrail-m": "restricted", "llama2": "restricted",
-    "llama3": "restricted", "llama3.1": "restricted", "llama3.2": "restricted", "llama3.3": "restricted", "gemma": "restricted",
-    "cc-by-nc-4.0": "no", "cc-by-nc-sa-4.0": "no", "cc-by-nc-nd-4.0": "no", "cc-by-nc-2.0": "no", "cc-by-nc-3.0": "no",
-    "gpl-3.0": "yes", "lgpl-3.0": "yes", "agpl-3.0": "yes", "other": "unknown",
+# ---- licences as users read them: a class per Hub license id, presets named for what they allow ------------------
+# class -> what it means for a user who ships the model (and its fine-tunes)
+LICENSE_CLASSES: dict[str, str] = {
+    "permissive": "commercial use allowed; keep the licence text and attribution with the model",
+    "copyleft": "commercial use allowed; share-alike: a modified or redistributed model must carry the same licence "
+                "(with its source and notice duties; AGPL also for a model served over a network)",
+    "restricted-use": "commercial use allowed under the licence's own terms (use restrictions, an acceptable-use policy, "
+                      "user-count or naming clauses) that pass on to every derivative: read them",
+    "non-commercial": "research / non-commercial use only: no commercial use",
+    "unknown": "a licence archsmith does not classify ('other', custom or missing): read the card; not clearance",
 }
-COMMERCIAL = tuple(k for k, v in LICENSES.items() if v == "yes")  # the "commercial" preset: permissive licenses only
+_OPENRAIL = ("OpenRAIL: open access and commercial use, with use-based restrictions (its Attachment A) that every "
+             "derivative and every user must be bound by")
+_META_COMMUNITY = ("Llama community licence: commercial use allowed below 700M monthly active users, under Meta's acceptable-use "
+          "policy; a derivative's name starts with 'Llama' and it carries the licence")
+# license id (as the Hub and model cards spell it) -> (class, what it says when the class alone does not)
+LICENSES: dict[str, tuple[str, str | None]] = {
+    **{k: ("permissive", None) for k in (
+        "apache-2.0", "mit", "bsd", "bsd-2-clause", "bsd-3-clause", "bsd-3-clause-clear", "isc", "zlib", "unlicense",
+        "cc0-1.0", "cc-by-2.0", "cc-by-2.5", "cc-by-3.0", "cc-by-4.0", "afl-3.0", "artistic-2.0", "bsl-1.0", "ecl-2.0",
+        "ncsa", "postgresql", "wtfpl", "pddl", "odc-by", "cdla-permissive-1.0", "cdla-permissive-2.0", "etalab-2.0")},
+    **{k: ("copyleft", None) for k in (
+        "gpl", "gpl-2.0", "gpl-3.0", "lgpl", "lgpl-2.1", "lgpl-3.0", "lgpl-lr", "agpl-3.0", "cc-by-sa-3.0", "cc-by-sa-4.0",
+        "mpl-2.0", "epl-1.0", "epl-2.0", "eupl-1.1", "eupl-1.2", "osl-3.0", "cdla-sharing-1.0", "odbl", "gfdl", "ms-pl")},
+    **{k: ("restricted-use", _OPENRAIL) for k in (
+        "openrail", "openrail++", "bigscience-openrail-m", "creativeml-openrail-m", "bigcode-openrail-m")},
+    "bigscience-bloom-rail-1.0": ("restricted-use", "BigScience RAIL 1.0 (BLOOM): commercial use allowed, with use-based "
+                                                    "restrictions that every derivative must carry"),
+    **{k: ("restricted-use", _META_COMMUNITY) for k in ("llama2", "llama3", "llama3.1", "llama3.2", "llama3.3", "llama4")},
+    "gemma": ("restricted-use", "Gemma terms of use: commercial use allowed under Google's prohibited-use policy, which "
+                                "passes on to derivatives"),
+    "deepseek": ("restricted-use", "DeepSeek licence: commercial use allowed, with use-based restrictions (OpenRAIL-style) "
+                                   "that every derivative must carry"),
+    "tongyi-qianwen": ("restricted-use", "Qwen (Tongyi Qianwen) licence: commercial use allowed below 100M monthly active "
+                                         "users; above, a licence from Alibaba Cloud"),
+    "cc-by-nd-4.0": ("restricted-use", "CC BY-ND: commercial use of the unmodified model only; a fine-tune may not be shared"),
+    **{k: ("non-commercial", None) for k in (
+        "cc-by-nc-2.0", "cc-by-nc-3.0", "cc-by-nc-4.0", "cc-by-nc-sa-2.0", "cc-by-nc-sa-3.0", "cc-by-nc-sa-4.0",
+        "cc-by-nc-nd-3.0", "cc-by-nc-nd-4.0")},
+    **{k: ("non-commercial", "a research licence: non-commercial research use only") for k in (
+        "fair-noncommercial-research-license", "apple-amlr", "apple-ascl", "h-research", "intel-research",
+        "deepfloyd-if-license", "c-uda")},
+    "other": ("unknown", None), "unknown": ("unknown", None),
+}
+COMMERCIAL_VERDICT = {"permissive": "yes", "copyleft": "yes", "restricted-use": "restricted", "non-commercial": "no",
+                      "unknown": "unknown"}  # the `commercial` field each class gives
+# preset -> the classes it allows; presets combine with each other and with license ids in one comma list
+LICENSE_PRESETS: dict[str, tuple[str, ...]] = {
+    "permissive": ("permissive",),  # no duty beyond keeping the licence and attribution
+    "commercial-ok": ("permissive", "restricted-use"),  # commercial use, under use restrictions where the licence has them
+    "copyleft-ok": ("permissive", "copyleft"),  # open-source licences, share-alike accepted
+}
+DEPRECATED_PRESETS = {"commercial": "permissive"}  # old name -> the preset it now stands for (said in `notes`)
 SORTS = {"downloads": "downloads", "likes": "likes", "trending": "trending_score", "recent": "last_modified"}
 EXPAND = ["author", "cardData", "downloads", "likes", "lastModified", "gated", "pipeline_tag", "library_name", "tags",
           "safetensors", "trendingScore"]
@@ -221,7 +266,7 @@ class Hit:
     library: str | None
     languages: list[str] | None  # the card's `language` field; None: not known (offline, no card in the cache)
     license: str | None
-    commercial: str
+    commercial: str  # yes | restricted | no | unknown
     gated: bool | None  # None: not known (offline)
     downloads: int | None  # None offline
     likes: int | None
@@ -238,30 +283,61 @@ class Hit:
     problems: list[str] = field(default_factory=list)
     rank: int = 0
     score: dict[str, Any] | None = None  # with sort "score:TASK": the score the card reports for TASK (None: it gives none)
+    license_class: str = "unknown"  # permissive | copyleft | restricted-use | non-commercial | unknown (LICENSE_CLASSES)
     tags: list[str] = field(default_factory=list, repr=False)  # the Hub's tags (library and language checks); not reported
     reported: list[dict[str, Any]] = field(default_factory=list, repr=False)  # the card's model-index rows; not reported
+
+    def __post_init__(self) -> None:
+        self.license_class = license_class(self.license)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k not in ("tags", "reported")}
 
 
+def license_class(license: str | None) -> str:
+    """permissive | copyleft | restricted-use | non-commercial | unknown, from the LICENSES table."""
+    return LICENSES.get(str(license).lower(), ("unknown", None))[0] if license else "unknown"
+
+
+def license_terms(license: str | None) -> str:
+    """One line on what `license` allows: its own note, else its class's."""
+    cls, note = LICENSES.get(str(license).lower(), ("unknown", None)) if license else ("unknown", None)
+    return note or LICENSE_CLASSES[cls]
+
+
 def commercial_use(license: str | None) -> str:
-    """yes | restricted | no | unknown, from the LICENSES table."""
-    return LICENSES.get(str(license).lower(), "unknown") if license else "unknown"
+    """yes (permissive, copyleft) | restricted (restricted-use) | no (non-commercial) | unknown."""
+    return COMMERCIAL_VERDICT[license_class(license)]
 
 
 def license_allowed(license: str | None, allowed: tuple[str, ...] | None) -> bool:
     return allowed is None or (license or "").lower() in allowed
 
 
-def resolve_licenses(license: str | list[str] | None) -> tuple[str, ...] | None:
-    """'commercial' -> the permissive preset; a comma list or list -> that allow-list; None -> no filter."""
+def resolve_licenses(license: str | list[str] | None, notes: list[str] | None = None) -> tuple[str, ...] | None:
+    """A comma list (or list) of presets and license ids -> the allowed ids; None -> no filter.
+
+    permissive, commercial-ok and copyleft-ok expand to every id of their classes (LICENSE_PRESETS); the old preset
+    name `commercial` stands for `permissive`, with a deprecation line appended to `notes`."""
     if license is None or license == []:
         return None
     names = [x.strip().lower() for x in (license.split(",") if isinstance(license, str) else license) if x.strip()]
-    if names == ["commercial"]:
-        return COMMERCIAL
-    return tuple(names)
+    allowed: list[str] = []
+    for name in names:
+        if name in DEPRECATED_PRESETS:
+            new = DEPRECATED_PRESETS[name]
+            if notes is not None:
+                notes.append(f"license preset {name!r} is deprecated and now means {new!r} (GPL and other copyleft "
+                             f"licences left out); say what you mean: {', '.join(LICENSE_PRESETS)}, or a list of license ids")
+            name = new
+        if name in LICENSE_PRESETS:
+            allowed += [k for k, (cls, _) in LICENSES.items() if cls in LICENSE_PRESETS[name]]
+            continue
+        if name not in LICENSES and notes is not None:
+            notes.append(f"license {name!r:.60} is neither a preset ({', '.join(LICENSE_PRESETS)}) nor a license id "
+                         "archsmith knows; matched as given")
+        allowed.append(name)
+    return tuple(dict.fromkeys(allowed))
 
 
 def search(query: str | None = None, task: str | None = None, library: str | None = None, author: str | None = None,
@@ -290,7 +366,8 @@ def search(query: str | None = None, task: str | None = None, library: str | Non
     if use not in uses:
         raise ArchsmithError("use", f"must be one of {', '.join(uses)}; got {use!r}")
     device = get_gpu(gpu) if gpu else None
-    allowed = resolve_licenses(license)
+    notes: list[str] = []
+    allowed = resolve_licenses(license, notes)
     given = {"task": task, "library": library, "author": author, "language": language, "license": allowed,
              "max_params": max_params, "gpu": gpu}
     given = {k: v for k, v in given.items() if v not in (None, "")}  # an empty string is no constraint (as before)
@@ -324,7 +401,7 @@ def search(query: str | None = None, task: str | None = None, library: str | Non
             "author": author, "language": language, "license": list(allowed) if allowed else None, "gpu": gpu, "use": use,
             "max_params": max_params, "sort": sort, "limit": limit, "include_rejected": include_rejected},
             "constraints": [c for c in CONSTRAINTS if c in given], "considered": len(ranked), "rejected": summary,
-            "message": _rejection_message(len(ranked), len(kept), summary, include_rejected),
+            "message": _rejection_message(len(ranked), len(kept), summary, include_rejected), "notes": notes,
             "results": [h.to_dict() for h in results[:limit]]}
 
 
@@ -455,8 +532,8 @@ def rank(hits: list[Hit], given: dict[str, Any], use: str, score_task: str | Non
             h.reasons.append(f"{h.downloads:,} downloads, {h.likes or 0:,} likes")
         if h.gated:
             h.reasons.append("gated: accept the terms on the Hub before downloading")
-        if h.commercial == "restricted":
-            h.reasons.append(f"license {h.license}: commercial use allowed under its own terms; read them")
+        if h.license_class in ("restricted-use", "copyleft"):
+            h.reasons.append(f"license {h.license} ({h.license_class}): {license_terms(h.license)}")
     return scored
 
 
@@ -541,34 +618,65 @@ def _cached_models(repo_id: str | None = None) -> list[ModelMetadata]:
         if repo.repo_type != "model" or repo_id is not None and repo.repo_id != repo_id or not repo.revisions:
             continue
         revision = max(repo.revisions, key=lambda r: r.last_modified)
-        files = {f.file_name: f.file_path for f in revision.files}
         model = ModelMetadata(id=repo.repo_id, source=CACHE, sha=revision.commit_hash)
-        model.config = _read_json(files.get("config.json"), model.problems)
-        model.tokenizer = _read_json(files.get("tokenizer_config.json"), model.problems) or {}
-        if "README.md" in files:
-            model.readme = files["README.md"].read_text(encoding="utf-8", errors="replace")[:CARD_CHARS]
-            card, _ = card_sections(model.readme)
-            model.task, model.library = card.get("pipeline_tag"), card.get("library_name")
-            model.languages, model.license = _languages(card) or [], _license(card)
-        model.task = model.task or _task_from_architectures(model.config)
-        if model.library is None and model.config is not None and "architectures" in model.config:
-            model.library = "transformers"  # what the Hub infers for a config.json with `architectures`
-        _cached_params(model, files)
+        _read_files(model, {f.file_name: f.file_path for f in revision.files}, CACHE, lambda path: open(path, "rb"))
         models.append(model)
     return models
 
 
-def _read_json(path, problems: list[str]) -> dict[str, Any] | None:
+def local_directory(path: str | Path) -> ModelMetadata:
+    """A model directory on this machine (no Hub): its config.json, tokenizer_config.json, preprocessor_config.json,
+    README.md and safetensors headers, read through the workspace boundary (never the weights)."""
+    from archsmith.files import kind, open_file
+
+    folder = Path(path)
+    if kind(folder, "model_id") != "dir" or kind(folder / "config.json", "model_id") != "file":
+        raise ArchsmithError("model_id", f"{str(path)[:200]} is not a model directory (no config.json in it)")
+    if kind(folder / pipelines.INDEX, "model_id") == "file":
+        raise ArchsmithError("model_id", f"{str(path)[:200]} is a diffusers pipeline directory; configure a pipeline from "
+                                         "its Hub id")
+    names = ["config.json", "tokenizer_config.json", PREPROCESSOR, "README.md", "model.safetensors",
+             "model.safetensors.index.json"]
+    model = ModelMetadata(id=str(folder), source=f"the local directory {folder}", library="transformers")
+    found = {n: folder / n for n in names if kind(folder / n, "model_id") == "file"}
+    index = _read_json(found.get("model.safetensors.index.json"), [], "local directory", lambda p: open_file(p, "model_id"))
+    if index and isinstance(index.get("weight_map"), dict):  # shards listed by the index; only plain names in the folder
+        shards = {str(v) for v in index["weight_map"].values() if isinstance(v, str) and Path(str(v)).name == v}
+        found.update({n: folder / n for n in shards if kind(folder / n, "model_id") == "file"})
+    _read_files(model, found, "local directory", lambda p: open_file(p, "model_id"))
+    return model
+
+
+def _read_files(model: ModelMetadata, files: dict[str, Path], where: str, opener: Callable[[Path], Any]) -> None:
+    """Fill `model` from its files (name -> path, each opened for binary reading with `opener`): config.json,
+    tokenizer_config.json, preprocessor_config.json, README.md and the safetensors headers; `where` names the place."""
+    model.config = _read_json(files.get("config.json"), model.problems, where, opener)
+    model.tokenizer = _read_json(files.get("tokenizer_config.json"), model.problems, where, opener) or {}
+    model.preprocessor = _read_json(files.get(PREPROCESSOR), model.problems, where, opener)
+    if "README.md" in files:
+        with opener(files["README.md"]) as fh:
+            model.readme = fh.read(CARD_CHARS).decode("utf-8", errors="replace")
+        card, _ = card_sections(model.readme)
+        model.task, model.library = card.get("pipeline_tag"), card.get("library_name") or model.library
+        model.languages, model.license = _languages(card) or [], _license(card)
+    model.task = model.task or _task_from_architectures(model.config)
+    if model.library is None and model.config is not None and "architectures" in model.config:
+        model.library = "transformers"  # what the Hub infers for a config.json with `architectures`
+    _local_params(model, files, where, opener)
+
+
+def _read_json(path, problems: list[str], where: str = CACHE, opener: Callable[[Path], Any] | None = None) -> dict[str, Any] | None:
     if path is None:
         return None
     try:
-        raw = capped_bytes(path, JSON_BYTES)
-        if raw is None:
-            problems.append(f"{path.name} in the local HF cache is over the {JSON_BYTES:,}-byte cap; not read")
+        with (opener or (lambda p: open(p, "rb")))(path) as fh:
+            raw = fh.read(JSON_BYTES + 1)
+        if len(raw) > JSON_BYTES:
+            problems.append(f"{path.name} in the {where} is over the {JSON_BYTES:,}-byte cap; not read")
             return None
         data = json.loads(raw.decode("utf-8"))
     except (ValueError, OSError) as exc:
-        problems.append(f"{path.name} in the local HF cache is not valid JSON: {exc}")
+        problems.append(f"{path.name} in the {where} is not valid JSON: {exc}")
         return None
     return data if isinstance(data, dict) else None
 
@@ -582,24 +690,26 @@ def _task_from_architectures(config: dict[str, Any] | None) -> str | None:
     return None
 
 
-def _cached_params(model: ModelMetadata, files: dict[str, Any]) -> None:
-    """Exact count and tensor names from cached safetensors headers, else config.json through our estimator."""
+def _local_params(model: ModelMetadata, files: dict[str, Any], where: str, opener: Callable[[Path], Any]) -> None:
+    """Exact count and tensor names from the safetensors headers in `files`, else config.json through our estimator."""
     from safetensors import safe_open
 
+    from archsmith.files import fd_path
+
     shards = [n for n in files if n.endswith(".safetensors")]
-    index = _read_json(files.get("model.safetensors.index.json"), model.problems)
+    index = _read_json(files.get("model.safetensors.index.json"), model.problems, where, opener)
     wanted = sorted(set(index["weight_map"].values())) if index and isinstance(index.get("weight_map"), dict) else shards
     if wanted and all(n in files for n in wanted):
         shapes = {}
         for name in wanted:
             try:
-                with safe_open(str(files[name]), framework="numpy") as weights:
+                with opener(files[name]) as fh, safe_open(fd_path(fh.fileno()), framework="numpy") as weights:
                     shapes.update({k: weights.get_slice(k).get_shape() for k in weights.keys()})
             except Exception as exc:  # safetensors raises its own error types for a truncated or foreign file
-                model.problems.append(f"{name} in the local HF cache cannot be read: {exc}")
+                model.problems.append(f"{name} in the {where} cannot be read: {exc}")
                 break
         else:
-            model.params, model.params_source = sum(math.prod(s) for s in shapes.values()), "safetensors header (local HF cache)"
+            model.params, model.params_source = sum(math.prod(s) for s in shapes.values()), f"safetensors header ({where})"
             model.tensor_names = sorted(shapes)
             return
     from archsmith.hfconfig import SUPPORTED
@@ -610,7 +720,7 @@ def _cached_params(model: ModelMetadata, files: dict[str, Any]) -> None:
 
         try:
             model.params = count_params(spec_from_hf(model.config))["total"]
-            model.params_source = "config.json in the local HF cache (archsmith estimate)"
+            model.params_source = f"config.json in the {where} (archsmith estimate)"
         except ArchsmithError as exc:
             model.problems.append(str(exc))
 
@@ -816,6 +926,7 @@ def _report(model: ModelMetadata, device: dict[str, Any] | None, batch: int, seq
     report: dict[str, Any] = {
         "id": model.id, "source": model.source, "sha": commit_id(model.sha, problems), "task": model.task,
         "library": model.library, "license": model.license, "commercial": commercial_use(model.license),
+        "license_class": license_class(model.license), "license_terms": license_terms(model.license),
         "gated": model.gated, "downloads": model.downloads, "likes": model.likes,
         "params": params, "params_source": params_source,
         "architecture": {"model_type": (config or {}).get("model_type"), "architectures": (config or {}).get("architectures"),
@@ -858,33 +969,81 @@ def _check_id(model_id: str) -> None:
 
 # ---- plan a fine-tune -----------------------------------------------------------------------------
 
-def lora_targets(evaluation: dict[str, Any]) -> list[str]:
-    """Leaf names of the linear layers inside the blocks, read from the model's real tensor names."""
+# what `finetune.py.j2` writes in full (data, loop, evaluation, saving), by the task row's PEFT task type; text only
+SCRIPT_KINDS = {"CAUSAL_LM": "causal", "SEQ_CLS": "classify"}
+MAX_LENGTH = {"causal": 1024, "classify": 512}  # tokens per example by default (at most the model's context)
+ROUTERS = re.compile(r"^(gate|router)$")  # MoE router projections: never LoRA targets
+
+
+def lora_targets(evaluation: dict[str, Any], config: dict[str, Any] | None = None,
+                 auto_class: str = "AutoModel") -> tuple[list[str], str]:
+    """(leaf names of the layers LoRA adapts, where they come from).
+
+    The families registry's names for a family it has (kept to those the checkpoint holds when its tensor names are
+    known); else the linear layers inside the blocks of the model transformers builds from config.json on the meta
+    device (the names peft sees at run time; no weights, never remote code); else those of the checkpoint's tensor
+    names."""
+    from archsmith.families import lora_modules
+
+    arch = evaluation["architecture"]
+    model_type = (arch["spec"] or {}).get("model_type") or arch["model_type"]
     leaves = set()
     for name in evaluation["tensor_names"]:
         match = re.search(r"\.\d+\.(?:[\w]+\.)*?([A-Za-z_][\w]*)\.weight$", name)
-        if match and not re.search(r"norm|ln_|embed|wte|wpe|layernorm", match.group(1), re.I):
+        if match and not re.search(r"norm|ln_|embed|wte|wpe|layernorm", match.group(1), re.I) and not ROUTERS.match(match.group(1)):
             leaves.add(match.group(1))
-    if not leaves and evaluation["architecture"]["spec"]:  # no header: the spec's HF names
-        from archsmith.estimate import layer_tensors
-        from archsmith.spec import ArchitectureSpec
+    registry = lora_modules(model_type)
+    if registry is not None:
+        kept = [n for n in registry if n in leaves] if leaves else list(registry)
+        return sorted(kept or registry), f"the families registry's module names for model_type {model_type}"
+    found = _meta_linear_names(config, auto_class) if config is not None else []
+    if found:
+        return found, "the model transformers builds from config.json on the meta device"
+    if leaves:
+        return sorted(leaves), "the checkpoint's tensor names (linear layers inside the blocks)"
+    raise ArchsmithError("target_modules", f"no LoRA target found for {evaluation['id']}: no registry family, no "
+                                           "safetensors header and no config.json transformers builds; use --method full")
 
-        spec = ArchitectureSpec.from_dict(evaluation["architecture"]["spec"])
-        leaves = {t.name.split(".")[-2] for t in layer_tensors(spec) if len(t.shape) == 2 and "norm" not in t.name}
-    return sorted(leaves)
+
+def _meta_linear_names(config: dict[str, Any], auto_class: str) -> list[str]:
+    """Leaf names of the nn.Linear / Conv1D modules inside the numbered blocks of the model transformers builds from
+    `config` on the meta device (no memory for weights); [] when transformers does not know its model_type.
+    Remote code is never run: the class comes from transformers' own mapping of the model_type."""
+    import torch
+    import transformers
+    from transformers import AutoConfig
+    from transformers.pytorch_utils import Conv1D
+
+    try:
+        cfg = AutoConfig.for_model(**{k: v for k, v in config.items() if k != "auto_map"})
+        with torch.device("meta"):
+            model = getattr(transformers, auto_class, transformers.AutoModel).from_config(cfg)
+    except Exception:  # an unknown model_type, a config its class refuses: no names from here
+        return []
+    names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+             if isinstance(module, (torch.nn.Linear, Conv1D)) and re.search(r"\.\d+\.", name)}
+    return sorted(n for n in names if not ROUTERS.match(n))
 
 
 def plan_finetune(model_id: str, task: str = "text-generation", method: str = "auto", gpu: str = "t4",
                   endpoint: str | None = None, token: str | bool | None = None) -> dict[str, Any]:
-    """Loading + fine-tuning configuration for `model_id` on `gpu`, with the memory numbers behind the choice."""
+    """Loading + fine-tuning configuration for `model_id` (a Hub id, or a model directory on this machine: no Hub
+    needed) on `gpu`, with the memory numbers behind the choice and the script that runs it."""
     modalities.task_row(task)  # a task we know, before any request
     methods = ("auto", "full", "lora", "qlora")
     if method not in methods:
         raise ArchsmithError("method", f"must be one of {', '.join(methods)}; got {method!r}")
-    evaluation = evaluate(model_id, gpu=gpu, endpoint=endpoint, token=token)
+    from archsmith.gpus import get_gpu
+
+    local = is_local_model(model_id)
+    if not local:
+        _check_id(model_id)
+    model = local_directory(model_id) if local else local_model(model_id) if offline() else _hub_model(model_id, endpoint, token)
+    evaluation = _report(model, get_gpu(gpu), 1, None)
     if evaluation["sha"] is None and evaluation["source"] == CATALOG:  # offline, from the catalog only: no commit to pin
         raise HubError(model_id, f"offline, it is only an {CATALOG}, not in the local HF cache: the script cannot pin a "
-                                 "revision; `evaluate` gives the memory of each fine-tuning method offline")
+                                 "revision; download it once online (or give a local model directory); `evaluate` gives "
+                                 "the memory of each fine-tuning method offline")
     if (evaluation["pipeline"] is None) != (modalities.TASKS[task].modality != "diffusion"):
         raise ArchsmithError("task", f"{model_id} is {'a diffusers pipeline' if evaluation['pipeline'] else 'not a diffusers pipeline'}; "
                                      f"{task} is {'not ' if evaluation['pipeline'] else ''}a pipeline task")
@@ -898,32 +1057,53 @@ def plan_finetune(model_id: str, task: str = "text-generation", method: str = "a
     fits = memory["fits"]
     if method == "auto":
         method = next((m for m in ("full", "lora", "qlora") if fits[f"finetune_{m}"]), "qlora")
-    _check_pinned(model_id, evaluation)
-    from archsmith.gpus import get_gpu
-
-    bf16 = get_gpu(gpu).get("bf16_tflops") is not None  # Turing (T4) and older have no bf16: train in fp16
+    if not local:
+        _check_pinned(model_id, evaluation)
+    bf16 = get_gpu(gpu).get("bf16_tflops") is not None  # Turing (T4) and older have no bf16: autocast to fp16
     row = modalities.task_row(task, evaluation["architecture"]["architectures"])
+    kind = SCRIPT_KINDS.get(row.peft_task_type) if row.modality == "text" else None
+    targets, source = lora_targets(evaluation, model.config, row.auto_class) if method != "full" else ([], None)
+    context = evaluation["context_length"] or MAX_LENGTH.get(kind, 1024)
     settings = {
-        "model_id": model_id, "revision": evaluation["sha"], "task": task, "auto_class": row.auto_class, "method": method,
+        "model_id": str(Path(model_id).resolve()) if local else model_id, "revision": evaluation["sha"], "task": task,
+        "auto_class": row.auto_class, "method": method, "kind": kind,
         "processor_class": row.processor, "modality": row.modality, "processor": evaluation["processor"], "head": row.head,
         "num_labels": row.num_labels,
-        # without bf16 (T4, V100) a full fine-tune keeps fp32 weights and trains with fp16 autocast
-        "dtype": "bfloat16" if bf16 else "float32" if method == "full" else "float16", "attn_implementation": "sdpa", "device_map": "auto",
+        # full: fp32 master weights (the 16 bytes per parameter of the plan); LoRA / QLoRA: the frozen base in 16 bits
+        "dtype": "float32" if method == "full" else "bfloat16" if bf16 else "float16",
+        "amp_dtype": "bfloat16" if bf16 else "float16", "attn_implementation": "sdpa",
         "peft_task_type": row.peft_task_type,
         "quantization": "4bit-nf4" if method == "qlora" else None, "lora_rank": 16, "lora_alpha": 32, "lora_dropout": 0.05,
-        "target_modules": lora_targets(evaluation) if method != "full" else [],
+        "target_modules": targets, "target_source": source,
         "gradient_checkpointing": True, "learning_rate": 2e-5 if method == "full" else 2e-4,
+        "max_length": min(int(context), MAX_LENGTH.get(kind, 1024)),
+        # QLoRA is what fits when memory is tight: one sequence per micro-batch, the same 16 per optimizer step
+        "batch_size": 1 if method == "qlora" else 4, "grad_accum": 16 if method == "qlora" else 4,
+        "epochs": 1, "warmup_fraction": 0.03, "eval_fraction": 0.1,
     }
     from archsmith.report import render_template
 
+    notes = [] if kind else [f"the script loads the model and its adapters; data loading, the training loop and evaluation "
+                             f"are written for text-generation and text-classification only, not {task}"]
     return {
         "model_id": model_id, "gpu": gpu, "method": method, "fits": fits[f"finetune_{method}"],
         "needs_bytes": memory["needs_bytes"][f"finetune_{method}"], "usable_bytes": memory["usable_bytes"],
-        "memory": memory, "settings": settings, "license": evaluation["license"], "gated": evaluation["gated"],
-        "script": render_template("finetune.py.j2", settings),
+        "memory": memory, "settings": settings, "license": evaluation["license"],
+        "license_class": evaluation["license_class"], "gated": evaluation["gated"], "source": evaluation["source"],
+        "script": render_template("finetune.py.j2", settings), "script_complete": kind is not None,
+        "usage": f"python finetune.py --data {'train.csv' if kind == 'classify' else 'train.jsonl'} --out finetuned" if kind else None,
+        "notes": notes,
         "why": [f"{m}: needs {memory['needs_bytes'][f'finetune_{m}'] / 2**30:.1f} GiB of {memory['usable_bytes'] / 2**30:.1f} GiB usable "
-                f"on {gpu} -> {'fits' if fits[f'finetune_{m}'] else 'does not fit'}" for m in ("full", "lora", "qlora")],
+                f"on {gpu} -> {'fits' if fits[f'finetune_{m}'] else 'does not fit'}" for m in ("full", "lora", "qlora")]
+               + ([f"LoRA targets from {source}"] if source else []),
     }
+
+
+def is_local_model(model_id: str) -> bool:
+    """A directory on this machine (with its config.json), rather than a Hub id."""
+    from archsmith.files import kind
+
+    return isinstance(model_id, str) and kind(model_id, "model_id") == "dir"
 
 
 def _check_pinned(model_id: str, evaluation: dict[str, Any]) -> None:

@@ -27,6 +27,7 @@ from torch.utils.checkpoint import checkpoint
 
 from archsmith import families
 from archsmith.errors import SpecError
+from archsmith.hfconfig import check_layout
 from archsmith.spec import NORMS_BY_PLACEMENT, ArchitectureSpec
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
@@ -68,7 +69,9 @@ def check_buildable(spec: ArchitectureSpec) -> None:
     """Raise SpecError for anything this module would not build faithfully (never approximate).
 
     A spec of a family whose `parity` in `archsmith.families` is "none" is refused, naming what
-    network.py lacks for it; so is any spec field no component here implements.
+    network.py lacks for it; so is any spec field no component here implements, and any layout (windows,
+    per-layer attention kinds, MoE layers, shared experts, NoPE layers) the family's config.json cannot say or
+    its transformers code does not honour (`hfconfig.check_layout`).
     """
     missing = _missing(spec)
     fam = families.get(spec.model_type)
@@ -80,6 +83,7 @@ def check_buildable(spec: ArchitectureSpec) -> None:
         raise SpecError(field, f"network.py cannot build {text} yet")
     if spec.encoder:
         raise SpecError("encoder", "network.py builds decoder-only models; must be false")
+    check_layout(spec)  # a layout the family's transformers code would compute differently is never built
     if spec.activation not in ACTIVATIONS:
         raise SpecError("activation", f"must be one of {', '.join(ACTIVATIONS)}; got {spec.activation!r}")
     if spec.position == "rope":
@@ -536,7 +540,12 @@ class MLAttention(nn.Module):
         kv = self.kv_b_proj(latent[:, 0]).view(B, K, self.num_heads, self.nope + self.v_dim).transpose(1, 2)
         k_nope, v = kv.split([self.nope, self.v_dim], dim=-1)  # (B, H, K, nope), (B, H, K, v)
         k = torch.cat((k_nope, k_rot.expand(B, self.num_heads, K, self.rope_dim)), dim=-1)
-        out = attend(torch.cat((q_pass, q_rot), dim=-1), k, v, mask, self.scale, self.impl)
+        # SDPA's fused CPU kernel needs one head width for q, k and v (else the unfused path materialises the
+        # (S, K) scores): zero columns padded onto v give the same output in its first v_dim columns
+        pad = k.shape[-1] - self.v_dim if self.impl == "sdpa" and x.device.type == "cpu" else 0
+        out = attend(torch.cat((q_pass, q_rot), dim=-1), k, F.pad(v, (0, pad)) if pad > 0 else v, mask, self.scale, self.impl)
+        if pad > 0:
+            out = out[..., : self.v_dim]
         return self.o_proj(out.transpose(1, 2).reshape(B, S, self.num_heads * self.v_dim))
 
 
@@ -575,7 +584,9 @@ class Experts(nn.Module):
 
     gate_up_proj: (E, 2F, hidden) for gated MLPs (gate rows first), (E, F, hidden) otherwise;
     down_proj: (E, hidden, F). Dispatch sorts the (token, expert) assignments by expert once, so each
-    expert multiplies one contiguous block of its tokens (no per-expert search over all assignments).
+    expert multiplies one contiguous block of its rows: one grouped GEMM per projection where torch has
+    it for these tensors (`grouped_mm_fits`), else one matmul per expert that has tokens. The weighted
+    expert outputs are summed back per token with one `index_add_`.
     """
 
     def __init__(self, spec: ArchitectureSpec):
@@ -586,30 +597,60 @@ class Experts(nn.Module):
         self.act = ACTIVATIONS[spec.activation]
         self.gate_up_proj = nn.Parameter(torch.empty(e, 2 * f if spec.gated else f, h))
         self.down_proj = nn.Parameter(torch.empty(e, h, f))
+        self.grouped = True  # False: always one matmul per expert (the reference path)
 
     def forward(self, x: Tensor, indices: Tensor, weights: Tensor) -> Tensor:
         """x (T, hidden); indices, weights (T, k) -> (T, hidden) = sum_k weight * expert_k(x)."""
         flat = indices.reshape(-1)
         order = flat.argsort(stable=True)
-        token = order // indices.shape[1]  # the token of each assignment, grouped by expert
-        counts = torch.bincount(flat, minlength=self.num_experts).tolist()  # one host sync per layer
-        picked, scale = x[token], weights.reshape(-1)[order, None]
-        outputs, start = [], 0
-        for e, n in enumerate(counts):
-            if n == 0:
-                continue
-            y = F.linear(picked[start:start + n], self.gate_up_proj[e])
-            if self.gated:
-                gate, up = y.chunk(2, dim=-1)
-                y = self.act(gate) * up
-            else:
-                y = self.act(y)
-            outputs.append(F.linear(y, self.down_proj[e]) * scale[start:start + n])
-            start += n
-        out = torch.zeros_like(x)
-        if outputs:
-            out.index_add_(0, token, torch.cat(outputs).to(out.dtype))
-        return out
+        token = order // indices.shape[1]  # the token of each assignment, grouped by expert: (T * k,)
+        counts = torch.bincount(flat, minlength=self.num_experts)  # rows per expert (E,)
+        picked = x[token]  # (T * k, hidden)
+        if self.grouped and grouped_mm_fits(picked, self.gate_up_proj, self.down_proj):
+            offsets = counts.cumsum(0, dtype=torch.int32)  # end row of each expert; no host sync
+            y = self._activate(F.grouped_mm(picked, self.gate_up_proj.transpose(1, 2), offs=offsets))
+            y = F.grouped_mm(y, self.down_proj.transpose(1, 2), offs=offsets)
+        else:
+            y = self._per_expert(picked, counts.tolist())  # one host sync per layer
+        y = y * weights.reshape(-1)[order, None]  # routing weights are fp32: the sum runs in fp32
+        return torch.zeros(x.shape, dtype=y.dtype, device=x.device).index_add_(0, token, y).to(x.dtype)
+
+    def _activate(self, y: Tensor) -> Tensor:
+        """(rows, 2F) gate and up outputs -> act(gate) * up (rows, F); (rows, F) -> act(y) for plain MLPs."""
+        if self.gated:
+            gate, up = y.chunk(2, dim=-1)
+            return self.act(gate) * up
+        return self.act(y)
+
+    def _per_expert(self, picked: Tensor, counts: list[int]) -> Tensor:
+        """picked (T * k, hidden) sorted by expert, counts[e] rows each -> expert outputs (T * k, hidden).
+
+        Only experts with rows run; the weights are unbound once so that backward stacks one gradient per
+        tensor instead of one zero-filled (E, ...) gradient per expert."""
+        live = [e for e, n in enumerate(counts) if n]
+        if not live:
+            return picked.new_zeros(picked.shape)
+        gate_up, down = self.gate_up_proj.unbind(0), self.down_proj.unbind(0)
+        sizes = [counts[e] for e in live]
+        y = torch.cat([F.linear(rows, gate_up[e]) for rows, e in zip(picked.split(sizes), live)])
+        y = self._activate(y)
+        return torch.cat([F.linear(rows, down[e]) for rows, e in zip(y.split(sizes), live)])
+
+
+def grouped_mm_fits(x: Tensor, *weights: Tensor) -> bool:
+    """Whether `F.grouped_mm(x, w.transpose(1, 2))` runs for these tensors: torch has it (2.10+), on CPU or a CUDA
+    GPU of compute capability 8.0+, outside torch.compile unless bf16 (inductor lowers only bf16), with the 16-byte
+    aligned rows and data its kernels require."""
+    if not hasattr(F, "grouped_mm") or x.device.type not in ("cpu", "cuda"):
+        return False
+    if x.device.type == "cuda" and torch.cuda.get_device_capability(x.device) < (8, 0):
+        return False
+    if torch.compiler.is_compiling() and x.dtype != torch.bfloat16:
+        return False
+    size = x.element_size()
+    return all(w.dtype == x.dtype and w.is_contiguous() for w in weights) and all(
+        t.shape[-1] * size % 16 == 0 and t.data_ptr() % 16 == 0 for t in (x, *weights)) and all(
+        w.shape[-2] * size % 16 == 0 for w in weights)
 
 
 class Router(nn.Module):
@@ -727,6 +768,7 @@ class DecoderLayer(nn.Module):
 
     def __init__(self, spec: ArchitectureSpec, layer_idx: int):
         super().__init__()
+        self.layer_idx = layer_idx
         self.placement = spec.norm_placement
         self.self_attn = MLAttention(spec, layer_idx) if spec.mla is not None else Attention(spec, layer_idx)
         self.is_moe = spec.is_moe_layer(layer_idx)
@@ -794,6 +836,15 @@ class KVCache:
         self.values[layer][:, :, self.length:end] = v
         return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
 
+    def truncate(self, length: int) -> None:
+        """Keep the first `length` positions (0 <= length <= self.length); the next update writes after them.
+
+        Speculative decoding rolls rejected draft tokens back this way: nothing is copied or cleared.
+        """
+        if not 0 <= length <= self.length:
+            raise ValueError(f"KV cache holds {self.length} positions; cannot truncate to {length}")
+        self.length = length
+
 
 class Decoder(nn.Module):
     """Embeddings, the stack of DecoderLayers and the final norm (HF's `model.` prefix).
@@ -838,6 +889,17 @@ class Decoder(nn.Module):
         padding = None if attention_mask is None or bool(attention_mask.all()) else attention_mask
         if position_ids is None:
             position_ids = _positions(B, S, past, padding, input_ids.device)
+        x = self.embed(input_ids, position_ids)
+        ropes, masks = self.context(position_ids, past, padding, allowed, x.dtype)
+        tokens = padding[:, past:] if padding is not None else None
+        x, aux_losses = self.run_layers(x, ropes, masks, cache, tokens)
+        if cache is not None:
+            cache.length += S
+        aux = torch.stack(aux_losses).mean() if aux_losses else None
+        return self.norm(x), aux
+
+    def embed(self, input_ids: Tensor, position_ids: Tensor) -> Tensor:
+        """input_ids (B, S), position_ids (B, S) -> the scaled token (+ learned position) embeddings (B, S, hidden)."""
         x = self.embed_tokens(input_ids)
         if self.embed_scale is not None:
             x = x * x.new_tensor(self.embed_scale)
@@ -845,30 +907,41 @@ class Decoder(nn.Module):
             x = x * self.embedding_multiplier
         if self.spec.position == "learned":
             x = x + self.embed_positions(position_ids)
+        return x
+
+    def context(self, position_ids: Tensor, past: int, padding: Tensor | None, allowed: Tensor | None,
+                dtype: torch.dtype) -> tuple[dict, dict]:
+        """What every layer reads besides x, per layer kind: rotary (cos, sin) tables (or None) and attention masks."""
+        S, device = position_ids.shape[1], position_ids.device
         ropes = {kind: None for kind in self.layer_kinds}
         if self.rotary_emb is not None:
-            ropes = {kind: self.rotary_emb(position_ids, x.dtype) for kind in self.layer_kinds}
+            ropes = {kind: self.rotary_emb(position_ids, dtype) for kind in self.layer_kinds}
             if self.rotary_emb_local is not None and "sliding_attention" in ropes:
-                ropes["sliding_attention"] = self.rotary_emb_local(position_ids, x.dtype)
+                ropes["sliding_attention"] = self.rotary_emb_local(position_ids, dtype)
         masks = {}
         for kind in self.layer_kinds:
             window = self.spec.sliding_window if kind == "sliding_attention" else None
-            mask = build_mask(S, past, padding, window, input_ids.device, force=self.alibi is not None or allowed is not None)
+            mask = build_mask(S, past, padding, window, device, force=self.alibi is not None or allowed is not None)
             if allowed is not None:
                 mask = mask & allowed
             masks[kind] = self.alibi(mask, past) if self.alibi is not None else mask
-        tokens = padding[:, past:] if padding is not None else None
+        return ropes, masks
+
+    def stack(self) -> list["DecoderLayer"]:
+        """The layers in order: all of them, or a pipeline stage's share (a ModuleDict keyed by layer index)."""
+        return list(self.layers.values() if isinstance(self.layers, nn.ModuleDict) else self.layers)
+
+    def run_layers(self, x: Tensor, ropes: dict, masks: dict, cache: KVCache | None = None, tokens: Tensor | None = None,
+                   layers: list["DecoderLayer"] | None = None) -> tuple[Tensor, list[Tensor]]:
+        """x (B, S, hidden) through `layers` (default: this decoder's) -> (x, MoE aux losses)."""
         aux_losses = []
-        for i, layer in enumerate(self.layers):
+        for layer in self.stack() if layers is None else layers:
+            i = layer.layer_idx
             kind = self.spec.resolved_layer_types[i]
-            rope = None if i in self.spec.nope_layers else ropes[kind]
-            x, aux = layer(x, rope, masks[kind], cache, tokens)
+            x, aux = layer(x, None if i in self.spec.nope_layers else ropes[kind], masks[kind], cache, tokens)
             if aux is not None:
                 aux_losses.append(aux)
-        if cache is not None:
-            cache.length += S
-        aux = torch.stack(aux_losses).mean() if aux_losses else None
-        return self.norm(x), aux
+        return x, aux_losses
 
 
 def _positions(B: int, S: int, past: int, padding: Tensor | None, device: torch.device) -> Tensor:
@@ -921,6 +994,16 @@ class CausalLM(nn.Module):
         hidden, aux = self.model(input_ids, attention_mask, position_ids, cache)
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
+        logits = self.head(hidden)
+        loss = None
+        if labels is not None:
+            loss = next_token_loss(logits, labels)
+            if aux is not None:
+                loss = loss + float(families.setting(self.spec, "router_aux_loss_coef", 0.01)) * aux
+        return CausalLMOutput(logits=logits, loss=loss, aux_loss=aux)
+
+    def head(self, hidden: Tensor) -> Tensor:
+        """Final-normed hidden (B, S, hidden) -> logits (B, S, vocab), scaled and capped as the family does."""
         logits = self.lm_head(hidden)
         if self.logits_divisor != 1.0:
             logits = logits / self.logits_divisor
@@ -928,20 +1011,14 @@ class CausalLM(nn.Module):
             logits = logits * self.logit_scale
         if self.final_softcap is not None:
             logits = self.final_softcap(logits)
-        loss = None
-        if labels is not None:
-            targets = F.pad(labels[:, 1:], (0, 1), value=-100)  # shift the labels, not the (large) logits
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
-            if aux is not None:
-                loss = loss + float(families.setting(self.spec, "router_aux_loss_coef", 0.01)) * aux
-        return CausalLMOutput(logits=logits, loss=loss, aux_loss=aux)
+        return logits
 
     # ---- switches -------------------------------------------------------------------------
     def set_checkpointing(self, enabled: bool = True, layers: Iterable[int] | None = None) -> None:
         """Activation checkpointing per block: all blocks, or only the given layer indices."""
         chosen = set(range(self.spec.num_layers) if layers is None else layers)
-        for i, layer in enumerate(self.model.layers):
-            layer.checkpointing = enabled and i in chosen
+        for layer in self.model.stack():
+            layer.checkpointing = enabled and layer.layer_idx in chosen
 
     def set_attention(self, impl: str) -> None:
         """'sdpa' (fused kernel) or 'eager' (explicit softmax, same result); soft-capped attention is eager only."""
@@ -993,6 +1070,13 @@ class CausalLM(nn.Module):
         return save_pretrained(self, path, max_shard_size=max_shard_size, overwrite=overwrite)
 
 
+def next_token_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """Mean cross-entropy of logits (B, S, vocab) against labels (B, S) shifted one left (-100 ignored); fp32. A DTensor
+    split over the vocabulary (tensor parallel) goes through torch's vocabulary-parallel loss (`loss_parallel`)."""
+    targets = F.pad(labels[:, 1:], (0, 1), value=-100)  # shift the labels, not the (large) logits
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+
+
 def _check_ids(input_ids: Tensor, vocab: int) -> None:
     if input_ids.dim() != 2 or input_ids.dtype not in (torch.int64, torch.int32):
         raise ValueError(f"input_ids must be an integer tensor of shape (batch, seq), got {input_ids.dtype} {tuple(input_ids.shape)}")
@@ -1038,20 +1122,23 @@ def describe(spec: ArchitectureSpec, depth: int = 4) -> dict:
     """Build the model on the meta device (no memory) and report its module tree and parameter count.
 
     tree: one row per module down to `depth` levels below the root (repeated layers shown once,
-    as `model.layers.0`), with its class and distinct parameter count.
+    as `model.layers.0`), with its class and distinct parameter count; a tied lm_head shows 0 of its own and
+    `tied_to` {"weight": "model.embed_tokens.weight"}, so the top-level rows add up to the root's total.
     """
+    from archsmith.analyze import own_parameters
     from archsmith.estimate import count_params
 
     with torch.device("meta"):
         model = CausalLM(spec)
+    own, tied = own_parameters(model)
     rows = []
     for name, module in model.named_modules():
         level = name.count(".") + 1 if name else 0
         first_layer = name == "model.layers.0" or name.startswith("model.layers.0.")
         if level > depth or (name.startswith("model.layers.") and not first_layer):
             continue
-        rows.append({"name": name or "(root)", "class": type(module).__name__,
-                     "parameters": sum(p.numel() for p in module.parameters())})
+        rows.append({"name": name or "(root)", "class": type(module).__name__, "parameters": own[name],
+                     **({"tied_to": tied[name]} if name in tied else {})})
     estimated = count_params(spec)["total"]
     total = model.num_parameters()
     return {"parameters": total, "estimated_parameters": estimated, "matches_estimate": total == estimated,

@@ -15,10 +15,10 @@ from importlib import resources
 from typing import Any
 
 from archsmith import estimate as est
-from archsmith.design import capacity_plan
+from archsmith.design import capacity_plan, data_lines, launch_plan_of, layout_launch
 from archsmith.hfconfig import hf_from_spec
+from archsmith.layouts import REASONS
 from archsmith.peak import ALLOCATOR_HEADROOM
-from archsmith.train.parallel import launch_plan
 from archsmith.units import human_bytes, human_count, human_duration
 
 MEMORY_COLUMNS = (  # (key in `sharded_memory`, column header): every memory table and chart shows exactly these
@@ -28,6 +28,7 @@ MEMORY_COLUMNS = (  # (key in `sharded_memory`, column header): every memory tab
     ("communication_buffers_bytes", "buffers"),
     ("activations_bytes", "activations + step peak"),
 )
+LAYOUT_ROWS = 40  # the capacity plan lists this many layouts (feasible first); `design --json` has them all
 LIMIT_IN_RANGE = 1.5  # draw the limit line when it is at most 1.5x the tallest bar; higher, it would squash the bars
 
 
@@ -169,7 +170,14 @@ def render_design(result: dict[str, Any], out_dir: str | None = None) -> dict[st
         "counts": rec.summary["params"],
         "layer_table": _layer_table(spec),
         "plan": plan,
-        "launch": launch_plan(result["training"], out_dir or "DESIGN_DIR", plan["tokens"]),
+        "launch": launch_plan_of(result, out_dir or "DESIGN_DIR"),
+        "recipe": result["recipe"],
+        "recipe_lines": result["recipe_lines"],
+        "data_lines": data_lines(result["data"]),
+        "layouts": result.get("layouts"),
+        "layout_launch": layout_launch(result, out_dir or "DESIGN_DIR"),
+        "layout_rows": LAYOUT_ROWS,
+        "reasons": REASONS,
         "config_json": json.dumps(config, indent=2),
         "memory_columns": MEMORY_COLUMNS,
         "memory_tables": memory_tables(result, plan),

@@ -4,10 +4,12 @@ Reads a Hugging Face tokenizer directory (`tokenizer.json`, `tokenizer_config.js
 `special_tokens_map.json`). Nothing is guessed: a missing file or a special token that the
 files name but the vocabulary lacks is an error with the path and the name.
 
-`train_tokenizer` trains byte-level BPE or Unigram with the `tokenizers` library on a corpus
+`train_tokenizer` trains byte-level BPE, Unigram or BERT-style WordPiece with the `tokenizers` library, or
+SentencePiece (unigram or BPE, a `tokenizer.model` plus its `tokenizer.json`) with `sentencepiece`, on a corpus
 (text files, JSONL, directories: `archsmith.train.data`) and returns those files plus a report
-(`tokenizer_report.json`): vocabulary size, characters and bytes per token and document lengths in
-tokens, measured on held-out documents. `read_tokenizer` hands the length percentiles to the
+(`tokenizer_report.json`): vocabulary size, characters and bytes per token, unknown tokens and document
+lengths in tokens, measured on held-out documents the same way for every kind, and warnings for a corpus or
+held-out sample too small. `read_tokenizer` hands the length percentiles to the
 design's context check.
 """
 
@@ -23,7 +25,8 @@ from archsmith.errors import ArchsmithError, ConfigError
 SPECIAL = ("bos", "eos", "pad", "unk")
 REQUIRED = ("eos",)  # a causal LM must be able to stop; bos/pad/unk are optional
 UNSET_MAX_LENGTH = 10**9  # transformers writes int(1e30) when a tokenizer has no max length
-FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer_report.json")
+FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer_report.json",
+         "vocab.txt", "tokenizer.model")  # WordPiece's vocabulary as BERT directories carry it; SentencePiece's model
 REPORT_FILE = "tokenizer_report.json"
 
 
@@ -122,26 +125,56 @@ def tokenizer_files(directory: str | Path) -> dict[str, bytes]:
 
 # ---- training ---------------------------------------------------------------------------------
 
-KINDS = ("bpe", "unigram")
+KINDS = ("bpe", "unigram", "wordpiece", "sentencepiece", "sentencepiece-bpe")
 DEFAULT_SPECIAL = {"pad": "<pad>", "bos": "<s>", "eos": "</s>", "unk": "<unk>"}  # ids 0, 1, 2, 3 in this order
+BERT_SPECIAL = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}  # BERT's names, ids 0-4
 HELD_OUT_PERIOD = 20  # every 20th document (5%) is kept out of training and measured for the report
 HELD_OUT_MAX_CHARS = 16 << 20  # enough for stable ratios and percentiles; later documents go to training
 MIN_VOCAB, MAX_VOCAB = 64, 1 << 20  # byte-level BPE needs 256 + specials; 2**20 is beyond any published LM
 MAX_SPECIAL = 1000  # user special tokens
 PERCENTILES = (50, 90, 99)
+# SentencePiece reads its sentences into memory: lines are cut to this length, and at most this many are sampled
+SPM_MAX_LINE_CHARS = 8192  # its default max_sentence_length (4192 bytes) would silently skip longer lines
+SPM_MAX_SENTENCES = 10_000_000  # ~1 GB of lines in memory; a larger corpus is sampled (input_sentence_size)
+# Size warnings (issue #25): below these the tokenizer and its report describe this sample more than the language.
+MIN_CORPUS_BYTES = 50_000_000  # ~50 MB: below it the last merges / pieces rest on a handful of occurrences each
+MIN_CORPUS_CHARS_PER_ENTRY = 1000  # ~250 tokens of text per vocabulary entry, so rare entries are estimated, not memorised
+MIN_HELD_OUT_DOCUMENTS = 100  # with fewer, the p99 document length is the maximum of a handful of documents
+MIN_HELD_OUT_BYTES = 1_000_000  # ~1 MB: characters per token from less moves by percents between samples
+
+
+def _decimal_bytes(n: float) -> str:
+    """940 B, 21.3 kB, 2 MB, 1.5 GB: decimal units, as the thresholds are stated (units.human_bytes is binary)."""
+    for div, suffix in ((1e9, "GB"), (1e6, "MB"), (1e3, "kB")):
+        if n >= div:
+            return f"{n / div:.3g} {suffix}"
+    return f"{n:.0f} B"
+
+
+def size_warnings(kind: str, vocab: int, corpus_bytes: int, corpus_chars: int, held_documents: int, held_bytes: int) -> list[str]:
+    """Warnings for a corpus too small for a `vocab`-entry tokenizer or a held-out sample too small to measure it."""
+    warnings = []
+    want_chars = MIN_CORPUS_CHARS_PER_ENTRY * vocab
+    if corpus_bytes < MIN_CORPUS_BYTES or corpus_chars < want_chars:
+        warnings.append(f"the corpus is {_decimal_bytes(corpus_bytes)} ({corpus_chars:,} characters); a {vocab:,}-entry {kind} "
+                        f"tokenizer wants at least {_decimal_bytes(MIN_CORPUS_BYTES)} and {MIN_CORPUS_CHARS_PER_ENTRY:,} characters "
+                        f"per entry ({want_chars:,}): the rarer merges and pieces fit this sample, not the language")
+    if held_documents < MIN_HELD_OUT_DOCUMENTS or held_bytes < MIN_HELD_OUT_BYTES:
+        warnings.append(f"the report is measured on {held_documents:,} documents ({_decimal_bytes(held_bytes)}); at least "
+                        f"{MIN_HELD_OUT_DOCUMENTS} documents and {_decimal_bytes(MIN_HELD_OUT_BYTES)} make characters per token "
+                        f"and the p99 length stable (a larger corpus holds out more: every {HELD_OUT_PERIOD}th document)")
+    return warnings
 
 
 def train_tokenizer(corpus: list[str | Path], vocab: int, kind: str = "bpe", special: list[str] | tuple[str, ...] = (),
-                    text_field: str = "text", max_length: int | None = None, progress: bool = True) -> tuple[dict[str, str], dict[str, Any]]:
-    """Train a byte-level BPE or Unigram tokenizer on `corpus`; returns (files to write, report).
+                    text_field: str = "text", max_length: int | None = None, progress: bool = True) -> tuple[dict[str, str | bytes], dict[str, Any]]:
+    """Train a tokenizer of `kind` (KINDS) on `corpus`; returns (files to write, report).
 
-    Special tokens: <pad> <s> </s> <unk> (ids 0-3), then `special` in order. Every 20th document is
-    held out; the report measures characters and bytes per token and document lengths on it.
+    Special tokens: <pad> <s> </s> <unk> (ids 0-3; wordpiece: [PAD] [UNK] [CLS] [SEP] [MASK], ids 0-4), then
+    `special` in order. Every 20th document is held out; the report measures characters and bytes per token,
+    the unknown-token rate, exact round trips and document lengths on it, the same way for every kind.
     """
     import time
-
-    import numpy as np
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     from archsmith.progress import Progress
     from archsmith.train.data import corpus_files, documents
@@ -151,27 +184,19 @@ def train_tokenizer(corpus: list[str | Path], vocab: int, kind: str = "bpe", spe
     extra = list(special)
     if len(extra) > MAX_SPECIAL or any(not isinstance(t, str) or not t.strip() or len(t) > 64 for t in extra):
         raise ConfigError("special", f"at most {MAX_SPECIAL} non-empty tokens of at most 64 characters each")
-    specials = list(DEFAULT_SPECIAL.values()) + extra
+    if kind.startswith("sentencepiece") and any(any(c.isspace() for c in t) for t in extra):
+        raise ConfigError("special", f"{kind} special tokens may not contain whitespace (SentencePiece matches text with "
+                                     f"spaces escaped, so such a piece would never be emitted); got {extra}")
+    base = BERT_SPECIAL if kind == "wordpiece" else DEFAULT_SPECIAL
+    specials = list(base.values()) + extra
     if len(set(specials)) != len(specials):
         raise ConfigError("special", f"duplicate special tokens in {specials}")
-    low = (256 if kind == "bpe" else MIN_VOCAB) + len(specials)
+    low = (256 if kind in ("bpe", "sentencepiece", "sentencepiece-bpe") else MIN_VOCAB) + len(specials)  # 256 bytes
     if not isinstance(vocab, int) or not low <= vocab <= MAX_VOCAB:
         raise ConfigError("vocab", f"must be in [{low}, {MAX_VOCAB}] for {kind} with {len(specials)} special tokens; got {vocab}")
     if max_length is not None and not 1 <= max_length < UNSET_MAX_LENGTH:
         raise ConfigError("max_length", f"must be in [1, {UNSET_MAX_LENGTH}); got {max_length}")
     files = corpus_files(corpus, "corpus")
-    if kind == "bpe":
-        tok = Tokenizer(models.BPE())
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tok.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=specials, show_progress=False,
-                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    else:
-        tok = Tokenizer(models.Unigram())
-        tok.pre_tokenizer = pre_tokenizers.Metaspace()
-        tok.decoder = decoders.Metaspace()
-        trainer = trainers.UnigramTrainer(vocab_size=vocab, special_tokens=specials, unk_token=DEFAULT_SPECIAL["unk"],
-                                          show_progress=False)
     held: list[str] = []
     seen = {"documents": 0, "chars": 0, "held_chars": 0}
 
@@ -187,43 +212,41 @@ def train_tokenizer(corpus: list[str | Path], vocab: int, kind: str = "bpe", spe
 
     total = sum(p.stat().st_size for p in files)
     start = time.perf_counter()
+    train = _train_sentencepiece if kind.startswith("sentencepiece") else _train_hf
     with Progress("training tokenizer", total, unit="bytes", enabled=progress, transient=True) as bar:
         try:
-            tok.train_from_iterator(training_documents(bar.advance), trainer)
+            model = train(kind, vocab, specials, training_documents(bar.advance))
         except ArchsmithError:
             raise
-        except Exception as exc:  # tokenizers raises bare Exceptions, e.g. a Unigram vocabulary the corpus cannot fill
-            raise ConfigError("vocab", f"{kind} training failed: {exc}") from None
+        except Exception as exc:  # tokenizers and sentencepiece raise bare errors, e.g. a vocabulary the corpus cannot fill
+            model = None
+            if seen["documents"]:
+                raise ConfigError("vocab", f"{kind} training failed: {exc}") from None
     seconds = time.perf_counter() - start
-    if seen["documents"] == 0:
+    if seen["documents"] == 0 or model is None:
         raise ConfigError("corpus", f"no text in {', '.join(str(p) for p in files[:3])}{', ...' if len(files) > 3 else ''} (0 documents)")
     measured_on = "held-out documents"
     if not held:  # fewer than HELD_OUT_PERIOD documents: measure on the training text, and say so
         held = list(documents(files, text_field, None, "corpus"))
         measured_on = f"the training documents (fewer than {HELD_OUT_PERIOD} documents, none held out)"
-    lengths = [len(e.ids) for e in tok.encode_batch(held, add_special_tokens=False)]
-    chars, nbytes, tokens = sum(map(len, held)), sum(len(d.encode("utf-8")) for d in held), sum(lengths)
-    ids = {name: tok.token_to_id(text) for name, text in DEFAULT_SPECIAL.items()}
-    config = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False,
-              **{f"{name}_token": text for name, text in DEFAULT_SPECIAL.items()}}
-    if extra:
+    config: dict[str, Any] = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False,
+                              **{f"{name}_token": text for name, text in base.items()}}
+    if kind == "wordpiece":  # as bert-base-uncased's files say it (BertTokenizer loads tokenizer.json, or vocab.txt alone)
+        config.update(tokenizer_class="BertTokenizer", do_lower_case=True, clean_up_tokenization_spaces=True)
+    if extra and not kind.startswith("sentencepiece"):  # SentencePiece's are user-defined pieces: see _train_sentencepiece
         config["additional_special_tokens"] = extra
     if max_length is not None:
         config["model_max_length"] = max_length
     special_map = {k: v for k, v in config.items() if k.endswith("_token") or k == "additional_special_tokens"}
     report = {
         "kind": kind,
-        "vocab_size": tok.get_vocab_size(with_added_tokens=True),
+        "vocab_size": model["vocab_size"],
         "vocab_requested": vocab,
-        "special_tokens": {**{f"{name}_token": {"text": DEFAULT_SPECIAL[name], "id": i} for name, i in ids.items()},
-                           **{t: {"text": t, "id": tok.token_to_id(t)} for t in extra}},
+        "special_tokens": {**{f"{name}_token": {"text": text, "id": model["token_to_id"](text)} for name, text in base.items()},
+                           **{t: {"text": t, "id": model["token_to_id"](t)} for t in extra}},
         "corpus": {"files": len(files), "documents": seen["documents"], "bytes": total, "characters": seen["chars"]},
         "measured_on": measured_on,
-        "held_out": {"documents": len(held), "characters": chars, "bytes": nbytes, "tokens": tokens,
-                     "characters_per_token": round(chars / tokens, 4) if tokens else None,
-                     "bytes_per_token": round(nbytes / tokens, 4) if tokens else None},
-        "document_tokens": {**{f"p{p}": float(np.percentile(lengths, p)) for p in PERCENTILES},
-                            "max": int(max(lengths)), "mean": round(float(np.mean(lengths)), 2)},
+        **held_out_report(held, model["encode"], model["decode"], model["token_to_id"](base["unk"])),
         "training_seconds": round(seconds, 3),
         "training_mb_per_s": round(total / 1e6 / seconds, 3) if seconds > 0 else None,
         "warnings": [],
@@ -231,10 +254,137 @@ def train_tokenizer(corpus: list[str | Path], vocab: int, kind: str = "bpe", spe
     if report["vocab_size"] < vocab:  # a small corpus has fewer distinct pieces than asked for
         report["warnings"].append(f"asked for {vocab:,} tokens, the corpus yields {report['vocab_size']:,} ({kind}): "
                                   "a larger corpus gives the full vocabulary; design with this tokenizer's size")
-    files_out = {
-        "tokenizer.json": tok.to_str(pretty=True),
+    report["warnings"] += size_warnings(kind, vocab, total, seen["chars"], report["held_out"]["documents"], report["held_out"]["bytes"])
+    files_out: dict[str, str | bytes] = {
+        "tokenizer.json": model["json"](),  # SentencePiece's is converted here, outside the training time
         "tokenizer_config.json": json.dumps(config, indent=2) + "\n",
         "special_tokens_map.json": json.dumps(special_map, indent=2) + "\n",
+        **model["files"],
         REPORT_FILE: json.dumps(report, indent=2) + "\n",
     }
     return files_out, report
+
+
+def held_out_report(docs: list[str], encode, decode, unk_id: int | None) -> dict[str, Any]:
+    """The report's measurements of a tokenizer on `docs`, the same for every kind.
+
+    `encode(docs) -> list of id lists` (no special tokens added), `decode(ids) -> str`. Returns `held_out`
+    (documents, characters, bytes, tokens, characters and bytes per token, unknown tokens and their rate,
+    the fraction of documents that decode back exactly) and `document_tokens` (length percentiles, max, mean).
+    """
+    import numpy as np
+
+    encoded = encode(docs)
+    lengths = [len(ids) for ids in encoded]
+    chars, nbytes, tokens = sum(map(len, docs)), sum(len(d.encode("utf-8")) for d in docs), sum(lengths)
+    unknown = sum(ids.count(unk_id) for ids in encoded) if unk_id is not None else 0
+    exact = sum(decode(ids) == doc for ids, doc in zip(encoded, docs))
+    return {
+        "held_out": {"documents": len(docs), "characters": chars, "bytes": nbytes, "tokens": tokens,
+                     "characters_per_token": round(chars / tokens, 4) if tokens else None,
+                     "bytes_per_token": round(nbytes / tokens, 4) if tokens else None,
+                     "unknown_tokens": unknown, "unknown_rate": round(unknown / tokens, 6) if tokens else None,
+                     "exact_round_trips": round(exact / len(docs), 4) if docs else None},
+        "document_tokens": {**{f"p{p}": float(np.percentile(lengths, p)) for p in PERCENTILES},
+                            "max": int(max(lengths)), "mean": round(float(np.mean(lengths)), 2)},
+    }
+
+
+def _train_hf(kind: str, vocab: int, specials: list[str], docs) -> dict[str, Any]:
+    """bpe, unigram or wordpiece with the `tokenizers` library. Returns vocab_size, token_to_id(text) -> id | None,
+    encode(texts) -> id lists, decode(ids) -> text, json() -> tokenizer.json, files (the kind's other files)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    if kind == "bpe":
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=specials, show_progress=False,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    elif kind == "unigram":
+        tok = Tokenizer(models.Unigram())
+        tok.pre_tokenizer = pre_tokenizers.Metaspace()
+        tok.decoder = decoders.Metaspace()
+        trainer = trainers.UnigramTrainer(vocab_size=vocab, special_tokens=specials, unk_token=DEFAULT_SPECIAL["unk"],
+                                          show_progress=False)
+    else:  # BERT: lower-cased, accents stripped, Chinese characters split, punctuation split off, ## continuations
+        tok = Tokenizer(models.WordPiece(unk_token=BERT_SPECIAL["unk"], continuing_subword_prefix="##"))
+        tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok.decoder = decoders.WordPiece(prefix="##")
+        trainer = trainers.WordPieceTrainer(vocab_size=vocab, special_tokens=specials, continuing_subword_prefix="##",
+                                            show_progress=False)
+    tok.train_from_iterator(docs, trainer)
+    files: dict[str, str] = {}
+    if kind == "wordpiece":
+        cls, sep = BERT_SPECIAL["cls"], BERT_SPECIAL["sep"]
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{cls} $A {sep}", pair=f"{cls} $A {sep} $B:1 {sep}:1",
+            special_tokens=[(cls, tok.token_to_id(cls)), (sep, tok.token_to_id(sep))])
+        by_id = sorted(tok.get_vocab(with_added_tokens=True).items(), key=lambda item: item[1])
+        files["vocab.txt"] = "".join(token + "\n" for token, _ in by_id)
+    return {"vocab_size": tok.get_vocab_size(with_added_tokens=True), "token_to_id": tok.token_to_id,
+            "encode": lambda texts: [e.ids for e in tok.encode_batch(texts, add_special_tokens=False)],
+            "decode": lambda ids: tok.decode(ids, skip_special_tokens=False),
+            "json": lambda: tok.to_str(pretty=True), "files": files}
+
+
+def _train_sentencepiece(kind: str, vocab: int, specials: list[str], docs) -> dict[str, Any]:
+    """SentencePiece (unigram, or BPE for "sentencepiece-bpe") with the `sentencepiece` library: `tokenizer.model`,
+    and `tokenizer.json` converted by transformers' own converter, so AutoTokenizer needs no sentencepiece and
+    gives SentencePiece's ids. Set up as Llama 2's: lossless (identity normalisation, spaces kept, byte fallback),
+    digits split, a soft vocabulary limit (a small corpus yields fewer pieces).
+    <pad> <s> </s> <unk> are ids 0-3; extra special tokens are user-defined pieces, which SentencePiece emits
+    whole wherever they occur in text (transformers' AddedTokens would restart the dummy prefix after them and
+    disagree with SentencePiece, so the config does not list them as special)."""
+    import io
+    import os
+
+    import sentencepiece as spm
+    from sentencepiece import sentencepiece_model_pb2
+
+    failed: list[BaseException] = []  # SentencePiece turns an error of the reader into its own RuntimeError
+
+    def lines():  # SentencePiece trains on lines; the report encodes whole documents, newlines included
+        try:
+            for doc in docs:
+                for line in doc.split("\n"):
+                    for cut in range(0, len(line), SPM_MAX_LINE_CHARS):
+                        if line[cut:cut + SPM_MAX_LINE_CHARS].strip():
+                            yield line[cut:cut + SPM_MAX_LINE_CHARS]
+        except BaseException as exc:
+            failed.append(exc)
+            raise
+
+    names = dict(zip(("pad", "bos", "eos", "unk"), specials))
+    model = io.BytesIO()
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=lines(), model_writer=model, model_type="bpe" if kind == "sentencepiece-bpe" else "unigram",
+            vocab_size=vocab, hard_vocab_limit=False, byte_fallback=True, normalization_rule_name="identity",
+            remove_extra_whitespaces=False, add_dummy_prefix=True, split_digits=True, allow_whitespace_only_pieces=True,
+            pad_id=0, bos_id=1, eos_id=2, unk_id=3, **{f"{k}_piece": v for k, v in names.items()},
+            user_defined_symbols=specials[4:], max_sentence_length=4 * SPM_MAX_LINE_CHARS,
+            input_sentence_size=SPM_MAX_SENTENCES, shuffle_input_sentence=True,
+            num_threads=min(16, os.cpu_count() or 1), minloglevel=2)
+    except Exception:
+        if failed:
+            raise failed[0] from None
+        raise
+    sp = spm.SentencePieceProcessor(model_proto=model.getvalue())
+
+    def tokenizer_json() -> str:  # transformers' converter, which reproduces SentencePiece's normalizer and dummy prefix
+        from transformers.convert_slow_tokenizer import SpmConverter
+
+        proto = sentencepiece_model_pb2.ModelProto()
+        proto.ParseFromString(model.getvalue())
+        pieces = ({p.piece: i for i, p in enumerate(proto.pieces)} if kind == "sentencepiece-bpe"
+                  else [(p.piece, p.score) for p in proto.pieces])
+        return SpmConverter.build_tokenizer_from_spm_proto(proto, pieces).to_str(pretty=True)  # legacy=True
+
+    def token_to_id(piece: str) -> int | None:  # SentencePiece answers unk's id for a piece it lacks
+        i = sp.piece_to_id(piece)
+        return i if i != sp.unk_id() or piece == names["unk"] else None
+
+    return {"vocab_size": sp.get_piece_size(), "token_to_id": token_to_id, "encode": sp.encode, "decode": sp.decode,
+            "json": tokenizer_json, "files": {"tokenizer.model": model.getvalue()}}

@@ -32,14 +32,16 @@ def locked() -> dict[str, str]:
 
 
 def installed() -> dict[str, str]:
-    """{normalised name: version} of the installed distributions; the first on sys.path wins (setuptools puts its
-    vendored copies, such as an older packaging, at the end of sys.path once imported)."""
+    """{normalised name: version} of the installed distributions; the first on sys.path wins. A package's vendored
+    copies are not installed distributions: setuptools puts its `_vendor` directory (jaraco.*, platformdirs, an older
+    packaging, ...) on sys.path once something imports it, so those directories are skipped."""
+    import sys
     from importlib import metadata
 
     from packaging.utils import canonicalize_name
 
     seen: dict[str, str] = {}
-    for dist in metadata.distributions():
+    for dist in metadata.distributions(path=[p for p in sys.path if "_vendor" not in Path(p).parts]):
         seen.setdefault(canonicalize_name(dist.metadata["Name"]), dist.version)
     return seen
 

@@ -112,3 +112,31 @@ class Branchy(nn.Module):
 def branchy():
     torch.manual_seed(0)
     return Branchy(), (torch.randn(2, 8),)
+
+
+class GraphReadout(nn.Module):
+    """PyG-style per-graph sum readout: x (N, F) node features, batch (N,) graph ids -> (graphs, width).
+
+    Like library code that picks a segment-sum path when sizes are symbolic (contiguous runs, as PyG's Batch lays
+    graphs out), it is right for any order of `batch` in eager and with fixed shapes, and right only for sorted ids
+    when exported with a dynamic node count: the failure `archsmith export` must name.
+    """
+
+    def __init__(self, features: int = 4, width: int = 3, graphs: int = 3):
+        super().__init__()
+        self.encode = nn.Linear(features, width)
+        self.graphs = graphs
+
+    def forward(self, x: Tensor, batch: Tensor) -> Tensor:
+        h = self.encode(x)
+        if isinstance(batch.shape[0], torch.SymInt):  # traced with a dynamic node count: segments of sorted ids
+            counts = torch.bincount(batch, minlength=self.graphs)
+            ends = torch.cumsum(counts, 0)
+            running = torch.cat([h.new_zeros(1, h.shape[1]), h.cumsum(0)])
+            return running[ends] - running[ends - counts]
+        return h.new_zeros(self.graphs, h.shape[1]).index_add_(0, batch, h)
+
+
+def graph_readout():
+    torch.manual_seed(0)
+    return GraphReadout(), (torch.randn(9, 4), torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2]))  # sorted ids, as in a batch

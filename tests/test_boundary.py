@@ -10,7 +10,6 @@ from __future__ import annotations
 import ast
 import json
 import os
-import re
 import select
 import signal
 import socket
@@ -302,12 +301,17 @@ def test_a_hostile_commit_id_never_reaches_the_generated_script(hostile_hub):
         hub.plan_finetune("evil/sha", method="qlora")
     # and were one to get through, every value is a literal: the script holds only its own calls
     settings = hub.plan_finetune("evil/bomb", method="qlora")["settings"]
-    script = render_template("finetune.py.j2", {**settings, "revision": EVIL_SHA, "model_id": EVIL_SHA, "target_modules": [EVIL_SHA]})
-    tree = ast.parse(script)
+    evil = {**settings, "revision": EVIL_SHA, "model_id": EVIL_SHA, "target_modules": [EVIL_SHA] * len(settings["target_modules"])}
+    tree, plain = ast.parse(render_template("finetune.py.j2", evil)), ast.parse(render_template("finetune.py.j2", settings))
     calls = {ast.unparse(node.func) for node in ast.walk(tree) if isinstance(node, ast.Call)}
-    assert calls == {"AutoTokenizer.from_pretrained", "AutoModelForCausalLM.from_pretrained", "BitsAndBytesConfig", "LoraConfig",
-                     "prepare_model_for_kbit_training", "get_peft_model", "model.gradient_checkpointing_enable",
-                     "model.print_trainable_parameters"}
+    assert {"AutoTokenizer.from_pretrained", "AutoModelForCausalLM.from_pretrained", "BitsAndBytesConfig", "LoraConfig",
+            "get_peft_model"} <= calls and not any("system" in c or "__import__" in c for c in calls)
+    for t in (tree, plain):  # the same program with other values: the values land in constants only
+        for node in ast.walk(t):
+            if isinstance(node, ast.Constant):
+                node.value = None
+    assert ast.dump(tree) == ast.dump(plain)
+    tree = ast.parse(render_template("finetune.py.j2", evil))
     constants = {node.targets[0].id: node.value for node in tree.body if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)}
     assert isinstance(constants["REVISION"], ast.Constant) and constants["REVISION"].value == EVIL_SHA
     assert isinstance(constants["MODEL_ID"], ast.Constant) and constants["MODEL_ID"].value == EVIL_SHA

@@ -196,6 +196,63 @@ def test_moe_on_the_upper_layers_with_windows_loads_with_the_exact_total_and_act
     assert all(row["params_delta"] > 0 for row in adopted)  # what the family hard-codes is costed, not hidden
 
 
+@pytest.mark.usefixtures("one_thread")
+def test_an_alternating_window_moe_design_is_proven_and_its_config_computes_as_network_py(tmp_path):
+    """The network-architect's request of issue 25 (MoE 8:2, sliding windows on alternate layers): written in a family
+    whose transformers code honours layer_types (never qwen3_moe, whose code slides every layer), proven on a tiny
+    instance, and the written config.json itself, at its real widths, gives transformers' logits in network.py."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from typer.testing import CliRunner
+
+    from archsmith import families
+    from archsmith.cli import app
+    from archsmith.network import CausalLM
+    from conftest import hf_config
+
+    out = tmp_path / "moe"
+    run = CliRunner().invoke(app, ["design", "--params", "20M", "--moe", "8:2", "--window", "64", "--window-layers", "alternate",
+                                   "--out", str(out), "--json"])
+    assert run.exit_code == 0, run.output
+    proof = json.loads(run.stdout)["proof"]
+    config = json.loads((out / "config.json").read_text())
+    assert proof["status"] == "proven" and proof["max_abs_diff"] <= 1e-4 and "layer_types" in proof["switches"]
+    assert proof["model_type"] == config["model_type"] in families.honouring("layer_types")
+    assert config["layer_types"][:2] == ["sliding_attention", "full_attention"] and config["sliding_window"] == 64
+    torch.manual_seed(0)
+    theirs = AutoModelForCausalLM.from_config(hf_config({**config, "dtype": "float32"}), attn_implementation="eager",
+                                              experts_implementation="eager").eval()
+    theirs.save_pretrained(tmp_path / "hf")
+    ours = CausalLM.from_pretrained(tmp_path / "hf").eval()
+    ids = torch.randint(3, config["vocab_size"], (1, 80), generator=torch.Generator().manual_seed(1))  # past the window of 64
+    with torch.no_grad():
+        assert (ours(ids).logits - theirs(input_ids=ids).logits).abs().max().item() <= 1e-4
+
+
+def test_a_family_whose_config_transformers_computes_differently_is_passed_over(monkeypatch):
+    """With qwen3_moe's row as it was before the finding (layer_types written, which transformers ignores), the designer
+    would pick qwen3_moe (the fewest adopted changes); its proof fails, so the design is written in the next family that
+    expresses the request and proves, and the proof of what is written is in the result."""
+    import dataclasses
+
+    from archsmith import families
+    from archsmith.components import Components, family_for
+    from archsmith.spec import ArchitectureSpec
+
+    row = families.get("qwen3_moe")
+    monkeypatch.setitem(families.FAMILIES, "qwen3_moe", dataclasses.replace(
+        row, layers=families.LayerRule("window_layers", gate=("use_sliding_window",)), layouts=(*row.layouts, "layer_types"),
+        extra={**row.extra, **families.WINDOW_LAYERS}))
+    asked = Components(experts=8, top_k=2, window=64)
+    base = ArchitectureSpec(hidden_size=256, num_layers=1, num_heads=4, num_kv_heads=2, ffn_size=768, vocab_size=1024)
+    spec = asked.at_depth(base, 8)
+    assert hf_from_spec(spec.replace(model_type="qwen3_moe", qk_norm="head"))["layer_types"][:2] == [
+        "sliding_attention", "full_attention"]  # the writer alone accepts the lying row
+    assert family_for(spec, asked.chosen).model_type == "qwen2_moe"
+    result = design_from_text(params="20M", moe="8:2", window=64)
+    assert result["recommended"].spec.model_type == "qwen2_moe" and result["proof"]["status"] == "proven"
+
+
 @pytest.mark.parametrize("choices", [
     {"attention": "mqa"}, {"attention": "mha"}, {"window": 256, "window_layers": "all"}, {"window": 256, "window_layers": "3:1"},
     {"moe": "4:1", "moe_layers": "alternate"}, {"moe": "8:2", "moe_layers": "upper", "attention": "mla"},

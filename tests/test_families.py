@@ -8,6 +8,8 @@ published config or a parity verdict fails here.
 from __future__ import annotations
 
 import ast
+import dataclasses
+import functools
 import json
 import re
 from collections import Counter
@@ -21,7 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from archsmith import families
 from archsmith.analyze import frozen
-from archsmith.errors import SpecError
+from archsmith.errors import ArchsmithError, SpecError
 from archsmith.estimate import count_params, estimate, forward_flops, kv_cache_bytes, model_tensors, training_memory
 from archsmith.hfconfig import _required, hf_from_spec, spec_from_hf
 from archsmith.network import FEATURES, CausalLM, RMSNorm
@@ -234,6 +236,190 @@ def test_network_matches_transformers_or_refuses(name, tmp_path):
         assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
         assert type(back).__name__ == fam.architecture
         assert logits_diff(mine, back.eval(), ids) <= TOL
+
+
+# ---- parity per layout: every layout switch of every family, honoured (and matched) or refused -----------
+
+WINDOW = 8  # tiny sliding window: the 40-token probe batch outruns it five times
+
+
+def switched(name: str, switch: str) -> ArchitectureSpec | None:
+    """The family's tiny spec with `switch` (a families.LAYOUTS name) turned on as its config would say it; None where
+    the switch needs MoE layers and the family has none."""
+    fam, spec = families.get(name), spec_from_hf(TINY_FAMILIES[name])
+    if switch in ("dense_layers", "shared_experts") and not fam.is_moe:
+        return None
+    if switch == "window":
+        return spec.replace(sliding_window=WINDOW, layer_types=None)
+    if switch == "layer_types":
+        if len(set(spec.resolved_layer_types)) > 1:  # the tiny config mixes kinds already (period rules, linear attention)
+            return spec
+        nope = spec.nope_layers or (1,)  # local layers on the NoPE ones where the family ties them (SmolLM3)
+        kinds = [("sliding_attention" if i in nope else "full_attention") if fam.layers.rule == "rope" else
+                 ("full_attention" if i % 2 else "sliding_attention") for i in range(spec.num_layers)]
+        return spec.replace(sliding_window=WINDOW, layer_types=tuple(kinds), nope_layers=spec.nope_layers or
+                            (nope if fam.layers.rule == "rope" else ()))
+    if switch == "dense_layers":
+        return spec.replace(moe=dataclasses.replace(spec.moe, layers=(1,)))
+    if switch == "shared_experts":
+        moe = spec.moe if spec.moe.shared_experts else dataclasses.replace(
+            spec.moe, shared_experts=1, shared_ffn_size=spec.moe.expert_ffn_size,
+            shared_expert_gate=fam.fixed.get("moe.shared_expert_gate", False))
+        return spec.replace(moe=moe)
+    return spec.replace(nope_layers=(1,))
+
+
+@functools.cache
+def covered() -> set[tuple[str, str]]:
+    """(family, switch) pairs a config of test_network_matches_transformers_or_refuses turns on already."""
+    configs = [TINY_CONFIGS[key] | overrides for key, overrides in PARITY_VARIANTS.values()] + list(TINY_FAMILIES.values())
+    return {(spec.model_type, switch) for spec in map(spec_from_hf, configs) for switch in families.layout_switches(spec)}
+
+
+def off(spec: ArchitectureSpec, switch: str) -> ArchitectureSpec:
+    """`spec` with an attention switch turned off (every layer full attention, or every layer with RoPE)."""
+    return spec.replace(nope_layers=()) if switch == "nope_layers" else spec.replace(sliding_window=None, layer_types=None)
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("name,switch", [(n, s) for n in NAMES for s in families.LAYOUTS])
+def test_every_layout_switch_is_honoured_and_matched_or_refused(name, switch, tmp_path):
+    """A switch the registry says the family's transformers code honours is written, read back, and (parity both)
+    computed by network.py as transformers computes it, with logits that change when it is off; any other is refused by
+    check_buildable and by the writer, naming its field (the qwen3_moe finding: windows on some layers only)."""
+    from archsmith.network import check_buildable
+
+    fam = families.get(name)
+    try:
+        spec = switched(name, switch)
+    except SpecError as exc:  # the spec itself cannot hold it (NoPE layers without RoPE)
+        assert switch not in fam.layouts and exc.field == families.LAYOUT_FIELDS[switch]
+        return
+    if spec is None:
+        return
+    assert switch in families.layout_switches(spec)
+    field = families.LAYOUT_FIELDS[switch]
+    if switch not in fam.layouts:
+        for build in (check_buildable, hf_from_spec):
+            with pytest.raises(SpecError) as err:
+                build(spec)
+            named = {field} | ({"model_type"} if fam.parity == "none" and build is check_buildable else set())
+            assert err.value.field in named, (build.__name__, str(err.value))
+        return
+    config = hf_from_spec(spec, dtype="float32")
+    back = spec_from_hf(config)  # the reader takes it back as transformers' config class keeps it (a window on every layer
+    assert back.replace(layer_types=None) == spec.replace(layer_types=None)  # may come back spelled out per layer)
+    assert back.resolved_layer_types == spec.resolved_layer_types
+    if fam.parity == "none" or (name, switch) in covered():
+        return
+    from transformers import AutoModelForCausalLM
+
+    hf = perturbed(AutoModelForCausalLM.from_config(hf_config(config), attn_implementation="eager", experts_implementation="eager"),
+                   seed=1).eval()
+    hf.save_pretrained(tmp_path)
+    ours = CausalLM.from_pretrained(tmp_path).eval()
+    ids = torch.randint(3, spec.vocab_size, (2, 40), generator=torch.Generator().manual_seed(2))
+    assert logits_diff(ours, hf, ids) <= TOL
+    if switch in ("window", "layer_types", "nope_layers"):  # the same weights without it compute something else
+        plain = CausalLM.from_spec(off(spec, switch)).eval()
+        plain.load_state_dict(ours.state_dict())
+        assert logits_diff(plain, hf, ids) > 1e-3
+
+
+def test_the_registry_records_what_each_family_honours():
+    """The qwen3_moe finding, from transformers itself: Qwen3-MoE computes the same logits with and without an alternating
+    layer_types (its code reads none), while Qwen3 and Qwen2-MoE honour it; qwen3_moe's row therefore lacks layer_types,
+    and network.py refuses to build a qwen3_moe with windows on some layers only, naming the families that honour it."""
+    from archsmith.network import check_buildable
+
+    alternate = ["sliding_attention", "full_attention"]
+    ids = torch.randint(3, 512, (1, 40), generator=torch.Generator().manual_seed(0))
+
+    def logits(name: str, **changes) -> torch.Tensor:
+        with torch.no_grad():
+            return tiny_model(name, use_sliding_window=True, sliding_window=WINDOW, **changes)(input_ids=ids).logits
+
+    for name, honours in (("qwen3_moe", False), ("qwen3", True), ("qwen2_moe", True)):
+        moved = (logits(name, layer_types=alternate) - logits(name, layer_types=["sliding_attention"] * 2)).abs().max().item()
+        assert (moved > 1e-3) == honours == ("layer_types" in families.get(name).layouts), (name, moved)
+    windows = spec_from_hf({**TINY_FAMILIES["qwen3_moe"], "use_sliding_window": True, "sliding_window": WINDOW})
+    check_buildable(windows)  # one window on every layer: what transformers computes
+    with pytest.raises(SpecError) as err:
+        check_buildable(windows.replace(layer_types=tuple(alternate)))
+    assert err.value.field == "layer_types" and "Qwen3MoeForCausalLM does not honour" in str(err.value)
+    assert "qwen2_moe" in str(err.value) and "qwen3_moe" not in families.honouring("layer_types")
+
+
+# ---- emitted configs are proven (archsmith.parity) -----------------------------------------------
+
+def lying_qwen3_moe(monkeypatch) -> None:
+    """The registry row qwen3_moe had before the finding: layer_types read and written, which transformers ignores."""
+    row = families.get("qwen3_moe")
+    monkeypatch.setitem(families.FAMILIES, "qwen3_moe", dataclasses.replace(
+        row, layers=families.LayerRule("window_layers", gate=("use_sliding_window",)), layouts=(*row.layouts, "layer_types"),
+        extra={**row.extra, **families.WINDOW_LAYERS}))
+
+
+ALTERNATING_MOE = {"hidden_size": 64, "num_layers": 4, "num_heads": 4, "num_kv_heads": 2, "ffn_size": 128, "vocab_size": 256,
+                   "sliding_window": 512, "layer_types": ["sliding_attention", "full_attention"] * 2,
+                   "moe": {"num_experts": 8, "top_k": 2, "expert_ffn_size": 64}}
+
+
+def test_the_proof_catches_a_registry_row_transformers_contradicts(monkeypatch):
+    """With the old qwen3_moe row the writer emits layer_types and network.py builds the alternating windows; the proof
+    runs both on a tiny instance and refuses the config, naming layer_types. A family that honours it is proven."""
+    from archsmith.parity import prove_spec
+
+    lying_qwen3_moe(monkeypatch)
+    spec = ArchitectureSpec.from_dict({**ALTERNATING_MOE, "model_type": "qwen3_moe", "qk_norm": "head"})
+    assert hf_from_spec(spec)["layer_types"] == ALTERNATING_MOE["layer_types"]  # written: the finding's config
+    with pytest.raises(ArchsmithError) as err:
+        prove_spec(spec)
+    assert err.value.field == "layer_types" and "computes this qwen3_moe config differently" in str(err.value)
+    assert "without layer_types the two agree" in str(err.value)
+    honest = spec.replace(model_type="qwen2_moe", qk_norm="none", qkv_bias=True,
+                          moe=dataclasses.replace(spec.moe, shared_experts=1, shared_ffn_size=64, shared_expert_gate=True))
+    proof = prove_spec(honest)
+    assert proof["status"] == "proven" and proof["max_abs_diff"] <= TOL and proof["switches"][0] == "layer_types"
+    assert proof["layers"] == 2  # the fewest leading layers that show both kinds of layer
+
+
+def test_emit_tool_proves_what_it_writes(tmp_path, monkeypatch):
+    import anyio
+    from mcp import Client
+
+    from archsmith.mcp_server.server import build_server
+
+    lying_qwen3_moe(monkeypatch)
+    spec = {**ALTERNATING_MOE, "qk_norm": "head"}
+
+    async def main():
+        async with Client(build_server(tmp_path)) as client:
+            refused = await client.call_tool("emit_hf_config", {"spec": spec, "model_type": "qwen3_moe", "out_path": "bad.json"})
+            assert refused.is_error and "layer_types" in refused.content[0].text and "differently" in refused.content[0].text
+            honest = {**spec, "qk_norm": "none", "qkv_bias": True,
+                      "moe": {**spec["moe"], "shared_experts": 1, "shared_ffn_size": 64, "shared_expert_gate": True}}
+            done = await client.call_tool("emit_hf_config", {"spec": honest, "model_type": "qwen2_moe", "out_path": "good.json"})
+            assert not done.is_error, done.content[0].text
+            return done.structured_content
+    result = anyio.run(main)
+    assert not (tmp_path / "bad.json").exists() and (tmp_path / "good.json").exists()
+    assert result["proof"]["status"] == "proven" and result["proof"]["max_abs_diff"] <= TOL
+    assert result["config"]["layer_types"] == ALTERNATING_MOE["layer_types"]
+
+
+@pytest.mark.parametrize("path", HF_CONFIGS, ids=lambda p: p.stem)
+def test_every_published_layout_has_a_tiny_instance(path):
+    """The proof's tiny instance of each published config: the same family and layout switches, the same kinds of layer
+    in the same order up to the first of each kind, written as a config its family accepts."""
+    from archsmith.parity import instance, pattern_layers, signature, switches
+
+    spec = spec_from_hf(json.loads(path.read_text()))
+    small, config = instance(spec)
+    assert spec_from_hf(config) == small and small.model_type == spec.model_type and switches(small) == switches(spec)
+    assert small.num_layers == pattern_layers(spec) <= spec.num_layers
+    assert [signature(small, i) for i in range(small.num_layers)] == [signature(spec, i) for i in range(small.num_layers)]
+    assert count_params(small)["total"] < 5_000_000
 
 
 def test_gemma2_builds_every_component_it_needs():

@@ -218,7 +218,8 @@ def test_plan_finetune_uses_real_module_names(fake):
     auto = hub.plan_finetune("acme/roberta-es-sentiment", task="text-classification", gpu="t4")
     assert auto["method"] == "full" and auto["settings"]["target_modules"] == []
     lora = hub.plan_finetune("acme/roberta-es-sentiment", task="text-classification", gpu="t4", method="lora")
-    assert lora["settings"]["target_modules"] == ["dense", "key", "query", "value"]
+    assert lora["settings"]["target_modules"] == ["dense", "key", "query", "value"]  # not a registry family:
+    assert lora["settings"]["target_source"] == "the model transformers builds from config.json on the meta device"
 
 
 def go_offline(fake, monkeypatch) -> dict:
@@ -620,3 +621,203 @@ def test_text_to_image_lora_script_and_the_pipelines_it_leaves_to_diffusers(fake
         hub.plan_finetune("acme/tiny-llama-es", task="text-to-image")
     with pytest.raises(ArchsmithError, match="^task: acme/sd is a diffusers pipeline; text-generation is not a pipeline task"):
         hub.plan_finetune("acme/sd", task="text-generation")
+
+
+# ---- licences as users read them ----------------------------------------------------------------
+
+LICENCE_CLASSES = {  # license id -> (class, the `commercial` verdict)
+    "mit": ("permissive", "yes"), "apache-2.0": ("permissive", "yes"), "bsd-3-clause": ("permissive", "yes"),
+    "cc-by-4.0": ("permissive", "yes"), "cc0-1.0": ("permissive", "yes"),
+    "gpl-3.0": ("copyleft", "yes"), "agpl-3.0": ("copyleft", "yes"), "lgpl-3.0": ("copyleft", "yes"),
+    "cc-by-sa-4.0": ("copyleft", "yes"), "mpl-2.0": ("copyleft", "yes"),
+    "openrail": ("restricted-use", "restricted"), "openrail++": ("restricted-use", "restricted"),
+    "bigscience-openrail-m": ("restricted-use", "restricted"), "creativeml-openrail-m": ("restricted-use", "restricted"),
+    "bigcode-openrail-m": ("restricted-use", "restricted"), "llama3.1": ("restricted-use", "restricted"),
+    "gemma": ("restricted-use", "restricted"),
+    "cc-by-nc-4.0": ("non-commercial", "no"), "cc-by-nc-sa-4.0": ("non-commercial", "no"),
+    "fair-noncommercial-research-license": ("non-commercial", "no"),
+    "other": ("unknown", "unknown"), "my-own-terms": ("unknown", "unknown"), None: ("unknown", "unknown"),
+}
+PRESET_CLASSES = {"permissive": {"permissive"}, "commercial-ok": {"permissive", "restricted-use"},
+                  "copyleft-ok": {"permissive", "copyleft"}}
+
+
+def test_licences_are_classed_as_users_read_them_and_presets_say_what_they_allow():
+    for lic, (cls, verdict) in LICENCE_CLASSES.items():
+        assert (hub.license_class(lic), hub.commercial_use(lic)) == (cls, verdict), lic
+        assert hub.license_class(lic.upper() if lic else lic) == cls  # model cards spell ids in any case
+    assert "use-based restrictions" in hub.license_terms("bigcode-openrail-m")
+    assert "700M monthly active users" in hub.license_terms("llama3.1")
+    assert "no commercial use" in hub.license_terms("cc-by-nc-4.0") and "share-alike" in hub.license_terms("gpl-3.0")
+    named = {k for k in LICENCE_CLASSES if k}
+    for preset, classes in PRESET_CLASSES.items():
+        allowed = set(hub.resolve_licenses(preset))
+        assert allowed & named == {k for k in named if LICENCE_CLASSES[k][0] in classes}, preset
+    notes: list[str] = []
+    both = hub.resolve_licenses("commercial-ok, copyleft-ok,my-own-terms", notes)
+    assert {"gpl-3.0", "bigcode-openrail-m", "mit", "my-own-terms"} <= set(both) and "cc-by-nc-4.0" not in both
+    assert notes == ["license 'my-own-terms' is neither a preset (permissive, commercial-ok, copyleft-ok) nor a license id "
+                     "archsmith knows; matched as given"]
+    old: list[str] = []
+    assert hub.resolve_licenses("commercial", old) == hub.resolve_licenses("permissive") and "gpl-3.0" not in hub.resolve_licenses("commercial")
+    assert len(old) == 1 and "deprecated and now means 'permissive'" in old[0] and "commercial-ok, copyleft-ok" in old[0]
+
+
+def test_search_filters_by_licence_class_offline(monkeypatch, tmp_path):
+    """The shipped catalog offline: StarCoder2's bigcode-openrail-m is restricted use, allowed by commercial-ok only."""
+    from typer.testing import CliRunner
+
+    from huggingface_hub import constants
+
+    from archsmith.cli import app
+
+    use_fake_hub(monkeypatch, tmp_path / "hf")  # an empty HF cache
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    for preset, classes in PRESET_CLASSES.items():
+        rows = hub.search(license=preset, include_rejected=True, limit=200)["results"]
+        assert {r["license_class"] for r in rows} >= {"permissive", "restricted-use", "non-commercial"}
+        for r in rows:
+            assert ("license" in r["violated"]) == (r["license_class"] not in classes), (preset, r["id"], r["license"])
+    coder = next(r for r in hub.search(query="starcoder2", license="commercial-ok")["results"])
+    assert coder["license"] == "bigcode-openrail-m" and coder["license_class"] == "restricted-use" and coder["meets_constraints"]
+    assert any("bigcode-openrail-m (restricted-use): OpenRAIL" in why for why in coder["reasons"])
+    shown = CliRunner().invoke(app, ["search", "starcoder2", "--license", "commercial", "--include-rejected", "--json"])
+    assert shown.exit_code == 0 and "deprecated and now means 'permissive'" in shown.stderr
+    result = json.loads(shown.stdout)
+    assert result["notes"] and result["results"][0]["violated"] == ["license"]
+
+
+# ---- fine-tuning that runs ---------------------------------------------------------------------------
+
+ROUTING_GATES = {"gate", "router", "shared_expert_gate"}  # MoE routers (and Qwen2-MoE's 1-output shared-expert gate)
+
+
+def test_lora_targets_of_every_registry_family_are_the_modules_transformers_builds():
+    """Each row's names exist in the model transformers builds (meta device), and every linear layer of its blocks but
+    the routers is one of them (the Llama names are no fallback for another layout)."""
+    from conftest import TINY_CONFIGS
+
+    from archsmith.families import NAMES, lora_modules
+
+    built: dict[str, set[str]] = {}
+    for name, cfg in TINY_CONFIGS.items():
+        found = set(hub._meta_linear_names(cfg, "AutoModelForCausalLM"))
+        targets = set(lora_modules(cfg["model_type"]))
+        assert found - targets <= ROUTING_GATES, (name, sorted(found - targets))
+        built.setdefault(cfg["model_type"], set()).update(found)
+    assert set(built) == set(NAMES)
+    for family, found in built.items():
+        assert set(lora_modules(family)) <= found, (family, sorted(set(lora_modules(family)) - found))
+    assert lora_modules("not-a-family") is None
+
+
+def test_a_phi_like_model_gets_its_own_module_names_offline(tmp_path):
+    """phi-2's layers are q/k/v_proj, dense, fc1, fc2: from the registry and from transformers on the meta device alike,
+    for a local directory holding only its config.json (no weights, no Hub)."""
+    from transformers import PhiConfig
+
+    config = PhiConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, vocab_size=256).to_dict()
+    (tmp_path / "phi").mkdir()
+    (tmp_path / "phi" / "config.json").write_text(json.dumps(config))
+    plan = hub.plan_finetune(str(tmp_path / "phi"), method="lora", gpu="t4")
+    phi = ["dense", "fc1", "fc2", "k_proj", "q_proj", "v_proj"]
+    assert plan["settings"]["target_modules"] == phi and plan["settings"]["revision"] is None
+    assert plan["settings"]["target_source"] == "the families registry's module names for model_type phi"
+    assert hub._meta_linear_names(config, "AutoModelForCausalLM") == phi
+    assert f"target_modules={phi!r}" in plan["script"] and plan["source"] == f"the local directory {tmp_path / 'phi'}"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ArchsmithError, match="^model_id: .*empty is not a model directory"):
+        hub.plan_finetune(str(tmp_path / "empty"))
+    from test_boundary import call  # the MCP tool, in process: a directory inside the workspace root, shown relative
+
+    tool = call(tmp_path, "plan_finetune", {"model_id": "phi", "method": "lora"}).structured_content
+    assert tool["settings"]["target_modules"] == phi and tool["settings"]["model_id"] == "phi" and str(tmp_path) not in tool["script"]
+    assert "leaves the workspace root" in call(tmp_path / "phi", "plan_finetune", {"model_id": "../empty"}).content[0].text
+
+
+@pytest.fixture(scope="module")
+def chat_model(tiny_lm, tmp_path_factory) -> Path:
+    """A tiny random Llama (transformers weights) with the tests' BPE tokenizer and a chat template, in a directory."""
+    import shutil
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    root = tmp_path_factory.mktemp("chat") / "model"
+    shutil.copytree(tiny_lm["model"], root)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(AutoConfig.for_model(**json.loads((root / "config.json").read_text()))).save_pretrained(root)
+    tok = json.loads((root / "tokenizer_config.json").read_text())
+    tok["chat_template"] = ("{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}</s>\n{% endfor %}"
+                            "{% if add_generation_prompt %}<s>assistant: {% endif %}")
+    (root / "tokenizer_config.json").write_text(json.dumps(tok))
+    return root
+
+
+def stories(n: int) -> list[str]:
+    from conftest import STORIES
+
+    return [p.strip() for p in STORIES.read_text().split("\n\n") if p.strip()][:n]
+
+
+def test_configure_writes_a_script_that_fine_tunes_a_local_model_offline(chat_model, tmp_path, one_thread):
+    """configure on a local directory (HF_HUB_OFFLINE=1): the script reads chats, masks the prompt through the chat
+    template, trains LoRA adapters a few steps (finite loss, held-out loss down) and saves adapter and tokenizer."""
+    import runpy
+
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+    from typer.testing import CliRunner
+
+    from archsmith.cli import app
+
+    shown = CliRunner().invoke(app, ["configure", str(chat_model), "--method", "lora", "--gpu", "l4", "--out", str(tmp_path / "ft")])
+    assert shown.exit_code == 0, shown.output
+    assert "run: cd" in shown.stdout and "python finetune.py --data train.jsonl --out finetuned" in shown.stdout
+    plan = json.loads((tmp_path / "ft" / "plan.json").read_text())
+    assert plan["script_complete"] and plan["settings"]["revision"] is None and plan["method"] == "lora"
+    data = tmp_path / "chats.jsonl"
+    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": "Tell me a story."},
+                                                     {"role": "assistant", "content": s}]}) + "\n" for s in stories(40)))
+    script = runpy.run_path(str(tmp_path / "ft" / "finetune.py"), run_name="finetune")
+
+    tokenizer = AutoTokenizer.from_pretrained(chat_model)
+    row = json.loads(data.read_text().splitlines()[0])
+    example = script["encode"](row, tokenizer, 512)
+    kept = [t for t in example["labels"] if t != -100]
+    assert example["labels"][0] == -100 and example["input_ids"][-len(kept):] == kept  # the prompt is masked, then all counts
+    assert tokenizer.decode(kept).strip() == f"{row['messages'][1]['content']}</s>"  # the reply and its end of turn
+
+    metrics = script["main"](["--data", str(data), "--out", str(tmp_path / "adapter"), "--max-steps", "8", "--batch-size", "4",
+                              "--grad-accum", "1", "--lr", "3e-3", "--max-length", "96"])
+    losses = [s["loss"] for s in metrics["train_loss"]]
+    assert len(losses) == 8 and all(math.isfinite(x) for x in losses)
+    assert metrics["eval"][-1]["loss"] < metrics["eval"][0]["loss"] and metrics["eval_examples"] == 4
+    saved = tmp_path / "adapter"
+    adapter = json.loads((saved / "adapter_config.json").read_text())
+    assert sorted(adapter["target_modules"]) == plan["settings"]["target_modules"] and adapter["r"] == 16
+    lora_b = [t for name, t in load_file(saved / "adapter_model.safetensors").items() if "lora_B" in name]
+    assert lora_b and any(t.abs().sum() > 0 for t in lora_b)  # B starts at zero: these trained
+    assert (saved / "tokenizer.json").is_file() and json.loads((saved / "metrics.json").read_text())["steps"] == 8
+
+
+def test_a_classification_script_reads_labels_from_csv_and_reports_accuracy(chat_model, tmp_path, one_thread):
+    import csv
+    import runpy
+
+    plan = hub.plan_finetune(str(chat_model), task="text-classification", method="lora", gpu="t4")
+    assert plan["script_complete"] and plan["settings"]["kind"] == "classify" and plan["settings"]["amp_dtype"] == "float16"
+    (tmp_path / "finetune.py").write_text(plan["script"])
+    with open(tmp_path / "train.csv", "w", newline="") as fh:
+        rows = csv.DictWriter(fh, ["text", "label"])
+        rows.writeheader()
+        rows.writerows({"text": s, "label": "calm" if "calm" in s else "other"} for s in stories(30))
+    script = runpy.run_path(str(tmp_path / "finetune.py"), run_name="finetune")
+    metrics = script["main"](["--data", str(tmp_path / "train.csv"), "--out", str(tmp_path / "out"), "--max-steps", "3",
+                              "--grad-accum", "1"])
+    assert all(math.isfinite(s["loss"]) for s in metrics["train_loss"]) and len(metrics["train_loss"]) == 3
+    assert 0 <= metrics["eval"][-1]["accuracy"] <= 1 and metrics["eval"][-1]["examples"] == 3
+    saved = json.loads((tmp_path / "out" / "adapter_config.json").read_text())
+    assert saved["task_type"] == "SEQ_CLS" and "score" in saved["modules_to_save"]
+    with pytest.raises(SystemExit, match="--out: .* is not empty"):
+        script["main"](["--data", str(tmp_path / "train.csv"), "--out", str(tmp_path / "out")])

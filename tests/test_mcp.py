@@ -31,15 +31,17 @@ def engine_results(root: Path) -> dict[str, tuple[dict, object]]:
     """tool -> (valid arguments, the same job done by calling the engine directly)."""
     from archsmith import design, estimate, hfconfig, network, scaling
     from archsmith.gpus import gpu_table
+    from archsmith.parity import prove_config
     from archsmith.spec import ArchitectureSpec
 
     spec = hfconfig.spec_from_hf(LLAMA)
+    emitted = hfconfig.hf_from_spec(ArchitectureSpec.from_dict(TINY_SPEC), "mistral")
     est = {**estimate.estimate(spec, batch=2, seq=1024, dtype="bf16"), "spec": spec.to_dict()}
     return {
         "design_architecture": ({"params": "350M", "gpus": 4}, design.summary(design.design_from_text(params="350M", gpus=4))),
         "estimate_config": ({"config": LLAMA, "batch": 2, "seq": 1024}, est),
         "emit_hf_config": ({"spec": TINY_SPEC, "model_type": "mistral"},
-                           {"config": hfconfig.hf_from_spec(ArchitectureSpec.from_dict(TINY_SPEC), "mistral"), "written": None}),
+                           {"config": emitted, "written": None, "proof": prove_config(emitted)}),
         "compute_optimal_sizing": ({"compute_flops": 1e21}, scaling.plan(compute_flops=1e21)),
         "list_scale_templates": ({}, {"templates": list(design.scale_templates())}),
         "list_gpus": ({}, {"gpus": gpu_table()}),

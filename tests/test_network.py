@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -11,7 +12,8 @@ from hypothesis import strategies as st
 
 from archsmith.errors import SpecError
 from archsmith.estimate import count_params, model_tensors
-from archsmith.network import CausalLM, GroupedRouter, MoE, alibi_slopes, build_mask, init_weights
+from archsmith.network import (CausalLM, GroupedRouter, MoE, alibi_slopes, build_mask, grouped_mm_fits, init_weights,
+                               next_token_loss)
 from archsmith.spec import ArchitectureSpec, MLASpec, MoESpec
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: a second OpenMP thread only spins on shared cores
@@ -22,7 +24,7 @@ VARIANTS = {
     "llama-gqa": {},
     "mha": {"num_kv_heads": 4},
     "mqa": {"num_kv_heads": 1},
-    "sliding": {"sliding_window": 4},
+    "sliding": {"sliding_window": 4, "model_type": "mistral"},
     "qk-norm-head": {"qk_norm": "head", "head_dim": 32},
     "qk-norm-full-post": {"qk_norm": "full", "norm_placement": "post"},
     "sandwich-geglu": {"norm_placement": "sandwich", "ffn_kind": "geglu", "activation": "gelu_pytorch_tanh"},
@@ -32,12 +34,15 @@ VARIANTS = {
     "fused-partial-rope": {"fused_qkv": True, "fused_gate_up": True, "partial_rotary_factor": 0.5},
     "llama3-rope": {"rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                                      "original_max_position_embeddings": 16}},
-    "moe": {"moe": MoESpec(num_experts=4, top_k=2, expert_ffn_size=48, shared_experts=1, shared_ffn_size=32)},
+    "moe": {"moe": MoESpec(num_experts=4, top_k=2, expert_ffn_size=48, shared_experts=1, shared_ffn_size=32),
+            "model_type": "qwen2_moe", "extra": {"norm_topk_prob": True, "router_aux_loss_coef": 0.01}},
     "mla-dense-first-moe": {"mla": MLASpec(kv_lora_rank=16, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=12, q_lora_rank=24),
                             "head_dim": 24, "num_kv_heads": 4, "rope_scaling": {"rope_type": "yarn", "factor": 2.0},
                             "moe": MoESpec(num_experts=4, top_k=2, expert_ffn_size=24, shared_experts=1, shared_ffn_size=16,
-                                           shared_expert_gate=True, layers=(1,))},
-    "parallel-nope": {"norm_placement": "parallel_shared", "norm": "layernorm_nobias", "qk_norm": "per_head", "nope_layers": (1,)},
+                                           shared_expert_gate=True, layers=(1,)),
+                            "model_type": "deepseek_v3", "extra": {"n_group": 1, "topk_group": 1}},
+    "parallel-nope": {"norm_placement": "parallel_shared", "norm": "layernorm_nobias", "qk_norm": "per_head", "nope_layers": (1,),
+                      "model_type": "smollm3"},
 }
 
 
@@ -78,6 +83,18 @@ def specs(draw) -> ArchitectureSpec:
         mla = MLASpec(kv_lora_rank=draw(st.integers(1, 32)), qk_nope_head_dim=draw(st.integers(0, 16)), qk_rope_head_dim=rope,
                       v_head_dim=draw(st.integers(1, 16)), q_lora_rank=draw(st.one_of(st.none(), st.integers(1, 32))))
         head_dim = mla.qk_nope_head_dim + rope
+    nope = draw(st.lists(st.integers(0, layers - 1), unique=True).map(sorted).map(tuple)) if position == "rope" and not mla else ()
+    family, extra = layout_family(moe, mla, window, nope)
+    if family in GROUPED:  # first-k-dense placement, no window; grouped routing needs 2 experts per group
+        window, nope = None, ()
+        if moe is not None:
+            experts = max(2, moe.num_experts)
+            moe = dataclasses.replace(moe, num_experts=experts, top_k=min(moe.top_k, experts), router_bias=False,  # a buffer there
+                                      layers=None if moe.layers is None else tuple(range(moe.layers[0], layers)))
+    elif family == "qwen2_moe":  # one gated shared expert, no NoPE layers
+        moe, nope = dataclasses.replace(moe, shared_experts=1, shared_ffn_size=moe.shared_ffn_size or 8), ()
+    elif family == "smollm3":
+        window = None
     return ArchitectureSpec(
         hidden_size=draw(st.integers(2, 96)), num_layers=layers, num_heads=heads, num_kv_heads=kv,
         head_dim=head_dim, ffn_size=draw(st.integers(1, 200)),
@@ -89,8 +106,22 @@ def specs(draw) -> ArchitectureSpec:
         qkv_bias=draw(st.booleans()), o_bias=draw(st.booleans()), mlp_bias=draw(st.booleans()),
         qk_norm="none" if mla else draw(st.sampled_from(["none", "head", "full", "per_head"])), sliding_window=window,
         fused_qkv=not mla and draw(st.booleans()), fused_gate_up=draw(st.booleans()), moe=moe, mla=mla,
-        nope_layers=draw(st.lists(st.integers(0, layers - 1), unique=True).map(sorted).map(tuple)) if position == "rope" and not mla else (),
+        nope_layers=nope, model_type=family, extra=extra,
     )
+
+
+GROUPED = ("deepseek_v3", "glm4_moe")  # MoE families with first-k-dense layers and a grouped router
+
+
+def layout_family(moe, mla, window, nope) -> tuple[str, dict]:
+    """A family whose transformers code honours the drawn layout (network.py builds no other), and its router settings."""
+    if mla is not None:
+        return "deepseek_v3", {"n_group": 1, "topk_group": 1}
+    if moe is not None:
+        return ("qwen2_moe", {}) if moe.shared_experts == 1 or window else ("glm4_moe", {"n_group": 1, "topk_group": 1})
+    if nope:
+        return "smollm3", {}
+    return ("qwen2" if window else "llama"), {}
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -254,6 +285,58 @@ def test_moe_routes_every_token_to_exactly_k_experts():
             expected[t] += moe.shared_experts(flat[t])
     assert torch.allclose(out.reshape(-1, 64), expected, atol=1e-5)
     assert aux.item() >= 2 - 1e-5  # E * sum f_e P_e is at least k: minimal when balanced
+
+
+def test_expert_dispatch_equals_a_per_token_loop_with_gradients():
+    """Both dispatch paths (grouped GEMM, one matmul per expert) give each token sum_k w * expert_k(x), and the same
+    gradients for x, the routing weights and both expert tensors; experts 0 and 3 get no token (zero gradients)."""
+    experts = model_of("moe").model.layers[0].mlp.experts  # 4 experts of width 48, hidden 64
+    gen = torch.Generator().manual_seed(0)
+    x, weights = torch.randn(6, 64, generator=gen), torch.rand(6, 2, generator=gen)
+    indices = torch.tensor([[1, 2], [2, 1], [1, 2], [2, 1], [2, 1], [2, 1]])
+    upstream = torch.randn(6, 64, generator=gen)
+    assert grouped_mm_fits(x, experts.gate_up_proj, experts.down_proj)  # this torch runs the grouped path here
+
+    def run(dispatch) -> list[torch.Tensor]:
+        experts.zero_grad(set_to_none=True)
+        xs, ws = x.clone().requires_grad_(), weights.clone().requires_grad_()
+        out = dispatch(xs, ws)
+        out.backward(upstream)
+        return [out.detach(), xs.grad, ws.grad, experts.gate_up_proj.grad, experts.down_proj.grad]
+
+    def loop(xs, ws):
+        rows = []
+        for t in range(6):
+            row = torch.zeros(64)
+            for j in range(2):
+                gate, up = (experts.gate_up_proj[indices[t, j]] @ xs[t]).chunk(2)
+                row = row + ws[t, j] * (experts.down_proj[indices[t, j]] @ (torch.nn.functional.silu(gate) * up))
+            rows.append(row)
+        return torch.stack(rows)
+
+    expected = run(loop)
+    for grouped in (True, False):
+        experts.grouped = grouped
+        got = run(lambda xs, ws: experts(xs, indices, ws))
+        for name, a, b in zip(("out", "x", "weights", "gate_up_proj", "down_proj"), got, expected):
+            assert torch.allclose(a, b, atol=1e-5), (grouped, name, (a - b).abs().max().item())
+        assert not got[3][[0, 3]].any() and not got[4][[0, 3]].any() and got[3][[1, 2]].any()
+
+
+def test_next_token_loss_equals_torch_cross_entropy():
+    """Value and gradient of the loss equal F.cross_entropy's over the shifted labels, -100 rows ignored."""
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 5, 11, generator=gen, dtype=torch.float64)
+    labels = torch.randint(0, 11, (2, 5), generator=gen)
+    labels[1, 2] = -100
+    mine = logits.clone().requires_grad_()
+    theirs = logits.clone().requires_grad_()
+    loss = next_token_loss(mine, labels)
+    ref = torch.nn.functional.cross_entropy(theirs[:, :-1].reshape(-1, 11).float(), labels[:, 1:].reshape(-1), ignore_index=-100)
+    (2.0 * loss).backward()
+    (2.0 * ref).backward()
+    assert loss.item() == pytest.approx(ref.item(), abs=1e-6)
+    assert torch.allclose(mine.grad, theirs.grad, atol=1e-6) and not mine.grad[:, -1].any() and not mine.grad[1, 1].any()
 
 
 def test_moe_aux_loss_is_k_for_a_uniform_router_and_enters_the_loss():

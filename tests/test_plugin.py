@@ -148,3 +148,63 @@ def test_skill_scripts_run_as_shipped(path, tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     runpy.run_path(str(path), run_name="__main__")
+
+
+# ---- every role has the hands its words need ------------------------------------------------------------------------
+
+TOOL_NAMES = {fn.__name__ for fn in TOOLS}
+SKILL_FILES = {p.parent.name: p for p in SKILLS}
+
+
+def skills_named(text: str) -> set[str]:
+    """Skills a text tells the model to follow: `archsmith:NAME`, or "the NAME skill" / "the A and B skills"."""
+    named = set(re.findall(r"archsmith:([\w-]+)", text))
+    for phrase in re.findall(r"((?:`?[\w:-]+`?,?\s+(?:and|or)\s+)*`?[\w:-]+`?)\s+skills?\b", text):
+        named |= {word.split(":")[-1] for word in re.findall(r"[\w:-]+", phrase)}
+    return named & set(SKILL_FILES)
+
+
+def sentences(text: str) -> list[str]:
+    """A Markdown text's sentences: indented lines continue the item above them; table rows stand alone."""
+    items = re.sub(r"\n[ \t]+(?=\S)", " ", text).splitlines()
+    return [s for item in items for s in re.split(r"(?<=\.)\s+(?=[A-Z`*(])", item)]
+
+
+def tools_named(text: str, role: str) -> set[str]:
+    """MCP tools a text names as its own: a sentence that names another role (a hand-off, "llm-architect's
+    write_design") names that role's tools."""
+    others = ROLES - {role}
+    return {tool for sentence in sentences(text) if not any(other in sentence for other in others)
+            for tool in TOOL_NAMES & set(re.findall(r"\b[a-z][a-z_]+\b", sentence))}
+
+
+@pytest.mark.parametrize("path", AGENTS, ids=lambda p: p.stem)
+def test_every_role_has_the_tools_its_words_and_skills_call(path):
+    meta, body = front_matter(path)
+    tools = set(tool_list(meta))
+    own = {t.rsplit("__", 1)[-1] for t in tools if t in MCP_TOOLS}
+    skills = skills_named(body)
+    assert not skills or "Skill" in tools, f"{path.name} follows {sorted(skills)} but cannot load a skill: no Skill tool"
+    missing = tools_named(body, path.stem) - own
+    assert not missing, f"{path.name} calls {sorted(missing)} without them in its tools"
+    for skill in skills:
+        text = SKILL_FILES[skill].read_text(encoding="utf-8")
+        missing = tools_named(text, path.stem) - own
+        assert not missing, f"{path.name} follows the {skill} skill, which calls {sorted(missing)}: not in its tools"
+
+
+def test_the_role_checks_read_what_they_should():
+    assert skills_named("Follow the `archsmith:model-compression` skill") == {"model-compression"}
+    assert skills_named("Follow the tokenizer-trainer and training-run skills.") == {"tokenizer-trainer", "training-run"}
+    assert skills_named("the network-architect agent builds it") == set()
+    assert tools_named("run `start_training`, then `training_status`", "network-architect") == {"start_training", "training_status"}
+    assert tools_named("- To **llm-architect**: a design with\n  reports (`write_design`).", "network-architect") == set()
+    assert tools_named("Hand it to llm-architect. Then `write_design`.", "network-architect") == {"write_design"}
+    assert tools_named("the llm-architect's `write_design`", "llm-architect") == {"write_design"}
+    meta, _ = front_matter(ROOT / "agents" / "network-architect.md")
+    assert {f"mcp__plugin_archsmith_{SERVER}__{t}" for t in ("start_training", "training_status", "stop_training")} <= set(tool_list(meta))
+
+
+def test_every_skill_is_followed_by_a_role():
+    followed = {skill for path in AGENTS for skill in skills_named(front_matter(path)[1])}
+    assert followed == set(SKILL_FILES), f"no role loads {sorted(set(SKILL_FILES) - followed)}"

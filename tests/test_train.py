@@ -148,8 +148,30 @@ app(["train", *sys.argv[1:]])
 """
 
 
+def tensorboard_scalars(run: Path) -> dict[str, dict[int, float]]:
+    """tag -> {step: value} from RUN/tensorboard's event files (TFRecords of Event protos), oldest file first; a
+    session restart at step s (a resumed run's purge) drops what earlier files logged from s on, as TensorBoard does."""
+    import struct
+
+    from tensorboardX.proto.event_pb2 import Event, SessionLog
+
+    out: dict[str, dict[int, float]] = {}
+    for file in sorted((run / "tensorboard").glob("events.out.tfevents.*"), key=lambda f: (f.stat().st_mtime, f.name)):
+        data, at = file.read_bytes(), 0
+        while at < len(data):
+            (size,) = struct.unpack("<Q", data[at:at + 8])
+            event = Event.FromString(data[at + 12:at + 12 + size])  # after the length and its CRC
+            at += 12 + size + 4
+            if event.HasField("session_log") and event.session_log.status == SessionLog.START:
+                out = {tag: {s: v for s, v in steps.items() if s < event.step} for tag, steps in out.items()}
+            for value in event.summary.value:
+                out.setdefault(value.tag, {})[event.step] = value.simple_value
+    return out
+
+
 def test_killed_run_resumes_bitwise(tmp_path, tiny_lm):
-    args = [*common(tiny_lm), "--steps", 8, "--save-every", 2, "--keep", 3, "--eval-fraction", 0, "--deterministic"]
+    args = [*common(tiny_lm), "--steps", 8, "--save-every", 2, "--keep", 3, "--eval-fraction", 0, "--deterministic",
+            "--tensorboard"]
     cli("train", *args, "--out", tmp_path / "whole")
     killed = subprocess.run([sys.executable, "-c", KILL_DURING_THIRD_CHECKPOINT, *map(str, args), "--out", tmp_path / "cut"],
                             capture_output=True, text=True, timeout=600)
@@ -165,6 +187,10 @@ def test_killed_run_resumes_bitwise(tmp_path, tiny_lm):
     a, b = weights(tmp_path / "whole" / "final"), weights(tmp_path / "cut" / "final")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert sorted(p.name for p in ckpts.iterdir()) == ["step_000004", "step_000006", "step_000008"]  # the newest 3 kept
+    board = tensorboard_scalars(tmp_path / "whole")  # the same numbers as metrics.jsonl, as float32 scalars
+    assert board["train/loss"] == pytest.approx(whole, rel=1e-6) and set(board["train/lr"]) == set(whole)
+    again = tensorboard_scalars(tmp_path / "cut")["train/loss"]  # the resumed steps' own values
+    assert {s: again[s] for s in range(5, 9)} == pytest.approx({s: resumed[s] for s in range(5, 9)}, rel=1e-6)
 
 
 # ---- distributed --------------------------------------------------------------------------------
@@ -480,9 +506,9 @@ def test_capacity_plan_prints_the_launch_command(tmp_path, params, gpus, strateg
         assert args[args.index("--strategy") + 1] == strategy
     ctx = typer.main.get_command(app).commands["train"].make_context("train", list(args))  # the train CLI accepts them
     p = ctx.params
-    rec, setup = result["recommended"], result["training"]
-    assert p["model"] == "runs/x" and p["seq"] == setup["seq"] and p["batch"] == gpus * p["micro_batch"]
-    assert p["micro_batch"] == setup["micro_batch"]
+    rec, setup, recipe = result["recommended"], result["training"], result["recipe"]
+    assert p["model"] == "runs/x" and p["seq"] == setup["seq"] and p["batch"] == gpus * p["micro_batch"] * recipe["grad_accum"]
+    assert p["micro_batch"] == setup["micro_batch"] and (p["lr"], p["warmup"]) == (recipe["lr"], recipe["warmup_steps"])
     assert p["steps"] == math.ceil(rec.summary["train_tokens"] / (p["batch"] * p["seq"]))  # the plan's tokens
     assert p["checkpointing"] == setup["checkpointing"]  # what the capacity plan sized, not a second choice
     assert (strategy == "ddp") == (setup["strategy"] == "ddp") or gpus == 1

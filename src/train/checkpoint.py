@@ -5,7 +5,8 @@ RUN/checkpoints/step_000400/ holds everything a run needs to continue exactly:
     model/              the model through the save hook (CausalLM: config.json + safetensors that
                         transformers loads; an HF model: its own save_pretrained)   [single, ddp]
     extra.safetensors   the extra trainable modules (e.g. a distillation projection) [single, ddp]
-    dcp/                model + extras + optimizer, sharded, by torch.distributed.checkpoint [fsdp]
+    dcp/                model + extras + optimizer, sharded, by torch.distributed.checkpoint [fsdp, tp/pp/cp]
+                        (names as in the whole model: resumable under any other layout, or on one process)
     trainer.pt          optimizer (single, ddp), LR scheduler, grad scaler, step, tokens seen,
                         early-stopping state, the run's config
     rng_rank{r}.pt      each rank's torch / CUDA / Python RNG states
@@ -35,6 +36,13 @@ CHECKPOINTS = "checkpoints"
 STEP_DIR = re.compile(r"step_(\d{6,})")
 TRAINER_FILE = "trainer.pt"
 EXTRA_FILE = "extra.safetensors"
+
+def _reshardable():
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    # optimizer state keyed by parameter name, param groups included: a pipeline stage finds its own in any layout's files
+    return StateDictOptions(flatten_optimizer_state_dict=True)
+
 
 SaveModel = Callable[[nn.Module, dict[str, torch.Tensor], Path], None]
 LoadModel = Callable[[nn.Module, Path], None]
@@ -155,7 +163,7 @@ def save(run: HeldDir, step: int, trainer_state: dict[str, Any], modules: nn.Mod
             import torch.distributed.checkpoint as dcp
             from torch.distributed.checkpoint.state_dict import get_state_dict
 
-            model_sd, optim_sd = get_state_dict(modules, optimizer)
+            model_sd, optim_sd = get_state_dict(modules, optimizer, options=_reshardable())
             dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=str(where / "dcp"))
         elif d.main:
             save_hook(modules.model, full_model_state(modules, False), where / "model")
@@ -237,19 +245,21 @@ def load(run: HeldDir, name: str, modules: nn.Module, optimizer: torch.optim.Opt
     state, kinds, shown = saved["trainer"], saved["kinds"], f"{CHECKPOINTS}/{name}"
     with run.dir(shown) as fd:
         where = Path(fd_path(fd))
-        if sharded:
+        if kinds.get("dcp") == "dir":  # sharded state: onto this layout's shards, or whole onto one process
             import torch.distributed.checkpoint as dcp
             from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-            if kinds.get("dcp") != "dir":
-                raise ArchsmithError("resume", f"{shown} was written without FSDP; resume it with --strategy ddp")
-            model_sd, optim_sd = get_state_dict(modules, optimizer)
+            if not sharded and d.world > 1:
+                raise ArchsmithError("resume", f"{shown} holds sharded state; resume it with --strategy fsdp (or on one process)")
+            model_sd, optim_sd = get_state_dict(modules, optimizer, options=_reshardable())
             loaded = {"model": model_sd, "optimizer": optim_sd}
             dcp.load(loaded, checkpoint_id=str(where / "dcp"))
-            set_state_dict(modules, optimizer, model_state_dict=loaded["model"], optim_state_dict=loaded["optimizer"])
+            set_state_dict(modules, optimizer, model_state_dict=loaded["model"], optim_state_dict=loaded["optimizer"],
+                           options=_reshardable())
         else:
-            if kinds.get("model") != "dir":
-                raise ArchsmithError("resume", f"{shown} holds sharded FSDP state; resume it with --strategy fsdp")
+            if sharded:
+                raise ArchsmithError("resume", f"{shown} was written by one process or DDP; resume it that way "
+                                               "(--strategy ddp, no --tp/--pp/--cp)")
             load_hook(modules.model, where / "model")
             if saved["extra"] is not None:
                 modules.load_state_dict(saved["extra"], strict=False)

@@ -34,6 +34,9 @@
 - `count_tokens(batch) -> int` for tokens/s (default: elements of `batch["input_ids"]`).
 - `on_eval(step, held-out loss) -> bool` after each evaluation past step 0: True stops the run there with
   stop_reason "pruned" (an architecture search's pruner deciding on the learning curve).
+- `loggers(start_step) -> [logger, ...]`: experiment loggers (anything with `log(metrics, step)`: a wandb Run,
+  `metrics.TensorBoardLog`) made on the main process when the loop starts; each metrics row reaches them as
+  {"train/loss": ..., "eval/perplexity": ...} at its step, and they are closed at the end.
 - `eval_extra(step) -> {name: value}` at each evaluation, on the main process with the model in eval mode: more
   held-out metrics (task accuracies) added to the evaluation's row and to `evals` (one process or DDP: an FSDP
   model's shards are on every rank).
@@ -53,10 +56,12 @@ SIGINT (Ctrl-C) stops after the current step with a checkpoint. It writes into `
     checkpoints/     see `archsmith.train.checkpoint`
     final/           the model at the end, through `save_model` (FSDP: consolidated on rank 0)
     loss.png         the loss curve; status.json: state (running, finished, stopped, failed), step
+    tensorboard/     event files, when a TensorBoardLog is among the loggers
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -76,6 +81,7 @@ from archsmith.files import HeldDir, fd_path, remove_entry, usual_modes
 from archsmith.progress import EVERY_S, Progress
 from archsmith.train import checkpoint as ckpt
 from archsmith.train import parallel
+from archsmith.train.parallel.layout import Layout, Placed, whole
 from archsmith.train.data import Order, rank_slice
 from archsmith.train.memory import device_peaks
 from archsmith.train.metrics import MetricsLog, write_status
@@ -107,6 +113,10 @@ class TrainConfig:
     clip: float | None = 1.0  # max global gradient norm; None disables
     precision: str = "auto"  # auto: bf16 on GPUs that have it, fp16 on other GPUs, fp32 on CPU
     strategy: str = "ddp"  # with more than one process: ddp or fsdp
+    tp: int = 1  # tensor-parallel degree (archsmith.network.CausalLM only; see archsmith.train.parallel.layout)
+    pp: int = 1  # pipeline-parallel degree
+    cp: int = 1  # context-parallel degree (CUDA)
+    pp_schedule: str = "1f1b"  # 1f1b, interleaved or gpipe
     save_every: int = 0  # 0: only at the end
     keep: int = 3  # checkpoints kept on disk (newest)
     eval_every: int = 0  # 0: only at the end (and at step 0)
@@ -120,6 +130,9 @@ class TrainConfig:
     deterministic: bool = False  # torch.use_deterministic_algorithms: bitwise-repeatable runs on one device
     progress: bool = True  # a rich progress bar on rank 0 (stderr)
 
+    def layout(self) -> Layout:
+        return Layout(self.tp, self.pp, self.cp, self.pp_schedule)
+
     def check(self, world: int = 1) -> int:
         """Validate; returns the micro-batch. Raises ArchsmithError naming the field."""
         def need(ok: bool, name: str, what: str) -> None:
@@ -128,11 +141,16 @@ class TrainConfig:
 
         need(isinstance(self.steps, int) and 1 <= self.steps <= 10**9, "steps", f"must be in [1, 1e9], got {self.steps}")
         need(isinstance(self.global_batch, int) and self.global_batch >= 1, "batch", f"must be >= 1, got {self.global_batch}")
-        need(self.global_batch % world == 0, "batch", f"{self.global_batch} does not split over {world} processes")
-        micro = self.micro_batch or self.global_batch // world
+        need(self.strategy in parallel.STRATEGIES, "strategy", f"must be one of {', '.join(parallel.STRATEGIES)}; got {self.strategy!r}")
+        layout = self.layout()
+        layout.check(world, self.strategy)
+        readers = layout.dp(world)  # processes that read different samples: the data-parallel ranks
+        what = "processes" if layout.plain else "data-parallel ranks"
+        need(self.global_batch % readers == 0, "batch", f"{self.global_batch} does not split over {readers} {what}")
+        micro = self.micro_batch or self.global_batch // readers
         need(isinstance(micro, int) and 1 <= micro, "micro_batch", f"must be >= 1, got {micro}")
-        need((self.global_batch // world) % micro == 0, "micro_batch",
-             f"{micro} must divide the per-process batch {self.global_batch // world} (batch {self.global_batch} / {world} processes)")
+        need((self.global_batch // readers) % micro == 0, "micro_batch",
+             f"{micro} must divide the per-rank batch {self.global_batch // readers} (batch {self.global_batch} / {readers} {what})")
         need(0 < self.lr <= 1, "lr", f"must be in (0, 1], got {self.lr}")
         need(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
         need(self.schedule in SCHEDULES, "schedule", f"must be one of {', '.join(SCHEDULES)}; got {self.schedule!r}")
@@ -141,7 +159,6 @@ class TrainConfig:
         need(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
         need(self.clip is None or self.clip > 0, "clip", f"must be > 0 (or None to disable), got {self.clip}")
         need(self.precision in PRECISIONS, "precision", f"must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
-        need(self.strategy in parallel.STRATEGIES, "strategy", f"must be one of {', '.join(parallel.STRATEGIES)}; got {self.strategy!r}")
         need(self.save_every >= 0 and self.eval_every >= 0, "save_every", "save_every and eval_every must be >= 0")
         need(self.keep >= 1, "keep", f"must be >= 1, got {self.keep}")
         need(self.eval_samples >= 1, "eval_samples", f"must be >= 1, got {self.eval_samples}")
@@ -213,7 +230,7 @@ class Trainer:
                  out: str | Path | HeldDir, config: TrainConfig, eval_data: Sequence | None = None, extra: dict[str, nn.Module] | None = None,
                  save_model: ckpt.SaveModel = ckpt.save_model, load_model: ckpt.LoadModel = ckpt.load_model,
                  count_tokens: Callable[[Any], int] = count_tokens, on_eval: Callable[[int, float], bool] | None = None,
-                 eval_extra: Callable[[int], dict[str, float]] | None = None):
+                 eval_extra: Callable[[int], dict[str, float]] | None = None, loggers: Callable[[int], list] | None = None):
         self.model, self.objective, self.train_data, self.collate = model, objective, train, collate
         self.out, self.config, self.extra = out, config, dict(extra or {})
         self.notes: list[str] = []  # what the run should tell its user (a torn checkpoint skipped on resume)
@@ -221,6 +238,7 @@ class Trainer:
         self.save_hook, self.load_hook, self.count_tokens = save_model, load_model, count_tokens
         self.on_eval = on_eval  # (step, held-out loss) after each evaluation past step 0; True stops the run ("pruned")
         self.eval_extra = eval_extra  # step -> more held-out metrics, on the main process
+        self.loggers = loggers  # (the step the run starts from) -> loggers with log(metrics, step), on the main process
         self._stop_signal = 0  # the signal asking to stop (SIGTERM, SIGINT), 0 while none did
         self._status_at = time.monotonic()  # when status.json was last written
         self.peaks: dict[str, int] | None = None  # CUDA: the largest allocated and reserved bytes of any step (this rank)
@@ -231,7 +249,7 @@ class Trainer:
         choice = self.config.precision
         if choice == "auto":
             choice = "fp32" if device.type != "cuda" else "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        if choice == "fp16" and self.config.strategy == "fsdp" and self.d.world > 1:
+        if choice == "fp16" and self.d.world > 1 and (self.config.strategy == "fsdp" or not self.config.layout().plain):
             raise ArchsmithError("precision", "fp16 with FSDP is not supported (no sharded grad scaler here); use bf16 or fp32")
         return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[choice], choice == "fp16"
 
@@ -239,8 +257,10 @@ class Trainer:
         cfg = self.config
         self.d = d = parallel.setup()
         self.micro = cfg.check(d.world)
-        self.accum = cfg.global_batch // d.world // self.micro
-        self.sharded = cfg.strategy == "fsdp" and d.world > 1
+        layout = cfg.layout()
+        self.readers = layout.dp(d.world)  # data-parallel ranks: each reads its share of the global batch
+        self.accum = cfg.global_batch // self.readers // self.micro
+        self.sharded = (cfg.strategy == "fsdp" and d.world > 1) or not layout.plain  # checkpoints by DCP
         torch.manual_seed(cfg.seed + d.rank)
         self._was_deterministic = torch.are_deterministic_algorithms_enabled()
         torch.use_deterministic_algorithms(cfg.deterministic or self._was_deterministic)
@@ -253,11 +273,26 @@ class Trainer:
                 model.gradient_checkpointing_enable()
             else:
                 raise ArchsmithError("checkpointing", f"{type(model).__name__} has no set_checkpointing or gradient_checkpointing_enable")
+        self.placed, self.reader = None, d.rank
+        if not layout.plain:
+            from archsmith.network import CausalLM
+
+            if not isinstance(model, CausalLM) or self.extra:
+                raise ArchsmithError("tp", "tensor, pipeline and context parallel layouts train an archsmith.network.CausalLM "
+                                           "alone (no extra modules); use --strategy ddp or fsdp for other models")
+            self.placed = Placed(layout, model.to(d.device), d, self.dtype, self.accum)
+            self.reader = self.placed.dp_rank
         self.modules = TrainModules(model, self.extra, self.objective).to(d.device)
         if cfg.compile:
             for block in parallel.blocks(model) or [model]:
                 block.compile()
-        self.wrapped = parallel.wrap(self.modules, cfg.strategy, d, self.dtype if self.sharded else None, cfg.unused_parameters)
+        if self.placed is not None:
+            self.wrapped = self.modules
+        else:
+            self.wrapped = parallel.wrap(self.modules, cfg.strategy, d, self.dtype if self.sharded else None, cfg.unused_parameters)
+        # the module whose gradients FSDP reduces (and which casts to the compute dtype); None without FSDP
+        self.fsdp_root = (self.wrapped if self.sharded and self.placed is None else
+                          self.model if self.placed is not None and self.placed.fsdp else None)
         # the fused kernel (CUDA, CPU): no model-sized temporaries in the step, the recipe archsmith.peak models
         fused = d.device.type == "cuda" or (d.device.type == "cpu" and not self.sharded)
         self.optimizer = torch.optim.AdamW(param_groups(self.modules, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas,
@@ -270,9 +305,7 @@ class Trainer:
         self.wrapped.train()  # transformers' from_pretrained returns eval mode
 
     def _autocast(self):
-        import contextlib
-
-        if self.dtype is None or self.sharded:  # FSDP casts through its mixed-precision policy
+        if self.dtype is None or self.fsdp_root is not None:  # FSDP casts through its mixed-precision policy
             return contextlib.nullcontext()
         return torch.autocast(self.d.device.type, dtype=self.dtype)
 
@@ -309,7 +342,8 @@ class Trainer:
                 _failed(run, d, state.step, cfg.steps, exc)
                 raise
             parallel.barrier(d)  # every rank has looked before rank 0 writes
-            log = MetricsLog(run, enabled=d.main, truncate_after=state.step if resume else 0)
+            loggers = self.loggers(state.step) if self.loggers is not None and d.main else []
+            log = MetricsLog(run, enabled=d.main, truncate_after=state.step if resume else 0, loggers=loggers)
             try:
                 write_status(run, d, "running", state.step, cfg.steps, notes=self.notes)
                 self._loop(state, log)
@@ -388,23 +422,33 @@ class Trainer:
     def _step(self, state: _State) -> dict[str, Any]:
         d, cfg = self.d, self.config
         lr = self.optimizer.param_groups[0]["lr"]
-        first, count = rank_slice(state.step, cfg.global_batch, d.rank, d.world)
+        first, count = rank_slice(state.step, cfg.global_batch, self.reader, self.readers)
         indices = self.order.take(first, count)
         loss_sum = torch.zeros((), device=d.device)
         metric_sums: dict[str, torch.Tensor] = {}
         tokens = 0
-        for i in range(self.accum):
+        placed = self.placed
+        if placed is not None and placed.stages:  # the pipeline schedule runs every micro-batch of the step
+            batch = self.collate([self.train_data[j] for j in indices])
+            tokens += self.count_tokens(batch)
+            with placed.loss_context(), self._autocast():
+                loss = placed.pipeline_step(self._to_device(batch))
+            # the last stage: next-token cross-entropy, the only objective a pipeline runs; zeros elsewhere (same columns)
+            part = loss.detach().float() * self.accum if loss is not None else torch.zeros((), device=d.device)
+            loss_sum += part
+            metric_sums["nll"] = part
+        for i in range(self.accum if placed is None or not placed.stages else 0):
             batch = self.collate([self.train_data[j] for j in indices[i * self.micro:(i + 1) * self.micro]])
             tokens += self.count_tokens(batch)
             batch = self._to_device(batch)
-            with parallel.gradient_sync(self.wrapped, cfg.strategy, d, i == self.accum - 1):
+            with self._sync(i == self.accum - 1), self._parallel_context(batch):
                 with self._autocast():
                     loss, metrics = self.wrapped(batch)
                 scaled = loss / self.accum
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-            loss_sum += loss.detach().float()
+            loss_sum += whole(loss).detach().float()
             for k, v in metrics.items():
-                metric_sums[k] = metric_sums.get(k, 0) + torch.as_tensor(v, dtype=torch.float32, device=d.device).detach()
+                metric_sums[k] = metric_sums.get(k, 0) + torch.as_tensor(whole(v), dtype=torch.float32, device=d.device).detach()
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         norm = self._clip()
@@ -423,23 +467,41 @@ class Trainer:
                               torch.tensor(float(tokens), device=d.device), torch.tensor(float(self._stop_signal), device=d.device)])
         parallel.all_reduce_sum(synced, d)
         values = synced.tolist()
-        step_tokens, stop = int(values[-2]), values[-1] > 0
+        step_tokens, stop = int(values[-2]) // (d.world // self.readers), values[-1] > 0  # model-parallel ranks share samples
         now = time.perf_counter()
         seconds, self._clock = now - self._clock, now
         state.step += 1
         state.tokens += step_tokens
         state.elapsed += seconds
-        row = {"kind": "train", "step": state.step, "loss": values[0] / d.world, "lr": lr, "tokens": state.tokens,
+        owners = placed.owners if placed is not None else d.world  # ranks that computed the loss (pp: the last stage's)
+        row = {"kind": "train", "step": state.step, "loss": values[0] / owners, "lr": lr, "tokens": state.tokens,
                "tokens_per_s": round(step_tokens / seconds, 1), "grad_norm": norm, "elapsed_s": round(state.elapsed, 3)}
-        row.update({k: values[1 + i] / d.world for i, k in enumerate(names) if k != "loss"})
+        row.update({k: values[1 + i] / owners for i, k in enumerate(names) if k != "loss"})
         row.update(peaks or {})
         row["_stop"] = stop
         return row
+
+    def _sync(self, enabled: bool):
+        """A context in which backward reduces gradients across data-parallel ranks (`enabled`) or only accumulates them."""
+        if self.placed is not None:
+            return parallel.gradient_sync(self.fsdp_root, "fsdp", self.d, enabled) if self.fsdp_root is not None else contextlib.nullcontext()
+        return parallel.gradient_sync(self.wrapped, self.config.strategy, self.d, enabled)
+
+    def _parallel_context(self, batch: Any):
+        """Forward and backward of one micro-batch: vocabulary-parallel loss (tp) and sequence split (cp)."""
+        if self.placed is None:
+            return contextlib.nullcontext()
+        stack = contextlib.ExitStack()
+        stack.enter_context(self.placed.loss_context())
+        stack.enter_context(self.placed.context_parallel(batch))
+        return stack
 
     def _clip(self) -> float | None:
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         if self.config.clip is None:
             return None
+        if self.placed is not None:
+            return round(self.placed.clip(params, self.config.clip), 6)
         norm = torch.nn.utils.clip_grad_norm_(params, self.config.clip)
         if hasattr(norm, "full_tensor"):  # FSDP: a DTensor
             norm = norm.full_tensor()
@@ -450,19 +512,19 @@ class Trainer:
         """Mean loss (and perplexity) on the first eval_samples held-out samples; True when early stopping is due."""
         d, cfg = self.d, self.config
         n = min(cfg.eval_samples, len(self.eval_data))
-        share = -(-n // d.world)
-        mine = list(range(d.rank * share, min(n, (d.rank + 1) * share)))
+        share = -(-n // self.readers)
+        mine = list(range(self.reader * share, min(n, (self.reader + 1) * share)))
         self.wrapped.eval()
         sums: dict[str, torch.Tensor] = {}
         weight = torch.zeros((), device=d.device)
         for start in range(0, share, self.micro):  # the same number of forwards on every rank: FSDP's gathers are collective
             chunk = mine[start:start + self.micro]
             batch = self._to_device(self.collate([self.eval_data[i] for i in chunk or [0]]))  # [0]: a forward that counts 0
-            w = len(chunk)
-            with self._autocast():
-                loss, metrics = self.wrapped(batch)
+            with self._parallel_context(batch), self._autocast():
+                loss, metrics, counts = self._eval_forward(batch)
+            w = len(chunk) if counts else 0  # a pipeline stage before the last: no loss here
             for k, v in {"loss": loss, **metrics}.items():
-                sums[k] = sums.get(k, 0) + torch.as_tensor(v, dtype=torch.float32, device=d.device) * w
+                sums[k] = sums.get(k, 0) + torch.as_tensor(whole(v), dtype=torch.float32, device=d.device) * w
             weight += w
         extra = self.eval_extra(state.step) if self.eval_extra is not None and d.main else {}
         self.wrapped.train()
@@ -483,6 +545,17 @@ class Trainer:
             state.bad_evals += 1
         return cfg.patience is not None and state.bad_evals >= cfg.patience
 
+    def _eval_forward(self, batch: Any) -> tuple[Any, dict[str, Any], bool]:
+        """(loss, metrics, whether they count) of one held-out micro-batch; through the pipeline the stages before the
+        last have no loss: zeros that do not count."""
+        if self.placed is None or not self.placed.stages:
+            return (*self.wrapped(batch), True)
+        from archsmith.network import next_token_loss
+
+        logits = self.placed.pipeline_logits(batch["input_ids"])
+        loss = next_token_loss(logits, batch["labels"]) if logits is not None else torch.zeros((), device=self.d.device)
+        return loss, {"nll": loss}, logits is not None
+
     # ---- checkpoints and the end --------------------------------------------------------------
     def _save(self, state: _State) -> None:
         trainer_state = {"scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict() if self.scaler else None,
@@ -500,7 +573,10 @@ class Trainer:
 
     def _finish(self, state: _State) -> dict[str, Any]:
         d, run = self.d, self.run
-        full = ckpt.full_model_state(self.modules, self.sharded)  # collective under FSDP
+        if self.placed is not None:  # collective: every stage's tensors, whole, on rank 0
+            full = {k[len("model."):]: v for k, v in self.placed.full_state(self.modules).items() if k.startswith("model.")}
+        else:
+            full = ckpt.full_model_state(self.modules, self.sharded)  # collective under FSDP
         summary: dict[str, Any] = {}
         if d.main:
             from archsmith.train.metrics import loss_curve, read_metrics
@@ -527,6 +603,7 @@ class Trainer:
                 "first_loss": first.get("loss"), "last_loss": last.get("loss"), "evals": state.evals,
                 "best_eval_loss": state.best_eval, "tokens_per_s": round(steady, 1) if steady else first.get("tokens_per_s"),
                 "elapsed_s": round(state.elapsed, 3), "world": d.world, "strategy": self.config.strategy if d.world > 1 else "single",
+                "layout": self.config.layout().describe(d.world) if d.world > 1 else "single",
                 "precision": str(self.dtype).replace("torch.", "") if self.dtype else "float32",
                 "micro_batch": self.micro, "accumulation": self.accum, "device": str(d.device),
                 "peak_allocated_bytes": (self.peaks or {}).get("peak_allocated_bytes"),

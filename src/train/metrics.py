@@ -7,7 +7,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from archsmith.files import HeldDir
 
@@ -15,13 +15,20 @@ STATUS_FILE, METRICS_FILE = "status.json", "metrics.jsonl"
 ROW_BYTES = 512  # more than a metrics row takes: status reads this many bytes per row it returns
 
 
+class Logger(Protocol):
+    """Any experiment logger with the usual `log(metrics, step)` method (a wandb Run, a TensorBoardLog, ...)."""
+
+    def log(self, metrics: dict[str, float], step: int) -> Any: ...
+
+
 class MetricsLog:
-    """Appends one JSON object per line to RUN/metrics.jsonl (rank 0 only), through the held run directory.
+    """Appends one JSON object per line to RUN/metrics.jsonl (rank 0 only), through the held run directory, and hands
+    each row's numbers to `loggers` as {"<kind>/<name>": value} at its step (train/loss, eval/loss, ...).
     `truncate_after`: on resume, rows of later steps (logged after the checkpoint by the interrupted run) are
     dropped first, so each step appears once."""
 
-    def __init__(self, run: HeldDir, enabled: bool, truncate_after: int = 0):
-        self.fh, self.run = None, run
+    def __init__(self, run: HeldDir, enabled: bool, truncate_after: int = 0, loggers: list[Logger] | tuple = ()):
+        self.fh, self.run, self.loggers = None, run, list(loggers) if enabled else []
         if not enabled:
             return
         if truncate_after and run.exists(METRICS_FILE):
@@ -35,11 +42,42 @@ class MetricsLog:
             self.run.check()  # the open file moves with its directory: never append to one moved away
             self.fh.write(json.dumps({k: v for k, v in row.items() if not k.startswith("_")}) + "\n")
             self.fh.flush()  # a killed run keeps every row it logged
+        numbers = {f"{row['kind']}/{k}": float(v) for k, v in row.items()
+                   if k not in ("kind", "step") and not k.startswith("_") and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        for logger in self.loggers:
+            logger.log(numbers, row["step"])
 
     def close(self) -> None:
         if self.fh is not None:
             self.fh.close()
             self.fh = None
+        for logger in self.loggers:
+            if hasattr(logger, "close"):
+                logger.close()
+
+
+TENSORBOARD_DIR = "tensorboard"
+
+
+class TensorBoardLog:
+    """Scalars as TensorBoard event files in RUN/tensorboard (tensorboardX; `tensorboard --logdir RUN/tensorboard`).
+    `purge_step`: a resumed run first hides the events its interrupted predecessor wrote from that step on."""
+
+    def __init__(self, run: HeldDir, purge_step: int | None = None):
+        from tensorboardX import SummaryWriter
+
+        from archsmith.files import fd_path
+
+        self.held = run.sub(TENSORBOARD_DIR)  # held open: the writer's files land in this directory wherever it moves
+        self.writer = SummaryWriter(fd_path(self.held.fd), purge_step=purge_step or None, flush_secs=10)
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        for name, value in metrics.items():
+            self.writer.add_scalar(name, value, step)
+
+    def close(self) -> None:
+        self.writer.close()
+        self.held.close()
 
 
 def _step(line: str) -> float:

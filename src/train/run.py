@@ -34,7 +34,7 @@ DATA_DIR = "data"
 BOUNDARY_ENV = "ARCHSMITH_BOUNDARY"  # a workspace root: the run reads and writes only below it (set by the MCP server)
 LAUNCHED_ENV = "ARCHSMITH_TRAIN_LAUNCHED"  # set by `--nproc` for its torchrun children: the launcher reports
 DEFAULT_SAVE_EVERY = 1000  # steps between checkpoints: minutes of GPU work at risk, little time spent writing
-MAX_WARMUP = 2000  # default warmup is 5% of steps, capped here (GPT-3 / Llama warm up for 375M-2000 steps' tokens)
+CONTINUE_LR = 3e-4  # default peak LR when continuing from weights (a fresh model gets the design recipe's fit: default_lr)
 # Settings a resumed run must share with the run it continues (the data order and LR schedule depend on them).
 RESUME_FIXED = ("model", "data", "tokenizer", "batch", "seq", "lr", "min_lr_ratio", "schedule", "warmup", "weight_decay",
                 "seed", "eval_fraction", "document_mask", "field")
@@ -52,10 +52,10 @@ class RunArgs:
     batch: int = 32  # global batch in sequences
     micro_batch: int | None = None
     seq: int | None = None  # default: the model's context length
-    lr: float = 3e-4
+    lr: float | None = None  # default: `default_lr` (the design recipe's rule for fresh weights)
     min_lr_ratio: float = 0.1
     schedule: str = "cosine"
-    warmup: int | None = None  # default: 5% of steps, at most MAX_WARMUP
+    warmup: int | None = None  # default: 5% of steps, at most 2000 (scaling.warmup_steps, as the design recipe)
     weight_decay: float = 0.1
     clip: float = 1.0
     precision: str = "auto"
@@ -71,24 +71,35 @@ class RunArgs:
     seed: int = 0
     nproc: int = 1
     strategy: str = "ddp"
+    tp: int = 1  # tensor-parallel degree
+    pp: int = 1  # pipeline-parallel degree
+    cp: int = 1  # context-parallel degree
+    pp_schedule: str = "1f1b"
     compile: bool = False
     checkpointing: bool = False
     deterministic: bool = False
     eval_tasks: str | None = None  # lm-evaluation-harness tasks (comma list) run at every evaluation
     eval_include: str | None = None  # a directory of local task YAMLs for eval_tasks
     eval_limit: int | None = None  # examples per task at each evaluation
+    tensorboard: bool = False  # metrics also as TensorBoard event files in RUN/tensorboard
     progress: bool = True
 
     def resolved(self) -> "RunArgs":
-        """Defaults that depend on other fields, filled in (a resumed run keeps the warmup it started with)."""
+        """Defaults that depend on other fields, filled in (a resumed run keeps the warmup and learning rate it
+        started with)."""
+        from archsmith.scaling import warmup_steps
+
         saved = _saved(Path(self.out))
-        warmup = self.warmup
-        if warmup is None and self.resume and saved is not None:
-            warmup = saved["settings"]["warmup"]
+        warmup, lr = self.warmup, self.lr
+        if self.resume and saved is not None:
+            warmup = saved["settings"]["warmup"] if warmup is None else warmup
+            lr = saved["settings"]["lr"] if lr is None else lr
         if warmup is None:
-            warmup = min(MAX_WARMUP, self.steps // 20)
+            warmup = warmup_steps(self.steps)
+        if lr is None:
+            lr = default_lr(self)
         eval_every = self.eval_every if self.eval_every is not None else self.save_every
-        return dataclasses.replace(self, warmup=warmup, eval_every=eval_every)
+        return dataclasses.replace(self, warmup=warmup, lr=lr, eval_every=eval_every)
 
     def argv(self) -> list[str]:
         """CLI arguments that reproduce these settings (without --nproc), for torchrun and background runs."""
@@ -109,6 +120,24 @@ class RunArgs:
         if not self.progress:
             args.append("--no-progress")
         return args
+
+
+def default_lr(args: RunArgs) -> float:
+    """The peak learning rate when --lr is not given: for fresh weights (a design directory or a config.json), the
+    rule of `design`'s training recipe, DeepSeek LLM's fit for the run's compute (`scaling.default_lr`: non-embedding
+    FLOPs per token x steps x batch x seq); CONTINUE_LR when the model directory holds weights to continue from, or
+    when the model cannot be read (`check` then says why)."""
+    from archsmith.hfconfig import load_spec
+    from archsmith.scaling import default_lr as fitted_lr
+
+    source = Path(args.model)
+    try:
+        if source.is_dir() and any(source.glob("*.safetensors")):
+            return CONTINUE_LR
+        spec = load_spec(source / "config.json" if source.is_dir() else source)
+        return fitted_lr(spec, args.seq or spec.context_length, args.steps, args.batch)
+    except (ArchsmithError, OSError, ValueError):
+        return CONTINUE_LR
 
 
 @dataclass
@@ -159,7 +188,15 @@ def check(args: RunArgs) -> Plan:
     if not args.resume and args.warmup is not None and args.warmup >= args.steps > 1:
         raise ArchsmithError("warmup", f"must be shorter than the run (steps={args.steps}), got {args.warmup}")
     world = args.nproc if args.nproc > 1 else int(os.environ.get("WORLD_SIZE", "1"))
-    train_config(args).check(world)
+    config = train_config(args)
+    config.check(world)
+    layout = config.layout()
+    if not layout.plain:
+        import torch
+
+        from archsmith.train.parallel.layout import check_model
+
+        check_model(layout, spec, "cuda" if torch.cuda.is_available() else "cpu", args.document_mask)
     files = corpus_files(args.data, "data")
     _check_tasks(args, world)
     _check_out(args)
@@ -173,8 +210,9 @@ def _check_tasks(args: RunArgs, world: int) -> None:
             if getattr(args, name) is not None:
                 raise ArchsmithError(name, "goes with --eval-tasks")
         return
-    if world > 1 and args.strategy == "fsdp":
-        raise ArchsmithError("eval_tasks", "run with one process or --strategy ddp (an FSDP model is sharded across processes)")
+    if world > 1 and (args.strategy == "fsdp" or max(args.tp, args.pp, args.cp) > 1):
+        raise ArchsmithError("eval_tasks", "run with one process or --strategy ddp (an FSDP model, or a tp/pp/cp layout, is "
+                                           "sharded across processes)")
     if args.eval_limit is not None and args.eval_limit < 1:
         raise ArchsmithError("eval_limit", f"must be at least 1 example per task; got {args.eval_limit}")
     from archsmith.quality import check_measure
@@ -237,7 +275,7 @@ def train_config(args: RunArgs):
     return TrainConfig(
         steps=args.steps, global_batch=args.batch, micro_batch=args.micro_batch, lr=args.lr, min_lr_ratio=args.min_lr_ratio,
         schedule=args.schedule, warmup=args.warmup, weight_decay=args.weight_decay, clip=args.clip, precision=args.precision,
-        strategy=args.strategy, save_every=args.save_every, keep=args.keep, eval_every=args.eval_every,
+        strategy=args.strategy, tp=args.tp, pp=args.pp, cp=args.cp, pp_schedule=args.pp_schedule, save_every=args.save_every, keep=args.keep, eval_every=args.eval_every,
         eval_samples=args.eval_samples, patience=args.patience, checkpointing=args.checkpointing, compile=args.compile,
         seed=args.seed, deterministic=args.deterministic, progress=args.progress)
 
@@ -396,7 +434,8 @@ def train(args: RunArgs) -> dict[str, Any]:
         trainer = Trainer(model, causal_lm_objective, train_windows, partial(lm_batch, pad_id=pad, eos_id=tokens.eos_id,
                                                                               document_mask=args.document_mask),
                           run, train_config(args), eval_data=eval_windows, save_model=partial(_save_with_tokenizer, plan.tokenizer.path),
-                          eval_extra=_task_eval(args, model, plan.tokenizer.path, d.device) if args.eval_tasks else None)
+                          eval_extra=_task_eval(args, model, plan.tokenizer.path, d.device) if args.eval_tasks else None,
+                          loggers=partial(_loggers, args, run))
         summary = trainer.fit(resume=args.resume)
         if d.main:
             summary = {**summary, **_describe(plan, tokens, len(train_windows), len(eval_windows) if eval_windows else 0, model),
@@ -407,6 +446,13 @@ def train(args: RunArgs) -> dict[str, Any]:
         if run is not None:
             run.close()
         parallel.teardown(d)
+
+
+def _loggers(args: RunArgs, run, start: int) -> list:
+    """The run's experiment loggers besides metrics.jsonl: TensorBoard event files with --tensorboard."""
+    from archsmith.train.metrics import TensorBoardLog
+
+    return [TensorBoardLog(run, purge_step=start)] if args.tensorboard else []
 
 
 def planned_peak(plan: Plan, world: int, micro_batch: int | None = None, checkpointing: bool | None = None,
@@ -424,12 +470,13 @@ def planned_peak(plan: Plan, world: int, micro_batch: int | None = None, checkpo
 
 def check_memory(plan: Plan, world: int, free: int | None) -> dict[str, Any]:
     """The plan's peak; a one-line error naming a micro-batch that fits when its reserved bytes exceed `free` (the
-    device's free memory; None off CUDA: nothing to check). FSDP over several processes shards the state: not checked."""
+    device's free memory; None off CUDA: nothing to check). FSDP or a tp/pp/cp layout shards the state: not checked
+    here (the capacity plan's layouts size them)."""
     from archsmith.train.memory import refuse_unless_fits
 
     planned = planned_peak(plan, world, cuda=free is not None)
     args = plan.args
-    if free is None or (args.strategy == "fsdp" and world > 1):
+    if free is None or (args.strategy == "fsdp" and world > 1) or max(args.tp, args.pp, args.cp) > 1:
         return planned
     per_process = max(1, args.batch // world)
     divisors = [m for m in range(1, per_process + 1) if per_process % m == 0]

@@ -151,13 +151,14 @@ def torchrun_command(train_args: list[str], nproc: int, nodes: int = 1, endpoint
     return " ".join(a if a.startswith("$") else shlex.quote(a) for a in [*head, "-m", "archsmith.train", *train_args])
 
 
-def launch_plan(setup: dict[str, Any], model_dir: str, tokens: int) -> dict[str, Any]:
+def launch_plan(setup: dict[str, Any], model_dir: str, tokens: int, recipe: dict[str, Any] | None = None) -> dict[str, Any]:
     """The exact command that trains a design the way its capacity plan sized it.
 
     `setup` is the design's training setting (`design.choose_training`: strategy, checkpointing, micro-batch,
     seq, GPUs). DDP stays DDP; ZeRO-1/2/3 and FSDP run as FSDP2 full shard, which needs no more memory per GPU
-    than any of them; one GPU runs without a process group. The global batch is one micro-batch per GPU; the
-    step count covers `tokens`.
+    than any of them; one GPU runs without a process group. With `recipe` (`design.training_recipe`) the global batch
+    is its tokens per step (micro-batch x gradient accumulation x GPUs), its steps, and the flags of its learning rate,
+    warmup and decay; without, one micro-batch per GPU and the train defaults. The step count covers `tokens`.
     """
     gpus, micro_batch, seq = setup["gpus"], setup["micro_batch"], setup["seq"]
     nodes = next(n for n in range(math.ceil(gpus / GPUS_PER_NODE), gpus + 1) if gpus % n == 0)  # equal processes per node
@@ -169,10 +170,17 @@ def launch_plan(setup: dict[str, Any], model_dir: str, tokens: int) -> dict[str,
     else:
         strategy, why = "fsdp", (f"the plan's {setup['strategy']}, run as FSDP2 full shard (weights, gradients and optimizer "
                                  "state sharded: no more memory per GPU than the plan)")
-    batch = micro_batch * gpus
-    steps = max(1, math.ceil(tokens / (batch * seq)))
+    if recipe is None:
+        batch = micro_batch * gpus
+        steps = max(1, math.ceil(tokens / (batch * seq)))
+    else:
+        batch, steps = recipe["tokens_per_step"] // seq, recipe["steps"]
     args = [model_dir, "--data", "CORPUS", "--out", f"{model_dir.rstrip('/')}-run", "--seq", str(seq),
             "--batch", str(batch), "--micro-batch", str(micro_batch), "--steps", str(steps), "--precision", "bf16"]
+    if recipe is not None:
+        from archsmith.design import recipe_flags
+
+        args += recipe_flags(recipe)
     if strategy != "single":
         args += ["--strategy", strategy]
     if setup["checkpointing"]:
@@ -180,4 +188,5 @@ def launch_plan(setup: dict[str, Any], model_dir: str, tokens: int) -> dict[str,
     command = (f"archsmith train {' '.join(shlex.quote(a) for a in args)}" if strategy == "single"
                else torchrun_command(args, per_node, nodes))
     return {"strategy": strategy, "why": why, "nodes": nodes, "gpus_per_node": per_node, "global_batch": batch,
-            "seq": seq, "steps": steps, "checkpointing": setup["checkpointing"], "command": command}
+            "grad_accum": batch // (micro_batch * gpus), "seq": seq, "steps": steps, "checkpointing": setup["checkpointing"],
+            "command": command}
