@@ -639,18 +639,19 @@ class Experts(nn.Module):
 
 def grouped_mm_fits(x: Tensor, *weights: Tensor) -> bool:
     """Whether `F.grouped_mm(x, w.transpose(1, 2))` runs for these tensors: torch has it (2.10+), on CPU or a CUDA
-    GPU of compute capability 8.0+, outside torch.compile unless bf16 (inductor lowers only bf16), with the 16-byte
-    aligned rows and data its kernels require."""
-    if not hasattr(F, "grouped_mm") or x.device.type not in ("cpu", "cuda"):
+    GPU of compute capability 8.0+, plain tensors (not subclasses such as DTensor shards), outside torch.compile
+    unless bf16 (inductor lowers only bf16), with the 16-byte aligned rows (and, eager, data) its kernels require."""
+    tensors = (x, *weights)
+    if not hasattr(F, "grouped_mm") or x.device.type not in ("cpu", "cuda") or any(type(t) not in (Tensor, nn.Parameter) for t in tensors):
         return False
     if x.device.type == "cuda" and torch.cuda.get_device_capability(x.device) < (8, 0):
         return False
-    if torch.compiler.is_compiling() and x.dtype != torch.bfloat16:
+    compiling = torch.compiler.is_compiling()  # traced tensors have no data pointer
+    if compiling and x.dtype != torch.bfloat16:
         return False
     size = x.element_size()
-    return all(w.dtype == x.dtype and w.is_contiguous() for w in weights) and all(
-        t.shape[-1] * size % 16 == 0 and t.data_ptr() % 16 == 0 for t in (x, *weights)) and all(
-        w.shape[-2] * size % 16 == 0 for w in weights)
+    return all(w.dtype == x.dtype and w.is_contiguous() and w.shape[-2] * size % 16 == 0 for w in weights) and all(
+        t.shape[-1] * size % 16 == 0 and (compiling or t.data_ptr() % 16 == 0) for t in tensors)
 
 
 class Router(nn.Module):

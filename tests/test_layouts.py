@@ -188,15 +188,16 @@ def test_llama3_405b_smaller_tp_degrees_say_why_not(llama405b):
 def test_design_cli_sizes_layouts_in_json_report_and_80_columns(tmp_path, monkeypatch):
     monkeypatch.setattr(cli, "out", Console(width=80, record=True))
     monkeypatch.setattr(cli, "err", Console(width=80, stderr=True))
+    monkeypatch.chdir(tmp_path)  # a short relative --out, as users type it: the command's words fit 80 columns
     runner = CliRunner()
     args = ["design", "--params", "1B", "--gpus", "16", "--seq", "2048", "--global-batch", str(32 * 2048), "--layouts"]
-    data = json.loads(runner.invoke(cli.app, [*args, "--out", str(tmp_path / "j"), "--json"]).stdout)
+    data = json.loads(runner.invoke(cli.app, [*args, "--out", "j", "--json"]).stdout)
     rows, plan = data["layouts"], data["layout_plan"]
     assert rows and all("stages" not in r for r in rows) and plan["feasible"] == sum(r["feasible"] for r in rows)
     best = plan["recommended"]
     assert best == rows[0] and best["rank"] == 1 and best["global_batch_sequences"] == 32
     flags = f"--tp {best['tp']} --pp {best['pp']} --cp {best['cp']}"
-    assert flags in plan["launch"]["command"] and str(tmp_path / "j") in plan["launch"]["command"]
+    assert flags in plan["launch"]["command"] and "-m archsmith.train j " in plan["launch"]["command"]
     assert "--batch 32 --micro-batch 1 --seq 2048" in plan["launch"]["command"]
     report = (tmp_path / "j" / "capacity_plan.md").read_text()
     assert "## Parallel layouts" in report and plan["launch"]["command"] in report
