@@ -1073,9 +1073,39 @@ class CausalLM(nn.Module):
 
 def next_token_loss(logits: Tensor, labels: Tensor) -> Tensor:
     """Mean cross-entropy of logits (B, S, vocab) against labels (B, S) shifted one left (-100 ignored); fp32. A DTensor
-    split over the vocabulary (tensor parallel) goes through torch's vocabulary-parallel loss (`loss_parallel`)."""
-    targets = F.pad(labels[:, 1:], (0, 1), value=-100)  # shift the labels, not the (large) logits
-    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+    split over the vocabulary (tensor parallel) goes through torch's vocabulary-parallel loss (`loss_parallel`), and a
+    traced one through `F.cross_entropy` (the compiler fuses it); plain tensors through `_CrossEntropy`."""
+    targets = F.pad(labels[:, 1:], (0, 1), value=-100).flatten()  # shift the labels, not the (large) logits
+    logits = logits.flatten(0, 1)
+    if type(logits) is not Tensor or torch.compiler.is_compiling():
+        return F.cross_entropy(logits.float(), targets, ignore_index=-100)
+    return _CrossEntropy.apply(logits, targets)
+
+
+class _CrossEntropy(torch.autograd.Function):
+    """`F.cross_entropy(logits.float(), targets, ignore_index=-100)` for logits (N, vocab), targets (N,), with the
+    gradient (softmax - one-hot) formed in the forward in the log-softmax's own storage and scaled in place by the
+    backward: two passes over (N, vocab) and two (N, vocab) fp32 tensors fewer than autograd's log-softmax and NLL
+    backward. That storage is saved once: a second backward through the graph (retain_graph) is refused by autograd."""
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, targets: Tensor) -> Tensor:
+        with torch.autocast(logits.device.type, enabled=False):
+            grad = torch.log_softmax(logits.float(), dim=-1)  # (N, vocab) fp32
+            kept = targets != -100
+            rows = torch.where(kept, targets, 0)[:, None]  # (N, 1)
+            weight = kept.to(grad.dtype)[:, None]  # (N, 1): 1 for a counted token, 0 for an ignored one
+            count = weight.sum()
+            loss = -(grad.gather(1, rows) * weight).sum() / count
+            grad.exp_().scatter_add_(1, rows, -weight)  # softmax - one-hot (ignored rows: scaled to 0 below)
+        ctx.save_for_backward(grad, weight / count)
+        ctx.dtype = logits.dtype
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss: Tensor) -> tuple[Tensor, None]:
+        grad, weight = ctx.saved_tensors
+        return grad.mul_(weight * grad_loss).to(ctx.dtype), None
 
 
 def _check_ids(input_ids: Tensor, vocab: int) -> None:

@@ -11,7 +11,8 @@ What is alive (bytes) at each point of a step:
                      tensors) and the autocast's low-precision copies of its weights; the head; the rotary
                      tables; the loss's fp32 log-softmax
     loss             forward: + the logits, their fp32 copy (and the final hidden state) until the
-                     log-softmax is taken; backward: + the gradient of the log-softmax and of its input
+                     log-softmax is taken; backward: the log-softmax becomes the logits' fp32 gradient in
+                     place (`network._CrossEntropy`), + its low-precision copy under autocast
     layer backward   layer by layer from the last: the layer's activations and weight copies are freed as
                      its fp32 weight gradients appear; its backward holds its MLP's gradients for a moment
     embedding        + a dense fp32 gradient of the embedding while it is added into .grad
@@ -133,7 +134,7 @@ def training_peak(spec: ArchitectureSpec, batch: int, seq: int, dtype: str = "bf
     copies_cached = sum(x["copies"] for x in layers) if checkpointing else 0
     logits = c * T * V + (0 if fp32 else FP32 * T * V)  # the logits and their fp32 copy, beside the log-softmax
     phases = {"forward": (forward_end + copies_cached + logits + stream, 0)}  # (peak bytes, gradient bytes alive)
-    phases["loss backward"] = (forward_end + 2 * FP32 * T * V, 0)  # gradients of the log-softmax's input and output
+    phases["loss backward"] = (forward_end + (0 if fp32 else c * T * V), 0)  # the logits' gradient, cast to their dtype
 
     # lm_head's backward: the head's tensors go, its weight gradient arrives (fp32; tied: the embedding's)
     live, grown = forward_end - loss_saved - head + stream + FP32 * V * h, FP32 * V * h

@@ -339,6 +339,23 @@ def test_next_token_loss_equals_torch_cross_entropy():
     assert torch.allclose(mine.grad, theirs.grad, atol=1e-6) and not mine.grad[:, -1].any() and not mine.grad[1, 1].any()
 
 
+def test_next_token_loss_of_bf16_logits_and_a_second_backward():
+    """bf16 logits (autocast) get a bf16 gradient equal to F.cross_entropy's over their fp32 copy; the gradient is
+    formed in the saved log-softmax's storage, so a second backward through the same graph is refused, not wrong."""
+    gen = torch.Generator().manual_seed(1)
+    logits = torch.randn(3, 7, 50, generator=gen).bfloat16()
+    labels = torch.randint(0, 50, (3, 7), generator=gen)
+    mine, theirs = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    loss = next_token_loss(mine, labels)
+    ref = torch.nn.functional.cross_entropy(theirs[:, :-1].reshape(-1, 50).float(), labels[:, 1:].reshape(-1))
+    loss.backward(retain_graph=True)
+    ref.backward()
+    assert loss.dtype == torch.float32 and loss.item() == pytest.approx(ref.item(), abs=1e-6)
+    assert mine.grad.dtype == torch.bfloat16 and torch.equal(mine.grad, theirs.grad)
+    with pytest.raises(RuntimeError, match="inplace"):
+        loss.backward()
+
+
 def test_moe_aux_loss_is_k_for_a_uniform_router_and_enters_the_loss():
     model = model_of("moe")
     for layer in model.model.layers:

@@ -11,7 +11,6 @@ from functools import partial
 
 import numpy as np
 import pytest
-import torch
 
 from archsmith import estimate as est
 from archsmith import peak
@@ -28,8 +27,8 @@ WIDE = {"hidden_size": 512, "ffn_size": 1408, "num_heads": 8, "num_kv_heads": 4,
 # (spec changes with batch, seq, checkpointing, precision; the phase the model puts the peak in). bf16 matmuls are
 # slow on CPU: the bf16 cases are small; the step's parts are linear in its sizes.
 CASES = {
-    "loss-bound bf16": ({}, "loss backward"),
-    "loss-bound fp32": ({"precision": "fp32"}, "loss backward"),
+    "logit-bound bf16": ({}, "forward"),
+    "logit-bound fp32": ({"precision": "fp32"}, "forward"),
     "activation-bound bf16": (SMALL_VOCAB, "forward"),
     "checkpointed bf16": ({**SMALL_VOCAB, "checkpointing": True}, "layer backward"),
     "checkpointed fp32": ({**SMALL_VOCAB, "checkpointing": True, "precision": "fp32"}, "layer backward"),
@@ -127,7 +126,7 @@ def test_estimate_cli_names_the_recipe_and_the_phase(tmp_path):
     shown = CliRunner().invoke(app, ["estimate", str(config), "--batch", "2", "--seq", "256", "--compile"], env={"COLUMNS": "80"})
     assert shown.exit_code == 0, shown.output
     text = " ".join(shown.stdout.split())
-    assert "training peak (archsmith train)" in text and "in its loss backward phase" in text
+    assert "training peak (archsmith train)" in text and "in its forward phase" in text
     assert "training peak: an estimate, not yet held to 5% (under torch.compile" in text
     assert max(map(len, shown.stdout.splitlines())) <= 80
     data = json.loads(CliRunner().invoke(app, ["estimate", str(config), "--batch", "2", "--seq", "256", "--json"]).stdout)
