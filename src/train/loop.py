@@ -428,7 +428,7 @@ class Trainer:
         metric_sums: dict[str, torch.Tensor] = {}
         tokens = 0
         placed = self.placed
-        if placed is not None and placed.stages:  # the pipeline schedule runs every micro-batch of the step
+        if self.pipelined:  # the pipeline schedule runs every micro-batch of the step
             batch = self.collate([self.train_data[j] for j in indices])
             tokens += self.count_tokens(batch)
             with placed.loss_context(), self._autocast():
@@ -437,18 +437,19 @@ class Trainer:
             part = loss.detach().float() * self.accum if loss is not None else torch.zeros((), device=d.device)
             loss_sum += part
             metric_sums["nll"] = part
-        for i in range(self.accum if placed is None or not placed.stages else 0):
-            batch = self.collate([self.train_data[j] for j in indices[i * self.micro:(i + 1) * self.micro]])
-            tokens += self.count_tokens(batch)
-            batch = self._to_device(batch)
-            with self._sync(i == self.accum - 1), self._parallel_context(batch):
-                with self._autocast():
-                    loss, metrics = self.wrapped(batch)
-                scaled = loss / self.accum
-                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-            loss_sum += whole(loss).detach().float()
-            for k, v in metrics.items():
-                metric_sums[k] = metric_sums.get(k, 0) + torch.as_tensor(whole(v), dtype=torch.float32, device=d.device).detach()
+        else:
+            for i in range(self.accum):
+                batch = self.collate([self.train_data[j] for j in indices[i * self.micro:(i + 1) * self.micro]])
+                tokens += self.count_tokens(batch)
+                batch = self._to_device(batch)
+                with self._sync(i == self.accum - 1), self._parallel_context(batch):
+                    with self._autocast():
+                        loss, metrics = self.wrapped(batch)
+                    scaled = loss / self.accum
+                    (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+                loss_sum += whole(loss).detach().float()
+                for k, v in metrics.items():
+                    metric_sums[k] = metric_sums.get(k, 0) + torch.as_tensor(whole(v), dtype=torch.float32, device=d.device).detach()
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         norm = self._clip()
@@ -480,6 +481,11 @@ class Trainer:
         row.update(peaks or {})
         row["_stop"] = stop
         return row
+
+    @property
+    def pipelined(self) -> bool:
+        """This run's layout has pipeline stages: the schedule runs the step's micro-batches."""
+        return self.placed is not None and bool(self.placed.stages)
 
     def _sync(self, enabled: bool):
         """A context in which backward reduces gradients across data-parallel ranks (`enabled`) or only accumulates them."""
@@ -548,7 +554,7 @@ class Trainer:
     def _eval_forward(self, batch: Any) -> tuple[Any, dict[str, Any], bool]:
         """(loss, metrics, whether they count) of one held-out micro-batch; through the pipeline the stages before the
         last have no loss: zeros that do not count."""
-        if self.placed is None or not self.placed.stages:
+        if not self.pipelined:
             return (*self.wrapped(batch), True)
         from archsmith.network import next_token_loss
 

@@ -105,8 +105,6 @@ def blocks(model) -> list:
 
 def wrap(modules, strategy: str, d: Dist, param_dtype=None, unused_parameters: bool = False):
     """Apply `strategy` to `modules` (already on d.device); returns what to call for forward."""
-    import torch
-
     if d.world == 1:
         return modules
     if strategy == "ddp":
@@ -115,14 +113,20 @@ def wrap(modules, strategy: str, d: Dist, param_dtype=None, unused_parameters: b
         return DistributedDataParallel(modules, device_ids=[d.device] if d.device.type == "cuda" else None,
                                        find_unused_parameters=unused_parameters)
     from torch.distributed.device_mesh import init_device_mesh
+
+    shard(blocks(modules.model), [modules], init_device_mesh(d.device.type, (d.world,)), param_dtype)
+    return modules
+
+
+def shard(layers: list, roots: list, mesh: Any, param_dtype: Any = None, reshard_after_forward: bool = True) -> None:
+    """FSDP2 `fully_shard` on each of `layers`, then on each root, over `mesh`; with `param_dtype` a mixed-precision policy
+    that gathers parameters in it and reduces gradients in fp32."""
+    import torch
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    mesh = init_device_mesh(d.device.type, (d.world,))
     policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32 if param_dtype else None)
-    for block in blocks(modules.model):
-        fully_shard(block, mesh=mesh, mp_policy=policy)
-    fully_shard(modules, mesh=mesh, mp_policy=policy)
-    return modules
+    for module in [*layers, *roots]:
+        fully_shard(module, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
 
 
 def gradient_sync(wrapped, strategy: str, d: Dist, enabled: bool):

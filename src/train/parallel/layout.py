@@ -90,11 +90,9 @@ class Placed:
     whose state dict names every tensor this rank holds, as in the whole model."""
 
     def __init__(self, layout: Layout, model: Any, d: Any, dtype: Any, micro_batches: int, document_mask: bool = False):
-        import torch
         from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-        from archsmith.train.parallel import pipeline, tensor
+        from archsmith.train.parallel import pipeline, shard, tensor
 
         check_model(layout, model.spec, d.device.type, document_mask)
         self.layout, self.d, self.model = layout, d, model
@@ -113,12 +111,9 @@ class Placed:
         if self.fsdp:
             names = ("dp", "cp") if layout.cp > 1 else ("dp",)
             fsdp_mesh = self.mesh[names]._flatten("dp_cp") if layout.cp > 1 else self.mesh["dp"]
-            policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32 if dtype else None)
-            keep = layout.pp > 1  # a stage runs every micro-batch's forward: weights gathered once per step, as torchtitan
-            for layer in model.model.stack():
-                fully_shard(layer, mesh=fsdp_mesh, mp_policy=policy, reshard_after_forward=not keep)
-            for root in self.stages or [model]:
-                fully_shard(root, mesh=fsdp_mesh, mp_policy=policy, reshard_after_forward=not keep)
+            # pp: a stage runs every micro-batch's forward, so its weights stay gathered for the step, as in torchtitan
+            shard(model.model.stack(), self.stages or [model], fsdp_mesh, dtype, reshard_after_forward=layout.pp == 1)
+        self.first = any(s.first for s in self.stages)  # this rank's pipeline takes the token ids
         self.owner = not self.stages or any(s.last for s in self.stages)  # this rank computes the loss
         self.owners = d.world // layout.pp  # ranks that do: tp x cp x dp of them
         self.micro_batches = micro_batches
@@ -160,9 +155,7 @@ class Placed:
             self._train = pipeline.build_schedule(self.stages, self.indices, self.layout.pp, self.layout.schedule,
                                                   self.mesh["pp"].get_group(), self.d.device, self.micro_batches, next_token_loss)
         losses: list = []
-        first = any(s.first for s in self.stages)
-        args = (batch["input_ids"],) if first else ()
-        self._train.step(*args, target=batch["labels"], losses=losses)
+        self._train.step(*((batch["input_ids"],) if self.first else ()), target=batch["labels"], losses=losses)
         return torch.stack([whole(x) for x in losses]).mean() if losses else None
 
     def pipeline_logits(self, input_ids):
@@ -172,8 +165,7 @@ class Placed:
         if self._eval is None:
             self._eval = pipeline.build_schedule(self.stages, self.indices, self.layout.pp, self.layout.schedule,
                                                  self.mesh["pp"].get_group(), self.d.device, 1, None)
-        first = any(s.first for s in self.stages)
-        out = self._eval.step(*((input_ids,) if first else ()))
+        out = self._eval.step(*((input_ids,) if self.first else ()))
         return out if self.owner else None
 
     def clip(self, params: list, max_norm: float) -> float:

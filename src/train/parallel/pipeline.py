@@ -15,13 +15,11 @@ import torch
 from torch import Tensor, nn
 
 from archsmith.errors import ArchsmithError
-from archsmith.train.parallel.layout import SCHEDULES, VIRTUAL
+from archsmith.train.parallel.layout import VIRTUAL
 
 
 def check(spec: Any, pp: int, schedule: str, document_mask: bool = False) -> None:
-    """Refuse, naming the field, what this pipeline cannot run."""
-    if schedule not in SCHEDULES:
-        raise ArchsmithError("pp_schedule", f"must be one of {', '.join(SCHEDULES)}; got {schedule!r}")
+    """Refuse, naming the field, what this pipeline cannot run (`schedule` checked by `Layout.check`)."""
     stages = pp * VIRTUAL[schedule]
     if spec.num_layers < stages:
         raise ArchsmithError("pp", f"{pp} ranks x {VIRTUAL[schedule]} stages each need at least {stages} layers; "
