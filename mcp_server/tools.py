@@ -416,14 +416,9 @@ def plan_finetune(model_id: Annotated[str, Field(description="Hugging Face model
     segmentation), audio (speech recognition, audio classification) and image-text models, and diffusers pipelines
     (text-to-image, unconditional-image-generation): the UNet learns (full or LoRA on the attention projections), the
     VAE and text encoder stay frozen, memory from each component's safetensors header, and `train_step` in the script."""
-    import re
-
-    from archsmith.files import kind
     from archsmith.hub import plan_finetune as plan
 
-    if not re.fullmatch(r"[\w.-]+/[\w.-]+", model_id) or kind(workspace() / model_id, "model_id") is not None:
-        model_id = str(_path(model_id, "model_id"))  # a model directory inside the workspace
-    return _hide_root(plan(model_id, task=task, method=method, gpu=gpu))
+    return _hide_root(plan(_hub_or_path(model_id, "model_id"), task=task, method=method, gpu=gpu))
 
 
 @heavy(timeout_s=3600)  # a harness run: every example of every task through the model
@@ -474,16 +469,22 @@ ModelRef = Annotated[str, Field(description="A model directory or config.json re
 
 def _model(model: str, hub: bool = False) -> tuple[str, bool]:
     """(engine model string, allow_code): paths resolved under the workspace; factories only when allowed."""
-    import re
-
     from archsmith.analyze import FACTORY
-    from archsmith.files import kind
 
     if FACTORY.match(model):
         return _code_ref(model, "model"), True
-    if hub and re.fullmatch(r"[\w.-]+/[\w.-]+", model) and kind(workspace() / model, "model") is None:
-        return model, False  # a Hub id: only config.json is fetched
-    return str(_path(model, "model")), False
+    return _hub_or_path(model, "model") if hub else str(_path(model, "model")), False
+
+
+def _hub_or_path(value: str, field: str) -> str:
+    """A Hub id (owner/name, nothing of that name in the workspace) as it is, else a path resolved under the workspace."""
+    import re
+
+    from archsmith.files import kind
+
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", value) and kind(workspace() / value, field) is None:
+        return value
+    return str(_path(value, field))
 
 
 def _code_ref(ref: str | None, field: str) -> str | None:
@@ -783,7 +784,7 @@ async def train_tokenizer(corpus: CorpusPaths, out_dir: RelPath,
         return train(paths, vocab, kind=kind, special=special, text_field=field, max_length=max_length, progress=False)
 
     files, report = await run_heavy(run)
-    written = write_files(out, files, overwrite, stale=[n for n in FILES if n not in files])  # no other kind's vocab.txt
+    written = write_files(out, files, overwrite, stale=FILES)  # no other kind's vocab.txt or .model
     await ctx.report_progress(2, 2, "done")
     return {**report, "files": [_relative(p) for p in written]}
 
@@ -837,7 +838,6 @@ def start_training(model_dir: Annotated[str, Field(description="A design directo
     if eval_tasks:  # the run itself would accept task YAMLs that load Python: this server refuses them unless allowed
         check_measure(list(eval_tasks), [args.eval_include] if args.eval_include else [], allow_code=os.environ.get(ALLOW_CODE_ENV) == "1")
     with _named(model="model_dir", out="out_dir", tokenizer="tokenizer_dir"):
-        args = args.resolved()  # defaults (lr, warmup) shown as the run takes them
         shown = replace(args, model=_relative(Path(args.model)), data=[_relative(Path(d)) for d in args.data], out=out_dir,
                         tokenizer=_relative(Path(args.tokenizer)) if args.tokenizer else None)
         return start(args, workspace(), shown, client=_client())

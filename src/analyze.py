@@ -658,7 +658,7 @@ def analyze(target: Target, repeats: int = 5, top: int = 5) -> dict[str, Any]:
             "depth": 0 if not name else name.count(".") + 1, "leaf": not children[name],
             **({"tied_to": tied[name]} if name in tied else {}),
         })
-    total_params = sum(p.numel() for p in module.parameters())
+    total_params = own[""]  # distinct parameters (tied tensors once)
     total_flops = counter.get_total_flops()
     leaf_traffic = sum(r["io_bytes"] for n, r in recorder.rows.items() if not children[n]) + \
         sum(p.numel() * p.element_size() for p in module.parameters())

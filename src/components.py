@@ -208,8 +208,8 @@ def family_for(spec: ArchitectureSpec, chosen: list[str], keep: tuple[str, ...] 
         if protected & {k if k.startswith("moe.") else k.split(".")[0] for k in changes}:
             continue
         score = (row.parity != "both", len(changes) + len(families.features(row, {})), order)
-        if spec.moe is not None and "moe.shared_experts" in row.keys and not spec.moe.shared_experts:
-            changes["moe.shared_experts"] = 1  # its transformers code builds the shared MLP whatever its width: one expert
+        if _builds_shared_expert(spec, row) and not spec.moe.shared_experts:
+            changes["moe.shared_experts"] = 1
         if spec.moe is not None and "moe.shared_ffn_size" in row.keys and not spec.moe.shared_ffn_size:
             changes["moe.shared_ffn_size"] = families.Same("moe.expert_ffn_size")  # a shared expert as wide as a routed one
         groups = row.extra["n_group"].default if "n_group" in row.extra else None
@@ -217,14 +217,14 @@ def family_for(spec: ArchitectureSpec, chosen: list[str], keep: tuple[str, ...] 
             changes["extra"] = {**spec.extra, "n_group": 1, "topk_group": 1}  # the family's groups need more experts
         fit = Fit(row.model_type, changes)
         try:
-            hf_from_spec(fit.apply(spec))
+            config = hf_from_spec(fit.apply(spec))
         except ArchsmithError as exc:  # the most telling refusal comes from a row that takes the choices themselves
             refusals.append(((exc.field.split(".")[0] in {f.split(".")[0] for f in protected}, len(changes), order), str(exc)))
             continue
-        fits.append((score, fit))
-    for _, fit in sorted(fits, key=lambda item: item[0]):
+        fits.append((score, fit, config))
+    for _, fit, config in sorted(fits, key=lambda item: item[0]):
         try:  # what transformers computes from the written config, on a tiny instance, against network.py
-            parity.prove_spec(fit.apply(spec))
+            parity.prove_config(config)
         except ArchsmithError as exc:  # this family writes it but computes something else: the next one that expresses it
             refusals.append(((False, -1, -1), str(exc)))
             continue
@@ -232,6 +232,11 @@ def family_for(spec: ArchitectureSpec, chosen: list[str], keep: tuple[str, ...] 
     nearest = min(refusals)[1] if refusals else "no family of this kind (dense or MoE)"
     raise ArchsmithError(chosen[0] if chosen else "model_type", "no transformers family in the registry expresses this "
                          f"combination; the nearest refuses it with {nearest}")
+
+
+def _builds_shared_expert(spec: ArchitectureSpec, row: families.Family) -> bool:
+    """An MoE spec in a family whose transformers code builds the shared MLP whatever its width: one shared expert."""
+    return spec.moe is not None and "moe.shared_experts" in row.keys
 
 
 def tradeoffs(spec: ArchitectureSpec, base: ArchitectureSpec, components: Components) -> list[dict[str, Any]]:
@@ -250,7 +255,7 @@ def tradeoffs(spec: ArchitectureSpec, base: ArchitectureSpec, components: Compon
     row = families.get(spec.model_type)
     rows += [{"choice": "computes", "what": f"{feature}: {spec.model_type}'s code computes it (no parameters)", **_cost(spec, {})}
              for feature in families.features(row, spec.extra)]
-    built = ["moe.shared_experts"] if spec.moe is not None and "moe.shared_experts" in row.keys else []  # see family_for
+    built = ["moe.shared_experts"] if _builds_shared_expert(spec, row) else []
     for key in [*row.fixed, *built]:
         sub, _, rest = key.partition(".")
         before, after = _value(asked, key), _value(spec, key)

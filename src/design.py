@@ -827,9 +827,8 @@ def prove_design(result: dict[str, Any]) -> None:
     transformers and network.py computes the same logits, else ArchsmithError naming the layout field. The proof goes
     into result["proof"]; a family network.py cannot build leaves it unproven, with a warning."""
     from archsmith import parity
-    from archsmith.hfconfig import hf_from_spec
 
-    proof = parity.prove_config(hf_from_spec(result["recommended"].spec))
+    proof = parity.prove_spec(result["recommended"].spec)
     result["proof"] = proof
     if proof["status"] == "unproven":
         result["warnings"].append(f"config.json is not proven against transformers: {proof['reason']}")

@@ -24,7 +24,7 @@ row; the acceptance rate of a batch is at most that of its rows decoded alone.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +100,7 @@ class SpeculativeStats:
         return self.new_tokens / self.target_forwards
 
     def to_dict(self) -> dict[str, Any]:
-        return {**{k: getattr(self, k) for k in self.__dataclass_fields__}, "acceptance_rate": round(self.acceptance_rate, 4),
+        return {**asdict(self), "acceptance_rate": round(self.acceptance_rate, 4),
                 "tokens_per_target_forward": round(self.tokens_per_target_forward, 4)}
 
 

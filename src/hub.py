@@ -639,11 +639,12 @@ def local_directory(path: str | Path) -> ModelMetadata:
              "model.safetensors.index.json"]
     model = ModelMetadata(id=str(folder), source=f"the local directory {folder}", library="transformers")
     found = {n: folder / n for n in names if kind(folder / n, "model_id") == "file"}
-    index = _read_json(found.get("model.safetensors.index.json"), [], "local directory", lambda p: open_file(p, "model_id"))
+    opener = functools.partial(open_file, field="model_id")
+    index = _read_json(found.get("model.safetensors.index.json"), [], "local directory", opener)
     if index and isinstance(index.get("weight_map"), dict):  # shards listed by the index; only plain names in the folder
         shards = {str(v) for v in index["weight_map"].values() if isinstance(v, str) and Path(str(v)).name == v}
         found.update({n: folder / n for n in shards if kind(folder / n, "model_id") == "file"})
-    _read_files(model, found, "local directory", lambda p: open_file(p, "model_id"))
+    _read_files(model, found, "local directory", opener)
     return model
 
 
@@ -665,13 +666,12 @@ def _read_files(model: ModelMetadata, files: dict[str, Path], where: str, opener
     _local_params(model, files, where, opener)
 
 
-def _read_json(path, problems: list[str], where: str = CACHE, opener: Callable[[Path], Any] | None = None) -> dict[str, Any] | None:
+def _read_json(path, problems: list[str], where: str, opener: Callable[[Path], Any]) -> dict[str, Any] | None:
     if path is None:
         return None
     try:
-        with (opener or (lambda p: open(p, "rb")))(path) as fh:
-            raw = fh.read(JSON_BYTES + 1)
-        if len(raw) > JSON_BYTES:
+        raw = capped_bytes(path, JSON_BYTES, opener)
+        if raw is None:
             problems.append(f"{path.name} in the {where} is over the {JSON_BYTES:,}-byte cap; not read")
             return None
         data = json.loads(raw.decode("utf-8"))
@@ -741,9 +741,10 @@ def download(client, repo_id: str, filename: str, cap: int) -> str:
     return call(client.hf_hub_download, repo_id, filename, what=repo_id)
 
 
-def capped_bytes(path, cap: int) -> bytes | None:
-    """The bytes of `path`, None when it holds more than `cap` (never read past cap + 1)."""
-    with open(path, "rb") as fh:
+def capped_bytes(path, cap: int, opener: Callable[[Path], Any] = functools.partial(open, mode="rb")) -> bytes | None:
+    """The bytes of `path` (opened for binary reading with `opener`), None when it holds more than `cap` (never read past
+    cap + 1)."""
+    with opener(path) as fh:
         raw = fh.read(cap + 1)
     return raw if len(raw) <= cap else None
 
@@ -847,7 +848,12 @@ def evaluate(model_id: str, gpu: str | None = None, batch: int = 1, seq: int | N
 
     _check_id(model_id)
     device = get_gpu(gpu) if gpu else None
-    return _report(local_model(model_id) if offline() else _hub_model(model_id, endpoint, token), device, batch, seq)
+    return _report(_metadata(model_id, endpoint, token), device, batch, seq)
+
+
+def _metadata(model_id: str, endpoint: str | None, token: str | bool | None) -> ModelMetadata:
+    """One Hub model's metadata: from the Hub, or offline (HF_HUB_OFFLINE=1) from the local HF cache or the catalog."""
+    return local_model(model_id) if offline() else _hub_model(model_id, endpoint, token)
 
 
 def local_model(model_id: str) -> ModelMetadata:
@@ -1038,8 +1044,9 @@ def plan_finetune(model_id: str, task: str = "text-generation", method: str = "a
     local = is_local_model(model_id)
     if not local:
         _check_id(model_id)
-    model = local_directory(model_id) if local else local_model(model_id) if offline() else _hub_model(model_id, endpoint, token)
-    evaluation = _report(model, get_gpu(gpu), 1, None)
+    model = local_directory(model_id) if local else _metadata(model_id, endpoint, token)
+    device = get_gpu(gpu)
+    evaluation = _report(model, device, 1, None)
     if evaluation["sha"] is None and evaluation["source"] == CATALOG:  # offline, from the catalog only: no commit to pin
         raise HubError(model_id, f"offline, it is only an {CATALOG}, not in the local HF cache: the script cannot pin a "
                                  "revision; download it once online (or give a local model directory); `evaluate` gives "
@@ -1059,7 +1066,7 @@ def plan_finetune(model_id: str, task: str = "text-generation", method: str = "a
         method = next((m for m in ("full", "lora", "qlora") if fits[f"finetune_{m}"]), "qlora")
     if not local:
         _check_pinned(model_id, evaluation)
-    bf16 = get_gpu(gpu).get("bf16_tflops") is not None  # Turing (T4) and older have no bf16: autocast to fp16
+    bf16 = device.get("bf16_tflops") is not None  # Turing (T4) and older have no bf16: autocast to fp16
     row = modalities.task_row(task, evaluation["architecture"]["architectures"])
     kind = SCRIPT_KINDS.get(row.peft_task_type) if row.modality == "text" else None
     targets, source = lora_targets(evaluation, model.config, row.auto_class) if method != "full" else ([], None)

@@ -223,7 +223,7 @@ def train_tokenizer(corpus: list[str | Path], vocab: int, kind: str = "bpe", spe
             if seen["documents"]:
                 raise ConfigError("vocab", f"{kind} training failed: {exc}") from None
     seconds = time.perf_counter() - start
-    if seen["documents"] == 0 or model is None:
+    if seen["documents"] == 0:  # (training raised on no text: model is None)
         raise ConfigError("corpus", f"no text in {', '.join(str(p) for p in files[:3])}{', ...' if len(files) > 3 else ''} (0 documents)")
     measured_on = "held-out documents"
     if not held:  # fewer than HELD_OUT_PERIOD documents: measure on the training text, and say so

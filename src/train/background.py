@@ -126,7 +126,8 @@ def start(args: RunArgs, root: Path, shown: RunArgs, client: str = "local") -> d
     command as the client would type it (`shown`: the same settings with the client's workspace-relative paths)."""
     from archsmith.files import write_file
 
-    args, shown = args.resolved(), shown.resolved()
+    args = args.resolved()  # defaults (lr, warmup, eval_every) shown as the run takes them
+    shown = replace(shown, lr=args.lr, warmup=args.warmup, eval_every=args.eval_every)
     real = str(Path(args.out).resolve())
     with _lock:
         previous = _runs.get(real)

@@ -133,6 +133,10 @@ class TrainConfig:
     def layout(self) -> Layout:
         return Layout(self.tp, self.pp, self.cp, self.pp_schedule)
 
+    def sharded(self, world: int) -> bool:
+        """State sharded across the `world` processes (FSDP, or a tp/pp/cp layout): checkpoints by DCP, no fp16."""
+        return (self.strategy == "fsdp" and world > 1) or not self.layout().plain
+
     def check(self, world: int = 1) -> int:
         """Validate; returns the micro-batch. Raises ArchsmithError naming the field."""
         def need(ok: bool, name: str, what: str) -> None:
@@ -249,7 +253,7 @@ class Trainer:
         choice = self.config.precision
         if choice == "auto":
             choice = "fp32" if device.type != "cuda" else "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        if choice == "fp16" and self.d.world > 1 and (self.config.strategy == "fsdp" or not self.config.layout().plain):
+        if choice == "fp16" and self.config.sharded(self.d.world):
             raise ArchsmithError("precision", "fp16 with FSDP is not supported (no sharded grad scaler here); use bf16 or fp32")
         return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[choice], choice == "fp16"
 
@@ -260,7 +264,7 @@ class Trainer:
         layout = cfg.layout()
         self.readers = layout.dp(d.world)  # data-parallel ranks: each reads its share of the global batch
         self.accum = cfg.global_batch // self.readers // self.micro
-        self.sharded = (cfg.strategy == "fsdp" and d.world > 1) or not layout.plain  # checkpoints by DCP
+        self.sharded = cfg.sharded(d.world)  # checkpoints by DCP
         torch.manual_seed(cfg.seed + d.rank)
         self._was_deterministic = torch.are_deterministic_algorithms_enabled()
         torch.use_deterministic_algorithms(cfg.deterministic or self._was_deterministic)

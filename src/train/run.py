@@ -210,7 +210,7 @@ def _check_tasks(args: RunArgs, world: int) -> None:
             if getattr(args, name) is not None:
                 raise ArchsmithError(name, "goes with --eval-tasks")
         return
-    if world > 1 and (args.strategy == "fsdp" or max(args.tp, args.pp, args.cp) > 1):
+    if train_config(args).sharded(world):
         raise ArchsmithError("eval_tasks", "run with one process or --strategy ddp (an FSDP model, or a tp/pp/cp layout, is "
                                            "sharded across processes)")
     if args.eval_limit is not None and args.eval_limit < 1:
@@ -476,7 +476,7 @@ def check_memory(plan: Plan, world: int, free: int | None) -> dict[str, Any]:
 
     planned = planned_peak(plan, world, cuda=free is not None)
     args = plan.args
-    if free is None or (args.strategy == "fsdp" and world > 1) or max(args.tp, args.pp, args.cp) > 1:
+    if free is None or train_config(args).sharded(world):
         return planned
     per_process = max(1, args.batch // world)
     divisors = [m for m in range(1, per_process + 1) if per_process % m == 0]

@@ -155,6 +155,11 @@ def torchrun_command(train_args: list[str], nproc: int, nodes: int = 1, endpoint
     return " ".join(a if a.startswith("$") else shlex.quote(a) for a in [*head, "-m", "archsmith.train", *train_args])
 
 
+def nodes_for(gpus: int) -> int:
+    """Nodes of equal size (equal processes per node) holding `gpus` GPUs, at most GPUS_PER_NODE each."""
+    return next(n for n in range(math.ceil(gpus / GPUS_PER_NODE), gpus + 1) if gpus % n == 0)
+
+
 def launch_plan(setup: dict[str, Any], model_dir: str, tokens: int, recipe: dict[str, Any] | None = None) -> dict[str, Any]:
     """The exact command that trains a design the way its capacity plan sized it.
 
@@ -165,7 +170,7 @@ def launch_plan(setup: dict[str, Any], model_dir: str, tokens: int, recipe: dict
     warmup and decay; without, one micro-batch per GPU and the train defaults. The step count covers `tokens`.
     """
     gpus, micro_batch, seq = setup["gpus"], setup["micro_batch"], setup["seq"]
-    nodes = next(n for n in range(math.ceil(gpus / GPUS_PER_NODE), gpus + 1) if gpus % n == 0)  # equal processes per node
+    nodes = nodes_for(gpus)
     per_node = gpus // nodes
     if gpus == 1:
         strategy, why = "single", "one GPU: no data parallelism"
