@@ -1150,7 +1150,7 @@ def tokenizer_train(
         check_out_dir(out_dir, overwrite)
         files, report = train_tokenizer([str(c) for c in corpus], vocab, kind=kind, special=special, text_field=field,
                                         max_length=max_length, progress=not as_json)
-        written = write_files(out_dir, files, overwrite, stale=[n for n in FILES if n not in files])  # no other kind's vocab.txt
+        written = write_files(out_dir, files, overwrite, stale=FILES)  # no other kind's vocab.txt or .model
     except ArchsmithError as exc:
         _fail(exc)
     for warning in report["warnings"]:
@@ -1242,7 +1242,7 @@ def train(
         return
     evals = summary["evals"]
     out.print(f"trained {summary['model']['parameters']:,} parameters for {summary['steps']} steps on {summary['world']} "
-              f"process(es) ({summary['layout'] if summary['layout'] != 'single' and summary['strategy'] else summary['strategy']}): {summary['tokens']:,} tokens, {summary['tokens_per_s']:,.0f} tokens/s")
+              f"process(es) ({summary['layout']}): {summary['tokens']:,} tokens, {summary['tokens_per_s']:,.0f} tokens/s")
     line = f"loss {summary['first_loss']:.4f} -> {summary['last_loss']:.4f}"
     if len(evals) > 1:
         line += f"; held-out {evals[0]['loss']:.4f} -> {evals[-1]['loss']:.4f} (perplexity {evals[-1]['perplexity']:.2f})"

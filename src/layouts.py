@@ -57,14 +57,15 @@ from archsmith import estimate as est
 from archsmith.errors import ArchsmithError
 from archsmith.gpus import get_gpu
 from archsmith.spec import ArchitectureSpec
-from archsmith.train.parallel import GPUS_PER_NODE, torchrun_command
+from archsmith.train.parallel import nodes_for, torchrun_command
+from archsmith.train.parallel.layout import VIRTUAL
 from archsmith.units import human_bytes
 
 TP_DEGREES = (1, 2, 4, 8, 16)  # 16 crosses an 8-GPU node: listed so the plan says why not
 MAX_PP = 32
 CP_MIN_TOKENS = 8192  # context parallelism only where each rank keeps >= 8192 tokens (Llama 3: cp 16 at 131,072)
 SCHEDULES = ("1f1b", "interleaved")
-VIRTUAL_STAGES = 2  # chunks per stage of the interleaved schedule: torchtitan's default for multi-stage schedules
+VIRTUAL_STAGES = VIRTUAL["interleaved"]  # chunks per stage of the interleaved schedule (the trainer's; torchtitan's default)
 RECOMPUTE = ("selective", "full")
 BF16, FP32 = 2, 4
 WEIGHT_BYTES, GRAD_BYTES, OPTIMIZER_BYTES = BF16, FP32, 3 * FP32  # bf16 weights; fp32 grads; fp32 master + m + v
@@ -78,6 +79,7 @@ REASONS = {  # reason code -> what it means, in words (the CLI and the report co
     "layers": "do not divide the layers",
     "interleave": "cannot interleave",
     "cp_seq": "do not divide the sequence",
+    "trainer": "split the model in a way archsmith train does not",
 }
 
 
@@ -96,6 +98,22 @@ def stage_layers(num_layers: int, pp: int) -> list[int] | None:
     return layers
 
 
+def trainer_refusal(spec: ArchitectureSpec, tp: int, pp: int, schedule: str) -> str | None:
+    """What `archsmith train --tp tp --pp pp` would refuse for this model (its tensor-parallel plan, its pipeline), in
+    its own words; None when it runs it. Layer counts the pipeline cannot split are the planner's own reasons."""
+    from archsmith.train.parallel import tensor
+    from archsmith.train.parallel.layout import check_pipeline
+
+    try:
+        if tp > 1:
+            tensor.check(spec, tp)
+        if pp > 1:
+            check_pipeline(spec, pp, schedule)
+    except ArchsmithError as exc:
+        return str(exc)
+    return None
+
+
 def in_flight(stage: int, pp: int, micro_batches: int, schedule: str, virtual: int) -> float:
     """Micro-batches whose activations stage `stage` holds at once (in whole-stage units)."""
     if pp == 1:
@@ -108,11 +126,6 @@ def in_flight(stage: int, pp: int, micro_batches: int, schedule: str, virtual: i
 def bubble(pp: int, micro_batches: int, virtual: int = 1) -> float:
     """Idle fraction of a pipelined step: (pp - 1) / (m v + pp - 1) (Narayanan et al. 2021)."""
     return (pp - 1) / (micro_batches * virtual + pp - 1)
-
-
-def nodes_for(gpus: int) -> int:
-    """Nodes of equal size holding `gpus` GPUs, at most GPUS_PER_NODE each (as `parallel.launch_plan` counts them)."""
-    return next(n for n in range(math.ceil(gpus / GPUS_PER_NODE), gpus + 1) if gpus % n == 0)
 
 
 def _ring(n: int) -> float:
@@ -176,6 +189,10 @@ def layout(spec: ArchitectureSpec, gpu: str | dict[str, Any], gpus: int, seq: in
         why("interleave", f"interleaving needs micro-batches ({m}) divisible by pp ({pp})")
     if v > 1 and min(layers) < v:
         why("interleave", f"a stage of {min(layers)} layer(s) cannot hold {v} chunks")
+    if not {"heads", "layers", "interleave"} & {r["code"] for r in reasons}:  # those, the trainer words no better
+        refused = trainer_refusal(spec, tp, pp, schedule)
+        if refused:
+            why("trainer", f"archsmith train refuses it ({refused})")
 
     # ---- memory per GPU, stage by stage
     counts = est.count_params(spec)

@@ -135,6 +135,19 @@ def test_infeasible_layouts_say_why(args, code, words):
     assert not r["feasible"] and code in [x["code"] for x in r["reasons"]] and words in r["why"], r["why"]
 
 
+def test_layouts_the_trainer_refuses_are_not_feasible():
+    """The planner recommends only what `archsmith train` runs: no pipeline over tied embeddings, no tensor-parallel
+    split of a vocabulary tp does not divide."""
+    import dataclasses
+
+    tied = layouts.layout(dataclasses.replace(SMALL, tie_embeddings=True), H100, 16, 256, 32 * 256, 1, 1, 2, 1, "1f1b")
+    assert not tied["feasible"] and [x["code"] for x in tied["reasons"]] == ["trainer"]
+    assert "archsmith train refuses it (pp: tied embeddings" in tied["why"]
+    odd = layouts.layout(dataclasses.replace(SMALL, vocab_size=255), H100, 16, 256, 32 * 256, 1, 2, 1, 1, "1f1b")
+    assert [x["code"] for x in odd["reasons"]] == ["trainer"] and "vocab_size = 255 is not a multiple of 2" in odd["why"]
+    assert run(2, 2, 1, "1f1b", 16, 32, 1)["feasible"]  # the same splits of the untied model run
+
+
 def test_memory_over_the_limit_names_both_figures():
     r = layouts.layout(SMALL, "h100", 16, 256, 32 * 256, 2, 2, 2, 1, "1f1b", "selective", limit_bytes=2**20)
     assert [x["code"] for x in r["reasons"]] == ["memory"]

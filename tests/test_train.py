@@ -229,7 +229,7 @@ def ddp(tmp_path_factory, tiny_lm) -> Path:
 def test_two_processes_match_one(request, single, strategy):
     out = request.getfixturevalue(strategy)
     summary = json.loads((out / "summary.json").read_text())
-    assert (summary["world"], summary["strategy"], summary["accumulation"]) == (2, strategy, 2)
+    assert (summary["world"], summary["strategy"], summary["layout"], summary["accumulation"]) == (2, strategy, strategy, 2)
     one, two = losses(single), losses(out)
     assert sorted(two) == list(range(1, 7))
     assert max(abs(one[s] - two[s]) for s in one) <= 1e-5, (one, two)

@@ -608,12 +608,13 @@ class Trainer:
             first, last = (train_rows[0], train_rows[-1]) if train_rows else ({}, {})
             # steady state: steps after the first (which pays for allocations and compilation)
             steady = (last["tokens"] - first["tokens"]) / max(1e-9, last["elapsed_s"] - first["elapsed_s"]) if len(train_rows) > 1 else None
+            strategy, layout = self.config.strategy if d.world > 1 else "single", self.config.layout()
             summary = {
                 "steps": state.step, "tokens": state.tokens, "stop_reason": state.stop_reason,
                 "first_loss": first.get("loss"), "last_loss": last.get("loss"), "evals": state.evals,
                 "best_eval_loss": state.best_eval, "tokens_per_s": round(steady, 1) if steady else first.get("tokens_per_s"),
-                "elapsed_s": round(state.elapsed, 3), "world": d.world, "strategy": self.config.strategy if d.world > 1 else "single",
-                "layout": self.config.layout().describe(d.world) if d.world > 1 else "single",
+                "elapsed_s": round(state.elapsed, 3), "world": d.world, "strategy": strategy,
+                "layout": strategy if layout.plain else layout.describe(d.world),  # tp=2 x pp=2 (1f1b), or the strategy
                 "precision": str(self.dtype).replace("torch.", "") if self.dtype else "float32",
                 "micro_batch": self.micro, "accumulation": self.accum, "device": str(d.device),
                 "peak_allocated_bytes": (self.peaks or {}).get("peak_allocated_bytes"),

@@ -68,14 +68,30 @@ class Layout:
         return " x ".join(parts) + (f" ({self.schedule})" if self.pp > 1 else "") if parts else "single"
 
 
+def check_pipeline(spec: Any, pp: int, schedule: str, document_mask: bool = False) -> None:
+    """Refuse, naming the field, what the pipeline (`archsmith.train.parallel.pipeline`) cannot run."""
+    stages = pp * VIRTUAL[schedule]
+    if spec.num_layers < stages:
+        raise ArchsmithError("pp", f"{pp} ranks x {VIRTUAL[schedule]} stages each need at least {stages} layers; "
+                                   f"the model has {spec.num_layers}")
+    if spec.tie_embeddings:
+        raise ArchsmithError("pp", "tied embeddings put one weight on the first and the last stage; untie them "
+                                   "(tie_embeddings false) to pipeline this model")
+    if spec.moe is not None:
+        raise ArchsmithError("pp", "MoE layers add a router loss inside every stage, which the pipeline's loss cannot "
+                                   "carry; train MoE designs with --strategy fsdp (and --tp 1)")
+    if document_mask:
+        raise ArchsmithError("document_mask", "goes without --pp: the pipeline passes one tensor between stages")
+
+
 def check_model(layout: Layout, spec: Any, device_type: str, document_mask: bool = False) -> None:
     """Refuse what the layout cannot do with this model, before any process group work."""
-    from archsmith.train.parallel import pipeline, tensor
+    from archsmith.train.parallel import tensor
 
     if layout.tp > 1:
         tensor.check(spec, layout.tp)
     if layout.pp > 1:
-        pipeline.check(spec, layout.pp, layout.schedule, document_mask)
+        check_pipeline(spec, layout.pp, layout.schedule, document_mask)
     if layout.cp > 1 and device_type != "cuda":
         raise ArchsmithError("cp", "context parallelism runs on torch's CUDA attention kernels (ring attention); "
                                    "on CPU use --cp 1")

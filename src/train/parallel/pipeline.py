@@ -18,22 +18,6 @@ from archsmith.errors import ArchsmithError
 from archsmith.train.parallel.layout import VIRTUAL
 
 
-def check(spec: Any, pp: int, schedule: str, document_mask: bool = False) -> None:
-    """Refuse, naming the field, what this pipeline cannot run (`schedule` checked by `Layout.check`)."""
-    stages = pp * VIRTUAL[schedule]
-    if spec.num_layers < stages:
-        raise ArchsmithError("pp", f"{pp} ranks x {VIRTUAL[schedule]} stages each need at least {stages} layers; "
-                                   f"the model has {spec.num_layers}")
-    if spec.tie_embeddings:
-        raise ArchsmithError("pp", "tied embeddings put one weight on the first and the last stage; untie them "
-                                   "(tie_embeddings false) to pipeline this model")
-    if spec.moe is not None:
-        raise ArchsmithError("pp", "MoE layers add a router loss inside every stage, which the pipeline's loss cannot "
-                                   "carry; train MoE designs with --strategy fsdp (and --tp 1)")
-    if document_mask:
-        raise ArchsmithError("document_mask", "goes without --pp: the pipeline passes one tensor between stages")
-
-
 def stage_layers(num_layers: int, stages: int) -> list[range]:
     """Consecutive layer ranges of `stages` stages; the first `num_layers % stages` get one layer more."""
     base, extra = divmod(num_layers, stages)
