@@ -750,14 +750,11 @@ def launch_plan_of(result: dict[str, Any], model_dir: str) -> dict[str, Any]:
 def layout_launch(result: dict[str, Any], model_dir: str) -> dict[str, Any] | None:
     """The recommended parallel layout's command (`layouts.launch`) with the recipe's optimizer flags; None when no
     layout was sized or none fits."""
-    import shlex
-
     plan = result.get("layouts")
     if not plan or plan["recommended"] is None:
         return None
-    go = parallel_layouts.launch(plan["recommended"], model_dir, plan["train_tokens"])
-    flags = recipe_flags(result["recipe"])
-    return {**go, "strategy": plan["recommended"]["name"], "command": go["command"] + " " + shlex.join(flags)}
+    go = parallel_layouts.launch(plan["recommended"], model_dir, plan["train_tokens"], recipe_flags(result["recipe"]))
+    return {**go, "strategy": plan["recommended"]["name"]}
 
 
 def _recipe_lines(recipe: dict[str, Any], hint: dict[str, Any] | None) -> list[str]:

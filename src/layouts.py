@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import Any
+from typing import Any, Sequence
 
 from archsmith import estimate as est
 from archsmith.errors import ArchsmithError
@@ -409,8 +409,9 @@ def assumptions(device: dict[str, Any], mfu: float, virtual_stages: int = VIRTUA
     ]
 
 
-def launch(row: dict[str, Any], model_dir: str, tokens: int) -> dict[str, Any]:
-    """The command that trains with this layout for `tokens` tokens (the flags of `archsmith train`'s parallel layouts)."""
+def launch(row: dict[str, Any], model_dir: str, tokens: int, flags: Sequence[str] = ()) -> dict[str, Any]:
+    """The command that trains with this layout for `tokens` tokens (the flags of `archsmith train`'s parallel layouts),
+    with more `archsmith train` flags (a recipe's optimizer schedule) at the end."""
     batch_tokens = row["global_batch_sequences"] * row["seq"]
     steps = max(1, math.ceil(tokens / batch_tokens))
     args = [model_dir, "--data", "CORPUS", "--out", f"{model_dir.rstrip('/')}-run", "--tp", str(row["tp"]),
@@ -421,5 +422,6 @@ def launch(row: dict[str, Any], model_dir: str, tokens: int) -> dict[str, Any]:
              "--seq", str(row["seq"]), "--steps", str(steps), "--precision", "bf16"]
     if row["recompute"] == "full":
         args.append("--checkpointing")
+    args += flags
     return {"steps": steps, "nodes": row["nodes"], "gpus_per_node": row["gpus_per_node"],
             "command": torchrun_command(args, row["gpus_per_node"], row["nodes"])}
