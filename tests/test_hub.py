@@ -821,3 +821,5 @@ def test_a_classification_script_reads_labels_from_csv_and_reports_accuracy(chat
     assert saved["task_type"] == "SEQ_CLS" and "score" in saved["modules_to_save"]
     with pytest.raises(SystemExit, match="--out: .* is not empty"):
         script["main"](["--data", str(tmp_path / "train.csv"), "--out", str(tmp_path / "out")])
+    with pytest.raises(SystemExit, match="--label-field: every example needs 'label'"):  # a held-out row without one
+        script["encode"]({"text": "A calm day."}, None, 16, "text", "label", {"calm": 0, "other": 1})
