@@ -22,7 +22,11 @@ dp x cp as torchtitan and Llama 3 shard; norms' few weights counted as split by 
                 stage ((pp - i - 1) x 2 + (v - 1) x pp + 1) / v stage-micro-batches, for stage 0 pp (1 + (pp-1)/(pp v)),
                 Korthikanti et al.'s formula. The first stage adds the token ids and rotary tables, the last the final
                 norm and lm_head inputs, the logits and the fp32 log-softmax (vocab-parallel: divided by tp), for one
-                micro-batch. MoE layers count as dense ones split by tp (no expert parallelism).
+                micro-batch.
+
+Only what `archsmith train` runs is feasible: its tensor-parallel plan's and its pipeline's own checks refuse the rest
+(reason "trainer"), so no tensor or pipeline split of an MoE design (FSDP only, no expert parallelism) and no
+pipeline over tied embeddings.
 
 Stages: pp must divide the layers, or leave them at most two short: the first stage, then the last, takes one layer
 fewer (Llama 3 405B: 126 layers on 16 stages are 7 + 14 x 8 + 7; the first stage holds the embedding and most
